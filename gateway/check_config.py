@@ -1,0 +1,55 @@
+"""``firegrid check-config FILE``: every problem with its path, exit 2; or a one-line summary, exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.config import ConfigError, FiregridConfig, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="the YAML config file")
+
+
+def summary(config: FiregridConfig) -> str:
+    grids = {b.grid for b in config.buildings}
+    kinds: dict[str, int] = {}
+    for device in config.devices:
+        kinds[device.kind.value] = kinds.get(device.kind.value, 0) + 1
+    by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+    influx = f"InfluxDB {config.influx.api} at {config.influx.url}" if config.influx.url else "no InfluxDB"
+    return (
+        f"ok: {len(config.buildings)} buildings in {len(grids)} grids, {len(config.devices)} devices ({by_kind}); "
+        f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}"
+    )
+
+
+def validate_all(config: FiregridConfig) -> list[str]:
+    """Checks that need more than the model: the rules and notify sections validated by their owners."""
+    problems: list[str] = []
+    try:
+        from rules.loader import load_rule_set  # the rules package validates its own section
+    except ModuleNotFoundError:
+        return problems
+    try:
+        load_rule_set(config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    problems = validate_all(config)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(summary(config))
+    return 0

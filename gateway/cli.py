@@ -1,0 +1,78 @@
+"""The ``firegrid`` command line.  Each subcommand lives in the package that owns it and is imported lazily, so
+``firegrid check-config`` does not pay for the browser, the broker or the simulator.
+
+A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Subcommand(NamedTuple):
+    name: str
+    module: str
+    help: str
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("check-config", "gateway.check_config", "validate a config file; print every problem with its path"),
+    Subcommand("run", "gateway.service", "run the gateway: MQTT ingest, rules, alerts, InfluxDB and the HTTP API"),
+    Subcommand("demo", "gateway.demo", "a whole community live on this machine, no external services needed"),
+    Subcommand("simulate", "simulators.cli", "simulate a community's devices and fire scenarios over MQTT"),
+    Subcommand("replay", "gateway.replay", "run recorded traffic through the rules and print the alert timeline"),
+    Subcommand("verify", "simulators.verify", "drive a scenario against a live deployment and judge the alerts"),
+    Subcommand("acl", "gateway.acl", "generate Mosquitto password and ACL files from the device registry"),
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module (if given) is imported to add its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="firegrid",
+        description="firegrid: fire-safety telemetry gateway and alerting for community micro fire stations.",
+    )
+    from gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"firegrid {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for sub in SUBCOMMANDS:
+        sub_parser = subparsers.add_parser(sub.name, help=sub.help, description=sub.help)
+        sub_parser.set_defaults(_module=sub.module)
+        if sub.name != command:
+            continue
+        try:
+            module = importlib.import_module(sub.module)
+        except ModuleNotFoundError as exc:
+            if exc.name != sub.module:
+                raise
+            sub_parser.set_defaults(_missing=True)
+            continue
+        module.add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"firegrid {args.command}: not available in this build", file=sys.stderr)
+        return 1
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

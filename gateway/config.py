@@ -1,0 +1,382 @@
+"""firegrid configuration: one YAML file, one pydantic model per concern.
+
+* ``extra="forbid"`` everywhere, so a typo in YAML fails loudly and names the key.
+* Every key can be overridden by an environment variable ``FIREGRID_<SECTION>__<KEY>`` (``FIREGRID_MQTT__URL``);
+  environment wins over the file.
+* Secrets (passwords, tokens, webhook secrets, SMS keys) may be given as ``env:NAME`` or ``file:/path``.
+* Cross-field checks (a device's building exists, ids are unique) are validators on the root model, and report the
+  path of the offending key (``devices[3].building: unknown building 'b9'``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from alerts.config import NotifyConfig
+from gateway.secrets import Secret
+from rules.types import DeviceKind
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip hostname verification (test benches only)
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: Secret | None = None
+    client_id: Ident = "firegrid-gateway"
+    topic_prefix: Ident = "firegrid"
+    qos: Literal[0, 1] = 1
+    protocol: Literal["v5", "v311"] = "v5"
+    session_expiry_s: int = Field(default=86_400, ge=0)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    shared_group: Ident | None = None
+    tls: TlsConfig | None = None
+    # How many messages may wait for the group commit that acknowledges them.  Must not exceed the broker's
+    # max_inflight_messages (see docs/deploy.md): the broker stops sending when that many are unacknowledged.
+    max_inflight: int = Field(default=1000, ge=1, le=65_535)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, got {parts.scheme or 'none'!r}")
+        if not parts.hostname:
+            raise ValueError("missing host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("invalid port") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class InfluxConfig(Section):
+    url: str | None = None  # None: no InfluxDB, telemetry is kept in the local store only
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "firegrid"
+    retention_policy: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    gzip: bool = True
+    spool_dir: Path = Path("var/spool")
+    spool_max_mb: int = Field(default=512, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_fields(self) -> InfluxConfig:
+        if self.url and self.api == "v2":
+            missing = [name for name in ("org", "bucket", "token") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"api v2 needs {', '.join(missing)}")
+        return self
+
+
+class StoreConfig(Section):
+    path: Path = Path("var/firegrid.sqlite")
+
+
+Role = Literal["viewer", "operator", "admin"]
+
+
+class ApiToken(Section):
+    name: str
+    token: Secret
+    role: Role = "viewer"
+    grids: list[Ident] | None = None  # None: every grid
+    buildings: list[Ident] | None = None  # None: every building
+
+
+class HttpConfig(Section):
+    listen: str = "127.0.0.1:8080"
+    tokens: list[ApiToken] = Field(default_factory=list)
+    max_body_kb: int = Field(default=64, ge=1, le=10_240)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class Building(Section):
+    id: Ident
+    name: str
+    grid: Ident
+    address: str | None = None
+    floors: int = Field(default=1, ge=1, le=200)
+    basements: int = Field(default=0, ge=0, le=20)
+
+
+class Device(Section):
+    id: Ident
+    building: Ident
+    kind: DeviceKind
+    floor: int | None = Field(default=None, ge=-20, le=200)
+    location: str | None = None
+    heartbeat_s: int | None = Field(default=None, ge=10)
+
+
+class ContractConfig(Section):
+    """How strictly incoming payloads are judged (docs/telemetry.md)."""
+
+    allow_unregistered: bool = True
+    max_future_skew_s: int = Field(default=300, ge=0)
+    max_age_s: int = Field(default=30 * 86_400, ge=60)  # older samples are rejected as stale
+    replay_window_s: int = Field(default=600, ge=0)  # repeated (device, seq) inside it is a duplicate
+
+
+def _default_heartbeats() -> dict[DeviceKind, int]:
+    return {kind: 300 for kind in DeviceKind}
+
+
+class PresenceConfig(Section):
+    """Heartbeat period per device kind; a device may override it with ``heartbeat_s``."""
+
+    heartbeat_s: dict[DeviceKind, int] = Field(default_factory=_default_heartbeats)
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class FiregridConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix="FIREGRID_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    influx: InfluxConfig = Field(default_factory=InfluxConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    contract: ContractConfig = Field(default_factory=ContractConfig)
+    presence: PresenceConfig = Field(default_factory=PresenceConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    buildings: list[Building] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    rules: list[dict[str, Any]] | None = None
+    rules_file: Path | None = None
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+
+    # Filled in by load_config: the directory relative paths in the file are resolved against.
+    _base_dir: Path = Path(".")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: an operator's FIREGRID_MQTT__URL beats the file.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FiregridConfig:
+        problems: list[str] = []
+        building_ids: dict[str, int] = {}
+        for i, building in enumerate(self.buildings):
+            if building.id in building_ids:
+                problems.append(f"buildings[{i}].id: duplicate building {building.id!r}")
+            building_ids[building.id] = i
+        by_id = {b.id: b for b in self.buildings}
+        device_ids: set[str] = set()
+        for i, device in enumerate(self.devices):
+            if device.id in device_ids:
+                problems.append(f"devices[{i}].id: duplicate device {device.id!r}")
+            device_ids.add(device.id)
+            building = by_id.get(device.building)
+            if building is None:
+                problems.append(f"devices[{i}].building: unknown building {device.building!r}")
+            elif device.floor is not None and not -building.basements <= device.floor <= building.floors:
+                problems.append(
+                    f"devices[{i}].floor: floor {device.floor} outside building {building.id!r} "
+                    f"(-{building.basements}..{building.floors})"
+                )
+        if self.rules is not None and self.rules_file is not None:
+            problems.append("rules_file: give either an inline 'rules' list or 'rules_file', not both")
+        names = [t.name for t in self.http.tokens]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                problems.append(f"http.tokens[{i}].name: duplicate token name {name!r}")
+        for i, token in enumerate(self.http.tokens):
+            for j, building_id in enumerate(token.buildings or []):
+                if building_id not in by_id:
+                    problems.append(f"http.tokens[{i}].buildings[{j}]: unknown building {building_id!r}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def building(self, building_id: str) -> Building | None:
+        return self._buildings_by_id.get(building_id)
+
+    def device(self, device_id: str) -> Device | None:
+        return self._devices_by_id.get(device_id)
+
+    @property
+    def _buildings_by_id(self) -> dict[str, Building]:
+        cache: dict[str, Building] | None = self.__dict__.get("_bcache")
+        if cache is None:
+            cache = {b.id: b for b in self.buildings}
+            self.__dict__["_bcache"] = cache
+        return cache
+
+    @property
+    def _devices_by_id(self) -> dict[str, Device]:
+        cache: dict[str, Device] | None = self.__dict__.get("_dcache")
+        if cache is None:
+            cache = {d.id: d for d in self.devices}
+            self.__dict__["_dcache"] = cache
+        return cache
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve_path(self, path: Path) -> Path:
+        """A path from the config file, relative to the file's directory."""
+        return path if path.is_absolute() else self._base_dir / path
+
+
+class ConfigError(Exception):
+    """The configuration could not be loaded; ``problems`` holds one ``path: message`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if p not in ("function-after", "function-before"))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not loc:
+            problems.extend(message.splitlines())
+            continue
+        path = format_loc(loc)
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (not allowed here; check the spelling)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        if "\n" in message:
+            problems.extend(f"{path}: {line}" for line in message.splitlines())
+        else:
+            problems.append(f"{path}: {message}")
+    return problems
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path = Path(".")) -> FiregridConfig:
+    try:
+        config = FiregridConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+    config._base_dir = base_dir
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> FiregridConfig:
+    """Load and validate a config file (or only defaults and environment when ``path`` is None)."""
+    if path is None:
+        return parse_config({})
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{path}: invalid YAML: {where}{getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return parse_config(data, base_dir=path.parent)

@@ -1,0 +1,399 @@
+"""The telemetry contract: topics and payloads devices publish, and the decoder that judges them.
+
+The written contract is ``docs/telemetry.md``; these models are its enforcement and must agree with it.  The decoder
+is pure (no I/O, no clock: the receive time is passed in) and never raises anything but :class:`Rejected`, whatever
+bytes arrive — a malformed payload is a counted rejection with a named reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from rules.types import DeviceEvent, DeviceKind, DeviceRef, EventType, Input, MetricValue, Reading, StatusChange
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_BATCH = 1000
+CHANNELS = ("telemetry", "event", "status")
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+_ID_RE = re.compile(rf"^{ID_PATTERN}$")
+
+
+class Reason(StrEnum):
+    """Why a message was rejected.  These names are counted in metrics and shown by ``GET /api/v1/rejections``."""
+
+    BAD_TOPIC = "bad_topic"  # not {prefix}/{building}/{device}/{channel} with valid ids and a known channel
+    OVERSIZE = "oversize"  # payload larger than 64 KiB
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"  # includes nesting deeper than the parser allows
+    WRONG_SHAPE = "wrong_shape"  # not an object (or array of objects), or a status that is not online/offline
+    TOO_MANY = "too_many"  # a batch of more than 1000 samples
+    WRONG_TYPE = "wrong_type"  # a field of the wrong JSON type ("3" where a number belongs)
+    OUT_OF_RANGE = "out_of_range"
+    NON_FINITE = "non_finite"  # NaN or infinity
+    UNKNOWN_METRIC = "unknown_metric"  # a field the device's kind does not have
+    UNKNOWN_EVENT = "unknown_event"  # an event type outside the contract
+    BAD_TIMESTAMP = "bad_timestamp"  # unparseable, negative, or an RFC 3339 string without an offset
+    STALE = "stale"  # older than contract.max_age_s
+    UNKNOWN_DEVICE = "unknown_device"  # not in the registry (and unregistered devices are off, or no "kind" given)
+    SPOOFED_ID = "spoofed_id"  # the payload names another device than the topic
+    WRONG_BUILDING = "wrong_building"  # a registered device publishing under another building
+    DUPLICATE = "duplicate"  # a repeated (device, seq) inside the replay window (judged by the gateway)
+
+
+class Rejected(Exception):
+    """A message broke the contract.  ``reason`` is one of :class:`Reason`; ``detail`` says what exactly."""
+
+    def __init__(self, reason: Reason, detail: str, *, building: str | None = None, device: str | None = None):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.building = building
+        self.device = device
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    prefix: str
+    building: str
+    device: str
+    channel: Literal["telemetry", "event", "status"]
+
+
+def parse_topic(topic: str, prefix: str) -> Topic:
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != prefix:
+        raise Rejected(Reason.BAD_TOPIC, f"expected {prefix}/{{building}}/{{device}}/{{channel}}, got {topic[:200]!r}")
+    _, building, device, channel = parts
+    if not _ID_RE.match(building) or not _ID_RE.match(device):
+        raise Rejected(Reason.BAD_TOPIC, f"ids must match {ID_PATTERN}: {topic[:200]!r}")
+    if channel not in CHANNELS:
+        raise Rejected(Reason.BAD_TOPIC, f"channel must be one of {', '.join(CHANNELS)}, got {channel[:64]!r}")
+    return Topic(prefix, building, device, channel)  # type: ignore[arg-type]
+
+
+# --- payload models -------------------------------------------------------------------------------------------------
+
+Percent = Annotated[float, Field(ge=0, le=100)]
+ShortText = Annotated[str, StringConstraints(max_length=64)]
+
+
+class _Sample(BaseModel):
+    """Fields every telemetry sample may carry, whatever the device kind."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    ts: int | str | None = None  # epoch ms, or RFC 3339; absent: time of receipt
+    seq: int | None = Field(default=None, ge=0)
+    device: str | None = None  # optional; must equal the topic's device
+    kind: Annotated[DeviceKind, Field(strict=False)] | None = None  # only needed by unregistered devices
+    drill: bool = False  # set by firegrid's simulator for verification drills
+    battery: Percent | None = None
+    rssi: Annotated[float, Field(ge=-150, le=20)] | None = None
+    tamper: bool | None = None
+    fault: ShortText | None = None
+
+
+class SmokeSample(_Sample):
+    metrics = ("obscuration", "alarm", "battery", "rssi", "tamper", "fault")
+    obscuration: Annotated[float, Field(ge=0, le=100)] | None = None  # %/m
+    alarm: bool | None = None  # the detector's own decision
+
+
+class HeatSample(_Sample):
+    metrics = ("celsius", "battery", "rssi", "tamper", "fault")
+    celsius: Annotated[float, Field(ge=-50, le=1000)] | None = None
+
+
+class ExtinguisherSample(_Sample):
+    metrics = ("pressure_mpa", "present", "obstructed", "battery", "rssi", "tamper", "fault")
+    pressure_mpa: Annotated[float, Field(ge=0, le=5)] | None = None
+    present: bool | None = None  # on its bracket
+    obstructed: bool | None = None
+
+
+class CallPointSample(_Sample):
+    """A manual call point speaks through ``event``; its telemetry is heartbeats and battery."""
+
+    metrics = ("battery", "rssi", "tamper", "fault")
+
+
+SAMPLE_MODELS: dict[DeviceKind, type[_Sample]] = {
+    DeviceKind.SMOKE: SmokeSample,
+    DeviceKind.HEAT: HeatSample,
+    DeviceKind.EXTINGUISHER: ExtinguisherSample,
+    DeviceKind.CALL_POINT: CallPointSample,
+}
+
+
+class EventPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    ts: int | str | None = None
+    type: Annotated[EventType, Field(strict=False)]
+    detail: Annotated[str, StringConstraints(max_length=256)] | None = None
+    seq: int | None = Field(default=None, ge=0)
+    device: str | None = None
+    kind: Annotated[DeviceKind, Field(strict=False)] | None = None
+    drill: bool = False
+
+
+# --- decoding -------------------------------------------------------------------------------------------------------
+
+_TYPE_ERRORS = ("_type", "_parsing", "is_instance_of", "dict_type", "model_type", "bool_parsing")
+_RANGE_ERRORS = (
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "string_too_long",
+    "too_long",
+)
+
+
+def _reason_for(exc: ValidationError) -> tuple[Reason, str]:
+    """Map pydantic's first error to a contract reason, with the field it concerns."""
+    error = exc.errors(include_url=False)[0]
+    kind = error["type"]
+    field = ".".join(str(p) for p in error["loc"] if not isinstance(p, int)) or "payload"
+    # pydantic reports a union's members; the field name is the first element of the location
+    field = field.split(".")[0]
+    if kind == "extra_forbidden":
+        return Reason.UNKNOWN_METRIC, f"unknown field {field!r}"
+    if kind == "finite_number":
+        return Reason.NON_FINITE, f"{field} is NaN or infinite"
+    if kind in _RANGE_ERRORS:
+        return Reason.OUT_OF_RANGE, f"{field}: {error['msg']}"
+    if kind in ("enum", "literal_error") and field == "type":
+        return Reason.UNKNOWN_EVENT, f"event type must be one of {', '.join(e.value for e in EventType)}"
+    if kind == "missing":
+        return Reason.WRONG_SHAPE, f"{field} is required"
+    if kind in ("enum", "literal_error"):
+        return Reason.OUT_OF_RANGE, f"{field}: {error['msg']}"
+    return Reason.WRONG_TYPE, f"{field}: {error['msg']}"
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def parse_json(payload: bytes) -> Any:
+    """Parse JSON, telling apart NaN/Infinity (``non_finite``) from other malformed input (``not_json``)."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        if "infinity" in message:
+            raise Rejected(Reason.NON_FINITE, "a number is infinite") from None
+        if "unexpected character" in message and (b"NaN" in payload or b"Infinity" in payload):
+            # orjson refuses the non-standard constants outright; find out whether that is all that is wrong
+            try:
+                json.loads(payload, parse_constant=_refuse_constant)
+            except _NonFinite as nf:
+                raise Rejected(Reason.NON_FINITE, f"{nf} is not a finite number") from None
+            except (ValueError, RecursionError):
+                pass
+        raise Rejected(Reason.NOT_JSON, message.split(":")[0][:200]) from None
+
+
+def parse_ts(value: int | str | None, *, received_ms: int) -> int:
+    if value is None:
+        return received_ms
+    if isinstance(value, int):
+        if value < 0:
+            raise Rejected(Reason.BAD_TIMESTAMP, "ts must be non-negative epoch milliseconds")
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"ts {value[:64]!r} is not RFC 3339") from None
+    if parsed.tzinfo is None:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"ts {value[:64]!r} has no UTC offset")
+    return int(parsed.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodePolicy:
+    allow_unregistered: bool = True
+    max_future_skew_ms: int = 300_000
+    max_age_ms: int = 30 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message that passed the contract: its inputs for the rules engine, and how many timestamps were skewed."""
+
+    topic: Topic
+    inputs: tuple[Input, ...]
+    clock_skew: int = 0
+
+
+Registry = Mapping[str, DeviceRef] | Callable[[str], DeviceRef | None]
+
+
+class Decoder:
+    """Judges one MQTT message against the contract.  Stateless apart from the registry it is given."""
+
+    def __init__(self, *, prefix: str, registry: Registry, policy: DecodePolicy | None = None) -> None:
+        self._prefix = prefix
+        if isinstance(registry, Mapping):
+            self._lookup: Callable[[str], DeviceRef | None] = registry.get
+        else:
+            self._lookup = registry
+        self._policy = policy or DecodePolicy()
+
+    def decode(self, topic: str, payload: bytes, *, received_ms: int) -> Decoded:
+        parsed_topic = parse_topic(topic, self._prefix)
+        try:
+            return self._decode(parsed_topic, payload, received_ms)
+        except Rejected as rej:
+            rej.building = parsed_topic.building
+            rej.device = parsed_topic.device
+            raise
+
+    def _decode(self, topic: Topic, payload: bytes, received_ms: int) -> Decoded:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise Rejected(Reason.OVERSIZE, f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+        if topic.channel == "status":
+            return self._status(topic, payload, received_ms)
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
+        document = parse_json(payload)
+        if topic.channel == "event":
+            if not isinstance(document, dict):
+                raise Rejected(Reason.WRONG_SHAPE, "an event must be a JSON object")
+            return self._event(topic, document, received_ms)
+        if isinstance(document, dict):
+            samples: list[Any] = [document]
+        elif isinstance(document, list):
+            if not document:
+                raise Rejected(Reason.WRONG_SHAPE, "an empty batch")
+            if len(document) > MAX_BATCH:
+                raise Rejected(Reason.TOO_MANY, f"{len(document)} samples in one batch, limit {MAX_BATCH}")
+            samples = document
+        else:
+            raise Rejected(Reason.WRONG_SHAPE, "telemetry must be a JSON object or an array of objects")
+        return self._telemetry(topic, samples, received_ms)
+
+    def _ref(self, topic: Topic, payload_kind: DeviceKind | str | None) -> DeviceRef:
+        ref = self._lookup(topic.device)
+        if ref is not None:
+            if ref.building != topic.building:
+                raise Rejected(
+                    Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}"
+                )
+            return ref
+        if not self._policy.allow_unregistered:
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered")
+        if payload_kind is None:
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered and sent no 'kind'")
+        return DeviceRef(building=topic.building, device=topic.device, kind=str(payload_kind), registered=False)
+
+    def _check_time(self, ts: int, received_ms: int) -> tuple[int, bool]:
+        if ts > received_ms + self._policy.max_future_skew_ms:
+            return received_ms, True
+        if ts < received_ms - self._policy.max_age_ms:
+            raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
+        return ts, False
+
+    @staticmethod
+    def _kind_of(sample: dict[str, Any]) -> DeviceKind | None:
+        kind = sample.get("kind")
+        if kind is None:
+            return None
+        try:
+            return DeviceKind(kind)
+        except (ValueError, TypeError):
+            raise Rejected(Reason.WRONG_TYPE, f"kind must be one of {', '.join(DeviceKind)}") from None
+
+    def _telemetry(self, topic: Topic, samples: list[Any], received_ms: int) -> Decoded:
+        first = samples[0]
+        if not isinstance(first, dict):
+            raise Rejected(Reason.WRONG_SHAPE, "each sample must be a JSON object")
+        ref = self._ref(topic, self._kind_of(first))
+        model = SAMPLE_MODELS.get(DeviceKind(ref.kind))
+        if model is None:  # pragma: no cover - DeviceKind is closed
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"unknown kind {ref.kind!r}")
+        inputs: list[Input] = []
+        skewed = 0
+        for index, raw in enumerate(samples):
+            if not isinstance(raw, dict):
+                raise Rejected(Reason.WRONG_SHAPE, f"sample {index} is not a JSON object")
+            try:
+                sample = model.model_validate(raw)
+            except ValidationError as exc:
+                reason, detail = _reason_for(exc)
+                raise Rejected(reason, detail if len(samples) == 1 else f"sample {index}: {detail}") from None
+            if sample.device is not None and sample.device != topic.device:
+                raise Rejected(Reason.SPOOFED_ID, f"payload names device {sample.device[:64]!r}")
+            if sample.kind is not None and sample.kind != ref.kind:
+                raise Rejected(Reason.WRONG_TYPE, f"kind {sample.kind.value!r} but the registry says {ref.kind!r}")
+            ts, skew = self._check_time(parse_ts(sample.ts, received_ms=received_ms), received_ms)
+            skewed += skew
+            values: dict[str, MetricValue] = {}
+            for name in model.metrics:
+                value = getattr(sample, name)
+                if value is not None:
+                    values[name] = value
+            inputs.append(Reading(ref=ref, ts_ms=ts, values=values, seq=sample.seq, drill=sample.drill))
+        return Decoded(topic=topic, inputs=tuple(inputs), clock_skew=skewed)
+
+    def _event(self, topic: Topic, document: dict[str, Any], received_ms: int) -> Decoded:
+        ref = self._ref(topic, self._kind_of(document))
+        try:
+            event = EventPayload.model_validate(document)
+        except ValidationError as exc:
+            reason, detail = _reason_for(exc)
+            raise Rejected(reason, detail) from None
+        if event.device is not None and event.device != topic.device:
+            raise Rejected(Reason.SPOOFED_ID, f"payload names device {event.device[:64]!r}")
+        ts, skew = self._check_time(parse_ts(event.ts, received_ms=received_ms), received_ms)
+        decoded = DeviceEvent(ref=ref, ts_ms=ts, type=event.type.value, detail=event.detail, drill=event.drill)
+        return Decoded(topic=topic, inputs=(decoded,), clock_skew=int(skew))
+
+    def _status(self, topic: Topic, payload: bytes, received_ms: int) -> Decoded:
+        text = payload.strip()
+        if text not in (b"online", b"offline"):
+            raise Rejected(Reason.WRONG_SHAPE, "status must be the plain string 'online' or 'offline'")
+        ref = self._lookup(topic.device)
+        if ref is None:
+            if not self._policy.allow_unregistered:
+                raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered")
+            ref = DeviceRef(building=topic.building, device=topic.device, kind="unknown", registered=False)
+        elif ref.building != topic.building:
+            raise Rejected(Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}")
+        return Decoded(topic=topic, inputs=(StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),))
+
+
+def registry_from_config(config: Any) -> dict[str, DeviceRef]:
+    """The device registry as the decoder and the rules engine see it: id -> where the device is."""
+    grids = {b.id: b.grid for b in config.buildings}
+    return {
+        d.id: DeviceRef(
+            building=d.building, device=d.id, kind=d.kind.value, floor=d.floor, grid=grids.get(d.building)
+        )
+        for d in config.devices
+    }
+
+
+def policy_from_config(config: Any) -> DecodePolicy:
+    return DecodePolicy(
+        allow_unregistered=config.contract.allow_unregistered,
+        max_future_skew_ms=config.contract.max_future_skew_s * 1000,
+        max_age_ms=config.contract.max_age_s * 1000,
+    )
