@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -136,7 +137,9 @@ class MosquittoServer(_Process):
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"per_listener_settings false",
+            # As root, Mosquitto drops to user "mosquitto", which cannot write this private directory.
+            *([f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []),
+            "per_listener_settings false",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
@@ -162,8 +165,13 @@ class MosquittoServer(_Process):
         binary = _binary("mosquitto", "/usr/sbin/mosquitto")
         self._spawn([binary, "-c", str(self.config_path)], self.log_path)
         assert self.proc is not None
-        _wait_until(lambda: _port_open(self.port), timeout=timeout, what="mosquitto", log=self.log_path,
-                    proc=self.proc)
+        _wait_until(
+            lambda: _port_open(self.port),
+            timeout=timeout,
+            what="mosquitto",
+            log=self.log_path,
+            proc=self.proc,
+        )
         return self
 
     def restart(self, *, kill: bool = False) -> None:
