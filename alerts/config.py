@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 
 from alerts.secrets import Secret
 
@@ -22,7 +22,9 @@ Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]  # E.164
 SeverityName = Literal["warning", "trouble", "supervisory", "fire"]
 Lang = Literal["zh", "en"]
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Param = Literal["building", "location", "severity", "code", "count"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 EVENT_TYPES = (
     "alert.raised",
     "alert.updated",
@@ -83,10 +85,23 @@ def _check_url(url: str, allow_private: bool) -> None:
         )
 
 
+def check_whsec(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    if not raw.startswith("whsec_"):
+        raise ValueError("secret must have the form whsec_<base64>")
+    try:
+        key = base64.b64decode(raw[6:], validate=True)
+    except ValueError:
+        raise ValueError("secret must have the form whsec_<base64> (invalid base64)") from None
+    if len(key) < 16:
+        raise ValueError("secret is too short (at least 16 bytes of key)")
+    return value
+
+
 class OnDuty(Section):
     """One recurring on-duty window in the roster's local time; ``end`` before ``start`` spans midnight."""
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=lambda: list(DAYS))
+    days: list[Day] = Field(default_factory=lambda: list(DAYS))
     start: time = time(0, 0)
     end: time = time(23, 59, 59)
 
@@ -101,7 +116,10 @@ class Member(Section):
     on_duty: list[OnDuty] = Field(default_factory=list)  # empty: always on duty
     timezone: str | None = None  # default: notify.timezone
 
-    _tz = field_validator("timezone")(lambda v: None if v is None else _timezone(v))
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else _timezone(value)
 
 
 class Tier(Section):
@@ -141,16 +159,7 @@ class WebhookConfig(Section):
     @field_validator("secret")
     @classmethod
     def _whsec(cls, value: Secret) -> Secret:
-        raw = value.get_secret_value()
-        if not raw.startswith("whsec_"):
-            raise ValueError("secret must have the form whsec_<base64>")
-        try:
-            key = base64.b64decode(raw[6:], validate=True)
-        except ValueError:
-            raise ValueError("secret must have the form whsec_<base64> (invalid base64)") from None
-        if len(key) < 16:
-            raise ValueError("secret is too short (at least 16 bytes of key)")
-        return value
+        return check_whsec(value)
 
     @field_validator("events")
     @classmethod
@@ -179,7 +188,10 @@ class GovernanceConfig(Section):
     timeout_s: float = Field(default=10.0, gt=0, le=120)
     include_drills: bool = False
 
-    _whsec = field_validator("secret")(WebhookConfig._whsec.__func__)  # type: ignore[attr-defined]
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: Secret) -> Secret:
+        return check_whsec(value)
 
     @model_validator(mode="after")
     def _url(self) -> GovernanceConfig:
@@ -187,13 +199,15 @@ class GovernanceConfig(Section):
         return self
 
 
+def _default_params() -> list[Param]:
+    return ["building", "location", "severity", "code"]
+
+
 class SmsTemplate(Section):
     template_id: str | None = None  # aliyun TemplateCode / tencent TemplateId
     text: str  # rendered for twilio/http; documents the provider template for aliyun/tencent
     # Order of the parameters for providers with positional templates (tencent {1}, {2} ...).
-    params: list[Literal["building", "location", "severity", "code", "count"]] = Field(
-        default_factory=lambda: ["building", "location", "severity", "code"]
-    )
+    params: list[Param] = Field(default_factory=_default_params)
 
 
 def _default_templates() -> dict[Lang, SmsTemplate]:
@@ -290,6 +304,7 @@ class RetryConfig(Section):
     max_s: float = Field(default=300.0, gt=0)
     max_retry_after_s: float = Field(default=3600.0, gt=0)
     give_up_after_s: int = Field(default=86_400, ge=60)  # a notification older than this is dead-lettered
+    keep_done_s: int = Field(default=30 * 86_400, ge=3600)  # finished outbox rows are pruned after this
 
 
 class NotifyConfig(Section):
@@ -305,7 +320,10 @@ class NotifyConfig(Section):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     workers: int = Field(default=4, ge=1, le=64)
 
-    _tz = field_validator("timezone")(lambda v: _timezone(v))
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return _timezone(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> NotifyConfig:

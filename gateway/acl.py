@@ -220,5 +220,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     devices = sum(1 for user in bundle.users if user.role == "device")
     how = "derived from acl.device_secret" if config.acl.device_secret else "random (kept in credentials.yaml)"
-    print(f"wrote {args.out / PASSWD_FILE} and {args.out / ACL_FILE}: {len(bundle.users)} users ({devices} devices); passwords {how}")
+    files = f"{args.out / PASSWD_FILE} and {args.out / ACL_FILE}"
+    print(f"wrote {files}: {len(bundle.users)} users ({devices} devices); passwords {how}")
     return 0

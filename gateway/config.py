@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from alerts.config import NotifyConfig
 from gateway.secrets import Secret
+from rules.model import RuleConfig
 from rules.types import DeviceKind
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -240,7 +241,7 @@ class FiregridConfig(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     buildings: list[Building] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
-    rules: list[dict[str, Any]] | None = None
+    rules: list[RuleConfig] | None = None  # validated by rules.model; cross-rule checks in rules.loader
     rules_file: Path | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     acl: AclConfig = Field(default_factory=AclConfig)

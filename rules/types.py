@@ -131,3 +131,39 @@ class AlertTransition:
     test: bool = False  # raised under a maintenance window, silence or drill: recorded, never paged
     grid: str | None = None
     evidence: tuple[Evidence, ...] = field(default_factory=tuple)
+    # Raised by drill-flagged traffic (``firegrid verify``): real-looking, but routed only to drill receivers.  Drill
+    # alerts have their own keys (prefix ``drill:``), so a drill never masks or clears a real alarm.
+    drill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceWindow:
+    """A device, floor or building under test from ``start_ms`` to ``end_ms``: alerts raised inside it are ``test``.
+
+    ``floor``/``device`` None widen the scope to the whole floor or building.
+    """
+
+    id: str
+    building: str
+    floor: int | None
+    device: str | None
+    start_ms: int
+    end_ms: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAlert:
+    """An alert the store holds open, handed to ``Engine.seed_active`` after a restart so it is not raised twice."""
+
+    key: str
+    rule: str
+    building: str
+    floor: int | None
+    device: str | None
+    since_ms: int
+    severity: Severity = Severity.FIRE
+    value: MetricValue | None = None
+    confirmed: bool | None = None
+    test: bool = False
+    drill: bool = False

@@ -152,9 +152,7 @@ def generate(*, buildings: int, devices_per_building: int, seed: int = 0, prefix
                 floor = (n - 1) // 2 % floors + 1  # two detectors per floor
             else:
                 floor = (n - 1) % floors + 1
-            out_devices.append(
-                SimDevice(id=f"{bid}-{_SHORT[kind]}-{i + 1:04d}", building=bid, kind=kind, floor=floor)
-            )
+            out_devices.append(SimDevice(id=f"{bid}-{_SHORT[kind]}-{i + 1:04d}", building=bid, kind=kind, floor=floor))
     return Community(buildings=tuple(out_buildings), devices=tuple(out_devices), prefix=prefix)
 
 

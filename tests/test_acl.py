@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import stat
 import subprocess
 import sys
@@ -65,8 +66,9 @@ class Client:
 
     def __init__(self, server: MosquittoServer, user: str | None, password: str | None, *, v5: bool) -> None:
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.monotonic_ns()}",
-                                  protocol=protocol)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.monotonic_ns()}", protocol=protocol
+        )
         if user is not None:
             self.client.username_pw_set(user, password)
         self.connected: queue.Queue[Any] = queue.Queue()
@@ -158,7 +160,7 @@ def drain(client: Client, until_topic: str, *, timeout: float = 10.0) -> list[tu
 
 def test_hash_format_matches_mosquitto_passwd(tmp_path: Path) -> None:
     hashed = hash_password("correct horse", salt=b"0123456789ab")
-    _, kind, iterations, salt, digest = hashed.split("$")
+    _, kind, iterations, salt, _digest = hashed.split("$")
     assert (kind, iterations, len(salt)) == ("7", "101", 16)  # 12 bytes base64 -> 16 chars
     assert verify_password("correct horse", hashed)
     assert not verify_password("wrong", hashed)
@@ -208,9 +210,20 @@ def test_device_named_like_the_gateway_is_refused() -> None:
 def test_cli_on_the_example_community(tmp_path: Path) -> None:
     out = tmp_path / "auth"
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "acl", "--config", str(ROOT / "examples/community.yaml"), "--out",
-         str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "acl",
+            "--config",
+            str(ROOT / "examples/community.yaml"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     config = load_config(ROOT / "examples/community.yaml")
@@ -221,7 +234,10 @@ def test_cli_on_the_example_community(tmp_path: Path) -> None:
     assert "topic read" not in acl.split("user ", 2)[2]  # after the gateway block, no one may read
     bad = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "acl", "--config", str(tmp_path / "missing.yaml"), "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert bad.returncode == 2 and "cannot read" in bad.stderr
 
@@ -277,7 +293,18 @@ def test_devices_read_nothing_and_the_gateway_publishes_only_its_status(clients)
     clients("sd-1").publish("firegrid/b1/sd-1/status", b"online")
     got = drain(watcher, "firegrid/b1/sd-1/status")
     assert [t for t, _ in got] == ["firegrid/_gateway/gw-1/status", "firegrid/b1/sd-1/status"]
-    assert spy.messages.empty()  # sd-2 saw neither, though both were delivered to the gateway first
+    # Mosquitto 2.0 grants the subscription and filters at delivery.  A PUBACK travels on the spy's socket after
+    # anything the broker sent it earlier, so once it is here an undue delivery would already have been received.
+    assert spy.publish("firegrid/b1/sd-2/status", b"online") == 0
+    assert spy.messages.empty()
+
+
+def test_gateway_may_use_a_shared_subscription(clients) -> None:
+    """Several gateways splitting the load (mqtt.shared_group) subscribe with $share/...; the ACL allows it."""
+    gateway = clients("gateway")
+    assert gateway.subscribe("$share/gateways/firegrid/+/+/telemetry") == [1]
+    clients("sd-1").publish("firegrid/b1/sd-1/telemetry", b'{"alarm": false}')
+    assert [t for t, _ in drain(gateway, "firegrid/b1/sd-1/telemetry")] == ["firegrid/b1/sd-1/telemetry"]
 
 
 def test_simulator_publishes_as_any_device_but_never_as_a_gateway(clients) -> None:
@@ -289,3 +316,76 @@ def test_simulator_publishes_as_any_device_but_never_as_a_gateway(clients) -> No
     assert sim.publish("firegrid/b2/ht-9/event", b'{"type": "test"}') == 0
     got = drain(watcher, "firegrid/b2/ht-9/event")
     assert [t for t, _ in got] == ["firegrid/b1/sd-2/telemetry", "firegrid/b2/ht-9/event"]
+
+
+# --- end to end through `firegrid run` ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway_run(tmp_path: Path, broker: MosquittoServer, influx) -> Iterator[str]:
+    """``firegrid run`` as the ACL's gateway user (MQTT v5) against the ACL broker, writing to a real InfluxDB."""
+    import urllib.request
+
+    from tests.harness.services import free_port
+
+    port = free_port()
+    config = {
+        **CONFIG,
+        "mqtt": {**CONFIG["mqtt"], "url": broker.url},
+        "influx": {
+            "url": influx.url,
+            "api": "v1",
+            "database": influx.database,
+            "spool_dir": str(tmp_path / "spool"),
+            "flush_interval_s": 0.1,
+        },
+        "store": {"path": str(tmp_path / "gateway.sqlite")},
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "log": {"format": "text", "level": "info"},
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "gateway.log").open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIREGRID_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=30, what="firegrid run /readyz")
+        yield str(tmp_path / "gateway.log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0, (tmp_path / "gateway.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+
+
+def test_spoofed_publish_never_reaches_influxdb_through_firegrid_run(clients, gateway_run, influx) -> None:
+    device = clients("sd-1", v5=False)  # 3.1.1: the broker PUBACKs the denied publish as if it were fine
+    assert device.publish("firegrid/b1/sd-2/telemetry", b'{"obscuration": 9.0, "seq": 1}') == 0
+    assert device.publish("firegrid/b1/sd-1/telemetry", b'{"obscuration": 0.4, "seq": 7}') == 0
+    # Control: sd-2's topic is ingested when someone allowed publishes on it, so its absence is the ACL's doing.
+    assert clients("sim").publish("firegrid/b1/sd-2/telemetry", b'{"obscuration": 1.5, "seq": 2}') == 0
+
+    def rows() -> list[dict]:
+        return influx.rows('SELECT "obscuration", "device" FROM "smoke"')
+
+    wait_for(lambda: len(rows()) >= 2, timeout=30, what="both legitimate readings in InfluxDB")
+    got = sorted((row["device"], row["obscuration"]) for row in rows())
+    assert got == [("sd-1", 0.4), ("sd-2", 1.5)]  # never ("sd-2", 9.0)

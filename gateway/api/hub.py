@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Event", "Hub", "Subscription", "SubscriberLagged", "ResumeGap"]
+__all__ = ["Event", "Hub", "ResumeGap", "SubscriberLagged", "Subscription"]
 
 
 class SubscriberLagged(Exception):
@@ -67,11 +67,15 @@ class Subscription:
         self._accept = accept
         self.closed = False
         self.lagged = False
+        # Highest event id handed to this subscriber: a delivery still queued on the loop for an event the
+        # subscriber already got by replay (or that predates it) is not given twice.
+        self.floor = 0
 
     # Called on the loop thread only.
     def _offer(self, event: Event) -> None:
-        if self.closed or self.lagged:
+        if self.closed or self.lagged or event.id <= self.floor:
             return
+        self.floor = event.id
         if self._accept is not None and not self._accept(event):
             return
         if self._queue.qsize() >= self._maxsize:
@@ -80,15 +84,15 @@ class Subscription:
             return
         self._queue.put_nowait(event)
 
-    async def get(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None when ``timeout`` passes first (time for a heartbeat)."""
+    async def get(self, within: float | None = None) -> Event | None:
+        """The next event, or None when ``within`` seconds pass first (time for a heartbeat)."""
         if self.closed and self._queue.empty():
             raise StopAsyncIteration
         try:
-            if timeout is None:
+            if within is None:
                 item = await self._queue.get()
             else:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
+                item = await asyncio.wait_for(self._queue.get(), within)
         except TimeoutError:
             return None
         if item is _LAGGED:
@@ -157,20 +161,14 @@ class Hub:
             self._next_id += 1
             self._history.append(event)
             self.published += 1
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return event
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._deliver(event)
-        else:
-            try:
-                loop.call_soon_threadsafe(self._deliver, event)
-            except RuntimeError:  # the loop closed between the check and the call
-                pass
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                # Scheduled under the lock, so the loop delivers events in id order even when several threads
+                # publish at once (a client resuming with Last-Event-ID relies on ids only growing).
+                try:
+                    loop.call_soon_threadsafe(self._deliver, event)
+                except RuntimeError:  # the loop closed between the check and the call
+                    pass
         return event
 
     def _deliver(self, event: Event) -> None:
@@ -199,6 +197,7 @@ class Hub:
                 for event in self._history:
                     if event.id > last_event_id:
                         sub._offer(event)
+            sub.floor = self.last_id
             self._subscribers.add(sub)
         return sub
 

@@ -1,0 +1,337 @@
+"""The notifier: drains the durable outbox (fire first), runs escalation timers, and records every outcome.
+
+A pipeline of small stages per outbox row: pick (priority order) -> guard (age, endpoint, SMS budget and rate) ->
+send (one module per integration, which says whether a failure is retryable) -> record.
+
+Delivery guarantees:
+* webhooks and the governance platform: at least once, with the same ``webhook-id`` on every attempt; a row is
+  marked ``sent`` only after the receiver answered 2xx, so a crash before that resends it (same id), a crash after
+  that never does.
+* SMS: at most once.  The row is committed as ``attempting`` *before* the request; a timeout, a dropped connection
+  or a crash mid-request turns it into ``unknown`` (reconciled by an operator against the provider's records), never
+  into a blind resend.
+
+Time comes from an injectable ``clock`` (epoch ms) so tests drive escalation without sleeping for a minute; after
+moving a fake clock, call ``wake()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import orjson
+
+from alerts import governance, webhook
+from alerts.config import NotifyConfig, WebhookConfig
+from alerts.sms import SmsMessage, sender_for
+from alerts.store import AlertChange, AlertStore, OutboxItem, Outcome
+from alerts.webhook import SendResult
+
+log = logging.getLogger("firegrid.alerts.delivery")
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: AlertStore,
+        notify: NotifyConfig | None = None,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        session: aiohttp.ClientSession | None = None,
+        workers: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.notify = notify or store.notify
+        self.clock = clock
+        self.workers = workers or self.notify.workers
+        self.rng = rng or random.Random()
+        self.stats: dict[str, int] = {}
+        self._session = session
+        self._own_session = session is None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0}
+        # Webhook outcomes waiting to be recorded in one transaction (a commit per delivery would cap throughput
+        # at the disk's fsync rate); their rows stay excluded from picking until recorded.
+        self._outcomes: list[Outcome] = []
+        self._unflushed: set[int] = set()
+        self._stopping = False
+        self._next_prune_ms = 0
+        self._loop_thread: int | None = None
+        self._sms_send = sender_for(self.notify.sms.provider) if self.notify.sms else None
+        self.store.add_listener(self._on_change)
+
+    # ------------------------------------------------------------------ control
+    def _on_change(self, change: AlertChange) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """New outbox rows or a moved clock: look again now.  Safe to call from any thread."""
+        loop, event = self._loop, self._wake
+        if loop is None or event is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(event.set)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    @property
+    def idle(self) -> bool:
+        return not self._inflight and not self._outcomes
+
+    def _count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        """Until ``stop()`` (or cancellation): resume the outbox left by a previous run, then deliver and escalate."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        recovered = self.store.recover(now_ms=self.clock())
+        if recovered:
+            log.warning("%d SMS were interrupted mid-request: marked unknown (not resent)", recovered)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                self._flush()
+                now = self.clock()
+                nxt_esc = self.store.next_escalation_ms()
+                if nxt_esc is not None and nxt_esc <= now:
+                    changes = self.store.escalate_due(now_ms=now)
+                    self.stats["escalated"] = self.stats.get("escalated", 0) + len(changes)
+                    nxt_esc = self.store.next_escalation_ms()
+                if now >= self._next_prune_ms:
+                    self._next_prune_ms = now + 3_600_000
+                    pruned = self.store.prune_outbox(before_ms=now - self.notify.retry.keep_done_s * 1000)
+                    if pruned:
+                        log.info("pruned %d finished outbox rows", pruned)
+                self._start_due(now)
+                waits = [t for t in (self.store.next_due_ms(), nxt_esc) if t is not None]
+                timeout = None
+                if waits:
+                    timeout = max(0.0, (min(waits) - self.clock()) / 1000)
+                    timeout = min(timeout, 5.0)  # also re-check now and then (a fake clock may have moved)
+                if timeout == 0.0 and self._all_busy():
+                    timeout = None  # wait for a worker to finish (it wakes us)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            tasks = list(self._inflight.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._flush()
+            if self._own_session and self._session is not None:
+                await self._session.close()
+                self._session = None
+            self._loop = None
+            self._wake = None
+
+    def _all_busy(self) -> bool:
+        return all(n >= self.workers for n in self._busy.values())
+
+    def _start_due(self, now: int) -> None:
+        items = self.store.due(now_ms=now, limit=self.workers * 3, exclude=self._inflight.keys() | self._unflushed)
+        for item in items:  # already in priority order: fire first
+            if self._busy[item.channel] >= self.workers:
+                continue
+            self._busy[item.channel] += 1
+            task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
+            self._inflight[item.id] = task
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        try:
+            if item.channel == "sms":
+                await self._deliver_sms(item)
+            else:
+                await self._deliver_webhook(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one bad row must not stop delivery of the others
+            log.exception("delivery of outbox row %d failed unexpectedly", item.id)
+            self.store.mark_retry(
+                item.id, next_ms=self.clock() + self._backoff(item.attempts), error=f"internal error: {exc}"
+            )
+        finally:
+            self._inflight.pop(item.id, None)
+            self._busy[item.channel] -= 1
+            self.wake()
+
+    def _flush(self) -> None:
+        if self._outcomes:
+            outcomes, self._outcomes = self._outcomes, []
+            self.store.record_outcomes(outcomes)
+            self._unflushed.difference_update(o.id for o in outcomes)
+
+    def _backoff(self, attempts: int) -> int:
+        retry = self.notify.retry
+        ceiling = min(retry.max_s, retry.base_s * (2 ** min(attempts, 30)))
+        return int(1000 * self.rng.uniform(ceiling / 2, ceiling))  # jitter: spread retries of many rows
+
+    # ------------------------------------------------------------------ webhooks
+    def _endpoint(self, url: str) -> WebhookConfig | None:
+        for hook in (*self.notify.webhooks, *self.notify.drill_receivers.webhooks):
+            if hook.url == url:
+                return hook
+        return None
+
+    async def _deliver_webhook(self, item: OutboxItem) -> None:
+        now = self.clock()
+        assert self._session is not None
+        if now - item.created_ms > self.notify.retry.give_up_after_s * 1000:
+            self.store.mark_done(item.id, state="dead", now_ms=now, error="gave up: too old")
+            self._count("dead")
+            return
+        if item.channel == "governance":
+            gov = self.notify.governance
+            if gov is None:
+                self.store.mark_done(item.id, state="failed", now_ms=now, error="governance no longer configured")
+                return
+            result = await governance.send(self._session, gov, msg_id=item.msg_id, body=item.body)
+        else:
+            hook = self._endpoint(item.target)
+            if hook is None:
+                self.store.mark_done(item.id, state="failed", now_ms=now, error="endpoint no longer configured")
+                return
+            result = await webhook.send(
+                self._session,
+                url=hook.url,
+                secret=hook.secret.get_secret_value(),
+                msg_id=item.msg_id,
+                body=item.body,
+                timeout_s=hook.timeout_s,
+                allow_private=hook.allow_private,
+            )  # the signature's timestamp is wall-clock time: receivers check it against theirs
+        self._record(item, result)
+
+    def _record(self, item: OutboxItem, result: SendResult) -> None:
+        now = self.clock()
+        if result.ok:
+            self._outcome(Outcome(item.id, "sent", now))
+            self._count(f"{item.channel}_sent")
+        elif result.disable:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error, attempted=True)
+            self.store.disable_endpoint(item.target, reason=result.error or "disabled", now_ms=now)
+            log.error("webhook endpoint %s answered 410 Gone: disabled", item.target)
+            self._count("endpoint_disabled")
+        elif result.retryable:
+            delay = self._backoff(item.attempts)
+            if result.retry_after_s is not None:
+                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            self._outcome(Outcome(item.id, "pending", now, result.error, next_ms=now + delay))
+            self._count(f"{item.channel}_retry")
+        else:
+            self._outcome(Outcome(item.id, "failed", now, result.error))
+            log.error("notification %s to %s failed permanently: %s", item.msg_id, item.target, result.error)
+            self._count(f"{item.channel}_failed")
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._unflushed.add(outcome.id)
+
+    # ------------------------------------------------------------------ SMS
+    def _day_start_ms(self, now: int) -> int:
+        local = datetime.fromtimestamp(now / 1000, tz=UTC).astimezone(ZoneInfo(self.notify.timezone))
+        return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
+
+    async def _deliver_sms(self, item: OutboxItem) -> None:
+        sms = self.notify.sms
+        now = self.clock()
+        assert self._session is not None and item.phone is not None
+        if sms is None or self._sms_send is None:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error="sms not configured")
+            return
+        sent_today = self.store.sms_count(phone=item.phone, since_ms=self._day_start_ms(now))
+        if sent_today >= sms.daily_budget:
+            self.store.mark_done(
+                item.id,
+                state="suppressed",
+                now_ms=now,
+                error=f"daily budget of {sms.daily_budget} SMS for this number reached",
+            )
+            log.error("SMS to %s suppressed: daily budget %d reached", item.recipient, sms.daily_budget)
+            self._count("sms_suppressed")
+            return
+        # Rate limits delay (never drop) a page: per recipient, then globally, over a sliding minute.
+        for phone, limit in ((item.phone, sms.rate.per_recipient_per_min), (None, sms.rate.global_per_min)):
+            if self.store.sms_count(phone=phone, since_ms=now - 60_000) >= limit:
+                oldest = self.store.oldest_sms_since(phone=phone, since_ms=now - 60_000) or now
+                self.store.mark_retry(item.id, next_ms=oldest + 60_001, error="rate limited")
+                self._count("sms_rate_limited")
+                return
+        body = orjson.loads(item.body)
+        lang = body.get("lang", "zh")
+        template = sms.templates.get(lang) or next(iter(sms.templates.values()))
+        message = SmsMessage(
+            msg_id=item.msg_id,
+            phone=item.phone,
+            lang=lang,
+            template=template,
+            params={k: str(v) for k, v in body.get("params", {}).items()},
+        )
+        # Durable "attempting" BEFORE the request: a crash from here on can never cause a blind resend.
+        self.store.mark_attempting(item.id, now_ms=now)
+        result = await self._sms_send(self._session, sms, message)
+        now = self.clock()
+        if result.ok:
+            self.store.mark_done(item.id, state="sent", now_ms=now, error=None)
+            self._count("sms_sent")
+            if sent_today + 1 == sms.warn_at:
+                log.warning(
+                    "SMS budget warning: %s has had %d of %d SMS today",
+                    item.recipient,
+                    sent_today + 1,
+                    sms.daily_budget,
+                )
+                self._count("sms_budget_warning")
+                self.store.publish(
+                    AlertChange(
+                        "sms.budget_warning",
+                        item.alert_id,
+                        item.incident_id,
+                        now,
+                        {"recipient": item.recipient, "sent_today": sent_today + 1, "budget": sms.daily_budget},
+                    )
+                )
+        elif result.unknown:
+            self.store.mark_done(item.id, state="unknown", now_ms=now, error=result.error)
+            log.error(
+                "SMS %s to %s: outcome unknown (%s); not resent, reconcile with the provider",
+                item.msg_id,
+                item.recipient,
+                result.error,
+            )
+            self._count("sms_unknown")
+        elif result.retryable:
+            delay = self._backoff(item.attempts)
+            if result.retry_after_s is not None:
+                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            self.store.mark_retry(item.id, next_ms=now + delay, error=result.error)
+            self._count("sms_retry")
+        else:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error)
+            log.error("SMS %s to %s failed: %s", item.msg_id, item.recipient, result.error)
+            self._count("sms_failed")

@@ -1,0 +1,114 @@
+"""Tencent Cloud SMS ``SendSms`` (API 2021-01-11) signed with ``TC3-HMAC-SHA256`` (signature v3).
+
+As documented: ``CanonicalRequest = "POST\\n/\\n\\n" + CanonicalHeaders + "\\n" + SignedHeaders + "\\n" +
+hex(sha256(payload))`` with canonical headers ``content-type``, ``host`` and ``x-tc-action`` (value lower-cased),
+``CredentialScope = <UTC date>/sms/tc3_request``, ``StringToSign = "TC3-HMAC-SHA256\\n" + timestamp + "\\n" + scope +
+"\\n" + hex(sha256(CanonicalRequest))``; the key is derived ``HMAC("TC3"+SecretKey, date)`` -> ``HMAC(., "sms")`` ->
+``HMAC(., "tc3_request")`` and the signature is ``hex(HMAC(key, StringToSign))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from alerts.config import SmsConfig
+from alerts.sms import SmsMessage, request
+from alerts.webhook import SendResult
+
+ENDPOINT = "https://sms.tencentcloudapi.com/"
+SERVICE = "sms"
+VERSION = "2021-01-11"
+CONTENT_TYPE = "application/json; charset=utf-8"
+RETRYABLE_PREFIXES = (
+    "InternalError",
+    "RequestLimitExceeded",
+    "LimitExceeded.AppGlobalDailyLimit",
+    "ResourceUnavailable",
+)
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def signed_headers(
+    *, url: str, payload: bytes, secret_id: str, secret_key: str, action: str, region: str, timestamp: int
+) -> dict[str, str]:
+    host = urlsplit(url).netloc
+    date = datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
+    canonical_headers = f"content-type:{CONTENT_TYPE}\nhost:{host}\nx-tc-action:{action.lower()}\n"
+    signed = "content-type;host;x-tc-action"
+    canonical = "\n".join(["POST", "/", "", canonical_headers, signed, hashlib.sha256(payload).hexdigest()])
+    scope = f"{date}/{SERVICE}/tc3_request"
+    to_sign = f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    key = _hmac(_hmac(_hmac(("TC3" + secret_key).encode(), date), SERVICE), "tc3_request")
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return {
+        "Authorization": f"TC3-HMAC-SHA256 Credential={secret_id}/{scope}, SignedHeaders={signed}, "
+        f"Signature={signature}",
+        "Content-Type": CONTENT_TYPE,
+        "Host": host,
+        "X-TC-Action": action,
+        "X-TC-Timestamp": str(timestamp),
+        "X-TC-Version": VERSION,
+        "X-TC-Region": region,
+    }
+
+
+def _parse(status: int, body: bytes) -> SendResult:
+    try:
+        response = orjson.loads(body).get("Response", {})
+    except (orjson.JSONDecodeError, AttributeError):
+        return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
+    error = response.get("Error")
+    if error:
+        code = str(error.get("Code", ""))
+        return SendResult(
+            ok=False,
+            status=status,
+            retryable=code.startswith(RETRYABLE_PREFIXES),
+            error=f"tencent {code}: {error.get('Message')}",
+        )
+    statuses = response.get("SendStatusSet") or []
+    if not statuses:
+        return SendResult(ok=False, status=status, error="tencent: empty SendStatusSet")
+    first = statuses[0]
+    code = str(first.get("Code", ""))
+    if code == "Ok":
+        return SendResult(ok=True, status=status, provider_id=first.get("SerialNo"))
+    return SendResult(
+        ok=False,
+        status=status,
+        retryable=code.startswith(RETRYABLE_PREFIXES),
+        error=f"tencent {code}: {first.get('Message')}",
+    )
+
+
+async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
+    url = config.endpoint or ENDPOINT
+    payload = orjson.dumps(
+        {
+            "PhoneNumberSet": [message.phone],
+            "SmsSdkAppId": config.sdk_app_id,
+            "SignName": config.sign_name,
+            "TemplateId": message.template.template_id,
+            "TemplateParamSet": [message.params.get(name, "") for name in message.template.params],
+            "SessionContext": message.msg_id,
+        }
+    )
+    headers = signed_headers(
+        url=url,
+        payload=payload,
+        secret_id=config.secret_id or "",
+        secret_key=config.secret_key.get_secret_value() if config.secret_key else "",
+        action="SendSms",
+        region=config.region,
+        timestamp=int(datetime.now(tz=UTC).timestamp()),
+    )
+    return await request(session, config, "POST", url, parse=_parse, data=payload, headers=headers)

@@ -1,0 +1,531 @@
+"""Bench: alert latency, device publish → signed webhook received, under steady load and inside a burst.
+
+Background: ``n_devices`` smoke detectors publish normal readings (QoS 1) at 0, 1,000, 5,000 and 10,000 readings/s;
+during each steady phase a second client publishes alarms (a detector's own ``alarm: true`` with obscuration far over
+the threshold), each from a detector that alarms once, so each alarm is a fresh ``alert.raised``.  The clock starts
+when the alarm is handed to paho and stops when the bench's aiohttp receiver has read a webhook, with a valid
+Standard Webhooks signature, that names the detector.  Then a burst of 50,000 readings is published as fast as the
+broker takes them, with alarms injected at evenly spaced points of it: they must not queue behind the telemetry.
+
+The same plan drives the Node-RED peer (bench/peer_nodered.py); :func:`run_plan` takes any :class:`System`.
+
+    python -m bench.latency            # 0/1k/5k/10k readings/s for 6 s each + a 50,000 burst
+    python -m bench.latency --quick    # 0/1k for 2 s + a 5,000 burst
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.common import (
+    BenchError,
+    Community,
+    Figure,
+    FiregridProcess,
+    Publisher,
+    RssSampler,
+    Services,
+    WebhookReceiver,
+    bench_parser,
+    emit,
+    firegrid_available,
+    firegrid_config,
+    first_arrival_by_key,
+    paced_in_thread,
+    percentile,
+    services,
+    wait_until,
+)
+
+RUNS = 3
+TIMEOUT_S = 240
+
+
+class System(Protocol):
+    """A system under test: consumes the community's MQTT topics, writes InfluxDB, posts signed webhooks."""
+
+    label: str
+
+    def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    @property
+    def pid(self) -> int: ...
+
+
+@dataclass
+class FiregridSystem:
+    """``firegrid run`` with a generated config: the community registered, default rules, one webhook."""
+
+    label: str = "firegrid"
+    process: FiregridProcess | None = None
+    ready_s: float = math.nan
+
+    def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None:
+        why = firegrid_available()
+        if why is not None:
+            raise BenchError(f"firegrid run is not available yet ({why})")
+        config = firegrid_config(
+            broker_port=svc.broker.port,
+            influx_url=svc.influx.url,
+            workdir=workdir,
+            buildings=community.buildings(),
+            devices=community.devices(),
+            webhook=receiver,
+        )
+        self.process = FiregridProcess(config=config, workdir=workdir).start()
+        self.ready_s = self.process.ready_after_s
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def restart(self) -> None:
+        assert self.process is not None
+        self.process.start()
+
+    def diagnostics(self) -> str:
+        """Non-zero rejection, spool and dead-letter metrics: why readings did not reach InfluxDB."""
+        assert self.process is not None
+        try:
+            with urllib.request.urlopen(self.process.http_base + "/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            return f"/metrics unavailable ({exc})"
+        wanted = ("reject", "spool", "dead", "influx", "dropped", "duplicate")
+        lines = [
+            line
+            for line in text.splitlines()
+            if line and not line.startswith("#") and any(w in line for w in wanted) and not line.endswith(" 0.0")
+        ]
+        return "; ".join(lines[:15]) or "no non-zero rejection/spool metrics"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+@dataclass(frozen=True)
+class Plan:
+    rates: tuple[int, ...] = (0, 1000, 5000, 10_000)
+    phase_s: float = 6.0
+    alarms_per_phase: int = 20
+    burst: int = 50_000
+    burst_alarms: int = 10
+    alarm_timeout_s: float = 20.0  # an alarm later than this after its phase is counted lost
+    drain_timeout_s: float = 60.0
+    stall_s: float = 15.0  # InfluxDB's count unchanged this long: what is missing is counted lost
+    crash: int = 0  # > 0: readings of a second burst in whose middle the system is SIGKILLed and restarted
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(rates=(0, 1000), phase_s=2.0, alarms_per_phase=4, burst=5000, burst_alarms=4, drain_timeout_s=20)
+
+    @property
+    def n_alarms(self) -> int:
+        return 1 + len(self.rates) * self.alarms_per_phase + self.burst_alarms  # 1: the warm-up alarm
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    target_rate: float | None
+    achieved_rate: float
+    alarms_sent: int
+    latencies_ms: list[float]
+
+    @property
+    def lost_alarms(self) -> int:
+        return self.alarms_sent - len(self.latencies_ms)
+
+    def pct(self, p: float) -> float:
+        return percentile(self.latencies_ms, p)
+
+    @property
+    def worst_ms(self) -> float:
+        return max(self.latencies_ms) if self.latencies_ms else math.nan
+
+
+@dataclass
+class PlanResult:
+    system: str
+    phases: list[PhaseResult] = field(default_factory=list)
+    telemetry_published: int = 0
+    telemetry_stored: int = 0
+    burst_throughput: float = math.nan  # readings/s from the burst's first publish to its last point in InfluxDB
+    burst_publish_rate: float = math.nan
+    rss_peak_mb: float = math.nan
+    ready_s: float = math.nan
+    notes: list[str] = field(default_factory=list)
+    drain_trace: list[tuple[float, int]] = field(default_factory=list)  # (s since burst start, points in InfluxDB)
+    crash_lost: int | None = None  # readings lost to a SIGKILL mid-burst (None: not measured)
+
+    @property
+    def lost_telemetry(self) -> int:
+        return max(0, self.telemetry_published - self.telemetry_stored)
+
+
+def _stored(svc: Services) -> int:
+    with contextlib.suppress(Exception):
+        return svc.influx.count("smoke", "obscuration")
+    return -1
+
+
+def _wait_alarms(receiver: WebhookReceiver, keys: Sequence[str], timeout: float) -> None:
+    wanted = set(keys)
+    needles = {k: f'"{k}"'.encode() for k in wanted}
+
+    def all_in() -> bool:
+        seen = {k for k, n in needles.items() for a in list(receiver.arrivals) if n in a.body}
+        return seen >= wanted
+
+    with contextlib.suppress(BenchError):
+        wait_until(all_in, timeout=timeout, interval=0.1, what="alarm webhooks")
+
+
+def _latencies(receiver: WebhookReceiver, alarms: Publisher, keys: Sequence[str]) -> list[float]:
+    arrived = first_arrival_by_key(list(receiver.arrivals), keys)
+    return [(arrived[k] - alarms.sent_at[k]) / 1e6 for k in keys if k in arrived and k in alarms.sent_at]
+
+
+def _drain(
+    svc: Services, *, expected: int, since: float, plan: Plan, trace: list[tuple[float, int]]
+) -> tuple[int, float]:
+    """Poll InfluxDB until ``expected`` readings are in, or its count stopped growing for ``plan.stall_s``;
+    (count, monotonic time everything had landed or NaN)."""
+    last, last_change = -1, time.monotonic()
+    deadline = time.monotonic() + plan.drain_timeout_s
+    while time.monotonic() < deadline:
+        count = _stored(svc)
+        now = time.monotonic()
+        trace.append((round(now - since, 2), count))
+        if count != last:
+            last, last_change = count, now
+        if count >= expected:
+            return count, now
+        if now - last_change > plan.stall_s:
+            break
+        time.sleep(0.2)
+    return max(last, 0), math.nan
+
+
+def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path) -> PlanResult:
+    """Fresh broker and InfluxDB, start the system, warm up with one alarm, then the steady phases, the burst and
+    (when ``plan.crash``) a SIGKILL in the middle of a second burst."""
+    result = PlanResult(system=system.label)
+    next_alarm = 0
+
+    def take_alarms(n: int) -> list[int]:
+        nonlocal next_alarm
+        out = list(range(next_alarm, next_alarm + n))
+        next_alarm += n
+        return out
+
+    with services(workdir / "services") as svc, WebhookReceiver() as receiver:
+        system.start(svc=svc, receiver=receiver, community=community, workdir=workdir / system.label)
+        try:
+            result.ready_s = float(getattr(system, "ready_s", math.nan))
+            with (
+                Publisher(port=svc.broker.port, client_id="bench-load", max_outstanding=200) as load,
+                Publisher(port=svc.broker.port, client_id="bench-alarms", max_outstanding=100) as alarms,
+            ):
+                with RssSampler(system.pid) as rss:
+                    # Warm-up: the first alarm proves the whole path (subscription, rules, webhook) is live.
+                    (warm,) = take_alarms(1)
+                    topic, payload = community.alarm(warm)
+                    alarms.publish(topic, payload, mark=community.alarm_device(warm))
+                    _wait_alarms(receiver, [community.alarm_device(warm)], 60.0)
+                    if not first_arrival_by_key(receiver.arrivals, [community.alarm_device(warm)]):
+                        raise BenchError(f"{system.label}: the warm-up alarm produced no signed webhook within 60 s")
+                    telemetry = community.telemetry()
+                    published = 0
+                    for rate in plan.rates:
+                        ids = take_alarms(plan.alarms_per_phase)
+                        achieved, sent = _steady_phase(
+                            load=load,
+                            alarms=alarms,
+                            telemetry=telemetry,
+                            community=community,
+                            rate=rate,
+                            duration_s=plan.phase_s,
+                            alarm_ids=ids,
+                        )
+                        published += sent
+                        keys = [community.alarm_device(i) for i in ids]
+                        _wait_alarms(receiver, keys, plan.alarm_timeout_s)
+                        result.phases.append(
+                            PhaseResult(
+                                name=f"steady {rate}/s",
+                                target_rate=rate,
+                                achieved_rate=achieved,
+                                alarms_sent=len(ids),
+                                latencies_ms=_latencies(receiver, alarms, keys),
+                            )
+                        )
+                    # Burst: telemetry as fast as the broker accepts it, alarms injected at evenly spaced points.
+                    ids = take_alarms(plan.burst_alarms)
+                    keys = [community.alarm_device(i) for i in ids]
+                    before = load.stats.sent
+                    burst_start = time.monotonic()
+                    # The same generator continues: fresh seq numbers, so no reading is a replay of an earlier one.
+                    thread, _stop, _stats = paced_in_thread(load, itertools.islice(telemetry, plan.burst), rate=None)
+                    for k, alarm_id in enumerate(ids):
+                        at = (k + 1) * plan.burst // (len(ids) + 1)
+                        while load.stats.sent - before < at and thread.is_alive():
+                            time.sleep(0.001)
+                        topic, payload = community.alarm(alarm_id)
+                        alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
+                    thread.join()
+                    publish_s = time.monotonic() - burst_start
+                    published += plan.burst
+                    result.burst_publish_rate = plan.burst / publish_s if publish_s > 0 else math.nan
+                    expected = published + next_alarm  # every alarm reading is stored too
+                    result.telemetry_published = expected
+                    stored, landed_at = _drain(
+                        svc, expected=expected, since=burst_start, plan=plan, trace=result.drain_trace
+                    )
+                    result.telemetry_stored = stored
+                    if not math.isnan(landed_at):
+                        result.burst_throughput = plan.burst / (landed_at - burst_start)
+                    else:
+                        result.notes.append(
+                            f"{system.label}: {result.lost_telemetry:,} of {expected:,} readings not in InfluxDB "
+                            f"{plan.stall_s:.0f} s after its count stopped growing"
+                        )
+                        diagnose = getattr(system, "diagnostics", None)
+                        if diagnose is not None:
+                            result.notes.append(f"{system.label} diagnostics: {diagnose()}")
+                    _wait_alarms(receiver, keys, plan.alarm_timeout_s)
+                    result.phases.append(
+                        PhaseResult(
+                            name=f"burst {plan.burst}",
+                            target_rate=None,
+                            achieved_rate=result.burst_publish_rate,
+                            alarms_sent=len(ids),
+                            latencies_ms=_latencies(receiver, alarms, keys),
+                        )
+                    )
+                result.rss_peak_mb = rss.peak
+                if plan.crash:
+                    result.crash_lost = _crash_phase(
+                        system, svc=svc, load=load, telemetry=telemetry, plan=plan, stored_before=stored, result=result
+                    )
+            if receiver.rejected:
+                result.notes.append(f"{system.label}: {len(receiver.rejected)} webhooks failed verification")
+        finally:
+            system.stop()
+    return result
+
+
+def _crash_phase(
+    system: System,
+    *,
+    svc: Services,
+    load: Publisher,
+    telemetry: Any,
+    plan: Plan,
+    stored_before: int,
+    result: PlanResult,
+) -> int:
+    """Publish ``plan.crash`` readings fast, SIGKILL the system when half are out, finish publishing (the broker
+    queues for the persistent session), restart it and count what never reaches InfluxDB."""
+    before = load.stats.sent
+    thread, _stop, _stats = paced_in_thread(load, itertools.islice(telemetry, plan.crash), rate=None)
+    while load.stats.sent - before < plan.crash // 2 and thread.is_alive():
+        time.sleep(0.001)
+    system.kill()
+    thread.join()
+    load.wait_acked(timeout=60)
+    restart = time.monotonic()
+    system.restart()
+    expected = stored_before + plan.crash
+    stored, _landed = _drain(svc, expected=expected, since=restart, plan=plan, trace=[])
+    lost = max(0, expected - stored)
+    if lost:
+        result.notes.append(
+            f"{system.label}: SIGKILL in the middle of a {plan.crash:,} burst lost {lost:,} readings "
+            "(acknowledged to the broker, never written)"
+        )
+    return lost
+
+
+def _steady_phase(
+    *,
+    load: Publisher,
+    alarms: Publisher,
+    telemetry: Any,
+    community: Community,
+    rate: int,
+    duration_s: float,
+    alarm_ids: Sequence[int],
+) -> tuple[float, int]:
+    """Background telemetry at ``rate`` for ``duration_s`` with alarms spread over the phase; (achieved rate, sent)."""
+    stats: list[Any] = []
+    thread: threading.Thread | None = None
+    if rate > 0:
+        thread, _stop, stats = paced_in_thread(load, telemetry, rate=rate, duration_s=duration_s)
+    start = time.monotonic()
+    # Alarms from 20 % to 95 % of the phase, so they meet the load at its steady state.
+    for k, alarm_id in enumerate(alarm_ids):
+        at = start + duration_s * (0.2 + 0.75 * k / max(1, len(alarm_ids) - 1))
+        delay = at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        topic, payload = community.alarm(alarm_id)
+        alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
+    if thread is not None:
+        thread.join()
+        return stats[0].rate, stats[0].sent
+    remaining = duration_s - (time.monotonic() - start)
+    if remaining > 0:
+        time.sleep(remaining)
+    return 0.0, 0
+
+
+def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]:
+    """Figures of one system's plan: p50/p99/max per phase, loss, burst throughput, RSS."""
+    figures: list[Figure] = []
+    who = result.system
+    for phase in result.phases:
+        steady = phase.target_rate is not None
+        tag = f"{int(phase.target_rate)}" if steady else "burst"
+        where = f"{int(phase.target_rate):,}/s steady" if steady else f"in a {plan.burst:,} burst"
+        goal_ms = 100.0 if steady and phase.target_rate == 10_000 else 1000.0 if not steady else None
+        for pname, value in (("p50", phase.pct(50)), ("p99", phase.pct(99)), ("max", phase.worst_ms)):
+            figures.append(
+                Figure(
+                    name=f"{prefix}.{pname}_ms@{tag}",
+                    label=f"{who} alarm latency {pname}, {where}",
+                    value=value,
+                    unit="ms",
+                    better="lower",
+                    goal=f"< {goal_ms:.0f} ms" if goal_ms and pname == "p99" else None,
+                    goal_max=goal_ms if goal_ms and pname == "p99" else None,
+                )
+            )
+        figures.append(
+            Figure(
+                name=f"{prefix}.lost_alarms@{tag}",
+                label=f"{who} alarms lost, {where}",
+                value=float(phase.lost_alarms),
+                unit=f"of {phase.alarms_sent}",
+                better="lower",
+                goal="0",
+                goal_max=0,
+            )
+        )
+        if steady and phase.target_rate:
+            figures.append(
+                Figure(
+                    name=f"{prefix}.load_rate@{tag}",
+                    label=f"{who} background load achieved, {where}",
+                    value=phase.achieved_rate,
+                    unit="readings/s",
+                )
+            )
+    figures += [
+        Figure(
+            name=f"{prefix}.burst_throughput",
+            label=f"{who} burst drained into InfluxDB",
+            value=result.burst_throughput,
+            unit="readings/s",
+        ),
+        Figure(
+            name=f"{prefix}.burst_publish_rate",
+            label=f"{who} burst accepted by the broker (load generator)",
+            value=result.burst_publish_rate,
+            unit="readings/s",
+        ),
+        Figure(
+            name=f"{prefix}.lost_readings",
+            label=f"{who} readings lost (never in InfluxDB)",
+            value=float(result.lost_telemetry),
+            unit=f"of {result.telemetry_published:,}",
+            better="lower",
+            goal="0",
+            goal_max=0,
+        ),
+        *(
+            [
+                Figure(
+                    name=f"{prefix}.crash_lost",
+                    label=f"{who} readings lost to a SIGKILL mid-burst",
+                    value=float(result.crash_lost),
+                    unit=f"of {plan.crash:,}",
+                    better="lower",
+                    goal="0",
+                    goal_max=0,
+                )
+            ]
+            if result.crash_lost is not None
+            else []
+        ),
+        Figure(
+            name=f"{prefix}.rss_peak_mb",
+            label=f"{who} peak RSS",
+            value=result.rss_peak_mb,
+            unit="MiB",
+            better="lower",
+            goal="< 100 MiB" if who == "firegrid" else None,
+            goal_max=100 if who == "firegrid" else None,
+        ),
+    ]
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__ or "")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    community = Community(n_devices=1000, n_buildings=50, n_alarms=plan.n_alarms)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        system = FiregridSystem()
+        try:
+            result = run_plan(system, plan, community=community, workdir=workdir)
+        except BenchError as exc:
+            emit("latency", [], as_json=args.json, quick=args.quick, notes=[f"not measured: {exc}"])
+            return 2
+    figures = plan_figures(result, prefix="latency", plan=plan)
+    notes = list(result.notes)
+    for phase in result.phases:
+        if phase.target_rate and phase.achieved_rate < 0.95 * phase.target_rate:
+            notes.append(
+                f"{phase.name}: the load generator reached only {phase.achieved_rate:,.0f}/s "
+                "(the broker acknowledged no faster on 2 shared cores)"
+            )
+    conditions = {
+        "devices": community.n_devices,
+        "phase_s": plan.phase_s,
+        "alarms_per_phase": plan.alarms_per_phase,
+        "burst": plan.burst,
+        "startup_s": round(result.ready_s, 2),
+    }
+    emit("latency", figures, as_json=args.json, quick=args.quick, notes=notes, conditions=conditions)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Bench: a district on one gateway — 100,000 registered devices in 2,000 buildings.
+
+Generates a config with that registry (YAML, as an operator would keep it), starts ``firegrid run`` against a private
+broker and InfluxDB, and measures:
+
+* startup time: process start → ``/readyz`` answers 200 (config load and validation, registry, store, MQTT);
+* RSS once ready and after the API was queried;
+* ``GET /api/v1/buildings`` latency (p50/p99/max over sequential requests with a viewer token), and its size.
+
+    python -m bench.scale                 # 100,000 devices / 2,000 buildings
+    python -m bench.scale --quick         # 10,000 / 200
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchError,
+    Figure,
+    FiregridProcess,
+    bench_parser,
+    emit,
+    firegrid_available,
+    firegrid_config,
+    percentile,
+    rss_mb,
+    services,
+)
+
+RUNS = 3
+TIMEOUT_S = 300
+TOKEN = "bench-viewer-token-0123456789"
+KINDS = ("smoke", "smoke", "smoke", "heat", "extinguisher", "call_point")  # a plausible mix per building
+
+
+def registry(*, buildings: int, devices: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    per = devices // buildings
+    out_b = [
+        {"id": f"b{b:05d}", "name": f"Building {b}", "grid": f"g{b % 40:02d}", "floors": 30, "basements": 2}
+        for b in range(buildings)
+    ]
+    out_d = []
+    for b in range(buildings):
+        for d in range(per):
+            out_d.append(
+                {"id": f"b{b:05d}-d{d:03d}", "building": f"b{b:05d}", "kind": KINDS[d % len(KINDS)], "floor": d % 30}
+            )
+    return out_b, out_d
+
+
+def _get(url: str) -> tuple[float, int, int]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+        status = response.status
+    return (time.perf_counter() - start) * 1000, status, len(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_parser(__doc__ or "")
+    parser.add_argument("--devices", type=int, default=None)
+    parser.add_argument("--buildings", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    n_dev = args.devices or (10_000 if args.quick else 100_000)
+    n_bld = args.buildings or (200 if args.quick else 2000)
+    n_req = args.requests or (10 if args.quick else 50)
+    why = firegrid_available()
+    if why is not None:
+        emit("scale", [], as_json=args.json, quick=args.quick, notes=[f"not measured: firegrid run pending ({why})"])
+        return 2
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        base = args.workdir or Path(tmp)
+        buildings, devices = registry(buildings=n_bld, devices=n_dev)
+        with services(base / "services") as svc:
+            config = firegrid_config(
+                broker_port=svc.broker.port,
+                influx_url=svc.influx.url,
+                workdir=base / "firegrid",
+                buildings=buildings,
+                devices=devices,
+                tokens=[{"name": "bench", "token": TOKEN, "role": "viewer"}],
+            )
+            gateway = FiregridProcess(config=config, workdir=base / "firegrid")
+            try:
+                gateway.start(timeout=240)
+            except BenchError as exc:
+                emit("scale", [], as_json=args.json, quick=args.quick, notes=[f"not measured: {exc}"])
+                return 2
+            try:
+                config_mb = gateway.config_path.stat().st_size / 1e6
+                rss_ready = rss_mb(gateway.pid)
+                url = f"{gateway.http_base}/api/v1/buildings"
+                latencies: list[float] = []
+                size = 0
+                status = 0
+                for _ in range(n_req):
+                    ms, status, size = _get(url)
+                    if status != 200:
+                        break
+                    latencies.append(ms)
+                if status != 200:
+                    notes.append(f"GET /api/v1/buildings answered {status}")
+                rss_after = rss_mb(gateway.pid)
+            finally:
+                gateway.stop()
+    notes.append(f"config file {config_mb:.1f} MB of YAML; response {size / 1e3:.0f} kB")
+    figures = [
+        Figure(
+            name="scale.startup_s",
+            label=f"startup to /readyz, {n_dev:,} devices",
+            value=gateway.ready_after_s,
+            unit="s",
+            better="lower",
+        ),
+        Figure(name="scale.rss_ready_mb", label="RSS once ready", value=rss_ready, unit="MiB", better="lower"),
+        Figure(
+            name="scale.rss_after_api_mb",
+            label="RSS after the API requests",
+            value=rss_after,
+            unit="MiB",
+            better="lower",
+        ),
+        Figure(
+            name="scale.buildings_p50_ms",
+            label=f"GET /api/v1/buildings p50 ({n_bld:,} buildings)",
+            value=percentile(latencies, 50),
+            unit="ms",
+            better="lower",
+        ),
+        Figure(
+            name="scale.buildings_p99_ms",
+            label="GET /api/v1/buildings p99",
+            value=percentile(latencies, 99),
+            unit="ms",
+            better="lower",
+        ),
+        Figure(
+            name="scale.buildings_max_ms",
+            label="GET /api/v1/buildings max",
+            value=max(latencies) if latencies else math.nan,
+            unit="ms",
+            better="lower",
+        ),
+    ]
+    conditions = {"devices": n_dev, "buildings": n_bld, "requests": n_req}
+    emit("scale", figures, as_json=args.json, quick=args.quick, notes=notes, conditions=conditions)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,730 @@
+"""The ``/api/v1`` operations.  Each is declared with :func:`operation`, which is also what ``/openapi.json`` reads.
+
+Scope rule applied everywhere: a scoped token's view is filtered *before* anything is counted or paged, so totals,
+rollups and live events never reveal a building outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from alerts.store import AlertNotFound, InvalidTransition
+from gateway.api import models as m
+from gateway.api import views as v
+from gateway.api.auth import Principal
+from gateway.api.framework import ApiError, Call, id_param, operation
+from gateway.api.hub import Event, Hub, ResumeGap, SubscriberLagged
+from rules.types import AlertTransition, MaintenanceWindow
+
+log = logging.getLogger("firegrid.api")
+
+_OPEN_STATES = (m.AlertState.raised, m.AlertState.acknowledged, m.AlertState.dispatched)
+
+
+@dataclass
+class ApiState:
+    runtime: Any
+    hub: Hub
+    clock_ms: Callable[[], int]
+    maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        return self.runtime.config
+
+    @property
+    def building_grids(self) -> dict[str, str]:
+        return {b.id: b.grid for b in self.config.buildings}
+
+
+STATE_KEY: web.AppKey[ApiState] = web.AppKey("firegrid_api_state", ApiState)
+
+
+def state_of(call: Call) -> ApiState:
+    return call.app[STATE_KEY]
+
+
+def _dep(call: Call, name: str) -> Any:
+    value = getattr(state_of(call).runtime, name, None)
+    if value is None:
+        raise ApiError(503, f"the {name} is not available in this gateway", type="urn:firegrid:problem:unavailable")
+    return value
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _check_scope(who: Principal, *, building: str | None = None, grid: str | None = None) -> None:
+    if building is not None and not who.sees_building(building):
+        raise ApiError(403, f"building {building!r} is outside this token's scope", type="urn:firegrid:problem:scope")
+    if grid is not None and not who.sees_grid(grid):
+        raise ApiError(403, f"grid {grid!r} is outside this token's scope", type="urn:firegrid:problem:scope")
+
+
+# --- alerts ------------------------------------------------------------------------------------------------------
+
+
+async def _store_call(call: Call, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call the alert store off the event loop: its writes fsync (synchronous=FULL) and its lock may be held by the
+    gateway's group commit; neither should stall every other request and the live stream."""
+    store = _dep(call, "store")
+    return await _maybe_await(await asyncio.to_thread(getattr(store, method), *args, **kwargs))
+
+
+def _alert_filters(who: Principal, grids: Mapping[str, str], building: str | None, grid: str | None) -> dict[str, Any]:
+    """The store's building filter: the asked building, or for a scoped token every building it may see."""
+    if building is not None:
+        return {"building": building}
+    if who.scoped:
+        visible = [b for b in who.visible_buildings(grids) if grid is None or grids[b] == grid]
+        return {"building": visible}
+    return {"grid": grid} if grid is not None else {}
+
+
+@operation(
+    "GET",
+    "/alerts",
+    summary="List alerts, newest first",
+    tag="alerts",
+    query=m.AlertQuery,
+    response=m.AlertPage,
+    errors=(403,),
+)
+async def list_alerts(call: Call) -> m.AlertPage:
+    """Filters combine with AND.  `active=true` lists alerts not yet resolved; `since` is epoch ms or RFC 3339."""
+    q: m.AlertQuery = call.query
+    who = call.who
+    _check_scope(who, building=q.building, grid=q.grid)
+    grids = state_of(call).building_grids
+    filters = _alert_filters(who, grids, q.building, q.grid)
+    if q.building is not None and q.grid is not None:
+        filters["grid"] = q.grid
+    states = {s.value for s in m.AlertState}
+    if q.active is True:
+        states &= {s.value for s in _OPEN_STATES}
+    elif q.active is False:
+        states &= {m.AlertState.resolved.value}
+    if q.state is not None:
+        states &= {q.state.value}
+    if len(states) < len(m.AlertState):
+        filters["state"] = sorted(states)
+    if q.severity is not None:
+        filters["severity"] = q.severity.value
+    if q.since is not None:
+        filters["since_ms"] = q.since
+    rows = await _store_call(call, "list_alerts", limit=q.limit + 1, offset=q.offset, **filters)
+    alerts = [a for a in (v.alert_from(r, building_grids=grids) for r in rows) if a is not None]
+    # The store already filtered by scope; this second check means a store bug cannot leak another grid's alert.
+    alerts = [a for a in alerts if who.sees_building(a.building)]
+    more = len(rows) > q.limit
+    return m.AlertPage(
+        items=alerts[: q.limit], limit=q.limit, offset=q.offset, next_offset=q.offset + q.limit if more else None
+    )
+
+
+async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
+    if not raw_id.isdigit() or len(raw_id) > 18:
+        raise ApiError(404, f"no alert {raw_id!r}")
+    row = await _store_call(call, "get_alert", int(raw_id))
+    alert = v.alert_detail_from(row, building_grids=state_of(call).building_grids) if row is not None else None
+    if alert is None:
+        raise ApiError(404, f"no alert {raw_id!r}")
+    _check_scope(call.who, building=alert.building)
+    return alert
+
+
+@operation(
+    "GET",
+    "/alerts/{id}",
+    summary="One alert with its audit trail and the readings that raised it",
+    tag="alerts",
+    response=m.AlertDetail,
+    path_params=(id_param("id", "alert id"),),
+)
+async def get_alert(call: Call) -> m.AlertDetail:
+    return await _get_alert(call, call.params["id"])
+
+
+async def _lifecycle(call: Call, action: str, **kwargs: Any) -> m.AlertDetail:
+    raw_id = call.params["id"]
+    await _get_alert(call, raw_id)  # 404 / 403 before anything changes
+    now_ms = state_of(call).clock_ms()
+    try:
+        await _store_call(call, action, int(raw_id), now_ms=now_ms, **kwargs)
+    except AlertNotFound:
+        raise ApiError(404, f"no alert {raw_id!r}") from None
+    except InvalidTransition as exc:  # e.g. acknowledging an alert someone already resolved
+        raise ApiError(409, _short(exc), type="urn:firegrid:problem:lifecycle") from None
+    return await _get_alert(call, raw_id)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:300] or type(exc).__name__
+
+
+def _by(call: Call, given: str | None) -> str:
+    return given or call.who.name
+
+
+@operation(
+    "POST",
+    "/alerts/{id}/ack",
+    summary="Acknowledge an alert (stops escalation)",
+    tag="alerts",
+    role="operator",
+    body=m.AckRequest,
+    response=m.AlertDetail,
+    path_params=(id_param("id", "alert id"),),
+    errors=(409,),
+)
+async def ack_alert(call: Call) -> m.AlertDetail:
+    body: m.AckRequest = call.body
+    return await _lifecycle(call, "acknowledge", by=_by(call, body.by), note=body.note)
+
+
+@operation(
+    "POST",
+    "/alerts/{id}/dispatch",
+    summary="Dispatch a task-force member or team to an alert",
+    tag="alerts",
+    role="operator",
+    body=m.DispatchRequest,
+    response=m.AlertDetail,
+    path_params=(id_param("id", "alert id"),),
+    errors=(409,),
+)
+async def dispatch_alert(call: Call) -> m.AlertDetail:
+    body: m.DispatchRequest = call.body
+    return await _lifecycle(call, "dispatch", by=_by(call, body.by), to=body.to, note=body.note)
+
+
+@operation(
+    "POST",
+    "/alerts/{id}/resolve",
+    summary="Resolve an alert with its cause",
+    tag="alerts",
+    role="operator",
+    body=m.ResolveRequest,
+    response=m.AlertDetail,
+    path_params=(id_param("id", "alert id"),),
+    errors=(409,),
+)
+async def resolve_alert(call: Call) -> m.AlertDetail:
+    body: m.ResolveRequest = call.body
+    return await _lifecycle(call, "resolve", by=_by(call, body.by), cause=body.cause.value, note=body.note)
+
+
+# --- incidents ---------------------------------------------------------------------------------------------------
+
+
+@operation(
+    "GET",
+    "/incidents",
+    summary="List incidents (alerts of one building grouped in time), newest first",
+    tag="alerts",
+    query=m.IncidentQuery,
+    response=m.IncidentPage,
+    errors=(403,),
+)
+async def list_incidents(call: Call) -> m.IncidentPage:
+    q: m.IncidentQuery = call.query
+    who = call.who
+    _check_scope(who, building=q.building, grid=q.grid)
+    grids = state_of(call).building_grids
+    filters = _alert_filters(who, grids, q.building, q.grid)
+    if q.building is not None and q.grid is not None:
+        filters["grid"] = q.grid
+    if q.active is not None:
+        filters["state"] = "open" if q.active else "resolved"
+    if q.since is not None:
+        filters["since_ms"] = q.since
+    rows = await _store_call(call, "list_incidents", limit=q.limit + 1, offset=q.offset, **filters)
+    items = [i for i in (v.incident_from(r, building_grids=grids) for r in rows) if i is not None]
+    items = [i for i in items if who.sees_building(i.building)]
+    more = len(rows) > q.limit
+    return m.IncidentPage(
+        items=items[: q.limit], limit=q.limit, offset=q.offset, next_offset=q.offset + q.limit if more else None
+    )
+
+
+# --- devices -----------------------------------------------------------------------------------------------------
+
+
+async def _all_devices(call: Call) -> list[m.Device]:
+    """Every device the token may see: the registry from the config, overlaid with what presence knows."""
+    state = state_of(call)
+    grids = state.building_grids
+    config = state.config
+    presence = getattr(state.runtime, "presence", None)
+    by_id: dict[str, m.Device] = {}
+    for device in config.devices:
+        built = v.device_from({}, building_grids=grids, config_device=device)
+        if built is not None:
+            by_id[built.id] = built
+    if presence is not None:
+        records = await _maybe_await(presence.list_devices(now_ms=state.clock_ms()))
+        for record in records or ():
+            device_id = v.as_str(v.first(v.fields_of(record), "device", "device_id", "id"), 64)
+            built = v.device_from(record, building_grids=grids, config_device=config.device(device_id or ""))
+            if built is not None:
+                by_id[built.id] = built
+    active = await _active_alerts(call)
+    # An open supervisory alert on an extinguisher (missing, obstructed, pressure) keeps it out of service until
+    # someone resolves it, even when its last reading looks fine again.
+    out_of_service = {a.device for a in active if a.device and a.severity == m.SeverityName.supervisory}
+    devices = []
+    for device in by_id.values():
+        if not call.who.sees_building(device.building):
+            continue
+        if device.kind == "extinguisher" and device.id in out_of_service and not device.out_of_service:
+            device = device.model_copy(update={"out_of_service": True})
+        devices.append(device)
+    devices.sort(key=lambda d: (d.building, d.floor if d.floor is not None else -999, d.id))
+    return devices
+
+
+async def _active_alerts(call: Call) -> list[m.Alert]:
+    if getattr(state_of(call).runtime, "store", None) is None:
+        return []
+    grids = state_of(call).building_grids
+    rows = await _store_call(call, "active_alerts")
+    alerts = [a for a in (v.alert_from(r, building_grids=grids) for r in rows or ()) if a is not None]
+    return [a for a in alerts if a.state != m.AlertState.resolved and call.who.sees_building(a.building)]
+
+
+def _device_matches(device: m.Device, q: m.DeviceQuery) -> bool:
+    return (
+        (q.building is None or device.building == q.building)
+        and (q.grid is None or device.grid == q.grid)
+        and (q.kind is None or device.kind == q.kind.value)
+        and (q.status is None or device.status == q.status)
+        and (q.unregistered is None or device.registered != q.unregistered)
+        and (q.low_battery is None or device.low_battery == q.low_battery)
+        and (q.out_of_service is None or device.out_of_service == q.out_of_service)
+    )
+
+
+@operation(
+    "GET",
+    "/devices",
+    summary="List devices with presence and last values",
+    tag="devices",
+    query=m.DeviceQuery,
+    response=m.DevicePage,
+    errors=(403,),
+)
+async def list_devices(call: Call) -> m.DevicePage:
+    q: m.DeviceQuery = call.query
+    _check_scope(call.who, building=q.building, grid=q.grid)
+    devices = [d for d in await _all_devices(call) if _device_matches(d, q)]
+    page = devices[q.offset : q.offset + q.limit]
+    more = len(devices) > q.offset + q.limit
+    return m.DevicePage(
+        items=page, total=len(devices), limit=q.limit, offset=q.offset, next_offset=q.offset + q.limit if more else None
+    )
+
+
+@operation(
+    "GET",
+    "/devices/{id}",
+    summary="One device: last values, presence, active alerts and recent history",
+    tag="devices",
+    query=m.HistoryQuery,
+    response=m.DeviceDetail,
+    path_params=(id_param("id", "device id"),),
+)
+async def get_device(call: Call) -> m.DeviceDetail:
+    """History comes from InfluxDB (InfluxQL) when one is configured, else from the gateway's local store."""
+    q: m.HistoryQuery = call.query
+    device_id: str = call.params["id"]
+    device = next((d for d in await _all_devices(call) if d.id == device_id), None)
+    if device is None:
+        state = state_of(call)
+        presence = getattr(state.runtime, "presence", None)
+        record = (
+            await _maybe_await(presence.get_device(device_id, now_ms=state.clock_ms()))
+            if presence is not None
+            else None
+        )
+        device = v.device_from(record, building_grids=state.building_grids) if record is not None else None
+        if device is None:
+            raise ApiError(404, f"no device {device_id!r}")
+        _check_scope(call.who, building=device.building)
+    history, source, error = await _history(call, device, minutes=q.minutes, points=q.points)
+    active = [a for a in await _active_alerts(call) if a.device == device.id]
+    return m.DeviceDetail(
+        **device.model_dump(), history=history, history_source=source, history_error=error, active_alerts=active
+    )
+
+
+_INFLUX_TAGS = {"building", "device", "floor", "grid", "kind", "_measurement"}
+
+
+async def _history(
+    call: Call, device: m.Device, *, minutes: int, points: int
+) -> tuple[list[m.HistoryPoint], Any, str | None]:
+    runtime = state_of(call).runtime
+    influx = getattr(runtime, "influx", None)
+    if influx is not None and hasattr(influx, "query") and device.kind:
+        # gateway/influx.py: measurement = device kind, tag "device".  Both matched ^[A-Za-z0-9_-]{1,64}$ (the id on
+        # the way in, the kind from the registry), so quoting them cannot break out of the statement.
+        kind = "".join(ch for ch in device.kind if ch.isalnum() or ch in "_-")
+        statement = (
+            f'SELECT * FROM "{kind}" WHERE "device" = \'{device.id}\' '
+            f"AND time > now() - {int(minutes)}m ORDER BY time DESC LIMIT {int(points)}"
+        )
+        try:
+            rows = await asyncio.wait_for(influx.query(statement), timeout=5)
+        except Exception as exc:  # InfluxDB down must not break the device page
+            return [], "influxdb", f"InfluxDB query failed: {type(exc).__name__}"
+        return v.history_from_rows(list(rows or []), tags=_INFLUX_TAGS), "influxdb", None
+    presence = getattr(runtime, "presence", None)
+    history_fn = getattr(presence, "history", None)
+    if history_fn is not None:
+        since = state_of(call).clock_ms() - minutes * 60_000
+        rows = await asyncio.to_thread(history_fn, device.id, limit=points)
+        out: list[m.HistoryPoint] = []
+        for row in rows or ():
+            data = v.fields_of(row)
+            ts = v.as_int(v.first(data, "ts_ms", "time"))
+            if ts is None or ts < since:
+                continue
+            vals = {str(k)[:64]: v.metric(x) for k, x in data.items() if k not in ("ts_ms", "time")}
+            out.append(m.HistoryPoint(ts_ms=ts, values={k: x for k, x in vals.items() if x is not None}))
+        out.sort(key=lambda p: p.ts_ms)
+        return out, "local", None
+    return [], "none", None
+
+
+# --- buildings ---------------------------------------------------------------------------------------------------
+
+
+def _rollup(devices: list[m.Device], alerts: list[m.Alert]) -> m.BuildingStatus:
+    live = [a for a in alerts if not a.test]
+    worst = max(live, key=lambda a: v.severity_rank(a.severity), default=None)
+    return m.BuildingStatus(
+        worst_severity=worst.severity if worst else None,
+        active_alerts=len(live),
+        devices_total=len(devices),
+        devices_online=sum(d.status == m.DeviceStatus.online for d in devices),
+        devices_offline=sum(d.status == m.DeviceStatus.offline for d in devices),
+        devices_unknown=sum(d.status == m.DeviceStatus.unknown for d in devices),
+        low_battery=sum(d.low_battery for d in devices),
+        extinguishers_out_of_service=sum(d.out_of_service for d in devices),
+    )
+
+
+def _building(b: Any, devices: list[m.Device], alerts: list[m.Alert]) -> m.Building:
+    return m.Building(
+        id=b.id,
+        name=b.name,
+        grid=b.grid,
+        address=b.address,
+        floors=b.floors,
+        basements=b.basements,
+        status=_rollup(devices, alerts),
+    )
+
+
+@operation(
+    "GET",
+    "/buildings",
+    summary="Every building with its status rollup",
+    tag="buildings",
+    query=m.BuildingQuery,
+    response=m.BuildingList,
+    errors=(403,),
+)
+async def list_buildings(call: Call) -> m.BuildingList:
+    q: m.BuildingQuery = call.query
+    _check_scope(call.who, grid=q.grid)
+    devices = await _all_devices(call)
+    alerts = await _active_alerts(call)
+    items = []
+    for b in state_of(call).config.buildings:
+        if (q.grid is not None and b.grid != q.grid) or not call.who.sees_building(b.id):
+            continue
+        items.append(
+            _building(b, [d for d in devices if d.building == b.id], [a for a in alerts if a.building == b.id])
+        )
+    return m.BuildingList(items=items)
+
+
+@operation(
+    "GET",
+    "/buildings/{id}",
+    summary="One building: rollup, active alerts, offline and low-battery devices, extinguishers out of service",
+    tag="buildings",
+    response=m.BuildingDetail,
+    path_params=(id_param("id", "building id"),),
+)
+async def get_building(call: Call) -> m.BuildingDetail:
+    building_id: str = call.params["id"]
+    # Scope first: a scoped token learns nothing about whether an outside id exists.
+    _check_scope(call.who, building=building_id)
+    b = state_of(call).config.building(building_id)
+    if b is None:
+        raise ApiError(404, f"no building {building_id!r}")
+    devices = [d for d in await _all_devices(call) if d.building == b.id]
+    alerts = [a for a in await _active_alerts(call) if a.building == b.id]
+    alerts.sort(key=lambda a: (v.severity_rank(a.severity), a.raised_ms or 0), reverse=True)
+    base = _building(b, devices, alerts)
+    return m.BuildingDetail(
+        **base.model_dump(),
+        active_alerts=alerts,
+        offline_devices=[d for d in devices if d.status == m.DeviceStatus.offline],
+        low_battery_devices=[d for d in devices if d.low_battery],
+        extinguishers_out_of_service=[d for d in devices if d.out_of_service],
+    )
+
+
+# --- rejections --------------------------------------------------------------------------------------------------
+
+
+@operation(
+    "GET",
+    "/rejections",
+    summary="Recent payloads the gateway rejected, with the reason",
+    tag="devices",
+    query=m.RejectionQuery,
+    response=m.RejectionList,
+    errors=(403,),
+)
+async def list_rejections(call: Call) -> m.RejectionList:
+    q: m.RejectionQuery = call.query
+    _check_scope(call.who, building=q.building)
+    rejections = _dep(call, "rejections")
+    rows = await _maybe_await(rejections.recent(1000))
+    items: list[m.Rejection] = []
+    for row in rows or ():
+        rejection = v.rejection_from(row)
+        if rejection is None or not call.who.sees_building(rejection.building):
+            continue
+        if (q.reason is not None and rejection.reason != q.reason) or (
+            q.building is not None and rejection.building != q.building
+        ):
+            continue
+        items.append(rejection)
+    items.sort(key=lambda r: r.ts_ms or 0, reverse=True)
+    return m.RejectionList(items=items[: q.limit])
+
+
+# --- maintenance windows -----------------------------------------------------------------------------------------
+
+
+def _window_out(window: MaintenanceWindow, created_by: str | None) -> m.MaintenanceWindowOut:
+    return m.MaintenanceWindowOut(
+        id=window.id,
+        building=window.building,
+        floor=window.floor,
+        device=window.device,
+        start_ms=window.start_ms,
+        end_ms=window.end_ms,
+        reason=window.reason,
+        created_by=created_by,
+    )
+
+
+def _live_windows(state: ApiState) -> list[m.MaintenanceWindowOut]:
+    """The engine's windows (it is the authority: windows from the config and restored snapshots count too)."""
+    now = state.clock_ms()
+    engine = getattr(state.runtime, "engine", None)
+    listed = engine.maintenance() if engine is not None and hasattr(engine, "maintenance") else []
+    created = {w.id: w.created_by for w in state.maintenance.values()}
+    out = [_window_out(w, created.get(w.id)) for w in listed if w.end_ms > now]
+    return sorted(out, key=lambda w: (w.start_ms, w.id))
+
+
+async def _engine_change(call: Call, change: Callable[[Any], list[AlertTransition]]) -> None:
+    """Change the engine under its lock, then commit what the change caused (test alerts cleared when a window
+    closes) through the gateway's own commit path, so the store, outbox and engine snapshot stay consistent."""
+    state = state_of(call)
+    engine = _dep(call, "engine")
+    lock = getattr(state.runtime, "engine_lock", None)
+    if lock is not None:
+        async with lock:
+            transitions = list(change(engine) or [])
+    else:
+        transitions = list(change(engine) or [])
+    if not transitions:
+        return
+    apply = getattr(state.runtime, "apply_transitions", None)
+    if apply is not None:
+        await _maybe_await(apply(transitions))
+    elif getattr(state.runtime, "store", None) is not None:
+        await _store_call(call, "apply", transitions, now_ms=state.clock_ms())
+
+
+@operation(
+    "POST",
+    "/maintenance",
+    summary="Open a maintenance window: alerts in its scope are recorded as tests and never paged",
+    tag="maintenance",
+    role="operator",
+    body=m.MaintenanceRequest,
+    response=m.MaintenanceWindowOut,
+    status=201,
+    errors=(403,),
+)
+async def create_maintenance(call: Call) -> m.MaintenanceWindowOut:
+    """Give `end_ms` or `duration_s`; `start_ms` defaults to now.  Scope: a whole building, a floor or one device."""
+    body: m.MaintenanceRequest = call.body
+    _check_scope(call.who, building=body.building)
+    state = state_of(call)
+    now = state.clock_ms()
+    start = body.start_ms if body.start_ms is not None else now
+    if body.end_ms is not None and body.duration_s is not None:
+        raise ApiError(422, "give end_ms or duration_s, not both", type="urn:firegrid:problem:invalid-body")
+    end = body.end_ms if body.end_ms is not None else start + (body.duration_s or 0) * 1000
+    if body.end_ms is None and body.duration_s is None:
+        raise ApiError(422, "give end_ms or duration_s", type="urn:firegrid:problem:invalid-body")
+    if end <= start or end <= now:
+        raise ApiError(
+            422, "the window must end after it starts and in the future", type="urn:firegrid:problem:invalid-body"
+        )
+    window_id = "mw-" + uuid.uuid4().hex[:12]
+    window = MaintenanceWindow(
+        id=window_id,
+        building=body.building,
+        floor=body.floor,
+        device=body.device,
+        start_ms=start,
+        end_ms=end,
+        reason=body.reason,
+    )
+    await _engine_change(call, lambda engine: engine.set_maintenance(window))
+    out = _window_out(window, call.who.name)
+    state.maintenance[window_id] = out
+    log.info("maintenance window %s opened on %s by %s", window_id, body.building, call.who.name)
+    return out
+
+
+@operation(
+    "GET",
+    "/maintenance",
+    summary="Maintenance windows that have not ended",
+    tag="maintenance",
+    query=m.MaintenanceQuery,
+    response=m.MaintenanceList,
+    errors=(403,),
+)
+async def list_maintenance(call: Call) -> m.MaintenanceList:
+    q: m.MaintenanceQuery = call.query
+    _check_scope(call.who, building=q.building)
+    windows = [
+        w
+        for w in _live_windows(state_of(call))
+        if call.who.sees_building(w.building) and (q.building is None or w.building == q.building)
+    ]
+    return m.MaintenanceList(items=windows)
+
+
+@operation(
+    "DELETE",
+    "/maintenance/{id}",
+    summary="Close a maintenance window early",
+    tag="maintenance",
+    role="operator",
+    response=m.Deleted,
+    path_params=(id_param("id", "maintenance window id"),),
+)
+async def delete_maintenance(call: Call) -> m.Deleted:
+    window_id: str = call.params["id"]
+    state = state_of(call)
+    window = next((w for w in _live_windows(state) if w.id == window_id), None)
+    if window is None or not call.who.sees_building(window.building):
+        raise ApiError(404, f"no open maintenance window {window_id!r}")
+    await _engine_change(call, lambda engine: engine.clear_maintenance(window_id))
+    state.maintenance.pop(window_id, None)
+    return m.Deleted(id=window_id, deleted=True)
+
+
+# --- who am I, live stream ---------------------------------------------------------------------------------------
+
+
+@operation("GET", "/whoami", summary="The calling token's name, role and scope", tag="meta", response=m.WhoAmI)
+async def whoami(call: Call) -> m.WhoAmI:
+    who = call.who
+    return m.WhoAmI(
+        name=who.name,
+        role=who.role,
+        grids=sorted(who.grids) if who.grids is not None else None,
+        buildings=sorted(who.buildings) if who.buildings is not None else None,
+    )
+
+
+def _event_filter(who: Principal) -> Callable[[Event], bool] | None:
+    if not who.scoped:
+        return None
+
+    def accept(event: Event) -> bool:
+        building = event.data.get("building") if isinstance(event.data, Mapping) else None
+        return isinstance(building, str) and who.sees_building(building)
+
+    return accept
+
+
+@operation(
+    "GET",
+    "/stream",
+    summary="Live Server-Sent Events: every alert transition and device status change",
+    tag="meta",
+    query=m.StreamQuery,
+    stream=True,
+)
+async def stream(call: Call) -> web.StreamResponse:
+    """`text/event-stream`.  Events: `hello` (on connect), `alert` (any alert transition or lifecycle step), `device`
+    (status change), `reset` (events were missed: reload), `lagged` (the client was too slow; reconnect).  Comment
+    lines are heartbeats.  Send `Last-Event-ID` to resume.  Tokens go in the Authorization header, never the URL."""
+    request = call.request
+    hub = state_of(call).hub
+    accept = _event_filter(call.who)
+    raw_last = request.headers.get("Last-Event-ID", "").strip()
+    last_id = int(raw_last) if raw_last.isdigit() and len(raw_last) < 18 else None
+    reset = False
+    try:
+        sub = hub.subscribe(last_event_id=last_id, accept=accept)
+    except ResumeGap:
+        sub = hub.subscribe(accept=accept)
+        reset = True
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        },
+    )
+    try:
+        await response.prepare(request)
+        hello = b'retry: 1000\nevent: hello\ndata: {"last_id": %d}\n\n' % hub.last_id
+        await response.write(hello)
+        if reset:
+            await response.write(b'event: reset\ndata: {"reason": "events were missed; reload"}\n\n')
+        while True:
+            try:
+                event = await sub.get(within=hub.heartbeat_s)
+            except SubscriberLagged:
+                await response.write(b'event: lagged\ndata: {"reason": "too slow; reconnect with Last-Event-ID"}\n\n')
+                break
+            except StopAsyncIteration:
+                break
+            if event is None:
+                await response.write(b": heartbeat %d\n\n" % int(time.time()))
+            else:
+                await response.write(event.encode_sse())
+    except ConnectionResetError:  # the client went away
+        pass
+    finally:
+        sub.close()
+    return response

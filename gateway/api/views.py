@@ -1,0 +1,393 @@
+"""Turning the gateway's records (alert store rows, presence entries, rejections) into the API's response models.
+
+The store, presence registry and rejection log are owned by other modules and may return dataclasses, pydantic
+models, mappings or sqlite rows.  :func:`fields_of` reads any of them, and the ``*_from`` functions accept the few
+spellings a field may reasonably have, so the API does not break when a record gains a field.  Nothing here raises on
+odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, TypeVar
+
+from gateway.api import models as m
+from rules.types import Severity
+
+_A = TypeVar("_A", bound=m.Alert)
+
+LOW_BATTERY_PERCENT = 20.0
+# The gauge's green zone (the same band as the shipped rule ``extinguisher-pressure`` in rules/defaults.yaml).
+EXTINGUISHER_MPA = (1.0, 1.4)
+
+
+def fields_of(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "model_dump"):
+        try:
+            return dict(obj.model_dump())
+        except Exception:  # pragma: no cover - a broken model: fall back to attributes
+            pass
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "keys"):  # sqlite3.Row
+        try:
+            return {k: obj[k] for k in obj.keys()}
+        except Exception:  # pragma: no cover
+            return {}
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    if hasattr(obj, "__slots__"):
+        return {k: getattr(obj, k) for k in obj.__slots__ if hasattr(obj, k)}
+    return {}
+
+
+def first(data: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        value = data.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def as_str(value: Any, limit: int = 2000) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value)[:limit]
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return ts_from_text(value)
+    return None
+
+
+def ts_from_text(value: str) -> int | None:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # SQLite stores booleans as integers
+        return bool(value)
+    return None
+
+
+def metric(value: Any) -> m.MetricValue | None:
+    if isinstance(value, bool | int | str):
+        return value if not isinstance(value, str) else value[:200]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
+
+def severity_name(value: Any) -> m.SeverityName | None:
+    try:
+        if isinstance(value, Severity):
+            return m.SeverityName(value.label)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return m.SeverityName(Severity(value).label)
+        if isinstance(value, str):
+            return m.SeverityName(Severity.parse(value).label) if not value.isdigit() else severity_name(int(value))
+    except (KeyError, ValueError):
+        return None
+    return None
+
+
+def severity_rank(name: m.SeverityName | str | None) -> int:
+    if name is None:
+        return 0
+    try:
+        return int(Severity.parse(str(name.value if isinstance(name, Enum) else name)))
+    except (KeyError, ValueError):
+        return 0
+
+
+def _enum(enum: type[Enum], value: Any) -> Any:
+    value = value.value if isinstance(value, Enum) else value
+    try:
+        return enum(value)
+    except ValueError:
+        return None
+
+
+def alert_id(data: Mapping[str, Any]) -> int | str | None:
+    value = first(data, "id", "alert_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return as_str(value, 64)
+
+
+def alert_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.Alert | None:
+    data = fields_of(obj)
+    if isinstance(data.get("alert"), object) and not first(data, "rule") and data.get("alert") is not None:
+        data = {**fields_of(data["alert"]), **{k: v for k, v in data.items() if k != "alert"}}
+    return _alert(m.Alert, data, building_grids)
+
+
+def alert_detail_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.AlertDetail | None:
+    data = fields_of(obj)
+    detail = _alert(m.AlertDetail, data, building_grids)
+    if detail is None:
+        return None
+    audit = [a for a in (audit_from(x) for x in (first(data, "audit", "audit_trail", "history") or [])) if a]
+    evidence = [e for e in (evidence_from(x) for x in (first(data, "evidence", "readings") or [])) if e]
+    return detail.model_copy(update={"audit": audit, "evidence": evidence})
+
+
+def _alert(model: type[_A], data: Mapping[str, Any], building_grids: Mapping[str, str]) -> _A | None:
+    identifier = alert_id(data)
+    severity = severity_name(data.get("severity"))
+    building = as_str(data.get("building"), 64)
+    if identifier is None or severity is None or building is None:
+        return None
+    state = _enum(m.AlertState, first(data, "state", "status")) or m.AlertState.raised
+    cleared = as_bool(first(data, "condition_cleared", "cleared"))
+    if cleared is None:
+        condition = as_str(first(data, "condition", "condition_state"))
+        cleared = condition == "cleared" if condition else first(data, "cleared_ms", "cleared_at") is not None
+    return model(
+        id=identifier,
+        key=as_str(data.get("key"), 300),
+        rule=as_str(data.get("rule"), 200) or "?",
+        severity=severity,
+        state=state,
+        building=building,
+        grid=as_str(data.get("grid"), 64) or building_grids.get(building),
+        floor=as_int(data.get("floor")),
+        device=as_str(data.get("device"), 64),
+        reason=as_str(data.get("reason"), 2000),
+        value=metric(data.get("value")),
+        confirmed=as_bool(data.get("confirmed")),
+        flapping=bool(as_bool(data.get("flapping"))),
+        test=bool(as_bool(data.get("test"))),
+        condition_cleared=bool(cleared),
+        incident_id=_id_or_none(first(data, "incident_id", "incident")),
+        raised_ms=as_int(first(data, "raised_ms", "raised_at", "created_ms", "ts_ms")),
+        updated_ms=as_int(first(data, "updated_ms", "updated_at")),
+        acknowledged_by=as_str(data.get("acknowledged_by"), 100),
+        acknowledged_ms=as_int(first(data, "acknowledged_ms", "acknowledged_at")),
+        dispatched_to=as_str(data.get("dispatched_to"), 100),
+        dispatched_ms=as_int(first(data, "dispatched_ms", "dispatched_at")),
+        resolved_by=as_str(data.get("resolved_by"), 100),
+        resolved_ms=as_int(first(data, "resolved_ms", "resolved_at")),
+        cleared_ms=as_int(first(data, "cleared_ms", "cleared_at")),
+        building_name=as_str(data.get("building_name"), 200),
+        drill=bool(as_bool(data.get("drill"))),
+        count=as_int(data.get("count")),
+        cause=_enum(m.Cause, data.get("cause")) if data.get("cause") is not None else None,
+        note=as_str(data.get("note"), 2000),
+    )
+
+
+def _id_or_none(value: Any) -> int | str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str | bytes):
+        return as_str(value, 64)
+    return _id_or_none(first(fields_of(value), "id"))
+
+
+def audit_from(obj: Any) -> m.AuditEntry | None:
+    data = fields_of(obj)
+    ts = as_int(first(data, "ts_ms", "at_ms", "time_ms", "ts"))
+    action = as_str(first(data, "action", "event", "kind", "transition"), 64)
+    if ts is None or action is None:
+        return None
+    known = {"ts_ms", "at_ms", "at", "time_ms", "ts", "action", "event", "kind", "transition", "by", "actor", "note"}
+    extra = data.get("detail") if isinstance(data.get("detail"), Mapping) else None
+    source = dict(extra) if extra is not None else {k: v for k, v in data.items() if k not in known}
+    note = data.get("note") if data.get("note") is not None else source.pop("note", None)
+    detail = {str(k)[:64]: metric(v) for k, v in list(source.items())[:32]}
+    return m.AuditEntry(
+        ts_ms=ts,
+        action=action,
+        by=as_str(first(data, "by", "actor"), 100),
+        note=as_str(note, 2000),
+        detail={k: v for k, v in detail.items() if v is not None} or None,
+    )
+
+
+def evidence_from(obj: Any) -> m.Evidence | None:
+    data = fields_of(obj)
+    ts = as_int(first(data, "ts_ms", "ts"))
+    device = as_str(data.get("device"), 64)
+    name = as_str(first(data, "metric", "field"), 64)
+    if ts is None or device is None or name is None:
+        return None
+    return m.Evidence(ts_ms=ts, device=device, metric=name, value=metric(data.get("value")))
+
+
+def incident_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.Incident | None:
+    data = fields_of(obj)
+    identifier = _id_or_none(first(data, "id", "incident_id"))
+    building = as_str(data.get("building"), 64)
+    if identifier is None or building is None:
+        return None
+    raw_ids = first(data, "alert_ids", "alerts") or []
+    ids = [i for i in (_id_or_none(x) for x in raw_ids) if i is not None] if isinstance(raw_ids, list | tuple) else []
+    count = as_int(first(data, "alert_count", "count", "size"))
+    return m.Incident(
+        id=identifier,
+        building=building,
+        grid=as_str(data.get("grid"), 64) or building_grids.get(building),
+        severity=severity_name(first(data, "severity", "worst_severity")),
+        state=as_str(first(data, "state", "status"), 32),
+        alert_ids=ids,
+        alert_count=count if count is not None else len(ids),
+        opened_ms=as_int(first(data, "opened_ms", "opened_at")),
+        updated_ms=as_int(first(data, "updated_ms", "updated_at")),
+        closed_ms=as_int(first(data, "closed_ms", "closed_at")),
+        open_count=as_int(data.get("open_count")),
+        drill=bool(as_bool(data.get("drill"))),
+    )
+
+
+def device_from(obj: Any, *, building_grids: Mapping[str, str], config_device: Any = None) -> m.Device | None:
+    data = fields_of(obj)
+    ref = fields_of(data.get("ref")) if data.get("ref") is not None else {}
+    merged = {**ref, **{k: v for k, v in data.items() if v is not None}}
+    cfg = fields_of(config_device)
+    identifier = as_str(first(merged, "device", "device_id", "id") or cfg.get("id"), 64)
+    building = as_str(merged.get("building") or cfg.get("building"), 64)
+    if identifier is None or building is None:
+        return None
+    values_raw = first(merged, "values", "last_values", "metrics")
+    values: dict[str, m.MetricValue | None] = {}
+    if isinstance(values_raw, Mapping):
+        for key, value in list(values_raw.items())[:64]:
+            values[str(key)[:64]] = metric(fields_of(value).get("value") if _is_record(value) else value)
+    battery = as_float(merged.get("battery"))
+    if battery is None:
+        battery = as_float(values.get("battery"))
+    online = as_bool(merged.get("online"))
+    # Presence's "state" judges heartbeats too; "status" is only what the device last said about itself.
+    status_text = as_str(first(merged, "state", "status"), 16)
+    if status_text in ("online", "offline", "unknown"):
+        status = m.DeviceStatus(status_text)
+    elif online is None:
+        status = m.DeviceStatus.unknown
+    else:
+        status = m.DeviceStatus.online if online else m.DeviceStatus.offline
+    kind = as_str(merged.get("kind") or cfg.get("kind"), 32)
+    registered = as_bool(merged.get("registered"))
+    return m.Device(
+        id=identifier,
+        building=building,
+        grid=as_str(merged.get("grid"), 64) or building_grids.get(building),
+        kind=kind,
+        floor=as_int(merged.get("floor") if merged.get("floor") is not None else cfg.get("floor")),
+        location=as_str(merged.get("location") or cfg.get("location"), 200),
+        registered=registered if registered is not None else bool(cfg),
+        status=status,
+        last_seen_ms=as_int(first(merged, "last_seen_ms", "last_seen", "seen_ms")),
+        battery=battery,
+        low_battery=battery is not None and battery < LOW_BATTERY_PERCENT,
+        out_of_service=kind == "extinguisher" and extinguisher_out_of_service(values),
+        values=values,
+    )
+
+
+def _is_record(value: Any) -> bool:
+    return not isinstance(value, bool | int | float | str) and value is not None
+
+
+def extinguisher_out_of_service(values: Mapping[str, Any]) -> bool:
+    if values.get("present") is False or values.get("obstructed") is True:
+        return True
+    pressure = as_float(values.get("pressure_mpa"))
+    if pressure is not None and not EXTINGUISHER_MPA[0] <= pressure <= EXTINGUISHER_MPA[1]:
+        return True
+    fault = values.get("fault")
+    return isinstance(fault, str) and bool(fault)
+
+
+def rejection_from(obj: Any) -> m.Rejection | None:
+    data = fields_of(obj)
+    reason = as_str(data.get("reason"), 64)
+    if reason is None:
+        return None
+    payload = first(data, "payload", "payload_preview", "excerpt")
+    return m.Rejection(
+        ts_ms=as_int(first(data, "ts_ms", "received_ms", "at_ms")),
+        topic=as_str(data.get("topic"), 300),
+        reason=reason,
+        detail=as_str(data.get("detail"), 500),
+        building=as_str(data.get("building"), 64),
+        device=as_str(data.get("device"), 64),
+        payload=as_str(payload, 512),
+    )
+
+
+def history_from_rows(rows: list[dict[str, Any]], *, tags: set[str]) -> list[m.HistoryPoint]:
+    points: list[m.HistoryPoint] = []
+    for row in rows:
+        ts = as_int(row.get("time"))
+        if ts is None:
+            continue
+        values = {
+            str(k)[:64]: metric(v) for k, v in row.items() if k != "time" and k not in tags and metric(v) is not None
+        }
+        if values:
+            points.append(m.HistoryPoint(ts_ms=ts, values=values))
+    points.sort(key=lambda p: p.ts_ms)
+    return points
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A JSON-encodable copy of a record, for live events (enums as their names, severities as labels)."""
+    if depth > 6:
+        return None
+    if isinstance(value, Severity):
+        return value.label
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v, depth + 1) for v in list(value)[:200]]
+    data = value if isinstance(value, Mapping) else fields_of(value)
+    return {str(k): json_safe(v, depth + 1) for k, v in data.items()}

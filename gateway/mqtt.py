@@ -1,0 +1,321 @@
+"""The MQTT side of the gateway: a supervised aiomqtt connection with a persistent session and MANUAL
+acknowledgement.
+
+aiomqtt 2.x acknowledges a QoS 1 message before the application sees it (and queues without bound), which would
+lose every message in flight when the gateway crashes.  Until aiomqtt exposes manual acknowledgement (aiomqtt issue
+#345) we reach the paho-mqtt client it wraps (``client._client``): ``manual_ack_set(True)`` before connecting, and
+``ack(mid, qos)`` once the message is durably handed off (see ``gateway/pipeline.py``).  For the same reason we
+install our own ``on_message`` on the paho client: it hands the raw message to the pipeline without aiomqtt's
+per-message ``Message``/``Topic`` objects (the measurable cost of aiomqtt, see FIELD-NOTES.md).
+
+Message ids are per connection.  Every connection gets a new *generation*; an acknowledgement for a message from an
+older generation is skipped (the broker redelivers it on the new connection; it is processed again, which is
+idempotent downstream).
+
+Flow control: the broker limits unacknowledged messages per client (MQTT v5 Receive Maximum, which we send as
+``mqtt.max_inflight``; Mosquitto's ``max_inflight_messages`` for 3.1.1).  Measured on Mosquitto 2.0.11
+(docs/gateway.md): the limit holds only until the first PUBACK; after that each PUBACK can release a whole window.
+So the gateway bounds its own inbox too: above a high-water mark it stops reading the socket (TCP back-pressure
+onto the broker, which queues for the persistent session) and resumes below the low-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import MqttConfig
+from gateway.metrics import Metrics
+
+log = logging.getLogger("firegrid.mqtt")
+
+CHANNELS = ("telemetry", "event", "status")
+_READ_BURST = 1000  # packets handled per socket-readable event
+
+
+class MqttUnavailable(Exception):
+    """The broker could not be reached or refused the connection (retried by the supervisor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One message as received: enough to decode it and to acknowledge it later."""
+
+    generation: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+def subscriptions(config: MqttConfig) -> list[str]:
+    topics = [f"{config.topic_prefix}/+/+/{channel}" for channel in CHANNELS]
+    if config.shared_group:
+        topics = [f"$share/{config.shared_group}/{t}" for t in topics]
+    return topics
+
+
+def status_topic(config: MqttConfig) -> str:
+    return f"{config.topic_prefix}/_gateway/{config.client_id}/status"
+
+
+def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if not config.use_tls:
+        return None
+    tls = config.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls and tls.cert_file and tls.key_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls and tls.insecure:
+        context.check_hostname = False
+    return context
+
+
+class MqttIngest:
+    """Connects, subscribes, feeds ``on_message``; reconnects forever with capped, jittered backoff."""
+
+    def __init__(
+        self,
+        *,
+        config: MqttConfig,
+        metrics: Metrics,
+        on_message: Callable[[Incoming], None],
+        high_water: int | None = None,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._on_message = on_message
+        self.generation = 0
+        self.connected = False
+        self.connections = 0
+        self._client: aiomqtt.Client | None = None
+        self._paho: paho.Client | None = None
+        self._stopping = asyncio.Event()
+        self._connected_event = asyncio.Event()
+        self._paused = False
+        self.high_water = high_water or max(4 * config.max_inflight, 2000)
+        self.low_water = self.high_water // 2
+        self._backoff_max_s = backoff_max_s
+        self.last_error: str | None = None
+
+    # --- the supervisor --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                attempt = 0
+            except (aiomqtt.MqttError, MqttUnavailable, OSError) as exc:
+                self.last_error = str(exc)
+                if self._stopping.is_set():
+                    break
+                delay = min(self._backoff_max_s, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+                attempt += 1
+                # Reconnects are routine (broker restarts, network blips): info, not error.
+                log.info("MQTT connection lost or refused (%s); reconnecting in %.1f s", exc, delay)
+            finally:
+                self._mark_disconnected()
+            if self._stopping.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay if attempt else 0.05)
+
+    def _mark_disconnected(self) -> None:
+        if self._paho is not None:
+            self.generation += 1  # acknowledgements of the old connection's message ids are now void
+        self.connected = False
+        self._connected_event.clear()
+        self._paused = False
+        self.metrics.mqtt_connected.set(0)
+        self._client = None
+        self._paho = None
+
+    def _build(self) -> aiomqtt.Client:
+        c = self.config
+        v5 = c.protocol == "v5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = c.session_expiry_s
+            # Receive Maximum: how many unacknowledged QoS 1 messages the broker may send us at once.  With late
+            # acknowledgement this is the window a group commit can fill (docs/gateway.md).
+            properties.ReceiveMaximum = c.max_inflight
+        password = c.password.get_secret_value() if c.password is not None else None
+        client = aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username,
+            password=password,
+            identifier=c.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            keepalive=c.keepalive_s,
+            will=aiomqtt.Will(status_topic(c), b"offline", qos=1, retain=True),
+            tls_context=_tls_context(c),
+            tls_insecure=bool(c.tls and c.tls.insecure) if c.use_tls else None,
+            timeout=10,
+        )
+        inner: paho.Client = client._client
+        inner.manual_ack_set(True)
+        generation = self.generation
+        deliver = self._on_message
+
+        def on_message(_client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+            deliver(
+                Incoming(
+                    generation=generation,
+                    mid=message.mid,
+                    qos=message.qos,
+                    topic=message.topic,
+                    payload=bytes(message.payload),
+                    received_ms=int(time.time() * 1000),
+                )
+            )
+
+        inner.on_message = on_message
+        return client
+
+    async def _session(self) -> None:
+        client = self._build()
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"cannot connect to {self.config.host}:{self.config.port}: {exc}") from exc
+        try:
+            # Acknowledgements may flow from here on: a persistent session starts delivering right after CONNACK,
+            # before our SUBSCRIBE is answered.  Holding back those acks would leave them in flight forever and
+            # stall the session once Receive Maximum of them pile up.
+            self._client = client
+            self._paho = client._client
+            self._install_reader()
+            topics: list[tuple[str, int]] = [(topic, int(self.config.qos)) for topic in subscriptions(self.config)]
+            await client.subscribe(topics)
+            await client.publish(status_topic(self.config), b"online", qos=1, retain=True)
+            self.connected = True
+            self._connected_event.set()
+            self.connections += 1
+            self.metrics.mqtt_connected.set(1)
+            if self.connections > 1:
+                self.metrics.reconnects.inc()
+                log.info("MQTT reconnected to %s:%d and re-subscribed", self.config.host, self.config.port)
+            else:
+                log.info(
+                    "MQTT connected to %s:%d as %s (%s, persistent session, QoS %d)",
+                    self.config.host,
+                    self.config.port,
+                    self.config.client_id,
+                    self.config.protocol,
+                    self.config.qos,
+                )
+            stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+            disconnected: asyncio.Future[Any] = client._disconnected
+            try:
+                await asyncio.wait({stop, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if disconnected.done():
+                cause = disconnected.exception()
+                raise MqttUnavailable(str(cause) if cause else "disconnected by the broker")
+        finally:
+            if self._stopping.is_set() and not client._disconnected.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.publish(status_topic(self.config), b"offline", qos=1, retain=True), 2)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.__aexit__(None, None, None), 5)
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # --- acknowledgement and flow control ----------------------------------------------------------------------
+
+    def ack(self, items: list[tuple[int, int]]) -> int:
+        """Acknowledge ``(generation, mid)`` pairs of QoS 1 messages; returns how many were sent."""
+        client = self._paho
+        if client is None:
+            return 0
+        generation = self.generation
+        sent = 0
+        for item_generation, mid in items:
+            if item_generation == generation:
+                client.ack(mid, 1)
+                sent += 1
+        return sent
+
+    def pause(self) -> None:
+        """Stop reading the socket: the broker keeps the messages (TCP back-pressure, then its session queue)."""
+        client = self._paho
+        if self._paused or client is None:
+            return
+        sock = client.socket()
+        if sock is None:
+            return
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._paused = True
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._install_reader()
+
+    def _install_reader(self) -> None:
+        """Replace aiomqtt's socket reader with one that drains every complete packet the socket holds.
+
+        aiomqtt's reader calls paho's ``loop_read()``, which handles ONE packet per call when nothing is in flight
+        outwards (paho ignores its ``max_packets`` argument), so every message costs a full event-loop iteration
+        and an epoll.  Reading up to ``_READ_BURST`` packets per readiness event is what lets group commits grow.
+        ``_packet_read`` is paho's internal per-packet step (the body of ``loop_read``); it returns
+        ``MQTT_ERR_AGAIN`` when the socket has nothing more.
+        """
+        client = self._paho
+        wrapper = self._client
+        if client is None or wrapper is None or self._paused:
+            return
+        sock = client.socket()
+        if sock is None:
+            return
+
+        def read() -> None:
+            try:
+                for _ in range(_READ_BURST):
+                    if client._sock is None:
+                        raise MqttUnavailable("socket closed")
+                    rc = client._packet_read()
+                    if rc == paho.MQTT_ERR_AGAIN:
+                        pending = getattr(client._sock, "pending", None)  # TLS: bytes decrypted but unread
+                        if pending is not None and pending() > 0:
+                            continue
+                        break
+                    if rc > 0:
+                        client._loop_rc_handle(rc)
+                        raise MqttUnavailable(f"read failed: {paho.error_string(rc)}")
+            except Exception as exc:  # a broken socket: let the supervisor reconnect
+                if not wrapper._disconnected.done():
+                    wrapper._disconnected.set_exception(exc)
+
+        asyncio.get_running_loop().add_reader(sock.fileno(), read)  # replaces aiomqtt's reader for this fd
+        read()  # bytes may already be buffered
+
+    @property
+    def paused(self) -> bool:
+        return self._paused

@@ -1,0 +1,391 @@
+"""The ingest pipeline: MQTT message -> contract -> dedup -> presence + rules engine -> group commit -> PUBACK.
+
+Two stages, so that decoding the next batch overlaps with making the previous one durable:
+
+1. **process** (on the event loop, under the engine lock): take a batch from the inbox (``event`` channel first),
+   decode and judge each message, update presence, run the engine, encode line protocol, snapshot the engine state
+   of the buildings the batch touched.  The batch is cut right after a message that caused an alert transition, so
+   a fire never waits for the rest of a telemetry batch.
+2. **commit** (one worker thread, strictly in order): append to the spool (fsync), ``AlertStore.apply`` the
+   transitions (one SQLite transaction with their outbox rows), save the engine snapshots.  Only then are the
+   batch's MQTT messages acknowledged, rejected and duplicate ones included (acknowledging those earlier could
+   overtake the commit of an earlier copy).
+
+The InfluxDB writer reads the spool on its own time: it is never on the acknowledgement path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.contract import Decoder, Reason, Rejected
+from gateway.dedup import Dedup
+from gateway.influx import alert_line, reading_line
+from gateway.metrics import Metrics
+from gateway.mqtt import Incoming
+from gateway.presence import Presence, open_db
+from gateway.rejections import Rejections
+from gateway.spool import Spool
+from rules.types import AlertTransition, DeviceEvent, Reading, Severity, StatusChange
+
+log = logging.getLogger("firegrid.pipeline")
+
+MAX_BATCH = 2000  # messages per group commit
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EngineState:
+    """Per-building engine snapshots in the SQLite store (table ``gateway_engine_state``)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_db(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS gateway_engine_state (building TEXT PRIMARY KEY, data BLOB NOT NULL,"
+            " updated_ms INTEGER NOT NULL)"
+        )
+
+    def load(self) -> dict[str, bytes]:
+        return {b: bytes(d) for b, d in self._db.execute("SELECT building, data FROM gateway_engine_state")}
+
+    def save(self, snapshots: Mapping[str, bytes], *, at_ms: int) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO gateway_engine_state (building, data, updated_ms) VALUES (?, ?, ?)",
+            [(b, sqlite3.Binary(d), at_ms) for b, d in snapshots.items()],
+        )
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(slots=True)
+class Job:
+    """One group commit: what to make durable, then which messages to acknowledge."""
+
+    acks: list[tuple[int, int]] = field(default_factory=list)
+    telemetry: list[bytes] = field(default_factory=list)
+    alerts: list[bytes] = field(default_factory=list)
+    transitions: list[AlertTransition] = field(default_factory=list)
+    snapshots: dict[str, bytes] = field(default_factory=dict)
+    device_ts: list[int] = field(default_factory=list)  # for the end-to-end lag histogram
+    first_ts_ms: int = 0
+    readings: int = 0
+    messages: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        dedup: Dedup,
+        rejections: Rejections,
+        presence: Presence,
+        metrics: Metrics,
+        engine: Any | None,
+        engine_lock: asyncio.Lock,
+        alert_store: Any | None,
+        engine_state: EngineState,
+        spool: Spool | None,
+        on_committed: Callable[[Job], None],
+        ack: Callable[[list[tuple[int, int]]], int],
+        tick_interval_s: float = 1.0,
+        gateway_topics: str = "firegrid/_gateway/",
+    ) -> None:
+        self.decoder = decoder
+        # Gateways' own retained status topics match the status subscription; they are not devices.
+        self._gateway_topics = gateway_topics
+        self.dedup = dedup
+        self.rejections = rejections
+        self.presence = presence
+        self.metrics = metrics
+        self.engine = engine
+        self.engine_lock = engine_lock
+        self.alert_store = alert_store
+        self.engine_state = engine_state
+        self.spool = spool
+        self._on_committed = on_committed
+        self._ack = ack
+        self.tick_interval_s = tick_interval_s
+        self.inbox: collections.deque[Incoming] = collections.deque()
+        self.priority: collections.deque[Incoming] = collections.deque()
+        self._work = asyncio.Event()
+        self._commits: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2)
+        self._stopping = False
+        self.closed = False
+        self.on_backlog: Callable[[int], None] | None = None  # flow control hook (pause the MQTT reader)
+        self.committed_messages = 0
+        self.last_commit_ms: int | None = None
+        self.commit_error: str | None = None
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    # --- intake (called from the MQTT reader callback) ---------------------------------------------------------
+
+    def submit(self, message: Incoming) -> None:
+        if self.closed:
+            return  # shutting down: never processed, never acknowledged, redelivered after the restart
+        channel = message.topic.rpartition("/")[2]
+        self._counts[channel if channel in ("telemetry", "event", "status") else "other"] += 1
+        # Events (a call point pressed) jump the queue; their relative order per device is kept.
+        (self.priority if channel == "event" else self.inbox).append(message)
+        self._work.set()
+        if self.on_backlog is not None:
+            self.on_backlog(len(self.inbox) + len(self.priority))
+
+    async def submit_transitions(self, transitions: list[AlertTransition]) -> None:
+        """Transitions made outside a batch (the API setting a maintenance window) go through the same commit."""
+        async with self.engine_lock:
+            job = Job(transitions=list(transitions))
+            self._finish(job)
+        if job.transitions or job.snapshots:
+            await self._commits.put(job)
+
+    @property
+    def backlog(self) -> int:
+        return len(self.inbox) + len(self.priority)
+
+    # --- stage 1 -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        committer = asyncio.create_task(self._commit_loop(), name="firegrid-commit")
+        next_tick = time.monotonic() + self.tick_interval_s
+        try:
+            while True:
+                if not self.backlog:
+                    if self._stopping:
+                        break
+                    self._work.clear()
+                    timeout = max(0.0, next_tick - time.monotonic())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._work.wait(), timeout)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.tick_interval_s
+                    job = await self._tick()
+                    if job is not None:
+                        await self._commits.put(job)
+                if self.backlog:
+                    job = await self._process()
+                    await self._commits.put(job)
+                if committer.done():
+                    committer.result()  # a failed commit is fatal: re-raise it here
+        finally:
+            if not committer.done():
+                await self._commits.put(None)
+                await committer
+
+    def stop(self) -> None:
+        """Finish what is in the inbox, commit it, then return from :meth:`run`."""
+        self._stopping = True
+        self._work.set()
+
+    def _take(self) -> list[Incoming]:
+        batch: list[Incoming] = []
+        for queue in (self.priority, self.inbox):
+            while queue and len(batch) < MAX_BATCH:
+                batch.append(queue.popleft())
+        return batch
+
+    async def _process(self) -> Job:
+        async with self.engine_lock:
+            return self._process_sync(self._take())
+
+    def _process_sync(self, batch: list[Incoming]) -> Job:
+        job = Job()
+        decoder = self.decoder
+        engine = self.engine
+        presence = self.presence
+        for index, message in enumerate(batch):
+            job.messages += 1
+            if message.qos:
+                job.acks.append((message.generation, message.mid))
+            if message.topic.startswith(self._gateway_topics):
+                continue
+            try:
+                decoded = decoder.decode(message.topic, message.payload, received_ms=message.received_ms)
+            except Rejected as exc:
+                self.rejections.record(exc, topic=message.topic, now_ms=message.received_ms)
+                continue
+            except Exception:
+                log.exception("decoder failed on a message from %s", message.topic[:200])
+                self.rejections.record(
+                    Rejected(Reason.WRONG_SHAPE, "internal decoder error"),
+                    topic=message.topic,
+                    now_ms=message.received_ms,
+                )
+                continue
+            if decoded.clock_skew:
+                self.metrics.clock_skew.inc(decoded.clock_skew)
+            duplicates = 0
+            before = len(job.transitions)
+            for item in decoded.inputs:
+                if isinstance(item, Reading):
+                    if item.seq is not None and self.dedup.seen(item.ref.device, item.seq, now_ms=message.received_ms):
+                        duplicates += 1
+                        continue
+                    presence.reading(item)
+                    line = reading_line(item)
+                    if line is not None:
+                        if not job.telemetry:
+                            job.first_ts_ms = item.ts_ms
+                        job.telemetry.append(line)
+                    job.readings += 1
+                    job.device_ts.append(item.ts_ms)
+                elif isinstance(item, StatusChange):
+                    presence.status(item)
+                elif isinstance(item, DeviceEvent):
+                    presence.seen(item.ref, item.ts_ms)
+                if engine is not None:
+                    job.transitions.extend(engine.process(item))
+            if duplicates:
+                self.rejections.record(
+                    Rejected(
+                        Reason.DUPLICATE,
+                        f"{duplicates} sample(s) repeat a seq seen in the replay window",
+                        building=decoded.topic.building,
+                        device=decoded.topic.device,
+                    ),
+                    topic=message.topic,
+                    now_ms=message.received_ms,
+                )
+            if len(job.transitions) > before and index + 1 < len(batch):
+                # An alert is waiting: commit now; the rest of the batch goes back to the front of the inbox.
+                rest = batch[index + 1 :]
+                self.inbox.extendleft(reversed([m for m in rest if not m.topic.endswith("/event")]))
+                self.priority.extendleft(reversed([m for m in rest if m.topic.endswith("/event")]))
+                break
+        self._finish(job)
+        return job
+
+    async def _tick(self) -> Job | None:
+        if self.engine is None:
+            return None
+        async with self.engine_lock:
+            transitions = list(self.engine.tick(now_ms()))
+            job = Job(transitions=transitions)
+            self._finish(job)
+        if not job.transitions and not job.snapshots:
+            return None
+        return job
+
+    def _finish(self, job: Job) -> None:
+        """Sort fire first, encode the alert points, snapshot what the engine touched."""
+        if job.transitions:
+            job.transitions.sort(key=lambda t: -int(t.severity))
+            job.alerts = [alert_line(t) for t in job.transitions]
+            for t in job.transitions:
+                self.metrics.transitions.labels(t.transition, Severity(t.severity).label).inc()
+                log.info(
+                    "alert %s: %s %s in %s (%s)",
+                    t.transition,
+                    Severity(t.severity).label,
+                    t.rule,
+                    t.building,
+                    t.reason,
+                    extra={"key": t.key, "device": t.device, "floor": t.floor, "transition": t.transition},
+                )
+        if self.engine is not None:
+            for building in self.engine.dirty_buildings():
+                job.snapshots[building] = self.engine.snapshot(building)
+
+    # --- stage 2 -----------------------------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            job = await self._commits.get()
+            if job is None:
+                return
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self._commit_sync, job)
+            except Exception as exc:
+                # Nothing of this job is acknowledged; the broker redelivers it after we restart.
+                self.commit_error = f"{exc.__class__.__name__}: {exc}"
+                log.critical("group commit failed, acknowledging nothing: %s", self.commit_error)
+                raise
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.commits.inc()
+            self.last_commit_ms = now = now_ms()
+            if job.acks:
+                self.metrics.acks.inc(self._ack(job.acks))
+            self.committed_messages += job.messages
+            if job.readings:
+                self.metrics.readings.inc(job.readings)
+                lag = self.metrics.lag
+                for ts in job.device_ts:
+                    lag.observe(max(0.0, (now - ts) / 1000))
+            counts, self._counts = self._counts, collections.Counter()
+            for channel, n in counts.items():
+                self.metrics.messages_in.labels(channel).inc(n)
+            self._on_committed(job)
+            if self.on_backlog is not None:
+                self.on_backlog(self.backlog)
+
+    def _commit_sync(self, job: Job) -> None:
+        at = now_ms()
+        if self.spool is not None and (job.telemetry or job.alerts):
+            self.spool.append(telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at)
+        if job.transitions and self.alert_store is not None:
+            self.alert_store.apply(job.transitions, now_ms=at)
+        if job.snapshots:
+            self.engine_state.save(job.snapshots, at_ms=at)
+
+
+def restore_engine(engine: Any, *, state: EngineState, alert_store: Any | None) -> tuple[int, int]:
+    """Put the engine back where it was: per-building snapshots, then the store's open alerts (so an alarm that
+    was raised is neither forgotten nor raised a second time).  Returns (buildings, active alerts)."""
+    restored = 0
+    for building, data in state.load().items():
+        try:
+            engine.restore(building, data)
+            restored += 1
+        except Exception:
+            log.exception("could not restore the engine state of building %s; starting it fresh", building)
+    active = 0
+    seed = getattr(engine, "seed_active", None)
+    if alert_store is not None and seed is not None:
+        alerts = _active_alerts(alert_store.active_alerts())
+        seed(alerts)
+        active = len(alerts)
+    return restored, active
+
+
+def _active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[Any]:
+    from rules.types import ActiveAlert  # added by the rules engineer
+
+    out = []
+    for row in rows:
+        if row.get("condition") == "cleared":
+            continue  # open for the operator, but the condition itself is over: the engine must not hold it
+        try:
+            severity = Severity.parse(row.get("severity", "fire"))
+        except (KeyError, ValueError):
+            severity = Severity.FIRE
+        out.append(
+            ActiveAlert(
+                key=str(row["key"]),
+                rule=str(row.get("rule", "")),
+                building=str(row["building"]),
+                floor=row.get("floor"),
+                device=row.get("device"),
+                since_ms=int(row.get("raised_ms") or row.get("ts_ms") or 0),
+                severity=severity,
+                value=row.get("value"),
+                confirmed=row.get("confirmed"),
+                test=bool(row.get("test", False)),
+                drill=bool(row.get("drill", False)),
+            )
+        )
+    return out

@@ -1,0 +1,67 @@
+"""Rejected messages: counted by reason, logged at most once per device per minute, the latest 1000 kept for
+``GET /api/v1/rejections``."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gateway.contract import Rejected
+from gateway.metrics import Metrics
+
+log = logging.getLogger("firegrid.rejections")
+
+LOG_INTERVAL_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    ts_ms: int
+    reason: str
+    detail: str
+    topic: str
+    building: str | None
+    device: str | None
+
+
+class Rejections:
+    def __init__(self, *, metrics: Metrics, keep: int = 1000) -> None:
+        self._metrics = metrics
+        self._recent: deque[Rejection] = deque(maxlen=keep)
+        self._last_logged: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    def record(self, exc: Rejected, *, topic: str, now_ms: int) -> Rejection:
+        item = Rejection(
+            ts_ms=now_ms,
+            reason=exc.reason.value,
+            detail=exc.detail,
+            topic=topic[:300],
+            building=exc.building,
+            device=exc.device,
+        )
+        self._recent.append(item)
+        self.counts[item.reason] = self.counts.get(item.reason, 0) + 1
+        self._metrics.reject(item.reason)
+        # One line per device per minute: a detector flooding garbage must not flood the log too.
+        who = exc.device or topic[:100]
+        last = self._last_logged.get(who)
+        if last is None or now_ms - last >= LOG_INTERVAL_MS:
+            self._last_logged[who] = now_ms
+            if len(self._last_logged) > 100_000:
+                self._last_logged = {k: v for k, v in self._last_logged.items() if now_ms - v < LOG_INTERVAL_MS}
+            log.warning(
+                "rejected message from %s: %s: %s",
+                who,
+                item.reason,
+                item.detail,
+                extra={"reason": item.reason, "topic": item.topic, "device": exc.device},
+            )
+        return item
+
+    def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first."""
+        items = list(self._recent)[-limit:] if limit > 0 else []
+        return [asdict(i) for i in reversed(items)]

@@ -1,0 +1,47 @@
+"""The running gateway's parts, as handed to the HTTP API (``gateway.api.create_api_app(runtime)``).
+
+Members (see also ``gateway/api/deps.py``):
+
+* ``config``: the :class:`~gateway.config.FiregridConfig`.
+* ``store``: the :class:`alerts.store.AlertStore` (alerts, incidents, lifecycle), or None if unavailable.
+* ``presence``: :class:`gateway.presence.Presence`: ``list_devices(*, now_ms, building=, grid=, kind=, state=,
+  registered=, buildings=)`` and ``get_device(id, *, now_ms)`` -> dicts with ``id, building, kind, floor, grid,
+  location, registered, last_seen_ms, last_values, battery, status, state ('online'|'offline'|'unknown'), online,
+  heartbeat_s``; ``history(device, limit=)`` when there is no InfluxDB.
+* ``rejections``: :class:`gateway.rejections.Rejections`: ``recent(limit)`` -> newest first, dicts with ``ts_ms,
+  reason, detail, topic, building, device``; ``counts`` by reason.
+* ``influx``: :class:`gateway.influx.InfluxWriter` with ``async query(influxql) -> list[dict]`` (rows with the
+  series' tags merged in, ``time`` in epoch ms), or None when ``influx.url`` is null (demo).
+* ``engine`` and ``engine_lock``: the rules engine; hold the lock (``async with runtime.engine_lock``) around
+  ``set_maintenance`` / ``clear_maintenance`` so a change never interleaves with a batch.
+* ``hub``: the SSE hub (``gateway.api.hub.Hub``); the gateway publishes ``device`` events (presence changes).
+* ``metrics``: :class:`gateway.metrics.Metrics` (Prometheus registry).
+* ``mqtt``, ``pipeline``, ``dead_letters``, ``started_ms``: for ``/readyz`` and diagnostics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import FiregridConfig
+from gateway.metrics import Metrics
+
+
+@dataclass
+class Runtime:
+    config: FiregridConfig
+    metrics: Metrics
+    store: Any | None = None
+    presence: Any | None = None
+    rejections: Any | None = None
+    influx: Any | None = None
+    engine: Any | None = None
+    engine_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hub: Any | None = None
+    notifier: Any | None = None
+    mqtt: Any | None = None
+    pipeline: Any | None = None
+    dead_letters: Any | None = None
+    started_ms: int = 0

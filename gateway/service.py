@@ -1,0 +1,321 @@
+"""``firegrid run --config FILE``: the service.
+
+Composition (one process, one event loop):
+
+    MQTT (aiomqtt, manual ack) -> Pipeline (decode, dedup, presence, rules engine)
+        -> group commit [spool append + AlertStore.apply + engine snapshots] -> PUBACK
+    spool -> InfluxWriter -> InfluxDB            (off the acknowledgement path)
+    AlertStore outbox -> Notifier -> webhooks/SMS (alerts package)
+    aiohttp: /api/v1 (gateway.api), /healthz, /readyz, /metrics
+
+SIGTERM: stop reading MQTT, commit and acknowledge what was already taken in, publish the retained ``offline``,
+write to InfluxDB what can be written in a few seconds (the rest stays spooled for the next start), exit 0.
+Nothing that was not handed off is acknowledged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.contract import Decoder, policy_from_config, registry_from_config
+from gateway.dedup import Dedup
+from gateway.logs import setup_logging
+from gateway.metrics import Metrics
+from gateway.mqtt import MqttIngest
+from gateway.ops import add_ops_routes
+from gateway.pipeline import EngineState, Job, Pipeline, restore_engine
+from gateway.presence import Presence
+from gateway.rejections import Rejections
+from gateway.runtime import Runtime
+
+log = logging.getLogger("firegrid.service")
+
+SHUTDOWN_COMMIT_S = 10.0
+SHUTDOWN_INFLUX_S = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="the YAML config file")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    setup_logging(level=config.log.level, fmt=config.log.format)
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_engine(config: FiregridConfig, registry: dict[str, Any]) -> Any | None:
+    try:
+        from rules.engine import Engine
+        from rules.loader import load_rule_set
+    except ModuleNotFoundError as exc:
+        log.warning("rules engine not available (%s): no alerts will be raised", exc)
+        return None
+    return Engine(load_rule_set(config), registry=registry)
+
+
+def build_alerts(config: FiregridConfig) -> tuple[Any | None, Any | None]:
+    try:
+        from alerts.store import AlertStore
+    except ModuleNotFoundError as exc:
+        log.warning("alert store not available (%s): transitions are logged only", exc)
+        return None, None
+    store = AlertStore.from_config(config)
+    try:
+        from alerts.delivery import Notifier
+    except ModuleNotFoundError as exc:
+        log.warning("notifier not available (%s): nothing will be delivered", exc)
+        return store, None
+    return store, Notifier(store, config.notify)
+
+
+def build_hub() -> Any | None:
+    try:
+        from gateway.api.hub import Hub
+    except ModuleNotFoundError:
+        return None
+    return Hub()
+
+
+def build_http_app(runtime: Runtime) -> web.Application:
+    try:
+        from gateway.api import create_api_app
+    except ModuleNotFoundError as exc:
+        log.warning("HTTP API not available (%s): serving only /healthz, /readyz, /metrics", exc)
+        app = web.Application()
+    else:
+        app = create_api_app(runtime)
+    add_ops_routes(app, runtime)
+    return app
+
+
+class Service:
+    """Everything ``firegrid run`` starts, so tests and benches can run it in-process too."""
+
+    def __init__(self, config: FiregridConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        db_path = config.resolve_path(config.store.path)
+        registry = registry_from_config(config)
+        self.presence = Presence(config=config, db_path=db_path)
+        self.rejections = Rejections(metrics=self.metrics)
+        self.engine = build_engine(config, registry)
+        self.store, self.notifier = build_alerts(config)
+        self.engine_state = EngineState(db_path)
+        self.hub = build_hub()
+        self.spool = None
+        self.writer = None
+        self.dead_letters = None
+        if config.influx.url:
+            from gateway.influx import DeadLetters, InfluxWriter
+            from gateway.spool import Spool
+
+            self.spool = Spool(
+                config.resolve_path(config.influx.spool_dir), max_bytes=config.influx.spool_max_mb * 1_048_576
+            )
+            self.dead_letters = DeadLetters(db_path)
+            self.writer = InfluxWriter(
+                config=config.influx, spool=self.spool, dead_letters=self.dead_letters, metrics=self.metrics
+            )
+            spool = self.spool
+            self.metrics.set_spool_source(lambda: (spool.pending_points, spool.size_bytes, spool.oldest_pending_ts()))
+        else:
+            self.presence.keep_history = True
+        self.runtime = Runtime(
+            config=config,
+            metrics=self.metrics,
+            store=self.store,
+            presence=self.presence,
+            rejections=self.rejections,
+            influx=self.writer,
+            engine=self.engine,
+            hub=self.hub,
+            notifier=self.notifier,
+            dead_letters=self.dead_letters,
+            started_ms=int(time.time() * 1000),
+        )
+        self.pipeline = Pipeline(
+            decoder=Decoder(prefix=config.mqtt.topic_prefix, registry=registry, policy=policy_from_config(config)),
+            dedup=Dedup(window_ms=config.contract.replay_window_s * 1000),
+            rejections=self.rejections,
+            presence=self.presence,
+            metrics=self.metrics,
+            engine=self.engine,
+            engine_lock=self.runtime.engine_lock,
+            alert_store=self.store,
+            engine_state=self.engine_state,
+            spool=self.spool,
+            on_committed=self._committed,
+            ack=self._ack,
+            gateway_topics=f"{config.mqtt.topic_prefix}/_gateway/",
+        )
+        self.mqtt = MqttIngest(config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit)
+        self.pipeline.on_backlog = self._flow_control
+        self.runtime.mqtt = self.mqtt
+        self.runtime.pipeline = self.pipeline
+        self.runtime.apply_transitions = self.pipeline.submit_transitions  # type: ignore[attr-defined]
+        if self.hub is not None:
+            hub = self.hub
+            self.presence.on_change = lambda device: hub.publish("device", device)
+        self._stop = asyncio.Event()
+        self._http: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    # --- wiring ------------------------------------------------------------------------------------------------
+
+    def _ack(self, items: list[tuple[int, int]]) -> int:
+        return self.mqtt.ack(items)
+
+    def _committed(self, job: Job) -> None:
+        if self.writer is not None and (job.telemetry or job.alerts):
+            self.writer.wake()
+        if self.notifier is not None and job.transitions:
+            self.notifier.wake()
+
+    def _flow_control(self, backlog: int) -> None:
+        if backlog >= self.mqtt.high_water:
+            self.mqtt.pause()
+        elif backlog <= self.mqtt.low_water and self.mqtt.paused:
+            self.mqtt.resume()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = int(time.time() * 1000)
+            self.presence.sweep(now_ms=now)
+            await asyncio.to_thread(self.presence.flush)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start_http(self) -> None:
+        app = build_http_app(self.runtime)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.config.http.host, self.config.http.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
+
+    async def run(self) -> int:
+        if self.engine is not None:
+            buildings, active = restore_engine(self.engine, state=self.engine_state, alert_store=self.store)
+            log.info("engine restored: %d buildings from snapshots, %d active alerts seeded", buildings, active)
+        if self.writer is None:
+            log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
+        await self.start_http()
+        log.info("HTTP listening on %s:%s", self.config.http.host, self.http_port)
+        tasks: dict[str, asyncio.Task[Any]] = {
+            "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
+            "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
+            "housekeeping": asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        }
+        if self.writer is not None:
+            tasks["influx"] = asyncio.create_task(self.writer.run(), name="influx")
+        if self.notifier is not None:
+            tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        exit_code = 0
+        try:
+            done, _ = await asyncio.wait({stop, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is stop:
+                    continue
+                exc = task.exception() if not task.cancelled() else None
+                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), exc)
+                exit_code = 1
+        finally:
+            stop.cancel()
+            await self._shutdown(tasks)
+        return exit_code
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+        log.info("shutting down: committing and acknowledging what was taken in")
+        self.mqtt.pause()  # take nothing more in
+        self.pipeline.stop()
+        pipeline = tasks["pipeline"]
+        if not pipeline.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(pipeline), SHUTDOWN_COMMIT_S)
+            except TimeoutError:
+                log.warning(
+                    "pipeline did not drain in %.0f s; unacknowledged messages will be redelivered", SHUTDOWN_COMMIT_S
+                )
+            except Exception:
+                pass
+        # Read the socket again so the retained "offline" gets its PUBACK; whatever else arrives now is not
+        # processed and therefore never acknowledged (the broker keeps it for the next start).
+        self.pipeline.closed = True
+        self.mqtt.resume()
+        self.mqtt.stop()
+        mqtt = tasks["mqtt"]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(mqtt), 5)
+        if self.writer is not None:
+            influx = tasks.get("influx")
+            if influx is not None:
+                influx.cancel()
+                with contextlib.suppress(BaseException):
+                    await influx
+            await self.writer.drain(timeout_s=SHUTDOWN_INFLUX_S)
+            log.info("spool: %d points left for the next start", self.spool.pending_points if self.spool else 0)
+        if self.notifier is not None:
+            self.notifier.stop()
+            notifier = tasks.get("notifier")
+            if notifier is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(notifier), 5)
+                except (TimeoutError, Exception):
+                    notifier.cancel()
+        for name in ("housekeeping", "mqtt", "pipeline"):
+            task = tasks[name]
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.close()
+        log.info("stopped")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+        self.presence.close()
+        self.engine_state.close()
+        if self.spool is not None:
+            self.spool.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+        if self.store is not None:
+            self.store.close()
+
+
+async def serve(config: FiregridConfig) -> int:
+    service = Service(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, service.request_stop)
+    return await service.run()

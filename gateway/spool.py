@@ -1,0 +1,328 @@
+"""The on-disk spool that feeds InfluxDB: the durable hand-off point for telemetry.
+
+A reading is acknowledged to the broker only after its line-protocol line is appended here and fsync'ed, so a
+SIGKILL at any moment loses nothing the broker delivered.  The InfluxDB writer reads the spool in order and advances a
+cursor; an outage of InfluxDB simply lets the spool grow, bounded by ``spool_max_mb``.
+
+Two streams, each a directory of append-only segment files: ``alert`` (never dropped) and ``telemetry`` (the oldest
+segments are dropped first when the spool is over its cap, and the points dropped are counted).  Keeping alert points
+in their own stream is what makes "drop the oldest telemetry, never an alert" a file deletion instead of a rewrite.
+
+Record format: ``<u32 length><u32 points><u32 crc32><i64 first_ts_ms><payload>`` where payload is newline-joined
+line protocol.  A torn record at the tail (the process died mid-write) fails its length or CRC and is truncated on
+open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("firegrid.spool")
+
+_HEADER = struct.Struct("<IIIq")
+SEGMENT_BYTES = 4 * 1024 * 1024
+STREAMS = ("alert", "telemetry")
+
+
+class SpoolError(Exception):
+    """The spool could not be written (disk full, permissions): the gateway must not acknowledge anything."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records read from a stream: the lines, and where the cursor goes once InfluxDB has them."""
+
+    stream: str
+    lines: list[bytes]
+    points: int
+    end: tuple[int, int]  # (segment number, byte offset) just past the last record
+    first_ts_ms: int
+
+
+@dataclass(slots=True)
+class _Segment:
+    number: int
+    path: Path
+    size: int
+    points: int
+    first_ts_ms: int
+
+
+class _Stream:
+    def __init__(self, root: Path, name: str, *, fsync: bool) -> None:
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self.segments: list[_Segment] = []
+        self.cursor: tuple[int, int] = (0, 0)
+        self.pending_points = 0  # points after the cursor
+        self._fh: object | None = None
+        self._load()
+
+    # --- opening ---------------------------------------------------------------------------------------------
+
+    def _cursor_path(self) -> Path:
+        return self.dir / "cursor.json"
+
+    def _load(self) -> None:
+        numbers = sorted(int(p.stem) for p in self.dir.glob("*.seg") if p.stem.isdigit())
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(self._cursor_path().read_text())
+            self.cursor = (int(data["segment"]), int(data["offset"]))
+        for number in numbers:
+            path = self.dir / f"{number:012d}.seg"
+            if number < self.cursor[0]:
+                path.unlink(missing_ok=True)  # fully written to InfluxDB before the last stop
+                continue
+            size, points, first_ts, after_cursor = self._scan(path, number)
+            self.segments.append(_Segment(number, path, size, points, first_ts))
+            self.pending_points += after_cursor
+        if self.segments and self.cursor[0] < self.segments[0].number:
+            self.cursor = (self.segments[0].number, 0)
+
+    def _scan(self, path: Path, number: int) -> tuple[int, int, int, int]:
+        """Validate a segment; truncate a torn tail.  Returns (size, points, first ts, points after cursor)."""
+        data = path.read_bytes()
+        offset = points = after = 0
+        first_ts = 0
+        while offset + _HEADER.size <= len(data):
+            length, count, crc, ts = _HEADER.unpack_from(data, offset)
+            end = offset + _HEADER.size + length
+            if end > len(data) or zlib.crc32(data[offset + _HEADER.size : end]) != crc:
+                break
+            if points == 0:
+                first_ts = ts
+            points += count
+            if (number, offset) >= self.cursor:
+                after += count
+            offset = end
+        if offset != len(data):
+            log.warning("spool segment %s: truncating a torn record (%d bytes)", path.name, len(data) - offset)
+            with path.open("r+b") as fh:
+                fh.truncate(offset)
+                os.fsync(fh.fileno())
+        return offset, points, first_ts, after
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def _open_tail(self) -> object:
+        if not self.segments or self.segments[-1].size >= SEGMENT_BYTES:
+            if self._fh is not None:
+                self._fh.close()  # type: ignore[attr-defined]
+                self._fh = None
+            number = self.segments[-1].number + 1 if self.segments else max(self.cursor[0], 1)
+            self.segments.append(_Segment(number, self.dir / f"{number:012d}.seg", 0, 0, 0))
+        if self._fh is None:
+            self._fh = self.segments[-1].path.open("ab")
+        return self._fh
+
+    def append(self, lines: list[bytes], *, first_ts_ms: int) -> int:
+        """Append one record; returns its size in bytes.  Not durable until :meth:`sync`."""
+        payload = b"\n".join(lines)
+        fh = self._open_tail()
+        record = _HEADER.pack(len(payload), len(lines), zlib.crc32(payload), first_ts_ms) + payload
+        fh.write(record)  # type: ignore[attr-defined]
+        segment = self.segments[-1]
+        if segment.points == 0:
+            segment.first_ts_ms = first_ts_ms
+        segment.size += len(record)
+        segment.points += len(lines)
+        self.pending_points += len(lines)
+        return len(record)
+
+    def sync(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()  # type: ignore[attr-defined]
+            if self._fsync:
+                os.fdatasync(self._fh.fileno())  # type: ignore[attr-defined]
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def read(self, max_points: int) -> Batch | None:
+        """Records from the cursor on, up to ``max_points`` points (at least one record)."""
+        lines: list[bytes] = []
+        number, offset = self.cursor
+        end = self.cursor
+        first_ts = 0
+        for segment in self.segments:
+            if segment.number < number:
+                continue
+            if segment.number > number:
+                number, offset = segment.number, 0
+            if offset >= segment.size:
+                continue
+            self.sync()
+            with segment.path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(segment.size - offset)
+            pos = 0
+            while pos + _HEADER.size <= len(data) and len(lines) < max_points:
+                length, _count, _crc, ts = _HEADER.unpack_from(data, pos)
+                payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
+                if not lines:
+                    first_ts = ts
+                lines.extend(payload.split(b"\n"))
+                pos += _HEADER.size + length
+            end = (segment.number, offset + pos)
+            if len(lines) >= max_points:
+                break
+        if not lines:
+            return None
+        return Batch(stream=self.name, lines=lines, points=len(lines), end=end, first_ts_ms=first_ts)
+
+    def commit(self, batch: Batch) -> None:
+        """InfluxDB has ``batch``: move the cursor past it and delete segments that are fully written."""
+        if batch.end < self.cursor:  # the segment was dropped meanwhile
+            return
+        self.pending_points = max(0, self.pending_points - batch.points)
+        self.cursor = batch.end
+        self._save_cursor()
+        while len(self.segments) > 1 and self.segments[0].number < self.cursor[0]:
+            self._delete(self.segments.pop(0))
+        if len(self.segments) == 1:
+            only = self.segments[0]
+            if self.cursor == (only.number, only.size) and only.size >= SEGMENT_BYTES:
+                self.segments.pop(0)
+                self._delete(only)
+
+    def _save_cursor(self) -> None:
+        # Not fsync'ed: losing the cursor only means rewriting points InfluxDB already has (idempotent).
+        tmp = self._cursor_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps({"segment": self.cursor[0], "offset": self.cursor[1]}))
+        tmp.replace(self._cursor_path())
+
+    def _delete(self, segment: _Segment) -> None:
+        if self._fh is not None and not self.segments:
+            self._fh.close()  # type: ignore[attr-defined]  # it was the tail
+            self._fh = None
+        segment.path.unlink(missing_ok=True)
+
+    def drop_oldest(self) -> int:
+        """Drop the oldest segment (never the one being appended to); returns how many unsent points went."""
+        if len(self.segments) < 2:
+            return 0
+        segment = self.segments.pop(0)
+        dropped = segment.points
+        if self.cursor[0] == segment.number:
+            dropped = self._points_after(segment, self.cursor[1])
+        elif self.cursor[0] > segment.number:
+            dropped = 0
+        self.pending_points = max(0, self.pending_points - dropped)
+        if self.cursor[0] <= segment.number:
+            self.cursor = (self.segments[0].number, 0)
+            self._save_cursor()
+        self._delete(segment)
+        return dropped
+
+    @staticmethod
+    def _points_after(segment: _Segment, offset: int) -> int:
+        data = segment.path.read_bytes()
+        points = 0
+        while offset + _HEADER.size <= len(data):
+            length, count, _crc, _ts = _HEADER.unpack_from(data, offset)
+            points += count
+            offset += _HEADER.size + length
+        return points
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def oldest_pending_ts(self) -> int | None:
+        for segment in self.segments:
+            if (
+                segment.number >= self.cursor[0]
+                and segment.points
+                and segment.size > (self.cursor[1] if segment.number == self.cursor[0] else 0)
+            ):
+                return segment.first_ts_ms
+        return None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self.sync()
+            self._fh.close()  # type: ignore[attr-defined]
+            self._fh = None
+
+
+class Spool:
+    """Both streams, with the size cap.  Single-threaded: the pipeline appends, the writer reads and commits."""
+
+    def __init__(self, root: Path, *, max_bytes: int, fsync: bool = True) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.max_bytes = max_bytes
+        self.streams = {name: _Stream(root, name, fsync=fsync) for name in STREAMS}
+        self.dropped_points = 0
+        # The commit thread appends while the InfluxDB writer (event loop) reads and commits.
+        self._lock = threading.RLock()
+
+    def append(self, *, telemetry: list[bytes], alerts: list[bytes], first_ts_ms: int) -> int:
+        """Append and make durable; returns how many telemetry points were dropped to stay under the cap."""
+        with self._lock:
+            return self._append(telemetry=telemetry, alerts=alerts, first_ts_ms=first_ts_ms)
+
+    def _append(self, *, telemetry: list[bytes], alerts: list[bytes], first_ts_ms: int) -> int:
+        try:
+            if alerts:
+                self.streams["alert"].append(alerts, first_ts_ms=first_ts_ms)
+            if telemetry:
+                self.streams["telemetry"].append(telemetry, first_ts_ms=first_ts_ms)
+            for stream in self.streams.values():
+                stream.sync()
+        except OSError as exc:
+            raise SpoolError(f"cannot append to the spool in {self.root}: {exc}") from exc
+        dropped = 0
+        telemetry_stream = self.streams["telemetry"]
+        while self.size_bytes > self.max_bytes:
+            gone = telemetry_stream.drop_oldest()
+            if not gone and len(telemetry_stream.segments) < 2:
+                break  # only alerts and the live segment remain: alerts are never dropped
+            dropped += gone
+        if dropped:
+            self.dropped_points += dropped
+            log.warning(
+                "spool over its cap of %d MB: dropped the %d oldest telemetry points",
+                self.max_bytes // 1_048_576,
+                dropped,
+            )
+        return dropped
+
+    def read(self, max_points: int) -> Batch | None:
+        """Alert points first: a fire is never queued behind telemetry on its way to InfluxDB either."""
+        with self._lock:
+            return self.streams["alert"].read(max_points) or self.streams["telemetry"].read(max_points)
+
+    def commit(self, batch: Batch) -> None:
+        with self._lock:
+            self.streams[batch.stream].commit(batch)
+
+    @property
+    def pending_points(self) -> int:
+        return sum(s.pending_points for s in self.streams.values())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.streams.values())
+
+    def oldest_pending_ts(self) -> int | None:
+        with self._lock:
+            return self._oldest_pending_ts()
+
+    def _oldest_pending_ts(self) -> int | None:
+        stamps = [t for s in self.streams.values() if (t := s.oldest_pending_ts()) is not None]
+        return min(stamps) if stamps else None
+
+    def close(self) -> None:
+        with self._lock:
+            for stream in self.streams.values():
+                stream.close()

@@ -1,0 +1,129 @@
+"""Tencent Cloud SMS ``SendSms`` (2021-01-11) emulator verifying ``TC3-HMAC-SHA256`` (signature v3) as documented:
+canonical request ``POST\\n/\\n\\n<canonical headers>\\n<signed headers>\\n<hex sha256 payload>``; credential scope
+``<UTC date of X-TC-Timestamp>/sms/tc3_request``; key derived HMAC("TC3"+SecretKey, date) -> service ->
+"tc3_request"."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from tests.emulators.base import Emulator
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+class TencentSms(Emulator):
+    def __init__(
+        self, *, secret_id: str, secret_key: str, sdk_app_id: str, sign_name: str, templates: set[str]
+    ) -> None:
+        super().__init__()
+        self.secret_id = secret_id
+        self.secret_key = secret_key
+        self.sdk_app_id = sdk_app_id
+        self.sign_name = sign_name
+        self.templates = templates
+        self.messages: list[dict[str, Any]] = []
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    def _fail(self, code: str, message: str) -> web.Response:
+        self.errors.append(f"{code}: {message}")
+        self.changed()
+        # Tencent answers errors with HTTP 200 and Response.Error.
+        return web.json_response(
+            {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": str(uuid.uuid4())}}
+        )
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        payload = await request.read()
+        h = {k.lower(): v for k, v in request.headers.items()}
+        if request.method != "POST" or request.path != "/":
+            return self._fail("InvalidAction", f"{request.method} {request.path}")
+        for name in ("authorization", "x-tc-action", "x-tc-timestamp", "x-tc-version", "content-type", "host"):
+            if name not in h:
+                return self._fail("MissingParameter", f"header {name}")
+        if h["x-tc-action"] != "SendSms" or h["x-tc-version"] != "2021-01-11":
+            return self._fail("InvalidAction", f"{h['x-tc-action']} {h['x-tc-version']}")
+        if not h["x-tc-timestamp"].isdigit() or abs(time.time() - int(h["x-tc-timestamp"])) > 300:
+            return self._fail("AuthFailure.SignatureExpire", h["x-tc-timestamp"])
+        m = re.fullmatch(
+            r"TC3-HMAC-SHA256 Credential=([^/]+)/(\d{4}-\d{2}-\d{2})/sms/tc3_request, "
+            r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+            h["authorization"],
+        )
+        if not m:
+            return self._fail("AuthFailure.InvalidAuthorization", h["authorization"])
+        secret_id, date, signed_headers, signature = m.groups()
+        if secret_id != self.secret_id:
+            return self._fail("AuthFailure.SecretIdNotFound", secret_id)
+        timestamp = int(h["x-tc-timestamp"])
+        if date != datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d"):
+            return self._fail("AuthFailure.InvalidAuthorization", "credential date does not match X-TC-Timestamp")
+        names = signed_headers.split(";")
+        if not {"content-type", "host"} <= set(names):
+            return self._fail("AuthFailure.InvalidAuthorization", f"SignedHeaders {signed_headers}")
+        canonical_headers = "".join(
+            f"{n}:{h[n].strip().lower() if n == 'x-tc-action' else h[n].strip()}\n" for n in names
+        )
+        canonical = "\n".join(["POST", "/", "", canonical_headers, signed_headers, hashlib.sha256(payload).hexdigest()])
+        to_sign = (
+            f"TC3-HMAC-SHA256\n{timestamp}\n{date}/sms/tc3_request\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+        key = _hmac(_hmac(_hmac(("TC3" + self.secret_key).encode(), date), "sms"), "tc3_request")
+        expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            return self._fail("AuthFailure.SignatureFailure", "The provided credentials could not be validated.")
+        try:
+            data = json.loads(payload)
+        except json.JSONDecodeError:
+            return self._fail("InvalidParameter", "body is not JSON")
+        if data.get("SmsSdkAppId") != self.sdk_app_id:
+            return self._fail("InvalidParameterValue.SdkAppIdNotExist", str(data.get("SmsSdkAppId")))
+        if data.get("SignName") != self.sign_name:
+            return self._fail("FailedOperation.SignatureIncorrectOrUnapproved", str(data.get("SignName")))
+        if data.get("TemplateId") not in self.templates:
+            return self._fail("FailedOperation.TemplateIncorrectOrUnapproved", str(data.get("TemplateId")))
+        phones = data.get("PhoneNumberSet") or []
+        if not phones or not all(re.fullmatch(r"\+\d{8,15}", p) for p in phones):
+            return self._fail("InvalidParameterValue.IncorrectPhoneNumber", str(phones))
+        params = data.get("TemplateParamSet") or []
+        if not all(isinstance(p, str) for p in params):
+            return self._fail("InvalidParameterValue.TemplateParameterFormatError", str(params))
+        response = await self.scripted()
+        if response is not None:
+            self.changed()
+            return response
+        statuses = []
+        for phone in phones:
+            self.messages.append(
+                {
+                    "phone": phone,
+                    "template": data["TemplateId"],
+                    "params": params,
+                    "session": data.get("SessionContext"),
+                }
+            )
+            statuses.append(
+                {
+                    "SerialNo": str(uuid.uuid4()),
+                    "PhoneNumber": phone,
+                    "Fee": 1,
+                    "SessionContext": data.get("SessionContext", ""),
+                    "Code": "Ok",
+                    "Message": "send success",
+                    "IsoCode": "CN",
+                }
+            )
+        self.changed()
+        return web.json_response({"Response": {"SendStatusSet": statuses, "RequestId": str(uuid.uuid4())}})
