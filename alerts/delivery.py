@@ -39,6 +39,9 @@ from alerts.webhook import SendResult
 log = logging.getLogger("firegrid.alerts.delivery")
 
 
+FLUSH_AFTER_S = 0.005
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -72,6 +75,7 @@ class Notifier:
         self._unflushed: set[int] = set()
         self._stopping = False
         self._next_prune_ms = 0
+        self._first_outcome_at = 0.0
         self._loop_thread: int | None = None
         self._sms_send = sender_for(self.notify.sms.provider) if self.notify.sms else None
         self.store.add_listener(self._on_change)
@@ -116,26 +120,11 @@ class Notifier:
         try:
             while not self._stopping:
                 self._wake.clear()
-                self._flush()
-                now = self.clock()
-                nxt_esc = self.store.next_escalation_ms()
-                if nxt_esc is not None and nxt_esc <= now:
-                    changes = self.store.escalate_due(now_ms=now)
-                    self.stats["escalated"] = self.stats.get("escalated", 0) + len(changes)
-                    nxt_esc = self.store.next_escalation_ms()
-                if now >= self._next_prune_ms:
-                    self._next_prune_ms = now + 3_600_000
-                    pruned = self.store.prune_outbox(before_ms=now - self.notify.retry.keep_done_s * 1000)
-                    if pruned:
-                        log.info("pruned %d finished outbox rows", pruned)
-                self._start_due(now)
-                waits = [t for t in (self.store.next_due_ms(), nxt_esc) if t is not None]
-                timeout = None
-                if waits:
-                    timeout = max(0.0, (min(waits) - self.clock()) / 1000)
-                    timeout = min(timeout, 5.0)  # also re-check now and then (a fake clock may have moved)
-                if timeout == 0.0 and self._all_busy():
-                    timeout = None  # wait for a worker to finish (it wakes us)
+                try:
+                    timeout = self._step()
+                except Exception:  # e.g. the disk is full: keep trying, delivery must not die with one error
+                    log.exception("notifier step failed; retrying in 1 s")
+                    timeout = 1.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
@@ -143,24 +132,53 @@ class Notifier:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._flush()
+            with contextlib.suppress(Exception):
+                self._flush()
             if self._own_session and self._session is not None:
                 await self._session.close()
                 self._session = None
             self._loop = None
             self._wake = None
 
-    def _all_busy(self) -> bool:
-        return all(n >= self.workers for n in self._busy.values())
+    def _step(self) -> float:
+        """One round: record outcomes, escalate, prune, start what is due.  Returns how long to sleep at most."""
+        self._flush(force=False)
+        now = self.clock()
+        nxt_esc = self.store.next_escalation_ms()
+        if nxt_esc is not None and nxt_esc <= now:
+            changes = self.store.escalate_due(now_ms=now)
+            self.stats["escalated"] = self.stats.get("escalated", 0) + len(changes)
+            nxt_esc = self.store.next_escalation_ms()
+        if now >= self._next_prune_ms:
+            self._next_prune_ms = now + 3_600_000
+            pruned = self.store.prune_outbox(before_ms=now - self.notify.retry.keep_done_s * 1000)
+            if pruned:
+                log.info("pruned %d finished outbox rows", pruned)
+        self._start_due(now)
+        # Sleep until the next row a free worker could take, or the next escalation; a busy channel's
+        # workers wake us when they finish (no busy-waiting on rows that are already in flight).
+        free = [ch for ch, n in self._busy.items() if n < self.workers]
+        nxt_due = self.store.next_due_ms(exclude=self._inflight.keys() | self._unflushed, channels=free)
+        waits = [t for t in (nxt_due, nxt_esc) if t is not None]
+        timeout = 5.0  # also re-check now and then (a fake clock may have moved)
+        if waits:
+            timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
+        if self._outcomes:
+            timeout = min(timeout, FLUSH_AFTER_S)
+        return timeout
 
     def _start_due(self, now: int) -> None:
-        items = self.store.due(now_ms=now, limit=self.workers * 3, exclude=self._inflight.keys() | self._unflushed)
-        for item in items:  # already in priority order: fire first
-            if self._busy[item.channel] >= self.workers:
+        # Per channel, so that a flood of webhooks never holds back an SMS (and vice versa); within a channel in
+        # priority order: fire first.
+        for channel, busy in self._busy.items():
+            free = self.workers - busy
+            if free <= 0:
                 continue
-            self._busy[item.channel] += 1
-            task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
-            self._inflight[item.id] = task
+            skip = self._inflight.keys() | self._unflushed
+            for item in self.store.due(now_ms=now, limit=free, exclude=skip, channel=channel):
+                self._busy[item.channel] += 1
+                task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
+                self._inflight[item.id] = task
 
     async def _deliver(self, item: OutboxItem) -> None:
         try:
@@ -180,10 +198,20 @@ class Notifier:
             self._busy[item.channel] -= 1
             self.wake()
 
-    def _flush(self) -> None:
+    def _flush(self, *, force: bool = True) -> None:
+        if not self._outcomes:
+            return
+        # Record in batches: up to FLUSH_AFTER_S of outcomes share one commit.  A crash inside that window resends
+        # those webhooks with the same webhook-id (receivers deduplicate on it); SMS outcomes are never batched.
+        if not force and len(self._outcomes) < 64 and time.monotonic() - self._first_outcome_at < FLUSH_AFTER_S:
+            return
         if self._outcomes:
             outcomes, self._outcomes = self._outcomes, []
-            self.store.record_outcomes(outcomes)
+            try:
+                self.store.record_outcomes(outcomes)
+            except Exception:
+                self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded) for the next try
+                raise
             self._unflushed.difference_update(o.id for o in outcomes)
 
     def _backoff(self, attempts: int) -> int:
@@ -249,6 +277,8 @@ class Notifier:
             self._count(f"{item.channel}_failed")
 
     def _outcome(self, outcome: Outcome) -> None:
+        if not self._outcomes:
+            self._first_outcome_at = time.monotonic()
         self._outcomes.append(outcome)
         self._unflushed.add(outcome.id)
 

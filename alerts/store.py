@@ -121,7 +121,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     dedup TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(priority DESC, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(channel, priority DESC, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_next ON outbox(channel, next_ms) WHERE state = 'pending';
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox(dedup) WHERE state = 'pending' AND dedup IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_sms ON outbox(phone, attempt_ms) WHERE channel = 'sms';
 CREATE TABLE IF NOT EXISTS pages (
@@ -211,9 +212,10 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _priority(severity: int, channel: str) -> int:
-    # Severity dominates (fire first, always); within a severity, people (SMS) before machines.
-    return severity * 10 + {"sms": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+def _priority(severity: int, channel: str, *, news: bool = False) -> int:
+    # Severity dominates (fire first, always).  Within a severity, news first: the first alert of a new incident
+    # (and an escalation) overtakes the 199 followers of a smoky stairwell already reported.
+    return severity * 10 + (5 if news else 0) + {"sms": 3, "governance": 2, "webhook": 1}.get(channel, 0)
 
 
 def _matches(pattern: str, event: str) -> bool:
@@ -364,7 +366,7 @@ class AlertStore:
             )
             alert_id = int(cur.lastrowid or 0)
             self._audit(cur, alert_id, now_ms, "raised", None, {"reason": t.reason, "severity": t.severity.label})
-            self._event(cur, "alert.raised", alert_id, now_ms, out)
+            self._event(cur, "alert.raised", alert_id, now_ms, out, news=new_incident)
             self._incident_event(
                 cur, "incident.opened" if new_incident else "incident.updated", incident_id, now_ms, out, test=t.test
             )
@@ -535,6 +537,8 @@ class AlertStore:
         now_ms: int,
         out: list[AlertChange],
         extra: Mapping[str, Any] | None = None,
+        *,
+        news: bool = False,
     ) -> None:
         row = cur.execute(
             "SELECT a.*, i.code AS code FROM alerts a JOIN incidents i ON i.id = a.incident_id WHERE a.id = ?",
@@ -553,6 +557,7 @@ class AlertStore:
             alert_id=alert_id,
             incident_id=int(row["incident_id"]),
             now_ms=now_ms,
+            news=news or event == "alert.escalated",
         )
         out.append(AlertChange(event, alert_id, int(row["incident_id"]), now_ms, data))
 
@@ -578,6 +583,7 @@ class AlertStore:
             alert_id=None,
             incident_id=incident_id,
             now_ms=now_ms,
+            news=event == "incident.opened",
         )
         out.append(AlertChange(event, None, incident_id, now_ms, data))
 
@@ -596,6 +602,7 @@ class AlertStore:
         alert_id: int | None,
         incident_id: int | None,
         now_ms: int,
+        news: bool = False,
     ) -> None:
         body = orjson.dumps({"type": event, "timestamp": iso(now_ms), "data": data})
         rows: list[tuple[Any, ...]] = []
@@ -608,10 +615,10 @@ class AlertStore:
                 continue
             if not any(_matches(p, event) for p in hook.events):
                 continue
-            rows.append(("webhook", hook.url, _priority(severity, "webhook"), None, None))
+            rows.append(("webhook", hook.url, _priority(severity, "webhook", news=news), None, None))
         gov = self.notify.governance
         if gov is not None and (not drill or gov.include_drills):
-            rows.append(("governance", "governance", _priority(severity, "governance"), None, None))
+            rows.append(("governance", "governance", _priority(severity, "governance", news=news), None, None))
         subject = alert_id if event == "alert.updated" else incident_id if event == "incident.updated" else None
         if subject is not None:
             # An incident that grows by 200 detectors is one update, not 200, and an alarm re-triggered every second
@@ -1012,11 +1019,12 @@ class AlertStore:
     ) -> list[OutboxItem]:
         """Pending rows whose time has come, highest priority (fire) first, skipping ``exclude`` (in flight)."""
         skip = set(exclude)
+        # Walk the (channel, priority, id) index and stop after ``limit`` rows: never sort the whole backlog.
         sql = "SELECT * FROM outbox WHERE state = 'pending' AND next_ms <= ?"
         args: list[Any] = [now_ms]
         if channel is not None:
-            sql += " AND channel = ?"
-            args.append(channel)
+            sql = "SELECT * FROM outbox INDEXED BY outbox_due WHERE state = 'pending' AND channel = ? AND next_ms <= ?"
+            args = [channel, now_ms]
         sql += " ORDER BY priority DESC, id LIMIT ?"
         args.append(limit + len(skip))
         with self._lock:
@@ -1043,7 +1051,9 @@ class AlertStore:
             created_ms=r["created_ms"],
         )
 
-    def next_due_ms(self, *, exclude: Iterable[int] = (), channels: Iterable[str] | None = None) -> int | None:
+    def next_due_ms(
+        self, *, exclude: Iterable[int] = (), channels: Iterable[str] | None = None, _channel: str | None = None
+    ) -> int | None:
         """When the next pending row (not in ``exclude``, in one of ``channels``) is due."""
         sql = "SELECT MIN(next_ms) FROM outbox WHERE state = 'pending'"
         args: list[Any] = []
@@ -1055,8 +1065,13 @@ class AlertStore:
             wanted = list(channels)
             if not wanted:
                 return None
-            sql += f" AND channel IN ({','.join('?' * len(wanted))})"
-            args.extend(wanted)
+            # One indexed MIN per channel (channel, next_ms): never a scan of the whole backlog.
+            found = [self.next_due_ms(exclude=skip, channels=None, _channel=ch) for ch in wanted]
+            times = [t for t in found if t is not None]
+            return min(times) if times else None
+        if _channel is not None:
+            sql += " AND channel = ?"
+            args.append(_channel)
         with self._lock:
             row = self._db.execute(sql, args).fetchone()
         return None if row[0] is None else int(row[0])

@@ -37,6 +37,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import yaml
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from tests.harness.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
 
 DEVICES = 200
+TIMEOUT_S = 300  # for bench/run.py: one run preloads the broker, then drains twice
 BUILDINGS = 10
 DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- ingest:begin -->"
@@ -95,9 +98,22 @@ def _metric_or_zero(port: int) -> float:
         return -1.0
 
 
-def _register_bare(port: int) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
-    client.connect("127.0.0.1", port)
+def _bare_client(port: int, protocol: str) -> mqtt.Client:
+    """The baseline speaks the same MQTT version as the gateway under test, with the same persistent session."""
+    if protocol == "v311":
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
+        client.connect("127.0.0.1", port)
+        return client
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    properties.ReceiveMaximum = 1000
+    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    return client
+
+
+def _register_bare(port: int, protocol: str) -> None:
+    client = _bare_client(port, protocol)
     client.loop_start()
     subscribed = threading.Event()
     client.on_subscribe = lambda *_args: subscribed.set()
@@ -133,7 +149,7 @@ def _preload(port: int, n: int, workdir: Path) -> None:
         proc.wait()
 
 
-def _bare(port: int, n: int) -> float:
+def _bare(port: int, n: int, protocol: str) -> float:
     """Drain rate of a bare subscriber, timed between 10 % and 90 % of the backlog (sustained, no start-up)."""
     got = 0
     done = threading.Event()
@@ -148,10 +164,9 @@ def _bare(port: int, n: int) -> float:
         if got >= n:
             done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=False)
+    client = _bare_client(port, protocol)
     client.on_message = on_message
     started = time.perf_counter()
-    client.connect("127.0.0.1", port)
     client.loop_start()
     if not done.wait(120):
         raise RuntimeError(f"bare subscriber got {got} of {n}")
@@ -246,7 +261,7 @@ def one_run(n: int, *, broker_inflight: int = 1000, protocol: str = "v5", receiv
     log = workdir / "gateway.log"
     try:
         # 1. both subscribers register their persistent sessions, then leave
-        _register_bare(broker.port)
+        _register_bare(broker.port, protocol)
         proc = _gateway(config, http_port, log)
         _wait(lambda: _mqtt_ok(http_port), 30, "gateway connect")
         proc.terminate()
@@ -254,7 +269,7 @@ def one_run(n: int, *, broker_inflight: int = 1000, protocol: str = "v5", receiv
         # 2. the backlog
         _preload(broker.port, n, workdir)
         # 3. bare paho drains its copy
-        bare = _bare(broker.port, n)
+        bare = _bare(broker.port, n, protocol)
         # 4. firegrid drains its copy
         proc = _gateway(config, http_port, log)
         _wait(lambda: _metric_or_zero(http_port) >= 0, 30, "gateway HTTP", interval=0.01)
@@ -293,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker-inflight", type=int, default=1000, help="Mosquitto max_inflight_messages")
     parser.add_argument("--receive-max", type=int, default=1000, help="mqtt.max_inflight (v5 Receive Maximum)")
     args = parser.parse_args(argv)
-    n = args.readings or (20_000 if args.quick else 100_000)
+    n = args.readings or (20_000 if args.quick else 50_000 if args.json else 100_000)
     runs = args.runs or (1 if args.quick or args.json else 3)
     results = []
     for i in range(runs):

@@ -138,7 +138,9 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(rates=(0, 1000), phase_s=2.0, alarms_per_phase=4, burst=5000, burst_alarms=4, drain_timeout_s=20)
+        return cls(
+            rates=(0, 1000), phase_s=2.0, alarms_per_phase=4, burst=5000, burst_alarms=4, drain_timeout_s=20, stall_s=5
+        )
 
     @property
     def n_alarms(self) -> int:
@@ -407,8 +409,9 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
     who = result.system
     for phase in result.phases:
         steady = phase.target_rate is not None
-        tag = f"{int(phase.target_rate)}" if steady else "burst"
-        where = f"{int(phase.target_rate):,}/s steady" if steady else f"in a {plan.burst:,} burst"
+        rate = int(phase.target_rate or 0)
+        tag = f"{rate}" if steady else "burst"
+        where = f"{rate:,}/s steady" if steady else f"in a {plan.burst:,} burst"
         goal_ms = 100.0 if steady and phase.target_rate == 10_000 else 1000.0 if not steady else None
         for pname, value in (("p50", phase.pct(50)), ("p99", phase.pct(99)), ("max", phase.worst_ms)):
             figures.append(

@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     ROOT,
@@ -78,7 +79,9 @@ def ensure_installed(*, install_dir: Path = INSTALL, quiet: bool = True) -> Path
     return node
 
 
-def render_flows(*, broker_port: int, influx_port: int, database: str, webhook_url: str, write_mode: str) -> list:
+def render_flows(
+    *, broker_port: int, influx_port: int, database: str, webhook_url: str, write_mode: str
+) -> list[dict[str, Any]]:
     """bench/nodered/flows.json with this run's ports and URL; ``write_mode`` batch (join + influxdb batch) or each
     (influxdb out per message)."""
     text = (SOURCE / "flows.json").read_text()
@@ -200,7 +203,14 @@ class Comparison:
 def peer_plan(quick: bool) -> Plan:
     if quick:
         return Plan(
-            rates=(0, 1000), phase_s=2.0, alarms_per_phase=4, burst=5000, burst_alarms=4, crash=4000, drain_timeout_s=30
+            rates=(0, 1000),
+            phase_s=2.0,
+            alarms_per_phase=4,
+            burst=5000,
+            burst_alarms=4,
+            crash=4000,
+            drain_timeout_s=30,
+            stall_s=5,
         )
     # 8,000/s is where the reference measurement saw Node-RED's p99 collapse.
     return Plan(

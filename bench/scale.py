@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from bench.common import (
 RUNS = 3
 TIMEOUT_S = 300
 TOKEN = "bench-viewer-token-0123456789"
+REQUEST_TIMEOUT_S = 120.0
+REQUEST_BUDGET_S = 30.0
 KINDS = ("smoke", "smoke", "smoke", "heat", "extinguisher", "call_point")  # a plausible mix per building
 
 
@@ -54,12 +57,15 @@ def registry(*, buildings: int, devices: int) -> tuple[list[dict[str, Any]], lis
     return out_b, out_d
 
 
-def _get(url: str) -> tuple[float, int, int]:
+def _get(url: str, *, timeout: float) -> tuple[float, int, int]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=30) as response:
-        body = response.read()
-        status = response.status
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return (time.perf_counter() - start) * 1000, exc.code, 0
     return (time.perf_counter() - start) * 1000, status, len(body)
 
 
@@ -103,11 +109,21 @@ def main(argv: list[str] | None = None) -> int:
                 latencies: list[float] = []
                 size = 0
                 status = 0
+                # Sequential requests, but at most REQUEST_BUDGET_S of them: a slow endpoint is reported, not waited
+                # out 50 times.
+                budget_end = time.monotonic() + REQUEST_BUDGET_S
                 for _ in range(n_req):
-                    ms, status, size = _get(url)
+                    try:
+                        ms, status, size = _get(url, timeout=REQUEST_TIMEOUT_S)
+                    except (TimeoutError, urllib.error.URLError, OSError) as exc:
+                        notes.append(f"GET /api/v1/buildings failed after {REQUEST_TIMEOUT_S:.0f} s: {exc}")
+                        break
                     if status != 200:
                         break
                     latencies.append(ms)
+                    if time.monotonic() > budget_end:
+                        notes.append(f"only {len(latencies)} requests: they took over {REQUEST_BUDGET_S:.0f} s")
+                        break
                 if status != 200:
                     notes.append(f"GET /api/v1/buildings answered {status}")
                 rss_after = rss_mb(gateway.pid)

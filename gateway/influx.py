@@ -35,7 +35,7 @@ import orjson
 from gateway.config import InfluxConfig
 from gateway.secrets import Secret
 from gateway.spool import Batch, Spool
-from rules.types import AlertTransition, MetricValue, Reading
+from rules.types import AlertTransition, DeviceRef, MetricValue, Reading
 
 log = logging.getLogger("firegrid.influx")
 
@@ -72,14 +72,36 @@ def _tags(ref_tags: Iterable[tuple[str, Any]]) -> str:
     return "".join(f",{key}={_tag(str(value))}" for key, value in ref_tags if value is not None and value != "")
 
 
+_SERIES: dict[DeviceRef, str] = {}  # measurement + tags per device: computed once, not per reading
+
+
+def _series(ref: DeviceRef) -> str:
+    series = _SERIES.get(ref)
+    if series is None:
+        tags = _tags((("building", ref.building), ("device", ref.device), ("floor", ref.floor), ("grid", ref.grid)))
+        series = f"{ref.kind.translate(_MEASUREMENT_ESCAPE)}{tags} "
+        if len(_SERIES) > 1_000_000:  # unregistered devices come and go; keep the cache bounded
+            _SERIES.clear()
+        _SERIES[ref] = series
+    return series
+
+
 def reading_line(reading: Reading) -> bytes | None:
     """One reading as a line; None when it carries no metric (a bare heartbeat: presence only)."""
-    if not reading.values:
+    values = reading.values
+    if not values:
         return None
-    ref = reading.ref
-    fields = ",".join(f"{name}={_field(value)}" for name, value in reading.values.items())
-    tags = _tags((("building", ref.building), ("device", ref.device), ("floor", ref.floor), ("grid", ref.grid)))
-    return f"{ref.kind.translate(_MEASUREMENT_ESCAPE)}{tags} {fields} {reading.ts_ms}".encode()
+    parts = []
+    for name, value in values.items():
+        if value is True:
+            parts.append(f"{name}=true")
+        elif value is False:
+            parts.append(f"{name}=false")
+        elif isinstance(value, float):
+            parts.append(f"{name}={value!r}")
+        else:
+            parts.append(f"{name}={_field(value)}")
+    return f"{_series(reading.ref)}{','.join(parts)} {reading.ts_ms}".encode()
 
 
 def alert_line(transition: AlertTransition) -> bytes:

@@ -31,6 +31,9 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
+        self.engine_errors = Counter(
+            "firegrid_engine_errors", "inputs the rules engine failed on (logged with a traceback)", registry=r
+        )
         self.reconnects = Counter("firegrid_mqtt_reconnects", "MQTT (re)connections after the first", registry=r)
         self.mqtt_connected = Gauge("firegrid_mqtt_connected", "1 while connected to the broker", registry=r)
         self.transitions = Counter(

@@ -248,7 +248,12 @@ class Pipeline:
                 elif isinstance(item, DeviceEvent):
                     presence.seen(item.ref, item.ts_ms)
                 if engine is not None:
-                    job.transitions.extend(engine.process(item))
+                    try:
+                        job.transitions.extend(engine.process(item))
+                    except Exception:
+                        # A rules bug must not turn one odd reading into a crash loop; the reading is still stored.
+                        self.metrics.engine_errors.inc()
+                        log.exception("rules engine failed on a reading of %s", item.ref.device)
             if duplicates:
                 self.rejections.record(
                     Rejected(

@@ -16,12 +16,16 @@ Members (see also ``gateway/api/deps.py``):
   ``set_maintenance`` / ``clear_maintenance`` so a change never interleaves with a batch.
 * ``hub``: the SSE hub (``gateway.api.hub.Hub``); the gateway publishes ``device`` events (presence changes).
 * ``metrics``: :class:`gateway.metrics.Metrics` (Prometheus registry).
+* ``apply_transitions``: ``await runtime.apply_transitions(transitions)`` persists transitions the API caused
+  (``engine.set_maintenance`` / ``clear_maintenance`` return some) through the gateway's commit sequence, so they
+  reach the store, InfluxDB and the notifier like any other.
 * ``mqtt``, ``pipeline``, ``dead_letters``, ``started_ms``: for ``/readyz`` and diagnostics.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,4 +48,5 @@ class Runtime:
     mqtt: Any | None = None
     pipeline: Any | None = None
     dead_letters: Any | None = None
+    apply_transitions: Callable[[list[Any]], Awaitable[None]] | None = None
     started_ms: int = 0

@@ -171,10 +171,21 @@ class Service:
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
-        self.runtime.apply_transitions = self.pipeline.submit_transitions  # type: ignore[attr-defined]
+        self.runtime.apply_transitions = self.pipeline.submit_transitions
         if self.hub is not None:
             hub = self.hub
-            self.presence.on_change = lambda device: hub.publish("device", device)
+
+            def device_changed(device: dict[str, Any]) -> None:
+                hub.publish(
+                    "device",
+                    {
+                        **device,
+                        "device": device["id"],
+                        "ts_ms": int(time.time() * 1000),
+                    },
+                )
+
+            self.presence.on_change = device_changed
         self._stop = asyncio.Event()
         self._http: web.AppRunner | None = None
         self.http_port: int | None = None

@@ -160,21 +160,28 @@ class _Stream:
                 number, offset = segment.number, 0
             if offset >= segment.size:
                 continue
-            self.sync()
+            # No flush needed: every append is flushed (and fsync'ed) before the spool lock is released.  Read only
+            # about what ``max_points`` needs, not the rest of a 4 MiB segment every time.
+            want = max(1 << 20, (max_points - len(lines)) * 256)
             with segment.path.open("rb") as fh:
                 fh.seek(offset)
-                data = fh.read(segment.size - offset)
-            pos = 0
-            while pos + _HEADER.size <= len(data) and len(lines) < max_points:
-                length, _count, _crc, ts = _HEADER.unpack_from(data, pos)
-                payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-                if not lines:
-                    first_ts = ts
-                lines.extend(payload.split(b"\n"))
-                pos += _HEADER.size + length
+                data = fh.read(min(segment.size - offset, want))
+                pos = 0
+                while pos + _HEADER.size <= len(data) and len(lines) < max_points:
+                    length, _count, _crc, ts = _HEADER.unpack_from(data, pos)
+                    stop = pos + _HEADER.size + length
+                    if stop > len(data):
+                        if pos:
+                            break  # the rest of this record next time
+                        data += fh.read(stop - len(data))  # one record larger than the read size
+                    payload = data[pos + _HEADER.size : stop]
+                    if not lines:
+                        first_ts = ts
+                    lines.extend(payload.split(b"\n"))
+                    pos = stop
             end = (segment.number, offset + pos)
-            if len(lines) >= max_points:
-                break
+            if len(lines) >= max_points or offset + pos < segment.size:
+                break  # full, or this segment has more (never skip ahead to the next one)
         if not lines:
             return None
         return Batch(stream=self.name, lines=lines, points=len(lines), end=end, first_ts_ms=first_ts)

@@ -48,6 +48,10 @@ from rules.types import (
 
 __all__ = ["REORDER_MS", "Engine", "RuleSet", "SnapshotError", "alert_key"]
 
+# A quiet reading only moves the device's last_seen; its building is reported dirty for that only once the saved
+# value is this stale, so the gateway does not re-snapshot every building on every commit.  A restored engine may
+# then think a device spoke up to this much earlier than it did: absence is reported at most this much early.
+PRESENCE_SAVE_MS = 60_000
 REORDER_MS = 60_000  # a sample older than the device's newest by more than this is a clock jump, not reordering
 EVIDENCE_MAX = 20  # samples kept per alert as its evidence (the first one and the latest 19)
 RATE_BUF_MAX = 32  # samples kept per rate-of-rise window
@@ -154,7 +158,7 @@ class RState:
 
 
 class DevState:
-    __slots__ = ("due", "last_seen", "last_ts", "offline_since", "plan", "ref", "rs", "space")
+    __slots__ = ("due", "last_seen", "last_ts", "offline_since", "plan", "ref", "rs", "saved_seen", "space")
 
     def __init__(self, ref: DeviceRef, plan: Plan, space: int, last_seen: int) -> None:
         self.ref = ref
@@ -165,6 +169,7 @@ class DevState:
         self.last_seen = last_seen  # engine time the device was last heard from
         self.offline_since: int | None = None
         self.due: int | None = None  # the deadline this device has in the timer heap
+        self.saved_seen = last_seen  # last_seen as of the building's latest snapshot
 
 
 class BState:
@@ -247,12 +252,13 @@ class Engine:
             ts = item.ts_ms
             if dev is None or (dev.ref is not ref and dev.ref.kind != ref.kind):
                 dev = self._new_device(b, ref, DRILL if drill else REAL, ts)
-            self._dirty.add(b.id)
             now = self._now
             if now is None:
                 now = ts
             if now > dev.last_seen:
                 dev.last_seen = now
+                if now - dev.saved_seen >= PRESENCE_SAVE_MS:
+                    self._dirty.add(b.id)
             rs = dev.rs
             plan = dev.plan
             absence = plan.absence
@@ -274,6 +280,8 @@ class Engine:
                         if lo is not None and lo <= value <= hi:  # type: ignore[operator]
                             continue  # the common case: a normal value and nothing pending
                         st = rs[idx] = RState()
+                    if cr.kind != RATE or st.live is not None or st.since is not None or st.buf is None:
+                        self._dirty.add(b.id)
                     self._level(b, dev, cr, st, value, ts, out)
                     if st.idle():
                         rs[idx] = None
@@ -307,6 +315,13 @@ class Engine:
             if b is None or dev is None or dev.due != due:
                 continue  # superseded by an earlier deadline for the same device
             dev.due = None
+            acr = dev.plan.absence
+            if acr is not None and dev.offline_since is None and self._presence_held_since is None and not any(dev.rs):
+                # the common case: a device's absence deadline came up but it has spoken since; just move it on
+                at = dev.last_seen + acr.silent_ms
+                if at > now_ms:
+                    self._arm(b, dev, at)
+                    continue
             self._dirty.add(building)
             self._due(b, dev, now_ms, out)
             nxt = self._next_due(dev)
@@ -418,6 +433,8 @@ class Engine:
             st.live = live
             st.since = since if cr.kind == EVENT else None
             st.value = alert.value
+            if cr.kind == COUNT and not st.hist:
+                st.hist = [since] * cr.count  # the raises behind it are unknown: it clears one window after raising
             nxt = self._next_due(dev)
             if nxt is not None:
                 self._arm(b, dev, nxt)
@@ -430,6 +447,7 @@ class Engine:
         devices = []
         for space, states in ((REAL, b.devices), (DRILL, b.drills)):
             for dev in states.values():
+                dev.saved_seen = dev.last_seen
                 rs = {cr.id: st.to_json() for cr, st in zip(dev.plan.rules, dev.rs, strict=True) if st is not None}
                 ref = dev.ref
                 devices.append(
@@ -598,9 +616,14 @@ class Engine:
                 st.ev = []
             ev = st.ev
             assert ev is not None
-            if len(ev) >= EVIDENCE_MAX:
-                del ev[1]  # keep the first sample (when it started) and the latest ones
-            ev.append((ts, value))
+            if cr.kind == RATE and st.buf is not None:
+                # a rise is explained by the whole window, not by the sample that completed it
+                buf = st.buf
+                ev[:] = [(int(buf[i]), buf[i + 1]) for i in range(0, len(buf), 2)][-EVIDENCE_MAX:]
+            else:
+                if len(ev) >= EVIDENCE_MAX:
+                    del ev[1]  # keep the first sample (when it started) and the latest ones
+                ev.append((ts, value))
             st.value = shown
             if ts - st.since >= cr.for_ms:
                 self._raise(b, dev, cr, st, ts, self._reason(cr, shown), cr.metric, out)
@@ -1049,6 +1072,7 @@ class Engine:
         now = self._now if self._now is not None else ts
         dev = DevState(ref, self._plan(ref), space, now)
         b.space(space)[ref.device] = dev
+        self._dirty.add(b.id)
         if b.alerts:
             # alerts seeded from the store before this device spoke again: adopt them, so they are not raised twice
             for cr in dev.plan.rules:

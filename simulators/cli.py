@@ -306,7 +306,11 @@ def _load(
     result = run_load(
         generator, duration_s=length_ms / 1000, publisher=publisher, recorder=recorder, progress=progress, stop=stop
     )
-    print(result.summary(target_rate=args.rate, qos=args.qos, devices=len(community.devices)))
+    print(
+        result.summary(
+            target_rate=args.rate, qos=args.qos, devices=len(community.devices), published=publisher is not None
+        )
+    )
     return 0 if result.errors == 0 and not stop.is_set() else 1
 
 

@@ -37,12 +37,13 @@ class LoadResult:
     def rate(self) -> float:
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def summary(self, *, target_rate: float, qos: int, devices: int) -> str:
+    def summary(self, *, target_rate: float, qos: int, devices: int, published: bool = True) -> str:
         full = self.per_second[1:-1] or self.per_second  # first and last seconds are partial
         low, high = (min(full), max(full)) if full else (0, 0)
         deviation = abs(self.rate - target_rate) / target_rate * 100 if target_rate else 0.0
+        how = f"at QoS {qos}" if published else "(dry run: generated, not published)"
         return (
-            f"sent {self.sent:,} messages from {devices:,} devices in {self.elapsed_s:.2f}s at QoS {qos}: "
+            f"sent {self.sent:,} messages from {devices:,} devices in {self.elapsed_s:.2f}s {how}: "
             f"{self.rate:,.1f} msg/s (target {target_rate:,.0f}, {deviation:.2f} % off); "
             f"per second min {low:,} max {high:,}; acknowledged {self.acked:,}; errors {self.errors:,}"
         )

@@ -34,6 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.sim import Message
 
+WINDOW_TIMEOUT_S = 30.0
+
 
 class PublishError(RuntimeError):
     """The broker could not be reached or refused the connection."""
@@ -153,7 +155,12 @@ class _Conn:
                 raise PublishError(f"no CONNACK from {self._target.host}:{self._target.port}")
 
     def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> bool:
-        self.window.acquire()
+        if not self.window.acquire(timeout=WINDOW_TIMEOUT_S):
+            # The broker has acknowledged nothing for this long (it is down, or refuses us): count the message as
+            # an error instead of blocking the simulation forever.
+            with self._lock:
+                self._stats.errors += 1
+            return False
         try:
             info = self.client.publish(topic, payload, qos=qos, retain=retain)
         except ValueError:  # paho refuses e.g. an oversize payload or a wildcard in the topic

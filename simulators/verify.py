@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import threading
 import uuid
@@ -67,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long to keep watching for unexpected alerts after the last expectation is met (default 5s)",
     )
     parser.add_argument("--timeout", default="15m", help="give up after this long in any case (default 15m)")
+    parser.add_argument(
+        "--no-cleanup",
+        dest="cleanup",
+        action="store_false",
+        help="skip the cleanup phase (normal drill readings until this run's drill alerts clear in the rules engine)",
+    )
+    parser.add_argument("--cleanup-timeout", default="2m", help="longest cleanup phase (default 2m)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON instead of a table")
 
 
@@ -387,11 +395,14 @@ def run(args: argparse.Namespace) -> int:
     except (VerifyError, ScenarioError, ModelError, DurationError) as exc:
         print(f"firegrid verify: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(verdict.as_json().decode())
-    else:
-        print(verdict.table())
     return 0 if verdict.passed else 1
+
+
+def _print_verdict(args: argparse.Namespace, verdict: Verdict) -> None:
+    if args.json:
+        print(verdict.as_json().decode(), flush=True)
+    else:
+        print(verdict.table(), flush=True)
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Community, list[Scenario], list[Expectation] | None]:
@@ -522,7 +533,18 @@ async def verify(args: argparse.Namespace) -> Verdict:
             buildings=buildings,
             now_ms=wall_ms(),
         )
-        return Verdict(rows=rows, messages=sent[0], channels=channels)
+        verdict = Verdict(rows=rows, messages=sent[0], channels=channels)
+        _print_verdict(args, verdict)  # before the cleanup phase, which may take a while
+        if args.cleanup:
+            await cleanup(
+                small,
+                observer,
+                publisher,
+                buildings=buildings,
+                seed=args.seed,
+                timeout_ms=parse_duration_ms(args.cleanup_timeout),
+            )
+        return verdict
     finally:
         stop.set()
         for task in tasks:
@@ -536,15 +558,91 @@ async def verify(args: argparse.Namespace) -> Verdict:
             await runner.cleanup()
 
 
+async def cleanup(
+    community: Community,
+    observer: Observer,
+    publisher: Any,
+    *,
+    buildings: set[str],
+    seed: int,
+    timeout_ms: int,
+) -> None:
+    """Bring the driven devices back to normal until the drill alerts this run raised have cleared.
+
+    Without it a second verification soon after the first would find its alarms still active in the rules engine
+    (an active alert is not raised again) and fail.  The devices report their normal signal every 2 s, with the
+    ``drill`` flag, call points send ``reset``; we watch for ``alert.cleared`` of every drill alert raised.
+    """
+    from simulators.runner import drive
+
+    raised = {
+        o.alert.get("id") or o.alert.get("key")
+        for o in observer.observations
+        if o.change == "alert.raised" and o.alert.get("drill") and o.alert.get("building") in buildings
+    }
+    if not raised:
+        return
+    start = wall_ms()
+    sim = Simulation(
+        community,
+        seed=seed + 1,
+        start_ms=start,
+        drill=True,
+        statuses=False,
+        intervals=dict.fromkeys(("smoke", "heat", "extinguisher", "call_point"), 2.0),
+    )
+    for device in sim.devices.values():
+        if device.spec.kind == "call_point":
+            sim.at(start, functools.partial(sim.event, device, event_type="reset"))
+    stop = threading.Event()
+    driver = asyncio.create_task(
+        asyncio.to_thread(
+            drive,
+            sim,
+            end_ms=start + timeout_ms,
+            clock=PacedClock(start_ms=start),
+            publisher=publisher,
+            stop=stop,
+            final_statuses=False,
+        )
+    )
+
+    def still_open() -> set[Any]:
+        cleared = {
+            o.alert.get("id") or o.alert.get("key") for o in observer.observations if o.change == "alert.cleared"
+        }
+        return raised - cleared
+
+    try:
+        while still_open() and not driver.done():
+            observer.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(observer.changed.wait(), 0.5)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await driver
+    left = still_open()
+    took = (wall_ms() - start) / 1000
+    if left:
+        print(
+            f"cleanup: {len(left)} of {len(raised)} drill alerts still active after {took:.0f}s "
+            "(a verification of the same devices may find them still raised)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"cleanup: the {len(raised)} drill alerts raised have cleared ({took:.0f}s)", file=sys.stderr)
+
+
 def _driven(scenario: Scenario, community: Community) -> list[Any]:
-    """Devices whose traffic the scenario changes (the fire: its whole floor and the floor above)."""
-    from simulators.scenarios import Fire
+    """Devices whose traffic the scenario changes (the fire: its floor and the floor above; a disconnect: all)."""
+    from simulators.scenarios import Disconnect, Fire
 
     if isinstance(scenario, Fire):
         _, plan = scenario._floor_plan(community)
         return [d for d, _, _ in plan]
-    if scenario.target.device or not scenario.kinds:
-        return [scenario.pick(community)] if not scenario.target.everything else list(community.devices)
+    if isinstance(scenario, Disconnect):
+        return scenario.devices(community)
     return [scenario.pick(community)]
 
 

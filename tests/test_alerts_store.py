@@ -206,3 +206,17 @@ def test_prune_keeps_pending_and_recent_sms(tmp_path: Path) -> None:
     assert {r["channel"] for r in store.outbox(state="sent")} == {"sms"}
     assert store.prune_outbox(before_ms=T0 + 3 * 86_400_000) == len([r for r in rows if r["channel"] == "sms"])
     assert store.outbox(state="pending")
+
+
+def test_new_fire_overtakes_followers_of_a_known_incident(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.apply([alarm(f"yg01-sd-{i}") for i in range(200)], now_ms=T0)  # one smoky stairwell
+    store.apply([alarm("yg02-sd-1", building="yg02")], now_ms=T0 + 10)  # a second building starts burning
+    first = store.due(now_ms=T0 + 10, limit=4, channel="webhook")
+    # The news of both incidents (first raise, incident.opened) lead the queue, ahead of 199 followers.
+    assert [(item.incident_id, item.event) for item in first] == [
+        (1, "alert.raised"),
+        (1, "incident.opened"),
+        (2, "alert.raised"),
+        (2, "incident.opened"),
+    ]

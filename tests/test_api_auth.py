@@ -202,3 +202,24 @@ async def test_every_error_is_a_problem_document(client: TestClient, runtime: An
     assert (await client.post(url, headers=OPERATOR, json={"cause": "false_alarm"})).status == 200
     doc = await problem(await client.post(f"/api/v1/alerts/{alert_id}/ack", headers=OPERATOR, json={}), 409)
     assert "resolved" in doc["detail"]
+
+
+async def test_setup_api_mounts_on_an_existing_application(runtime: Any) -> None:
+    from aiohttp import web
+
+    from gateway.api import setup_api
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    setup_api(app, runtime)
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/healthz")).status == 200
+        assert (await c.get("/api/v1/whoami", headers=VIEWER)).status == 200
+        await problem(await c.get("/api/v1/whoami"), 401)
+        await problem(await c.get("/nope"), 404)
+        page = await c.get("/")
+        assert page.status == 200 and "app.js" in await page.text()
+        assert "default-src 'self'" in page.headers["Content-Security-Policy"]

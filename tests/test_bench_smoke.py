@@ -229,3 +229,51 @@ def test_latency_plan_counts_its_alarms() -> None:
     assert plan.n_alarms == 1 + len(plan.rates) * plan.alarms_per_phase + plan.burst_alarms
     community = Community(n_alarms=plan.n_alarms)
     assert len({community.alarm_device(i) for i in range(plan.n_alarms)}) == plan.n_alarms
+
+
+def test_goal_firegrid_ahead_compares_with_the_baseline() -> None:
+    assert goal_met(
+        value=900, ratio=None, goal_on="baseline", goal_min=None, goal_max=None, baseline=40, better="lower"
+    )
+    assert not goal_met(
+        value=10, ratio=None, goal_on="baseline", goal_min=None, goal_max=None, baseline=40, better="lower"
+    )
+    assert goal_met(value=0, ratio=None, goal_on="baseline", goal_min=None, goal_max=None, baseline=0, better="lower")
+    assert not goal_met(value=5000, ratio=None, goal_on="baseline", goal_min=None, goal_max=None, baseline=2000)
+    assert goal_met(value=5000, ratio=None, goal_on="baseline", goal_min=None, goal_max=None, baseline=None) is None
+
+
+def _plan_result(system: str, *, p99: float, lost: int, crash_lost: int | None) -> latency.PlanResult:
+    result = latency.PlanResult(system=system, telemetry_published=100, telemetry_stored=100 - lost)
+    result.phases.append(latency.PhaseResult("steady 1000/s", 1000, 1000.0, 3, [1.0, 2.0, p99]))
+    result.phases.append(latency.PhaseResult("burst 10", None, 5000.0, 2, [p99]))
+    result.burst_throughput, result.burst_publish_rate, result.rss_peak_mb = 4000.0, 5000.0, 60.0
+    result.crash_lost = crash_lost
+    return result
+
+
+def test_side_by_side_puts_firegrid_as_the_baseline_of_node_red() -> None:
+    plan = latency.Plan(rates=(1000,), burst=10, crash=50)
+    both = peer_nodered.Comparison(
+        results={
+            "node-red": _plan_result("node-red", p99=900.0, lost=0, crash_lost=20),
+            "firegrid": _plan_result("firegrid", p99=30.0, lost=0, crash_lost=0),
+        }
+    )
+    rows = {f.name: f for f in peer_nodered.side_by_side(both, plan)}
+    p99 = rows["peer.p99_ms@1000"]
+    assert (p99.value, p99.baseline, p99.baseline_label) == (900.0, 30.0, "firegrid")
+    crash = rows["peer.crash_lost"]
+    assert (crash.value, crash.baseline) == (20.0, 0.0)
+    assert goal_met(
+        value=crash.value,
+        ratio=crash.ratio,
+        goal_on=crash.goal_on,
+        goal_min=None,
+        goal_max=None,
+        baseline=crash.baseline,
+        better=crash.better,
+    )
+    assert rows["peer.load_rate@1000"].goal is None  # what the load generator did is not a contest
+    alone = peer_nodered.side_by_side(peer_nodered.Comparison(results={"node-red": both.results["node-red"]}), plan)
+    assert all(f.baseline is None for f in alone)

@@ -225,3 +225,25 @@ def publish_all(
         publisher.publish(topic, payload)
         if on_progress is not None:
             on_progress(index + 1)
+
+
+def retained(port: int, topic: str, *, timeout: float = 5.0) -> bytes | None:
+    """The retained message on ``topic`` (None if there is none)."""
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+    client.on_message = lambda _c, _u, message: got.append(message.payload)
+    client.on_subscribe = lambda *_args: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe(topic, qos=1)
+        subscribed.wait(timeout)
+        # a retained message is sent right after SUBACK; give it the same round trip
+        deadline = time.monotonic() + 0.5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return got[0] if got else None
+    finally:
+        client.loop_stop()
+        client.disconnect()

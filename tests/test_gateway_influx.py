@@ -62,6 +62,20 @@ def test_line_protocol_schema() -> None:
     assert alert_line(t).startswith(b"alert,building=b01,device=d001,floor=3,rule=smoke-fire,severity=fire ")
 
 
+def test_v1_and_v2_write_endpoints() -> None:
+    from gateway.influx import InfluxClient
+
+    v1 = InfluxClient(
+        InfluxConfig(url="http://db:8086", database="fg", retention_policy="week", username="u", password="p")
+    )
+    assert v1.write_url == "http://db:8086/write"
+    assert v1.write_params == {"db": "fg", "precision": "ms", "rp": "week"}
+    v2 = InfluxClient(InfluxConfig(url="http://db:8086", api="v2", org="o", bucket="b", token="tok"))
+    assert v2.write_url == "http://db:8086/api/v2/write"
+    assert v2.write_params == {"org": "o", "bucket": "b", "precision": "ms"}
+    assert v2._auth_headers == {"Authorization": "Token tok"}
+
+
 async def test_bad_line_is_dead_lettered_alone(tmp_path: Path, influx: InfluxServer) -> None:
     """InfluxDB 1.6 answers one unparsable / type-conflicting line with 400 "partial write" (and stores the rest):
     only the offending lines go to the dead-letter table; every valid line is in InfluxDB."""

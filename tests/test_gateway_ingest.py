@@ -6,9 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, publish_all, readings, wait_for, write_config
+from tests.test_gateway_helpers import (
+    Gateway,
+    Publisher,
+    publish_all,
+    readings,
+    retained,
+    wait_for,
+    write_config,
+)
 
 TOTAL = 10_000
+STATUS = "firegrid/_gateway/gw-test/status"
 
 
 def _count(influx: InfluxServer) -> int:
@@ -30,9 +39,11 @@ def test_all_readings_reach_influx(tmp_path: Path, mosquitto: MosquittoServer, i
         assert _count(influx) == TOTAL
         assert gateway.metric("firegrid_mqtt_messages_total", channel="telemetry") == TOTAL
         assert gateway.metric("firegrid_mqtt_acks_total") >= TOTAL  # + the gateway's own retained status
+        assert retained(mosquitto.port, STATUS) == b"online"
     finally:
         publisher.close()
-        assert gateway.stop() == 0, gateway.log_tail()
+        assert gateway.stop() == 0, gateway.log_tail()  # SIGTERM: graceful
+    assert retained(mosquitto.port, STATUS) == b"offline"
 
 
 def test_gateway_sigkilled_twice(tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer) -> None:
@@ -93,21 +104,58 @@ def test_influx_outage(tmp_path: Path, mosquitto: MosquittoServer, influx: Influ
 
 
 def test_broker_restart(tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer) -> None:
-    """Mosquitto restarted (persistence on) while the gateway has a backlog: the gateway reconnects with capped
-    backoff, resumes its persistent session, and every reading arrives."""
+    """Mosquitto restarted (persistence on) twice: once while readings are queued in the gateway's persistent session
+    (the gateway is down), once while the gateway is connected and draining that backlog.  The gateway reconnects
+    with capped backoff, resumes its session, and every reading arrives."""
     gateway = _gateway(tmp_path, mosquitto, influx).start()
     publisher = Publisher(mosquitto.port)
     items = readings()
     try:
-        publish_all(publisher, items[:5000])
+        publish_all(publisher, items[:2000])
         publisher.wait_acked()
-        mosquitto.restart()  # graceful: the broker saves its persistent sessions and queues
-        publish_all(publisher, items[5000:])
+        gateway.kill()
+        publish_all(publisher, items[2000:6000])  # queued for the absent gateway
+        publisher.wait_acked()
+        mosquitto.restart()  # graceful: the broker saves sessions and queues to its persistence file
+        gateway.start()
+        wait_for(lambda: gateway.metric("firegrid_mqtt_acks_total") >= 500, timeout=30, what="backlog draining")
+        mosquitto.restart()  # now with the gateway connected
+        wait_for(lambda: gateway.metric("firegrid_mqtt_reconnects_total") >= 1, timeout=30, what="a reconnect")
+        publish_all(publisher, items[6000:])
         publisher.wait_acked()
         wait_for(lambda: _count(influx) >= TOTAL, timeout=60, what=f"{TOTAL} points in InfluxDB")
         assert _count(influx) == TOTAL
-        assert gateway.metric("firegrid_mqtt_reconnects_total") >= 1
-        assert '"MQTT reconnected' in gateway.log_tail(200) or "reconnected" in gateway.log_tail(200)
+        reconnect_logs = [line for line in gateway.log_tail(400).splitlines() if "reconnect" in line]
+        assert reconnect_logs and all('"level":"info"' in line for line in reconnect_logs), reconnect_logs
     finally:
         publisher.close()
         gateway.stop()
+
+
+def test_shared_subscription_splits_the_load(tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer) -> None:
+    """Two gateways in one shared group (one on MQTT 5, one on 3.1.1) split the readings; together they write all."""
+    gateways = []
+    for name, protocol in (("a", "v5"), ("b", "v311")):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        config, port = write_config(
+            workdir,
+            mqtt_url=mosquitto.url,
+            influx_url=influx.url,
+            client_id=f"gw-{name}",
+            extra={"mqtt": {"shared_group": "firegrid", "protocol": protocol}},
+        )
+        gateways.append(Gateway(config, port, workdir / "gateway.log").start())
+    publisher = Publisher(mosquitto.port)
+    items = readings(per_device=10)
+    try:
+        publish_all(publisher, items)
+        publisher.wait_acked()
+        wait_for(lambda: _count(influx) >= len(items), timeout=60, what="all points in InfluxDB")
+        assert _count(influx) == len(items)
+        shares = [g.metric("firegrid_mqtt_messages_total", channel="telemetry") for g in gateways]
+        assert sum(shares) == len(items) and all(share > 0 for share in shares), shares
+    finally:
+        publisher.close()
+        for g in gateways:
+            g.stop()

@@ -626,3 +626,43 @@ def test_maintenance_windows_survive_a_restart_with_the_building() -> None:
     fresh.engine.restore("b1", d.engine.snapshot("b1"))
     assert [w.id for w in fresh.engine.maintenance()] == ["w1"]
     assert [(t.transition, t.test) for t in fresh.tick(100)] == [("cleared", True), ("raised", False)]
+
+
+def test_rate_of_rise_evidence_is_the_window() -> None:
+    d = Driver(ROR)
+    d.run(ramp(25, 12, range(0, 61, 10)))
+    [raised] = d.log
+    assert [e.ts_ms for e in raised.evidence] == [ms(s) for s in range(0, 41, 10)]
+    assert raised.evidence[-1].value == pytest.approx(33.0) and raised.value == pytest.approx(12.0)
+
+
+def test_dirty_buildings_reports_material_changes_and_stale_presence_only() -> None:
+    d = Driver(SMOKE, [ref("a"), ref("b", building="b2")])
+    d.tick(0)
+    assert d.engine.dirty_buildings() == {"b1", "b2"}  # registry adopted
+    for b in ("b1", "b2"):
+        d.engine.snapshot(b)
+    d.tick(1)
+    d.r(1, "a", obscuration=0.1)  # quiet, presence barely moved
+    assert d.engine.dirty_buildings() == set()
+    d.r(2, "a", obscuration=5)  # a pending `for`: material
+    assert d.engine.dirty_buildings() == {"b1"}
+    d.tick(70)
+    d.r(70, "b", obscuration=0.1)  # quiet, but the saved last_seen is now 70 s stale
+    assert d.engine.dirty_buildings() == {"b1", "b2"}  # b1: the `for` completed on tick
+
+
+def test_seeded_count_alert_clears_one_window_after_it_was_raised() -> None:
+    text = (
+        SMOKE_INSTANT
+        + """
+- {id: repeated, kind: count, severity: trouble, rules: [smoke], count: 3, window: 1h}
+"""
+    )
+    d = Driver(text, [ref("d1")])
+    key = alert_key("repeated", "b1", 1, "d1")
+    d.engine.seed_active([ActiveAlert(key=key, rule="repeated", building="b1", floor=1, device="d1", since_ms=ms(0))])
+    d.tick(3599)
+    assert d.log == []
+    d.tick(3600)
+    assert d.timeline() == [("cleared", "repeated", "d1", 3600)]

@@ -184,3 +184,24 @@ def test_unreachable_broker_exits_1(capsys, community_config_path):
     )
     assert code == 1
     assert "firegrid simulate:" in capsys.readouterr().err
+
+
+def test_publisher_reconnects_after_a_broker_restart(mosquitto):
+    publisher = PooledPublisher(BrokerTarget.from_url(mosquitto.url), connections=2, qos=1)
+    publisher.start()
+    try:
+        for i in range(50):
+            publisher.publish_raw(f"firegrid/b1/d{i}/telemetry", b'{"ts": 1}')
+        assert publisher.flush(timeout=10)
+        mosquitto.restart()
+        sub = Subscriber(mosquitto.port)
+        # published while paho may still be reconnecting: QoS 1 messages wait in paho and go out after it
+        for i in range(50):
+            publisher.publish_raw(f"firegrid/b1/d{i}/telemetry", b'{"ts": 2}')
+        assert publisher.flush(timeout=20)
+        sub.wait_for(lambda got: len(got) >= 50)
+        sub.close()
+        assert publisher.stats.disconnects >= 2 and publisher.stats.errors == 0
+        assert {payload for _, payload, _ in sub.messages} == {b'{"ts": 2}'}
+    finally:
+        publisher.stop()

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"verify-test-secret-0123456789").decode()
 
 
-def write_config(tmp_path: Path, *, mosquitto, influx, webhook_port: int, disable: str | None = None) -> Path:
+def write_config(
+    tmp_path: Path, *, mosquitto, influx, webhook_port: int, disable: str | None = None, clear_after: str | None = None
+) -> Path:
     example = yaml.safe_load((ROOT / "examples" / "community.yaml").read_text())
     http_port = free_port()
     config = {
@@ -56,11 +58,13 @@ def write_config(tmp_path: Path, *, mosquitto, influx, webhook_port: int, disabl
             }
         },
     }
-    if disable:
+    if disable or clear_after:
         rules = yaml.safe_load((ROOT / "rules" / "defaults.yaml").read_text())
         for rule in rules:
             if rule["id"] == disable:
                 rule["enabled"] = False
+            if clear_after and rule["id"] in ("smoke-obscuration", "smoke-detector-alarm"):
+                rule["clear_after"] = clear_after
         config["rules"] = rules
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
@@ -70,8 +74,8 @@ def write_config(tmp_path: Path, *, mosquitto, influx, webhook_port: int, disabl
 @pytest.fixture
 def gateway(tmp_path, mosquitto, influx, request) -> Iterator[tuple[Path, str, int]]:
     webhook_port = free_port()
-    disable = getattr(request, "param", None)
-    config = write_config(tmp_path, mosquitto=mosquitto, influx=influx, webhook_port=webhook_port, disable=disable)
+    params = getattr(request, "param", None) or {}
+    config = write_config(tmp_path, mosquitto=mosquitto, influx=influx, webhook_port=webhook_port, **params)
     listen = yaml.safe_load(config.read_text())["http"]["listen"]
     api = f"http://{listen}"
     log = (tmp_path / "gateway.log").open("wb")
@@ -127,7 +131,7 @@ def verify(config: Path, api: str, webhook_port: int, *extra: str) -> int:
 @pytest.mark.timeout(120)
 def test_builtin_smoke_test_passes_on_sse_and_drill_webhook(gateway, capsys):
     config, api, webhook_port = gateway
-    code = verify(config, api, webhook_port)
+    code = verify(config, api, webhook_port, "--no-cleanup")
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
@@ -148,7 +152,7 @@ def test_builtin_smoke_test_passes_on_sse_and_drill_webhook(gateway, capsys):
         "expect:\n  - {severity: fire, device: yg02-cp-01, after: 1s, within: 10s}\n"
         "  - {severity: fire, building: yg02, confirmed: true, absent: true}\n"
     )
-    code = verify(config, api, webhook_port, "--scenario", str(scenario), "--json")
+    code = verify(config, api, webhook_port, "--scenario", str(scenario), "--json", "--no-cleanup")
     captured = capsys.readouterr()
     verdict = json.loads(captured.out.strip().splitlines()[-1])  # the table printed above comes first
     assert code == 0 and verdict["passed"], verdict
@@ -159,10 +163,10 @@ def test_builtin_smoke_test_passes_on_sse_and_drill_webhook(gateway, capsys):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("gateway", ["call-point-pressed"], indirect=True)
+@pytest.mark.parametrize("gateway", [{"disable": "call-point-pressed"}], indirect=True)
 def test_disabled_rule_fails_with_a_table(gateway, capsys):
     config, api, webhook_port = gateway
-    code = verify(config, api, webhook_port)
+    code = verify(config, api, webhook_port, "--no-cleanup")
     out = capsys.readouterr().out
     print(out)
     assert code == 1
@@ -171,6 +175,18 @@ def test_disabled_rule_fails_with_a_table(gateway, capsys):
     assert "FAIL" in row and "nothing via sse" in row and "nothing via webhook" in row
     fire_row = next(line for line in out.splitlines() if "fire origin" in line)
     assert "PASS" in fire_row
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("gateway", [{"clear_after": "3s"}], indirect=True)
+def test_cleanup_lets_the_same_drill_run_again(gateway, capsys):
+    """Without the cleanup phase the second run's alarm would still be active in the engine (not raised again)."""
+    config, api, webhook_port = gateway
+    for _ in range(2):
+        code = verify(config, api, webhook_port, "--scenario", "cooking@yg01-sd-02a+1s,peak=8", "--grace", "1s")
+        captured = capsys.readouterr()
+        assert code == 0, captured.out
+        assert "drill alerts raised have cleared" in captured.err
 
 
 def test_verify_needs_a_channel(community_config_path, capsys):

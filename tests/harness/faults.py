@@ -1,0 +1,445 @@
+"""Fault injection for reliability tests and the soak bench: real HTTP servers that misbehave on purpose.
+
+* :class:`ThreadedApp` runs an aiohttp application on its own event loop in a background thread, so tests that
+  drive ``firegrid run`` as a subprocess (and block while polling) can still serve HTTP.
+* :class:`InfluxFaultProxy` sits in front of a REAL InfluxDB and forwards ``/write``, ``/query`` and ``/ping``.  A
+  script of faults is applied to the next writes (``503`` with ``Retry-After``, ``429``, ``hang``), and "poison"
+  markers make every batch containing a marked line fail the way InfluxDB fails: ``400 partial write`` (the good
+  lines ARE stored, like InfluxDB 1.6) or ``422`` (nothing stored).  Every attempt is logged with its time, answer
+  and lines, so a test can check waits, order and what was dead-lettered.  When the upstream InfluxDB is down the
+  proxy drops the client's connection (what a client sees from a dead server), rather than inventing a 502.
+* :class:`WebhookCounter` is a Standard Webhooks receiver that verifies every signature with the ``standardwebhooks``
+  reference library and records, per attempt, the ``webhook-id``, the time and what it answered.
+
+No mocks: the gateway under test talks HTTP to these servers exactly as it would to the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.harness.services import free_port
+
+
+class ThreadedApp:
+    """An aiohttp application served from a background thread on a free loopback port."""
+
+    def __init__(self, app: web.Application, *, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, name=f"http-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedApp:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            try:
+                self.call(self._runner.cleanup(), timeout=10)
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+            self._runner = None
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+    def __enter__(self) -> ThreadedApp:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+# --- InfluxDB fault proxy -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """What the proxy does with one ``/write`` instead of forwarding it.
+
+    ``kind``: ``status`` (answer ``status`` with ``headers``/``body``) or ``hang`` (answer nothing for ``seconds``,
+    then drop the connection)."""
+
+    kind: str
+    status: int = 503
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+    seconds: float = 0.0
+
+    @staticmethod
+    def unavailable(retry_after: str | None = None) -> Fault:
+        headers = (("Retry-After", retry_after),) if retry_after is not None else ()
+        return Fault("status", 503, headers, '{"error":"service unavailable"}')
+
+    @staticmethod
+    def too_many(retry_after: str | None = None) -> Fault:
+        headers = (("Retry-After", retry_after),) if retry_after is not None else ()
+        return Fault("status", 429, headers, '{"error":"too many requests"}')
+
+    @staticmethod
+    def hang(seconds: float) -> Fault:
+        return Fault("hang", seconds=seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAttempt:
+    at: float  # time.monotonic() when the request arrived
+    status: int  # what the proxy answered (0: connection dropped)
+    lines: tuple[bytes, ...]  # the lines of the request, in order
+    forwarded: tuple[bytes, ...]  # the lines that reached InfluxDB
+
+
+@dataclass
+class InfluxFaultProxy:
+    """A reverse proxy in front of a real InfluxDB 1.x that injects write failures (see the module docstring)."""
+
+    upstream: str
+    script: list[Fault] = field(default_factory=list)
+    poison_400: set[bytes] = field(default_factory=set)  # substrings marking lines answered "400 partial write"
+    poison_422: set[bytes] = field(default_factory=set)  # substrings marking lines answered 422 (nothing stored)
+    attempts: list[WriteAttempt] = field(default_factory=list)
+    _server: ThreadedApp | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return self._server.url
+
+    def start(self) -> InfluxFaultProxy:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_post("/write", self._write)
+        app.router.add_route("*", "/query", self._forward)
+        app.router.add_route("*", "/ping", self._forward)
+        app.on_cleanup.append(self._close_session)
+        self._server = ThreadedApp(app).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def push(self, *faults: Fault) -> None:
+        with self._lock:
+            self.script.extend(faults)
+
+    def snapshot(self) -> list[WriteAttempt]:
+        with self._lock:
+            return list(self.attempts)
+
+    async def _session(self, app: web.Application) -> aiohttp.ClientSession:
+        session = app.get("session")
+        if session is None:
+            session = app["session"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return session  # type: ignore[no-any-return]
+
+    async def _close_session(self, app: web.Application) -> None:
+        session = app.get("session")
+        if session is not None:
+            await session.close()
+
+    def _log(self, status: int, lines: list[bytes], forwarded: list[bytes]) -> None:
+        with self._lock:
+            self.attempts.append(WriteAttempt(time.monotonic(), status, tuple(lines), tuple(forwarded)))
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()  # the client sees the connection die without an answer
+        return web.Response(status=599)  # never reaches the client
+
+    async def _upstream_write(self, request: web.Request, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        session = await self._session(request.app)
+        async with session.post(f"{self.upstream}/write", params=request.query, data=body) as response:
+            return response.status, await response.read(), dict(response.headers)
+
+    async def _write(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip" and raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)  # (aiohttp normally did this already)
+        lines = [line for line in raw.split(b"\n") if line]
+        with self._lock:
+            fault = self.script.pop(0) if self.script else None
+        if fault is not None and fault.kind == "hang":
+            self._log(0, lines, [])
+            await asyncio.sleep(fault.seconds)
+            return self._drop(request)
+        if fault is not None:
+            self._log(fault.status, lines, [])
+            return web.Response(status=fault.status, headers=dict(fault.headers), text=fault.body)
+        bad_422 = [line for line in lines if any(marker in line for marker in self.poison_422)]
+        if bad_422:
+            # InfluxDB 2 style: the whole request is refused as unprocessable; nothing is stored.
+            self._log(422, lines, [])
+            first = bad_422[0].decode(errors="replace")
+            return web.json_response(
+                {"code": "unprocessable entity", "message": f"failure writing points: invalid field {first[:100]!r}"},
+                status=422,
+            )
+        bad_400 = [line for line in lines if any(marker in line for marker in self.poison_400)]
+        good = [line for line in lines if line not in bad_400]
+        try:
+            status, body, headers = await self._upstream_write(request, b"\n".join(good)) if good else (204, b"", {})
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            self._log(0, lines, [])
+            return self._drop(request)  # InfluxDB is down: the client sees its connection die
+        if status >= 300:
+            self._log(status, lines, [])
+            return web.Response(status=status, body=body, content_type="application/json")
+        if bad_400:
+            # InfluxDB 1.6: one unparsable line -> "400 partial write", and the valid lines are stored.
+            self._log(400, lines, good)
+            first = bad_400[0].decode(errors="replace")
+            return web.json_response(
+                {"error": f"partial write: unable to parse '{first[:200]}': bad timestamp dropped={len(bad_400)}"},
+                status=400,
+            )
+        self._log(status, lines, good)
+        return web.Response(status=status, body=body, headers={k: v for k, v in headers.items() if k == "X-Request-Id"})
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        session = await self._session(request.app)
+        body = await request.read()
+        try:
+            async with session.request(
+                request.method, f"{self.upstream}{request.path}", params=request.query, data=body or None
+            ) as response:
+                payload = await response.read()
+                return web.Response(
+                    status=response.status, body=payload, content_type=response.content_type or "application/json"
+                )
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return self._drop(request)
+
+
+def line_ts(line: bytes) -> int:
+    return int(line.rsplit(b" ", 1)[1])
+
+
+def line_tag(line: bytes, tag: str) -> str | None:
+    head = line.split(b" ", 1)[0].decode()
+    for part in head.split(",")[1:]:
+        key, _, value = part.partition("=")
+        if key == tag:
+            return value
+    return None
+
+
+# --- Standard Webhooks receiver -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    msg_id: str
+    at: float  # time.monotonic() when the answer was sent (or the hang began)
+    wall_ms: int
+    status: int  # what we answered; 0 = hung until the client gave up
+    type: str
+    data: dict[str, Any]
+    signature_ok: bool
+
+
+class WebhookCounter:
+    """Counts webhook deliveries by ``webhook-id``; every signature is verified with ``standardwebhooks``.
+
+    ``script`` holds answers for the next requests: an int status, or ``("hang", seconds)``.  ``delay_s`` delays
+    every 2xx answer (to widen the window in which a crash can land mid-delivery)."""
+
+    def __init__(self, secret: str, *, path: str = "/hook", delay_s: float = 0.0) -> None:
+        from standardwebhooks import Webhook
+
+        self._verifier = Webhook(secret)
+        self.path = path
+        self.delay_s = delay_s
+        self.script: list[int | tuple[str, float]] = []
+        self.hits: list[Hit] = []
+        self._lock = threading.Lock()
+        app = web.Application()
+        app.router.add_post(path, self._handle)
+        self._server = ThreadedApp(app)
+
+    @property
+    def url(self) -> str:
+        return self._server.url + self.path
+
+    def start(self) -> WebhookCounter:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def snapshot(self) -> list[Hit]:
+        with self._lock:
+            return list(self.hits)
+
+    def accepted(self) -> list[Hit]:
+        return [h for h in self.snapshot() if 200 <= h.status < 300]
+
+    def accepted_ids(self) -> list[str]:
+        return [h.msg_id for h in self.accepted()]
+
+    def of_type(self, event: str) -> list[Hit]:
+        return [h for h in self.accepted() if h.type == event]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            self._verifier.verify(body, headers)
+            signature_ok = True
+        except Exception:  # noqa: BLE001 - any verification failure is recorded, not raised
+            signature_ok = False
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = {}
+        with self._lock:
+            answer = self.script.pop(0) if self.script else 200
+        msg_id = headers.get("webhook-id", "")
+
+        def record(status: int) -> None:
+            with self._lock:
+                self.hits.append(
+                    Hit(
+                        msg_id=msg_id,
+                        at=time.monotonic(),
+                        wall_ms=int(time.time() * 1000),
+                        status=status,
+                        type=str(document.get("type", "")),
+                        data=document.get("data") or {},
+                        signature_ok=signature_ok,
+                    )
+                )
+
+        if isinstance(answer, tuple):
+            record(0)
+            await asyncio.sleep(answer[1])
+            return web.Response(status=200)  # too late: the client has given up
+        if not signature_ok:
+            record(400)
+            return web.json_response({"error": "bad signature"}, status=400)
+        if 200 <= answer < 300 and self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        record(answer)
+        return web.json_response({"ok": answer < 300}, status=answer)
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll with a deadline (no fixed sleeps); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# --- the whole stack ------------------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_" + __import__("base64").b64encode(b"firegrid-reliability-secret-32by").decode()
+
+# A fire rule that clears after one quiet second, so raise -> clear -> raise cycles fit in a short test.
+FAST_RULES: list[dict[str, Any]] = [
+    {
+        "id": "smoke-alarm",
+        "kind": "state",
+        "description": "smoke detector in alarm",
+        "severity": "fire",
+        "match": {"kind": "smoke"},
+        "metric": "alarm",
+        "equals": True,
+        "clear_after": "1s",
+    }
+]
+
+
+def stack_config(
+    tmp_path: Any,
+    *,
+    mqtt_url: str,
+    influx_url: str | None,
+    webhook_url: str | None = None,
+    devices: int = 20,
+    buildings: int = 10,
+    rules: list[dict[str, Any]] | None = None,
+    client_id: str = "gw-rel",
+    extra: dict[str, Any] | None = None,
+) -> tuple[Any, int]:
+    """A ``firegrid run`` config for the whole stack: MQTT, InfluxDB, the rules engine, the alert store and (with
+    ``webhook_url``) a signed webhook for every event; retries fast so tests stay short."""
+    from tests.test_gateway_helpers import write_config
+
+    sections: dict[str, Any] = {}
+    if rules is not None:
+        sections["rules"] = rules
+    if webhook_url is not None:
+        sections["notify"] = {
+            "webhooks": [
+                {"url": webhook_url, "secret": WEBHOOK_SECRET, "allow_private": True, "timeout_s": 2, "events": ["*"]}
+            ],
+            "retry": {"base_s": 0.1, "max_s": 1.0},
+        }
+    sections |= extra or {}
+    return write_config(
+        tmp_path,
+        mqtt_url=mqtt_url,
+        influx_url=influx_url,
+        devices=devices,
+        buildings=buildings,
+        client_id=client_id,
+        extra=sections,
+    )
+
+
+def alerts_rows(db: Any, *, key_like: str = "%") -> list[dict[str, Any]]:
+    """Alert rows straight from the SQLite store (read-only connection)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM alerts WHERE key LIKE ? ORDER BY id", (key_like,))]
+    finally:
+        conn.close()
+
+
+def outbox_rows(db: Any) -> list[dict[str, Any]]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT id, msg_id, channel, event, state, alert_id FROM outbox")]
+    finally:
+        conn.close()
