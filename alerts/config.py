@@ -53,6 +53,7 @@ def _timezone(value: str) -> str:
 
 def is_private_host(host: str) -> bool:
     """Loopback, private, link-local and similar addresses (a literal IP or ``localhost``)."""
+    host = host.rstrip(".")  # "localhost." is the same name as "localhost" (a fully qualified trailing dot)
     if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
         return True
     try:

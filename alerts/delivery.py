@@ -13,18 +13,24 @@ Delivery guarantees:
 
 Time comes from an injectable ``clock`` (epoch ms) so tests drive escalation without sleeping for a minute; after
 moving a fake clock, call ``wake()``.
+
+Every store call runs on the notifier's own database thread, never on the event loop: the gateway's commit thread
+may hold the store for a whole group commit (a 200-detector storm), and MQTT ingest and the API share this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -39,7 +45,7 @@ from alerts.webhook import SendResult
 log = logging.getLogger("firegrid.alerts.delivery")
 
 
-FLUSH_AFTER_S = 0.005
+T = TypeVar("T")
 
 
 def wall_clock_ms() -> int:
@@ -56,26 +62,29 @@ class Notifier:
         session: aiohttp.ClientSession | None = None,
         workers: int | None = None,
         rng: random.Random | None = None,
+        drain_s: float = 3.0,
     ) -> None:
         self.store = store
         self.notify = notify or store.notify
         self.clock = clock
         self.workers = workers or self.notify.workers
         self.rng = rng or random.Random()
+        self.drain_s = drain_s  # on stop(): how long requests in flight may take to finish
         self.stats: dict[str, int] = {}
         self._session = session
         self._own_session = session is None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._db: ThreadPoolExecutor | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0}
-        # Webhook outcomes waiting to be recorded in one transaction (a commit per delivery would cap throughput
-        # at the disk's fsync rate); their rows stay excluded from picking until recorded.
+        # Webhook outcomes waiting to be recorded: all those that finished while the previous round ran share one
+        # commit (a commit per delivery would cap throughput at the disk's fsync rate).  Their rows stay excluded
+        # from picking until recorded.
         self._outcomes: list[Outcome] = []
         self._unflushed: set[int] = set()
         self._stopping = False
         self._next_prune_ms = 0
-        self._first_outcome_at = 0.0
         self._loop_thread: int | None = None
         self._sms_send = sender_for(self.notify.sms.provider) if self.notify.sms else None
         self.store.add_listener(self._on_change)
@@ -101,10 +110,15 @@ class Notifier:
 
     @property
     def idle(self) -> bool:
-        return not self._inflight and not self._outcomes
+        return not self._inflight and not self._outcomes and not self._unflushed
 
-    def _count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the notifier's database thread."""
+        assert self._loop is not None and self._db is not None
+        return await self._loop.run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -112,73 +126,91 @@ class Notifier:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notifier-db")
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-        recovered = self.store.recover(now_ms=self.clock())
-        if recovered:
-            log.warning("%d SMS were interrupted mid-request: marked unknown (not resent)", recovered)
         try:
+            recovered = await self._io(self.store.recover, now_ms=self.clock())
+            if recovered:
+                log.warning("%d SMS were interrupted mid-request: marked unknown (not resent)", recovered)
             while not self._stopping:
                 self._wake.clear()
+                outcomes, self._outcomes = self._outcomes, []
+                free = {channel: self.workers - n for channel, n in self._busy.items()}
+                skip = self._inflight.keys() | self._unflushed
                 try:
-                    timeout = self._step()
+                    items, timeout = await self._io(self._plan, outcomes, free, skip)
                 except Exception:  # e.g. the disk is full: keep trying, delivery must not die with one error
-                    log.exception("notifier step failed; retrying in 1 s")
+                    self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded)
+                    log.exception("notifier round failed; retrying in 1 s")
                     timeout = 1.0
+                else:
+                    self._unflushed.difference_update(o.id for o in outcomes)
+                    self._start(items)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
             tasks = list(self._inflight.values())
+            if self._stopping and tasks:
+                # A graceful stop lets requests in flight finish (an SMS cut off mid-request would become
+                # "unknown"); a cancellation (or a slow receiver) cuts them off.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait(tasks, timeout=self.drain_s)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                self._flush()
+            if self._outcomes:
+                with contextlib.suppress(Exception):
+                    self.store.record_outcomes(self._outcomes)
+                    self._outcomes = []
+            self._db.shutdown(wait=True)
+            self._db = None
             if self._own_session and self._session is not None:
                 await self._session.close()
                 self._session = None
             self._loop = None
             self._wake = None
 
-    def _step(self) -> float:
-        """One round: record outcomes, escalate, prune, start what is due.  Returns how long to sleep at most."""
-        self._flush(force=False)
+    def _plan(self, outcomes: list[Outcome], free: dict[str, int], skip: set[int]) -> tuple[list[OutboxItem], float]:
+        """One round on the database thread: record outcomes, escalate, prune, pick what is due.  Returns the rows
+        to start and how long to sleep at most."""
+        if outcomes:
+            self.store.record_outcomes(outcomes)
+            skip = skip - {o.id for o in outcomes}  # recorded now: a retry due at once may go in this round
         now = self.clock()
         nxt_esc = self.store.next_escalation_ms()
         if nxt_esc is not None and nxt_esc <= now:
-            changes = self.store.escalate_due(now_ms=now)
-            self.stats["escalated"] = self.stats.get("escalated", 0) + len(changes)
+            self._count("escalated", len(self.store.escalate_due(now_ms=now)))
             nxt_esc = self.store.next_escalation_ms()
         if now >= self._next_prune_ms:
             self._next_prune_ms = now + 3_600_000
             pruned = self.store.prune_outbox(before_ms=now - self.notify.retry.keep_done_s * 1000)
             if pruned:
                 log.info("pruned %d finished outbox rows", pruned)
-        self._start_due(now)
-        # Sleep until the next row a free worker could take, or the next escalation; a busy channel's
-        # workers wake us when they finish (no busy-waiting on rows that are already in flight).
-        free = [ch for ch, n in self._busy.items() if n < self.workers]
-        nxt_due = self.store.next_due_ms(exclude=self._inflight.keys() | self._unflushed, channels=free)
+        # Per channel, so that a flood of webhooks never holds back an SMS (and vice versa); within a channel in
+        # priority order: fire first, news first.
+        items: list[OutboxItem] = []
+        still_free: list[str] = []
+        for channel, n in free.items():
+            picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel) if n > 0 else []
+            items.extend(picked)
+            if n - len(picked) > 0:
+                still_free.append(channel)
+        # Sleep until the next row a free worker could take, or the next escalation; a busy channel's workers wake
+        # us when they finish (no busy-waiting on rows that are already in flight).
+        nxt_due = self.store.next_due_ms(exclude=skip | {i.id for i in items}, channels=still_free)
         waits = [t for t in (nxt_due, nxt_esc) if t is not None]
         timeout = 5.0  # also re-check now and then (a fake clock may have moved)
         if waits:
             timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
-        if self._outcomes:
-            timeout = min(timeout, FLUSH_AFTER_S)
-        return timeout
+        return items, timeout
 
-    def _start_due(self, now: int) -> None:
-        # Per channel, so that a flood of webhooks never holds back an SMS (and vice versa); within a channel in
-        # priority order: fire first.
-        for channel, busy in self._busy.items():
-            free = self.workers - busy
-            if free <= 0:
+    def _start(self, items: list[OutboxItem]) -> None:
+        for item in items:  # in priority order
+            if item.id in self._inflight or self._busy[item.channel] >= self.workers:
                 continue
-            skip = self._inflight.keys() | self._unflushed
-            for item in self.store.due(now_ms=now, limit=free, exclude=skip, channel=channel):
-                self._busy[item.channel] += 1
-                task = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
-                self._inflight[item.id] = task
+            self._busy[item.channel] += 1
+            self._inflight[item.id] = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
 
     async def _deliver(self, item: OutboxItem) -> None:
         try:
@@ -190,34 +222,30 @@ class Notifier:
             raise
         except Exception as exc:  # one bad row must not stop delivery of the others
             log.exception("delivery of outbox row %d failed unexpectedly", item.id)
-            self.store.mark_retry(
-                item.id, next_ms=self.clock() + self._backoff(item.attempts), error=f"internal error: {exc}"
+            now = self.clock()
+            self._outcome(
+                Outcome(
+                    item.id,
+                    "pending",
+                    now,
+                    f"internal error: {exc}",
+                    next_ms=now + self._backoff(item.attempts),
+                    attempted=False,
+                )
             )
         finally:
             self._inflight.pop(item.id, None)
             self._busy[item.channel] -= 1
             self.wake()
 
-    def _flush(self, *, force: bool = True) -> None:
-        if not self._outcomes:
-            return
-        # Record in batches: up to FLUSH_AFTER_S of outcomes share one commit.  A crash inside that window resends
-        # those webhooks with the same webhook-id (receivers deduplicate on it); SMS outcomes are never batched.
-        if not force and len(self._outcomes) < 64 and time.monotonic() - self._first_outcome_at < FLUSH_AFTER_S:
-            return
-        if self._outcomes:
-            outcomes, self._outcomes = self._outcomes, []
-            try:
-                self.store.record_outcomes(outcomes)
-            except Exception:
-                self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded) for the next try
-                raise
-            self._unflushed.difference_update(o.id for o in outcomes)
-
     def _backoff(self, attempts: int) -> int:
         retry = self.notify.retry
         ceiling = min(retry.max_s, retry.base_s * (2 ** min(attempts, 30)))
         return int(1000 * self.rng.uniform(ceiling / 2, ceiling))  # jitter: spread retries of many rows
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._unflushed.add(outcome.id)
 
     # ------------------------------------------------------------------ webhooks
     def _endpoint(self, url: str) -> WebhookConfig | None:
@@ -230,19 +258,19 @@ class Notifier:
         now = self.clock()
         assert self._session is not None
         if now - item.created_ms > self.notify.retry.give_up_after_s * 1000:
-            self.store.mark_done(item.id, state="dead", now_ms=now, error="gave up: too old")
+            self._outcome(Outcome(item.id, "dead", now, "gave up: too old", attempted=False))
             self._count("dead")
             return
         if item.channel == "governance":
             gov = self.notify.governance
             if gov is None:
-                self.store.mark_done(item.id, state="failed", now_ms=now, error="governance no longer configured")
+                self._outcome(Outcome(item.id, "failed", now, "governance no longer configured", attempted=False))
                 return
             result = await governance.send(self._session, gov, msg_id=item.msg_id, body=item.body)
         else:
             hook = self._endpoint(item.target)
             if hook is None:
-                self.store.mark_done(item.id, state="failed", now_ms=now, error="endpoint no longer configured")
+                self._outcome(Outcome(item.id, "failed", now, "endpoint no longer configured", attempted=False))
                 return
             result = await webhook.send(
                 self._session,
@@ -253,16 +281,16 @@ class Notifier:
                 timeout_s=hook.timeout_s,
                 allow_private=hook.allow_private,
             )  # the signature's timestamp is wall-clock time: receivers check it against theirs
-        self._record(item, result)
+        await self._record(item, result)
 
-    def _record(self, item: OutboxItem, result: SendResult) -> None:
+    async def _record(self, item: OutboxItem, result: SendResult) -> None:
         now = self.clock()
         if result.ok:
             self._outcome(Outcome(item.id, "sent", now))
             self._count(f"{item.channel}_sent")
         elif result.disable:
-            self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error, attempted=True)
-            self.store.disable_endpoint(item.target, reason=result.error or "disabled", now_ms=now)
+            self._outcome(Outcome(item.id, "failed", now, result.error))
+            await self._io(self.store.disable_endpoint, item.target, reason=result.error or "disabled", now_ms=now)
             log.error("webhook endpoint %s answered 410 Gone: disabled", item.target)
             self._count("endpoint_disabled")
         elif result.retryable:
@@ -276,24 +304,28 @@ class Notifier:
             log.error("notification %s to %s failed permanently: %s", item.msg_id, item.target, result.error)
             self._count(f"{item.channel}_failed")
 
-    def _outcome(self, outcome: Outcome) -> None:
-        if not self._outcomes:
-            self._first_outcome_at = time.monotonic()
-        self._outcomes.append(outcome)
-        self._unflushed.add(outcome.id)
-
     # ------------------------------------------------------------------ SMS
     def _day_start_ms(self, now: int) -> int:
         local = datetime.fromtimestamp(now / 1000, tz=UTC).astimezone(ZoneInfo(self.notify.timezone))
         return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 
     async def _deliver_sms(self, item: OutboxItem) -> None:
+        assert self._session is not None and self._sms_send is not None and self.notify.sms is not None
+        guard = await self._io(self._sms_guard, item)
+        if guard is None:
+            return
+        message, sent_today = guard
+        result = await self._sms_send(self._session, self.notify.sms, message)
+        await self._io(self._sms_record, item, result, sent_today)
+
+    def _sms_guard(self, item: OutboxItem) -> tuple[SmsMessage, int] | None:
+        """Budget and rate limits, then the durable ``attempting`` mark (database thread).  None: do not send now."""
         sms = self.notify.sms
         now = self.clock()
-        assert self._session is not None and item.phone is not None
+        assert item.phone is not None
         if sms is None or self._sms_send is None:
             self.store.mark_done(item.id, state="failed", now_ms=now, error="sms not configured")
-            return
+            return None
         sent_today = self.store.sms_count(phone=item.phone, since_ms=self._day_start_ms(now))
         if sent_today >= sms.daily_budget:
             self.store.mark_done(
@@ -304,14 +336,14 @@ class Notifier:
             )
             log.error("SMS to %s suppressed: daily budget %d reached", item.recipient, sms.daily_budget)
             self._count("sms_suppressed")
-            return
+            return None
         # Rate limits delay (never drop) a page: per recipient, then globally, over a sliding minute.
         for phone, limit in ((item.phone, sms.rate.per_recipient_per_min), (None, sms.rate.global_per_min)):
             if self.store.sms_count(phone=phone, since_ms=now - 60_000) >= limit:
                 oldest = self.store.oldest_sms_since(phone=phone, since_ms=now - 60_000) or now
                 self.store.mark_retry(item.id, next_ms=oldest + 60_001, error="rate limited")
                 self._count("sms_rate_limited")
-                return
+                return None
         body = orjson.loads(item.body)
         lang = body.get("lang", "zh")
         template = sms.templates.get(lang) or next(iter(sms.templates.values()))
@@ -324,7 +356,11 @@ class Notifier:
         )
         # Durable "attempting" BEFORE the request: a crash from here on can never cause a blind resend.
         self.store.mark_attempting(item.id, now_ms=now)
-        result = await self._sms_send(self._session, sms, message)
+        return message, sent_today
+
+    def _sms_record(self, item: OutboxItem, result: SendResult, sent_today: int) -> None:
+        sms = self.notify.sms
+        assert sms is not None
         now = self.clock()
         if result.ok:
             self.store.mark_done(item.id, state="sent", now_ms=now, error=None)

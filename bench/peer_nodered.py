@@ -230,6 +230,8 @@ def side_by_side(comparison: Comparison, plan: Plan) -> list[Figure]:
     fg_figs = {f.name.split(".", 1)[1]: f for f in plan_figures(fg, prefix="peer", plan=plan)} if fg else {}
     figures: list[Figure] = []
     for key in list(dict.fromkeys([*nr_figs, *fg_figs])):
+        if key.startswith(("stored_", "delivery_")):
+            continue  # firegrid's own latency breakdown: bench/latency.py reports it
         mine, theirs = fg_figs.get(key), nr_figs.get(key)
         shown = theirs or mine
         assert shown is not None
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("nodered", "firegrid"), default=None)
     parser.add_argument("--write-mode", choices=("batch", "each"), default="batch")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--mqtt-protocol", choices=("v5", "v311"), default=None, help="firegrid's; default: config's")
     args = parser.parse_args(argv)
     plan = peer_plan(args.quick)
     community = Community(n_devices=1000, n_buildings=50, n_alarms=plan.n_alarms)
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "firegrid"):
         why = firegrid_available()
         if why is None:
-            systems.append(FiregridSystem())
+            systems.append(FiregridSystem(mqtt_protocol=args.mqtt_protocol))
         else:
             comparison.pending["firegrid"] = why
             notes.append(f"firegrid column pending: {why}")

@@ -50,7 +50,9 @@ class BenchOutcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    attempts: int = 0
     skipped: str | None = None
+    short: str | None = None  # fewer runs than wanted, and why
 
 
 def discover(bench_dir: Path = BENCH_DIR) -> list[str]:
@@ -237,6 +239,30 @@ def render_table(rows: list[Row], *, markdown: bool) -> str:
     return "\n".join(out)
 
 
+PEER_BENCH = "peer_nodered"
+PEER_TITLE = (
+    "**Side by side with Node-RED 5** (`bench/peer_nodered.py`: same broker settings, InfluxDB, community and load, "
+    "one system after the other in the same run):"
+)
+
+
+def render_peer_table(rows: list[Row]) -> str:
+    """The peer comparison as two columns: firegrid (each row's baseline) and Node-RED (its value)."""
+    out = [
+        "| measure | firegrid | Node-RED | Node-RED / firegrid | firegrid ahead |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        label = r.label.removeprefix("Node-RED vs firegrid: ")
+        n = len([v for v in r.values if not math.isnan(v)])
+        nodered = fmt(r.med) + (f" ({fmt(r.lo)}–{fmt(r.hi)})" if n > 1 else "")
+        firegrid = fmt(r.baseline) if r.baseline is not None else "pending"
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[r.met]
+        out.append(f"| {label} | {firegrid} {r.unit} | {nodered} {r.unit} | {ratio} | {met} |".replace("  ", " "))
+    return "\n".join(out)
+
+
 def render_block(
     outcomes: list[BenchOutcome],
     rows: list[Row],
@@ -247,6 +273,8 @@ def render_block(
     machine: dict[str, Any],
 ) -> str:
     runs = sorted({len(o.runs) for o in outcomes if o.runs})
+    peer_rows = [r for r in rows if r.bench == PEER_BENCH]
+    main_rows = [r for r in rows if r.bench != PEER_BENCH]
     mode = "QUICK MODE (smoke-sized runs; indicative only)" if quick else "full mode"
     lines = [
         f"Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` ({mode}).",
@@ -256,12 +284,16 @@ def render_block(
         + ("/".join(str(n) for n in runs) if runs else "0")
         + " run(s) with min–max; a ratio compares numbers measured in the same run.",
         "",
-        render_table(rows, markdown=True) if rows else "_No figures were measured._",
+        render_table(main_rows, markdown=True) if main_rows else "_No figures were measured._",
     ]
+    if peer_rows:
+        lines += ["", PEER_TITLE, "", render_peer_table(peer_rows)]
     notes: list[str] = []
     for o in outcomes:
         if o.skipped:
             notes.append(f"- `{o.name}`: skipped — {o.skipped}")
+        if o.short:
+            notes.append(f"- `{o.name}`: {o.short}")
         for err in dict.fromkeys(o.errors):
             first = err.splitlines()[0] if err else ""
             notes.append(f"- `{o.name}`: a run failed — {first}")
@@ -320,32 +352,48 @@ def main(argv: list[str] | None = None) -> int:
     default_runs = args.runs or (1 if args.quick else 3)
     started = time.monotonic()
     outcomes: list[BenchOutcome] = []
+    wanted: dict[str, tuple[int, float]] = {}
     for name in names:
-        outcome = BenchOutcome(name)
-        outcomes.append(outcome)
+        outcomes.append(BenchOutcome(name))
         declared_runs, timeout = bench_settings(name, quick=args.quick)
         if not args.quick and name in OVERRIDES:
             declared_runs = OVERRIDES[name].get("runs", declared_runs)
             timeout = OVERRIDES[name].get("timeout_s", timeout)
-        runs = args.runs or (1 if args.quick else min(default_runs, declared_runs or default_runs))
+        wanted[name] = (args.runs or (1 if args.quick else min(default_runs, declared_runs or default_runs)), timeout)
+
+    def attempt(outcome: BenchOutcome, i: int) -> None:
+        runs, timeout = wanted[outcome.name]
+        left = args.budget_s - (time.monotonic() - started)
+        print(f"[bench] {outcome.name} run {i}/{runs} ...", flush=True)
         t0 = time.monotonic()
-        for i in range(runs):
-            left = args.budget_s - (time.monotonic() - started)
-            if left < 20:
-                outcome.errors.append(
-                    f"run {i + 1} not started: the {args.budget_s:.0f}s budget of make bench is spent"
+        result, error = run_once(outcome.name, quick=args.quick, timeout=max(10.0, min(timeout, left)))
+        outcome.seconds += time.monotonic() - t0
+        outcome.attempts += 1
+        if result is not None:
+            outcome.runs.append(result)
+        if error is not None:
+            outcome.errors.append(error)
+            print(f"[bench] {outcome.name}: {error}", flush=True)
+
+    # Pass 1: one run of every bench, so each has its figures even when the budget is tight.
+    for outcome in outcomes:
+        if args.budget_s - (time.monotonic() - started) < 20:
+            outcome.skipped = f"not run: the {args.budget_s:.0f} s budget of make bench was spent"
+            continue
+        attempt(outcome, 1)
+    # Pass 2: the repeats, quickest benches first, as long as the next run is expected to fit in the budget.
+    for outcome in sorted(outcomes, key=lambda o: o.seconds):
+        runs, _timeout = wanted[outcome.name]
+        if not outcome.runs or not outcome.runs[0].get("figures"):
+            continue  # the first run measured nothing (e.g. firegrid run pending): another would not either
+        for i in range(2, runs + 1):
+            estimate = outcome.seconds / max(1, outcome.attempts)
+            if estimate * 1.15 + 5 > args.budget_s - (time.monotonic() - started):
+                outcome.short = (
+                    f"{len(outcome.runs)} of {runs} runs: another would not fit in the {args.budget_s:.0f} s budget"
                 )
                 break
-            print(f"[bench] {name} run {i + 1}/{runs} ...", flush=True)
-            result, error = run_once(name, quick=args.quick, timeout=min(timeout, left))
-            if result is not None:
-                outcome.runs.append(result)
-            if error is not None:
-                outcome.errors.append(error)
-                print(f"[bench] {name}: {error}", flush=True)
-            if i == 0 and (result is None or not result.get("figures")):
-                break  # the first run measured nothing (e.g. firegrid run pending): the next would not either
-        outcome.seconds = time.monotonic() - t0
+            attempt(outcome, i)
 
     rows = aggregate(outcomes)
     print()

@@ -215,7 +215,10 @@ def parse_json(payload: bytes) -> Any:
         message = str(exc)
         if "infinity" in message:
             raise Rejected(Reason.NON_FINITE, "a number is infinite") from None
-        if "unexpected character" in message and (b"NaN" in payload or b"Infinity" in payload):
+        # ("-Infinity" fails as "no digit after sign", NaN/Infinity as "unexpected character")
+        if ("unexpected character" in message or "no digit after sign" in message) and (
+            b"NaN" in payload or b"Infinity" in payload
+        ):
             # orjson refuses the non-standard constants outright; find out whether that is all that is wrong
             try:
                 json.loads(payload, parse_constant=_refuse_constant)

@@ -17,6 +17,7 @@ Failure handling (the writer is never on the MQTT acknowledgement path, only the
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import logging
@@ -194,16 +195,15 @@ class InfluxClient:
             self.write_params = {"db": config.database, "precision": "ms"}
             if config.retention_policy:
                 self.write_params["rp"] = config.retention_policy
-        self._auth: aiohttp.BasicAuth | None = None
-        if config.username:
-            self._auth = aiohttp.BasicAuth(config.username, _secret(config.password) or "")
+        if config.username and "Authorization" not in self._auth_headers:
+            basic = base64.b64encode(f"{config.username}:{_secret(config.password) or ''}".encode()).decode()
+            self._auth_headers["Authorization"] = f"Basic {basic}"
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
                 headers=self._auth_headers,
-                auth=self._auth,
             )
         return self._session
 

@@ -39,7 +39,7 @@ from rules.types import AlertTransition, DeviceEvent, Reading, Severity, StatusC
 
 log = logging.getLogger("firegrid.pipeline")
 
-MAX_BATCH = 2000  # messages per group commit
+MAX_BATCH = 1000  # messages per group commit: bounds how long one batch holds the loop (a fire waits at most this)
 
 
 def now_ms() -> int:

@@ -135,6 +135,7 @@ class Presence:
         # Called with a device's dict when its state (online/offline/unknown) changes: the SSE hub's "device" event.
         self.on_change: Callable[[dict[str, Any]], None] | None = None
         self._last_state: dict[str, str] = {}
+        self._closed = False
 
     def _state(self, ref: DeviceRef) -> DeviceState:
         state = self.devices.get(ref.device)
@@ -227,6 +228,8 @@ class Presence:
                 )
             )
         with self._lock:
+            if self._closed:
+                return
             self._db.execute("BEGIN")
             self._db.executemany(
                 f"INSERT OR REPLACE INTO gateway_devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
@@ -297,4 +300,6 @@ class Presence:
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        with self._lock:  # a housekeeping flush may still be running in its thread
+            self._closed = True
+            self._db.close()

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(level=config.log.level, fmt=config.log.format)
     try:
         return asyncio.run(serve(config))
+    except ConfigError as exc:  # the rules or notify sections, validated by their owners at start-up
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

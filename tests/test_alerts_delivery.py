@@ -84,6 +84,7 @@ async def test_fire_reaches_webhook_governance_and_sms_with_valid_signatures(
         await hook.wait_for(lambda: len(hook.accepted) >= 2)
         await gov.wait_for(lambda: len(gov.accepted) >= 2)
         await aliyun.wait_for(lambda: len(aliyun.messages) >= 2)
+        await wait_until(lambda: settled(notifier, store))
     assert hook.errors == [] and gov.errors == [] and aliyun.errors == []
     raised = hook.of_type("alert.raised")[0].body
     assert raised["data"]["severity"] == "fire" and raised["data"]["device"] == "yg01-sd-03a"

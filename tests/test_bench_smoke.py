@@ -277,3 +277,60 @@ def test_side_by_side_puts_firegrid_as_the_baseline_of_node_red() -> None:
     assert rows["peer.load_rate@1000"].goal is None  # what the load generator did is not a contest
     alone = peer_nodered.side_by_side(peer_nodered.Comparison(results={"node-red": both.results["node-red"]}), plan)
     assert all(f.baseline is None for f in alone)
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_runner_gives_every_bench_one_run_before_repeats(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clock = _FakeClock()
+    cost = {"fast": 10.0, "slow": 100.0, "pending": 1.0}
+    calls: list[str] = []
+
+    def fake_run_once(name: str, *, quick: bool, timeout: float) -> tuple[dict | None, str | None]:
+        calls.append(name)
+        clock.now += cost[name]
+        if name == "pending":
+            return {"figures": [], "notes": ["not measured"]}, "exit 2: pending"
+        return {"figures": [Figure(name=f"{name}.x", value=clock.now, unit="s").to_json()]}, None
+
+    monkeypatch.setattr(run, "time", clock)
+    monkeypatch.setattr(run, "discover", lambda: ["slow", "fast", "pending"])
+    monkeypatch.setattr(run, "bench_settings", lambda name, quick: (None, 60.0))
+    monkeypatch.setattr(run, "run_once", fake_run_once)
+    doc = tmp_path / "perf.md"
+    run.main(["--budget-s", "260", "--doc", str(doc)])
+    # Pass 1: each once; pass 2: fast twice more (cheapest first), slow once more (fits), not a third time.
+    assert calls == ["slow", "fast", "pending", "fast", "fast", "slow"]
+    text = doc.read_text()
+    assert "2 of 3 runs" in text and "pending" in text
+
+
+def test_peer_rows_render_as_two_columns() -> None:
+    outcome = run.BenchOutcome("peer_nodered")
+    fig = Figure(
+        name="peer.p99_ms@1000",
+        label="Node-RED vs firegrid: alarm latency p99, 1,000/s steady",
+        value=300.0,
+        unit="ms",
+        better="lower",
+        baseline=20.0,
+        baseline_label="firegrid",
+        goal="firegrid ahead",
+        goal_on="baseline",
+    )
+    outcome.runs.append({"figures": [fig.to_json()]})
+    block = run.render_block(
+        [outcome],
+        run.aggregate([outcome]),
+        command="make bench",
+        quick=False,
+        when=dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC),
+        machine={"nproc": 2, "cpu": "Xeon", "ram_gib": 23.5, "python": "3.11"},
+    )
+    assert "| alarm latency p99, 1,000/s steady | 20.0 ms | 300 ms | 15.00x | yes |" in block

@@ -70,6 +70,7 @@ def test_v1_and_v2_write_endpoints() -> None:
     )
     assert v1.write_url == "http://db:8086/write"
     assert v1.write_params == {"db": "fg", "precision": "ms", "rp": "week"}
+    assert v1._auth_headers["Authorization"] == "Basic dTpw"  # u:p
     v2 = InfluxClient(InfluxConfig(url="http://db:8086", api="v2", org="o", bucket="b", token="tok"))
     assert v2.write_url == "http://db:8086/api/v2/write"
     assert v2.write_params == {"org": "o", "bucket": "b", "precision": "ms"}

@@ -177,7 +177,7 @@ def test_disabled_rule_fails_with_a_table(gateway, capsys):
     assert "PASS" in fire_row
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("gateway", [{"clear_after": "3s"}], indirect=True)
 def test_cleanup_lets_the_same_drill_run_again(gateway, capsys):
     """Without the cleanup phase the second run's alarm would still be active in the engine (not raised again)."""

@@ -39,9 +39,9 @@ class TwilioSms(Emulator):
         form = await request.post()
         to, sender, body = form.get("To"), form.get("From"), form.get("Body")
         if not isinstance(to, str) or not to.startswith("+"):
-            return self._fail(400, 21211, f"Invalid 'To' Phone Number: {to}")
+            return self._fail(400, 21211, f"Invalid 'To' Phone Number: {to!r}")
         if sender != self.from_number and not form.get("MessagingServiceSid"):
-            return self._fail(400, 21606, f"The 'From' phone number provided is not valid: {sender}")
+            return self._fail(400, 21606, f"The 'From' phone number provided is not valid: {sender!r}")
         if not isinstance(body, str) or not body or len(body) > 1600:
             return self._fail(400, 21602, "Message body is required (at most 1600 characters)")
         response = await self.scripted()
