@@ -114,11 +114,15 @@ class FiregridSystem:
                 text = response.read().decode()
         except OSError as exc:
             return f"/metrics unavailable ({exc})"
-        wanted = ("reject", "spool", "dead", "influx", "dropped", "duplicate")
+        wanted = ("reject", "spool", "dead", "dropped", "duplicate", "readings_total", "influx_write_failures")
         lines = [
             line
             for line in text.splitlines()
-            if line and not line.startswith("#") and any(w in line for w in wanted) and not line.endswith(" 0.0")
+            if line
+            and not line.startswith("#")
+            and any(w in line for w in wanted)
+            and not any(noise in line for noise in ("_bucket", "_created", "_sum", "_count"))
+            and not line.endswith(" 0.0")
         ]
         return "; ".join(lines[:15]) or "no non-zero rejection/spool metrics"
 
@@ -362,7 +366,7 @@ def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path)
                 result.rss_peak_mb = rss.peak
                 if plan.crash:
                     result.crash_lost = _crash_phase(
-                        system, svc=svc, load=load, telemetry=telemetry, plan=plan, stored_before=stored, result=result
+                        system, svc=svc, load=load, telemetry=telemetry, plan=plan, result=result
                     )
             if receiver.rejected:
                 result.notes.append(f"{system.label}: {len(receiver.rejected)} webhooks failed verification")
@@ -378,7 +382,6 @@ def _crash_phase(
     load: RawPublisher,
     telemetry: Any,
     plan: Plan,
-    stored_before: int,
     result: PlanResult,
 ) -> int:
     """Publish ``plan.crash`` readings fast, SIGKILL the system when half are out, finish publishing (the broker
@@ -392,13 +395,15 @@ def _crash_phase(
     load.wait_acked(timeout=60)
     restart = time.monotonic()
     system.restart()
-    expected = stored_before + plan.crash
+    # Every reading of the run must be in after the restart, not only the crash burst's: a reading that was still
+    # waiting in the system when it was killed counts, whichever phase published it.
+    expected = result.telemetry_published + plan.crash
     stored, _landed = _drain(svc, expected=expected, since=restart, plan=plan, trace=[])
     lost = max(0, expected - stored)
     if lost:
         result.notes.append(
-            f"{system.label}: SIGKILL in the middle of a {plan.crash:,} burst lost {lost:,} readings "
-            "(acknowledged to the broker, never written)"
+            f"{system.label}: after a SIGKILL in the middle of a {plan.crash:,} burst and a restart, {lost:,} of the "
+            f"run's {expected:,} readings never reached InfluxDB (acknowledged to the broker, never written)"
         )
     return lost
 
@@ -472,7 +477,7 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
         figures.append(
             Figure(
                 name=f"{prefix}.lost_alarms@{tag}",
-                label=f"{who} alarms lost, {where}",
+                label=f"{who} alarms not delivered within {plan.alarm_timeout_s:.0f} s, {where}",
                 value=float(phase.lost_alarms),
                 unit=f"of {phase.alarms_sent}",
                 better="lower",
@@ -519,7 +524,7 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
         ),
         Figure(
             name=f"{prefix}.lost_readings",
-            label=f"{who} readings lost (never in InfluxDB)",
+            label=f"{who} readings missing from InfluxDB after the drain wait",
             value=float(result.lost_telemetry),
             unit=f"of {result.telemetry_published:,}",
             better="lower",
@@ -530,9 +535,9 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
             [
                 Figure(
                     name=f"{prefix}.crash_lost",
-                    label=f"{who} readings lost to a SIGKILL mid-burst",
+                    label=f"{who} readings lost to a SIGKILL in a {plan.crash:,} burst (and restart)",
                     value=float(result.crash_lost),
-                    unit=f"of {plan.crash:,}",
+                    unit=f"of {result.telemetry_published + plan.crash:,}",
                     better="lower",
                     goal="0",
                     goal_max=0,

@@ -34,10 +34,10 @@ from bench.common import (
     services,
 )
 
-RUNS = 3
+RUNS = 1  # one run with 100,000 devices takes minutes (startup is YAML parsing); three would not fit
 TIMEOUT_S = 300
 TOKEN = "bench-viewer-token-0123456789"
-REQUEST_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 60.0
 REQUEST_BUDGET_S = 30.0
 KINDS = ("smoke", "smoke", "smoke", "heat", "extinguisher", "call_point")  # a plausible mix per building
 
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 rss_ready = rss_mb(gateway.pid)
                 url = f"{gateway.http_base}/api/v1/buildings"
                 latencies: list[float] = []
+                timed_out = False
                 size = 0
                 status = 0
                 # Sequential requests, but at most REQUEST_BUDGET_S of them: a slow endpoint is reported, not waited
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         ms, status, size = _get(url, timeout=REQUEST_TIMEOUT_S)
                     except (TimeoutError, urllib.error.URLError, OSError) as exc:
-                        notes.append(f"GET /api/v1/buildings failed after {REQUEST_TIMEOUT_S:.0f} s: {exc}")
+                        notes.append(f"GET /api/v1/buildings gave up after {REQUEST_TIMEOUT_S:.0f} s: {exc}")
+                        timed_out = True
                         break
                     if status != 200:
                         break
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     if time.monotonic() > budget_end:
                         notes.append(f"only {len(latencies)} requests: they took over {REQUEST_BUDGET_S:.0f} s")
                         break
-                if status != 200:
+                if status not in (0, 200):
                     notes.append(f"GET /api/v1/buildings answered {status}")
                 rss_after = rss_mb(gateway.pid)
             finally:
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             label="RSS after the API requests",
             value=rss_after,
             unit="MiB",
+            better="lower",
+        ),
+        Figure(
+            name="scale.buildings_first_ms",
+            label="GET /api/v1/buildings, first request" + (" (gave up: at least this)" if timed_out else ""),
+            value=latencies[0] if latencies else REQUEST_TIMEOUT_S * 1000 if timed_out else math.nan,
+            unit="ms",
             better="lower",
         ),
         Figure(

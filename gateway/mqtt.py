@@ -107,7 +107,7 @@ class MqttIngest:
         self._stopping = asyncio.Event()
         self._connected_event = asyncio.Event()
         self._paused = False
-        self.high_water = high_water or max(2 * config.max_inflight, 1000)
+        self.high_water = high_water or max(4 * config.max_inflight, 2000)
         self.low_water = self.high_water // 2
         self._backoff_max_s = backoff_max_s
         self.last_error: str | None = None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from gateway.metrics import Metrics
 log = logging.getLogger("firegrid.rejections")
 
 LOG_INTERVAL_MS = 60_000
+MAX_TRACKED = 100_000  # senders remembered for log throttling
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,9 @@ class Rejections:
     def __init__(self, *, metrics: Metrics, keep: int = 1000) -> None:
         self._metrics = metrics
         self._recent: deque[Rejection] = deque(maxlen=keep)
-        self._last_logged: dict[str, int] = {}
+        # who -> when last logged, oldest first: evicting the head is O(1) (a flood of distinct topics or device ids
+        # must not make each rejection rebuild this table; it is recorded on the event loop, ahead of alarms)
+        self._last_logged: OrderedDict[str, int] = OrderedDict()
         self.counts: dict[str, int] = {}
 
     def record(self, exc: Rejected, *, topic: str, now_ms: int) -> Rejection:
@@ -50,8 +53,9 @@ class Rejections:
         last = self._last_logged.get(who)
         if last is None or now_ms - last >= LOG_INTERVAL_MS:
             self._last_logged[who] = now_ms
-            if len(self._last_logged) > 100_000:
-                self._last_logged = {k: v for k, v in self._last_logged.items() if now_ms - v < LOG_INTERVAL_MS}
+            self._last_logged.move_to_end(who)
+            while len(self._last_logged) > MAX_TRACKED:
+                self._last_logged.popitem(last=False)
             log.warning(
                 "rejected message from %s: %s: %s",
                 who,

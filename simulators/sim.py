@@ -113,7 +113,9 @@ class DeviceSim:
         # Load mode passes one shared generator instead (2.5 KB of state per Random is too much for 100k devices).
         self.rng = rng or random.Random(f"{seed}:{spec.id}")
         rng = self.rng
-        self.seq = 0
+        # seq starts at the start time (epoch ms), so it keeps increasing across runs: the gateway rejects a seq it
+        # saw within its replay window as a duplicate, and a drill run a minute after another must not collide.
+        self.seq = start_ms
         self.interval_ms = int(min(interval_s, spec.heartbeat_s) * 1000)
         self.effects: list[Effect] = []
         self.silent = False

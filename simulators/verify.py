@@ -571,16 +571,21 @@ async def cleanup(
 
     Without it a second verification soon after the first would find its alarms still active in the rules engine
     (an active alert is not raised again) and fail.  The devices report their normal signal every 2 s, with the
-    ``drill`` flag, call points send ``reset``; we watch for ``alert.cleared`` of every drill alert raised.
+    ``drill`` flag, call points send ``reset``; we watch for ``alert.cleared`` of every drill alert left active.
     """
     from simulators.runner import drive
 
-    raised = {
-        o.alert.get("id") or o.alert.get("key")
-        for o in observer.observations
-        if o.change == "alert.raised" and o.alert.get("drill") and o.alert.get("building") in buildings
-    }
+    def still_open() -> set[Any]:
+        """Drill alerts of the driven buildings whose last change seen was a raise or an update (not a clear)."""
+        last: dict[Any, str] = {}
+        for o in observer.observations:
+            if o.alert.get("drill") and o.alert.get("building") in buildings:
+                last[o.alert.get("id") or o.alert.get("key")] = o.change
+        return {key for key, change in last.items() if change in RAISING}
+
+    raised = still_open()
     if not raised:
+        print("cleanup: no drill alert left active", file=sys.stderr)
         return
     start = wall_ms()
     sim = Simulation(
@@ -607,12 +612,6 @@ async def cleanup(
         )
     )
 
-    def still_open() -> set[Any]:
-        cleared = {
-            o.alert.get("id") or o.alert.get("key") for o in observer.observations if o.change == "alert.cleared"
-        }
-        return raised - cleared
-
     try:
         while still_open() and not driver.done():
             observer.changed.clear()
@@ -631,7 +630,7 @@ async def cleanup(
             file=sys.stderr,
         )
     else:
-        print(f"cleanup: the {len(raised)} drill alerts raised have cleared ({took:.0f}s)", file=sys.stderr)
+        print(f"cleanup: the {len(raised)} drill alerts left active have cleared ({took:.0f}s)", file=sys.stderr)
 
 
 def _driven(scenario: Scenario, community: Community) -> list[Any]:

@@ -334,3 +334,35 @@ def test_peer_rows_render_as_two_columns() -> None:
         machine={"nproc": 2, "cpu": "Xeon", "ram_gib": 23.5, "python": "3.11"},
     )
     assert "| alarm latency p99, 1,000/s steady | 20.0 ms | 300 ms | 15.00x | yes |" in block
+
+
+def test_raw_publisher_speaks_mqtt_a_real_subscriber_understands(mosquitto) -> None:
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from bench.common import RawPublisher, wait_until
+
+    got: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="smoke-sub")
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.on_message = lambda _c, _u, msg: got.append((msg.topic, msg.payload))
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("bench/#", qos=1)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(5)
+        big = b"x" * 300  # a remaining length that needs two bytes
+        messages = [(f"bench/raw/{i}", big if i == 7 else b'{"i":%d}' % i) for i in range(300)]
+        with RawPublisher(port=mosquitto.port, max_outstanding=10) as pub:
+            stats = pub.run_paced(iter(messages), rate=None)
+            pub.publish("bench/raw/last", b"end", mark="last")
+            pub.wait_acked(timeout=10)
+        assert stats.sent == 300 and pub.stats.acked == 301 and "last" in pub.sent_at
+        wait_until(lambda: len(got) == 301, timeout=10, what="all messages at the subscriber")
+        assert got[:300] == messages and got[300] == ("bench/raw/last", b"end")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()

@@ -121,9 +121,7 @@ def test_broker_sigkilled_mid_stream(tmp_path: Path, mosquitto: MosquittoServer,
         # every alarm device raised its fire alert
         db = tmp_path / "firegrid.sqlite"
         wanted = {f"smoke-alarm/b{d % 10:02d}/d{d:03d}" for d in alarm_from}
-        wait_until(
-            lambda: wanted <= {r["key"] for r in alerts_rows(db)}, timeout=30, what=f"fire alerts for {wanted}"
-        )
+        wait_until(lambda: wanted <= {r["key"] for r in alerts_rows(db)}, timeout=30, what=f"fire alerts for {wanted}")
         assert all(r["severity"] == 4 for r in alerts_rows(db))
 
         # every reading arrived, except ones the broker had acknowledged but not yet saved when it was killed
@@ -144,8 +142,10 @@ def test_broker_sigkilled_mid_stream(tmp_path: Path, mosquitto: MosquittoServer,
         stored = _points(influx)
         lost = [(dev, ts) for dev, ts, _alarm in publisher.sent if (dev, ts) not in stored]
         outside = [key for key in lost if not window[0] <= publisher.acked_at.get(key, kill_at) <= window[1]]
-        print(f"broker SIGKILL: {len(lost)} of {total} readings lost (bound: acknowledged in the last "
-              f"{mosquitto.autosave_interval} s + {SLACK_S} s before the kill)")
+        print(
+            f"broker SIGKILL: {len(lost)} of {total} readings lost (bound: acknowledged in the last "
+            f"{mosquitto.autosave_interval} s + {SLACK_S} s before the kill)"
+        )
         assert not outside, f"{len(outside)} readings lost outside the broker's unsaved window: {outside[:10]}"
         assert len(lost) <= RATE * (mosquitto.autosave_interval + SLACK_S)
         assert gateway.metric("firegrid_mqtt_reconnects_total") >= 1

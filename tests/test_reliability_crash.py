@@ -152,9 +152,9 @@ def test_gateway_sigkilled_repeatedly(tmp_path: Path, mosquitto: MosquittoServer
             (h.data.get("id") or h.data.get("alert_id"), h.msg_id) for h in accepted if h.type == "alert.raised"
         )
         assert len(raised) == len(keys), raised
-        assert all(
-            len({mid for (aid, mid) in raised_ids if aid == alert}) == 1 for alert in raised
-        ), "an alert.raised notification with two different ids"
+        assert all(len({mid for (aid, mid) in raised_ids if aid == alert}) == 1 for alert in raised), (
+            "an alert.raised notification with two different ids"
+        )
         assert gateway.get("/healthz")[0] == 200
     finally:
         load.stop_event.set()

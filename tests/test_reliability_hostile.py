@@ -145,7 +145,7 @@ def test_corpus(stack: Stack) -> None:
             # a genuine alarm from another detector, in the middle of the garbage
             target = stack.processed() + 1
             stack.publish("firegrid/b05/d005/telemetry", json.dumps({"alarm": True, "obscuration": 5.0}).encode())
-            wait_until(lambda: stack.processed() >= target, timeout=15, what="the genuine alarm taken in")
+            wait_until(lambda t=target: stack.processed() >= t, timeout=15, what="the genuine alarm taken in")
         now = int(time.time() * 1000)
         topic = case["topic"].replace("{b}", BUILDING).replace("{d}", DEVICE)
         payload = _payload(dict(case), now)
@@ -176,9 +176,7 @@ def test_corpus(stack: Stack) -> None:
         what="the fire alert of the genuine alarm",
     )
     # the accepted hostile strings reached InfluxDB unchanged, and nothing was dead-lettered
-    wait_until(
-        lambda: stack.gateway.metric("firegrid_spool_depth_points") == 0, timeout=20, what="the spool to drain"
-    )
+    wait_until(lambda: stack.gateway.metric("firegrid_spool_depth_points") == 0, timeout=20, what="the spool to drain")
     assert stack.gateway.metric("firegrid_influx_dead_letters_total") == 0, "an accepted reading was dead-lettered"
     stored = {row["fault"] for row in stack.influx.rows(f"SELECT fault FROM smoke WHERE device = '{DEVICE}'")}
     # A newline is written as the two characters backslash-n (documented in docs/reliability.md): the spool frames
@@ -261,7 +259,9 @@ _payloads = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     building=st.one_of(st.just(BUILDING), st.text(_id_chars, min_size=0, max_size=70)),
     device=st.one_of(st.just(DEVICE), st.text(_id_chars, min_size=0, max_size=70)),

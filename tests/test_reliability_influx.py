@@ -180,9 +180,7 @@ def test_influx_refusals_retry_after_and_dead_letters(
         wait_until(
             lambda: influx.count("smoke", "obscuration") >= total - 2, timeout=60, what="every good point stored"
         )
-        wait_until(
-            lambda: gateway.metric("firegrid_spool_depth_points") == 0, timeout=30, what="the spool to drain"
-        )
+        wait_until(lambda: gateway.metric("firegrid_spool_depth_points") == 0, timeout=30, what="the spool to drain")
         assert influx.count("smoke", "obscuration") == total - 2
         letters = _dead_letters(tmp_path / "firegrid.sqlite")
         assert sorted((letter["status"], b"7.77" in str(letter["line"]).encode()) for letter in letters) == [

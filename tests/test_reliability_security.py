@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -188,11 +187,19 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
         publisher.publish("firegrid/b03/d003/telemetry", b'{"obscuration": NaN}')
         publisher.wait_acked()
         wait_until(lambda: hook.of_type("alert.raised"), timeout=20, what="the alarm webhook (after one 500)")
-        wait_until(
-            lambda: "Connection refused" in gateway.log_tail(2000) or "Cannot connect" in gateway.log_tail(2000),
-            timeout=20,
-            what="the unreachable endpoints to fail",
-        )
+        db = tmp_path / "firegrid.sqlite"
+
+        def failing() -> bool:
+            import sqlite3
+
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                rows = conn.execute("SELECT channel, attempts FROM outbox WHERE last_error IS NOT NULL").fetchall()
+            finally:
+                conn.close()
+            return {"webhook", "governance", "sms"} <= {channel for channel, attempts in rows if attempts >= 2}
+
+        wait_until(failing, timeout=20, what="the unreachable webhook, governance and SMS endpoints to fail twice")
         status, body = call("GET", "/api/v1/alerts")
         assert status == 200, body
         alert_id = json.loads(body)["items"][0]["id"]
@@ -239,8 +246,12 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
     # check-config: valid, and invalid (a malformed webhook secret and a bad token elsewhere) with secrets in it
     env = dict(os.environ, FIREGRID_INFLUX__TOKEN=f"{CANARY}-from-env")
     ok = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=30,
+        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     data = yaml.safe_load(config.read_text())
     data["notify"]["webhooks"][0]["secret"] = f"{CANARY}-not-a-whsec"
@@ -250,9 +261,14 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(data, allow_unicode=True))
     bad = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", "--config", str(broken)],
-        cwd=ROOT, capture_output=True, text=True, env=env, timeout=30,
+        [sys.executable, "-m", "gateway.cli", "check-config", str(broken)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     assert bad.returncode != 0, bad.stdout + bad.stderr
     for result in (ok, bad):
         output = result.stdout + result.stderr

@@ -1,0 +1,340 @@
+"""Soak: the whole stack at a steady load with periodic faults; reports memory growth, lag, lost and duplicated.
+
+    python -m bench.soak --minutes 10 [--rate 500] [--fault-every 30] [--influx-outage 120] [--json] [--out FILE]
+
+Stack: real Mosquitto (persistence on), real InfluxDB 1.x, ``firegrid run`` as a subprocess, a Standard Webhooks
+receiver counting ``webhook-id``s (tests/harness/faults.py).  Load: ``--rate`` QoS 1 readings/s from 200 smoke
+detectors in 10 buildings; 8 of them toggle in and out of alarm (raised/cleared transitions, notifications).
+
+Faults, one every ``--fault-every`` seconds, in rotation:
+  gateway SIGKILL + restart (first half of the run only, so the second half measures memory of ONE process),
+  Mosquitto SIGKILL + restart, InfluxDB stopped for ``--influx-outage`` s (capped to fit the run), webhook receiver
+  answering 503 for 10 s.
+
+Reported (``--json``: one object on the last line):
+* memory: gateway RSS at the start and end of the second half (after a warm-up), growth in %;
+* lag: the gateway's end-to-end lag histogram (device timestamp -> committed) mean and p99 bucket, and
+  reading-to-webhook latency of alarm raises (p50/p99 ms);
+* lost: readings published and acknowledged by the broker minus points in InfluxDB (only a Mosquitto SIGKILL may
+  lose readings: those it had not yet saved, bounded by ``autosave_interval``); alarm devices without an alert;
+* duplicated: alert keys with more than one alert row; notification ids accepted more than once, split into those
+  within 1 s before a gateway kill (at-least-once by design, same id) and any others (a bug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.harness.faults import (  # noqa: E402
+    FAST_RULES,
+    WEBHOOK_SECRET,
+    WebhookCounter,
+    stack_config,
+    wait_until,
+)
+from tests.harness.services import InfluxServer, MosquittoServer, ServiceError, free_port  # noqa: E402
+from tests.test_gateway_helpers import Gateway, Publisher  # noqa: E402
+
+DEVICES = 200
+BUILDINGS = 10
+ALARM_DEVICES = tuple(range(0, 200, 25))  # 8 detectors, spread over the buildings
+CRASH_WINDOW_S = 1.0
+
+
+def start_influx(influx: InfluxServer) -> None:
+    """Start InfluxDB again on the same HTTP port.  During a long outage another process may have been given one of
+    its ports as an ephemeral port: move the RPC port (nobody connects to it), wait for the HTTP port to be free."""
+    for attempt in range(60):
+        try:
+            influx.start()
+            return
+        except ServiceError as exc:
+            if "address already in use" not in str(exc) or attempt == 59:
+                raise
+            if f":{influx.rpc_port}:" in str(exc):
+                influx.rpc_port = free_port()
+            else:
+                time.sleep(1.0)
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Load(threading.Thread):
+    def __init__(self, publisher: Publisher, *, rate: float) -> None:
+        super().__init__(daemon=True, name="soak-load")
+        self.publisher = publisher
+        self.rate = rate
+        self.stop_event = threading.Event()
+        self.published = 0
+        self.last_ts: dict[int, int] = {}
+        self.alarm_on: dict[int, float] = {}  # device -> monotonic time its current alarm episode began
+
+    def run(self) -> None:
+        started = time.monotonic()
+        step = 0
+        while not self.stop_event.is_set():
+            elapsed = time.monotonic() - started
+            for d in range(DEVICES):
+                alarm = d in ALARM_DEVICES and (elapsed + d * 0.7) % 20 < 4  # 4 s in alarm every 20 s
+                if alarm and d not in self.alarm_on:
+                    self.alarm_on[d] = time.monotonic()
+                elif not alarm:
+                    self.alarm_on.pop(d, None)
+                # device time = wall time (so the lag figure means something), strictly increasing per device
+                ts = self.last_ts[d] = max(int(time.time() * 1000), self.last_ts.get(d, 0) + 1)
+                payload: dict[str, Any] = {"ts": ts, "seq": step, "obscuration": 0.2}
+                if d in ALARM_DEVICES:
+                    payload["alarm"] = alarm
+                self.publisher.publish(f"firegrid/b{d % BUILDINGS:02d}/d{d:03d}/telemetry", json.dumps(payload))
+                self.published += 1
+                if self.published % 50 == 0:
+                    delay = started + self.published / self.rate - time.monotonic()
+                    if delay > 0:
+                        self.stop_event.wait(delay)
+            step += 1
+
+
+def histogram(text: str, name: str) -> dict[str, Any]:
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = re.search(r'le="([^"]+)"', line)
+            if le:
+                buckets.append((float(le.group(1)), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(f"{name}_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    p99 = None
+    for le, cumulative in sorted(buckets):
+        if count and cumulative >= 0.99 * count:
+            p99 = le
+            break
+    return {"count": count, "mean_s": (total / count) if count else None, "p99_bucket_s": p99}
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="firegrid-soak-"))
+    duration = args.minutes * 60
+    mosquitto = MosquittoServer(workdir=work / "mosquitto").start()
+    influx = InfluxServer(workdir=work / "influx").start()
+    hook = WebhookCounter(WEBHOOK_SECRET).start()
+    config, port = stack_config(
+        work,
+        mqtt_url=mosquitto.url,
+        influx_url=influx.url,
+        webhook_url=hook.url,
+        devices=DEVICES,
+        buildings=BUILDINGS,
+        rules=FAST_RULES,
+        client_id="gw-soak",
+        extra={"log": {"level": "warning", "format": "json"}},
+    )
+    gateway = Gateway(config, port, work / "gateway.log").start()
+    publisher = Publisher(mosquitto.port, client_id="soak-pub", max_outstanding=5000)
+    load = Load(publisher, rate=args.rate)
+    events: list[dict[str, Any]] = []
+    kills: list[float] = []
+    rss: list[tuple[float, float]] = []
+    broker_kills: list[float] = []
+    started = time.monotonic()
+    half = started + duration / 2
+    rotation = ["gateway", "broker", "influx", "webhook"]
+    next_fault = started + args.fault_every
+    fault_index = 0
+    influx_back_at: float | None = None
+    webhook_back_at: float | None = None
+    raise_latency_ms: list[float] = []
+    seen_raises: set[str] = set()
+    try:
+        load.start()
+        while (now := time.monotonic()) < started + duration:
+            if gateway.proc is not None and (value := rss_mb(gateway.proc.pid)) is not None:
+                rss.append((now - started, value))
+            if influx_back_at is not None and now >= influx_back_at:
+                start_influx(influx)
+                events.append({"t": round(now - started, 1), "fault": "influx started"})
+                influx_back_at = None
+            if webhook_back_at is not None and now >= webhook_back_at:
+                hook.script.clear()
+                webhook_back_at = None
+            # reading-to-webhook latency for alarm raises (first delivery of each alert.raised id)
+            for hit in hook.of_type("alert.raised"):
+                if hit.msg_id in seen_raises:
+                    continue
+                seen_raises.add(hit.msg_id)
+                device = hit.data.get("device")
+                began = next((t for d, t in load.alarm_on.copy().items() if f"d{d:03d}" == device), None)
+                if began is not None and hit.at >= began:
+                    raise_latency_ms.append((hit.at - began) * 1000)
+            if now >= next_fault:
+                kind = rotation[fault_index % len(rotation)]
+                fault_index += 1
+                if kind == "gateway" and now >= half:
+                    kind = "broker"  # the second half keeps one gateway process alive for the memory figure
+                if kind == "influx" and influx_back_at is not None:
+                    kind = "broker"
+                if kind == "gateway":
+                    gateway.kill()
+                    kills.append(time.monotonic())
+                    gateway.start(ready_timeout=60)
+                elif kind == "broker":
+                    mosquitto.kill()
+                    broker_kills.append(time.monotonic())
+                    mosquitto.start()
+                elif kind == "influx":
+                    influx.stop()
+                    outage = min(args.influx_outage, max(5.0, started + duration - now - 30))
+                    influx_back_at = now + outage
+                elif kind == "webhook":
+                    hook.script.extend([503] * 10_000)
+                    webhook_back_at = now + 10
+                events.append({"t": round(now - started, 1), "fault": kind})
+                next_fault = now + args.fault_every
+            time.sleep(1.0)  # the soak's sampling period
+        load.stop_event.set()
+        load.join(30)
+        if influx_back_at is not None:
+            start_influx(influx)
+        hook.script.clear()
+        publisher.wait_acked(timeout=300)
+        total = load.published
+        _, metrics_text = gateway.get("/metrics")
+        lag = histogram(metrics_text, "firegrid_end_to_end_lag_seconds")
+        # InfluxDB catches up; only a broker SIGKILL may have lost readings (what it had not yet saved)
+        try:
+            wait_until(lambda: influx.count("smoke", "obscuration") >= total, timeout=90, what="every reading")
+        except AssertionError as exc:
+            events.append({"t": round(time.monotonic() - started, 1), "note": str(exc)[:200]})
+        try:
+            wait_until(
+                lambda: gateway.metric("firegrid_spool_depth_points") == 0, timeout=120, what="the spool to drain"
+            )
+        except AssertionError as exc:
+            events.append({"t": round(time.monotonic() - started, 1), "error": str(exc)[:200]})
+        stored = influx.count("smoke", "obscuration")
+        db = work / "firegrid.sqlite"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+            keys = Counter(k for (k,) in conn.execute("SELECT key FROM alerts"))
+            pending = conn.execute("SELECT count(*) FROM outbox WHERE state != 'sent'").fetchone()[0]
+        accepted = hook.accepted()
+        first: dict[str, float] = {}
+        dup_window = dup_other = 0
+        for hit in sorted(accepted, key=lambda h: h.at):
+            if hit.msg_id not in first:
+                first[hit.msg_id] = hit.at
+            elif any(first[hit.msg_id] <= k <= first[hit.msg_id] + CRASH_WINDOW_S for k in kills):
+                dup_window += 1
+            else:
+                dup_other += 1
+        second_half = [(t, v) for t, v in rss if t >= duration / 2 + 30]
+        growth = None
+        if len(second_half) >= 2:
+            start_rss = min(v for _, v in second_half[:5])
+            end_rss = max(v for _, v in second_half[-5:])
+            growth = {
+                "start_mb": round(start_rss, 1),
+                "end_mb": round(end_rss, 1),
+                "growth_pct": round(100 * (end_rss - start_rss) / start_rss, 1),
+            }
+        wanted = {f"smoke-alarm/b{d % BUILDINGS:02d}/d{d:03d}" for d in ALARM_DEVICES}
+        return {
+            "bench": "soak",
+            "minutes": args.minutes,
+            "rate": args.rate,
+            "published": total,
+            "stored_in_influx": stored,
+            "lost_readings": total - stored,
+            "broker_kills": len(broker_kills),
+            "gateway_kills": len(kills),
+            "lost_alarm_devices": sorted(wanted - set(keys)),
+            "alerts_raised_twice": sorted(k for k, n in keys.items() if n > 1),
+            "notifications_accepted": len(first),
+            "notifications_not_delivered": pending,
+            "duplicate_notifications_in_crash_window": dup_window,
+            "duplicate_notifications_other": dup_other,
+            "bad_signatures": sum(1 for h in hook.snapshot() if not h.signature_ok),
+            "memory": growth,
+            "end_to_end_lag": lag,
+            "raise_to_webhook_ms": {
+                "n": len(raise_latency_ms),
+                "p50": percentile(raise_latency_ms, 50),
+                "p99": percentile(raise_latency_ms, 99),
+            },
+            "spool_dropped_points": gateway.metric("firegrid_spool_dropped_points_total"),
+            "gateway_alive": gateway.proc is not None and gateway.proc.poll() is None,
+            "faults": events,
+            "workdir": str(work),
+        }
+    finally:
+        load.stop_event.set()
+        publisher.close()
+        gateway.stop()
+        hook.stop()
+        influx.stop()
+        mosquitto.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0, help="readings/s")
+    parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
+    parser.add_argument("--influx-outage", type=float, default=120.0, help="seconds InfluxDB stays down")
+    parser.add_argument("--quick", action="store_true", help="a 1-minute smoke run")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.fault_every, args.influx_outage = 1.0, 10.0, 8.0
+    result = soak(args)
+    ok = (
+        result["lost_alarm_devices"] == []
+        and result["alerts_raised_twice"] == []
+        and result["duplicate_notifications_other"] == 0
+        and result["notifications_not_delivered"] == 0
+        and result["bad_signatures"] == 0
+        and result["gateway_alive"]
+    )
+    result["ok"] = ok
+    text = json.dumps(result, indent=None if args.json else 2)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
