@@ -111,6 +111,10 @@ class MqttIngest:
         self.low_water = self.high_water // 2
         self._backoff_max_s = backoff_max_s
         self.last_error: str | None = None
+        # Called with True once subscribed, False when the link is lost: the service pauses the rules engine's
+        # absence timers while the gateway itself is deaf, so a broker outage is not mistaken for every device
+        # in the district going silent at once (an SMS storm).
+        self.on_link: Callable[[bool], None] | None = None
 
     # --- the supervisor --------------------------------------------------------------------------------------
 
@@ -136,6 +140,8 @@ class MqttIngest:
                 await asyncio.wait_for(self._stopping.wait(), delay if attempt else 0.05)
 
     def _mark_disconnected(self) -> None:
+        if self.connected and self.on_link is not None:
+            self.on_link(False)
         if self._paho is not None:
             self.generation += 1  # acknowledgements of the old connection's message ids are now void
         self.connected = False
@@ -209,6 +215,8 @@ class MqttIngest:
             await client.subscribe(topics)
             await client.publish(status_topic(self.config), b"online", qos=1, retain=True)
             self.connected = True
+            if self.on_link is not None:
+                self.on_link(True)
             self._connected_event.set()
             self.connections += 1
             self.metrics.mqtt_connected.set(1)

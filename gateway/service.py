@@ -172,6 +172,7 @@ class Service:
             gateway_topics=f"{config.mqtt.topic_prefix}/_gateway/",
         )
         self.mqtt = MqttIngest(config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit)
+        self.mqtt.on_link = self._link_changed
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
@@ -198,6 +199,20 @@ class Service:
 
     def _ack(self, items: list[tuple[int, int]]) -> int:
         return self.mqtt.ack(items)
+
+    def _link_changed(self, connected: bool) -> None:
+        """Hold the engine's absence timers while the gateway has no broker link (see MqttIngest.on_link).
+
+        Called in the event loop thread, where the pipeline also runs the engine, so no lock is needed.
+        """
+        if self.engine is None:
+            return
+        now = int(time.time() * 1000)
+        if connected:
+            self.engine.resume_presence(now)
+        else:
+            log.info("broker link lost: device absence timers held until it returns")
+            self.engine.suspend_presence(now)
 
     def _committed(self, job: Job) -> None:
         if self.writer is not None and (job.telemetry or job.alerts):
@@ -237,6 +252,9 @@ class Service:
         if self.engine is not None:
             buildings, active = restore_engine(self.engine, state=self.engine_state, alert_store=self.store)
             log.info("engine restored: %d buildings from snapshots, %d active alerts seeded", buildings, active)
+            # Until the broker link is up, silence says nothing about the devices (a gateway down for ten minutes
+            # must not find the whole district "silent" on start): every device's period restarts on connect.
+            self.engine.suspend_presence(int(time.time() * 1000))
         if self.writer is None:
             log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
         await self.start_http()

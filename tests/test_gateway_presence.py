@@ -55,3 +55,49 @@ def test_presence_and_local_store_without_influx(tmp_path: Path, mosquitto: Mosq
     finally:
         publisher.close()
         assert gateway.stop() == 0, gateway.log_tail()
+
+
+def _absent_alerts(gateway: Gateway, device: str) -> list[dict]:
+    status, body = gateway.get("/api/v1/alerts?limit=200", token=TOKEN)
+    assert status == 200, body
+    document = json.loads(body)
+    items = document["items"] if isinstance(document, dict) else document
+    return [a for a in items if a["rule"] == "device-absent" and a.get("device") == device]
+
+
+def test_a_broker_outage_is_not_every_device_going_silent(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """While the gateway itself has no broker link, silence says nothing about the devices: no absence alert may be
+    raised for the outage (a district's worth of trouble SMS), and absence works again once the link is back."""
+    config, port = write_config(
+        tmp_path,
+        mqtt_url=mosquitto.url,
+        influx_url=None,
+        devices=4,
+        buildings=2,
+        extra={"presence": {"heartbeat_s": {"smoke": 2, "heat": 300, "extinguisher": 300, "call_point": 300}}},
+    )
+    gateway = Gateway(config, port, tmp_path / "gateway.log").start()
+    publisher = Publisher(mosquitto.port)
+    try:
+        for device, building in (("d001", "b01"), ("d003", "b01")):
+            publisher.publish(f"firegrid/{building}/{device}/telemetry", json.dumps({"obscuration": 0.2}))
+        publisher.wait_acked()
+        wait_for(lambda: _device(gateway, "d001")["status"] == "online", timeout=10, what="d001 seen")
+        publisher.close()
+        mosquitto.stop()
+        wait_for(lambda: "broker link lost" in gateway.log_tail(200), timeout=20, what="the gateway noticing")
+        # The outage itself is the condition under test: it must outlast the absence period (2 x 2 s).
+        time.sleep(6)
+        assert _absent_alerts(gateway, "d001") == [] and _absent_alerts(gateway, "d003") == []
+        mosquitto.start()
+        wait_for(lambda: "reconnected" in gateway.log_tail(200), timeout=30, what="the gateway reconnecting")
+        publisher = Publisher(mosquitto.port, client_id="test-pub-2")
+        publisher.publish("firegrid/b01/d001/telemetry", json.dumps({"obscuration": 0.3}))
+        publisher.wait_acked()
+        wait_for(lambda: _device(gateway, "d001")["values"].get("obscuration") == 0.3, timeout=10, what="d001")
+        assert _absent_alerts(gateway, "d001") == [], "the outage was reported as the device going silent"
+        # d003 stays silent after the link returned: that is a real absence, raised after its period.
+        wait_for(lambda: _absent_alerts(gateway, "d003"), timeout=20, what="d003 absent after the link returned")
+    finally:
+        publisher.close()
+        assert gateway.stop() == 0, gateway.log_tail()
