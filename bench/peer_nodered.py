@@ -250,7 +250,7 @@ def side_by_side(comparison: Comparison, plan: Plan) -> list[Figure]:
                 baseline=base,
                 baseline_label="firegrid" if base is not None else None,
                 goal="firegrid ahead" if comparable else None,
-                goal_on="baseline",
+                goal_on="baseline" if comparable else "value",
             )
         )
     return figures

@@ -250,7 +250,7 @@ PEER_TITLE = (
 )
 
 
-def render_peer_table(rows: list[Row]) -> str:
+def render_peer_table(rows: list[Row], *, firegrid_pending: bool = False) -> str:
     """The peer comparison as two columns: firegrid (each row's baseline) and Node-RED (its value)."""
     out = [
         "| measure | firegrid | Node-RED | Node-RED / firegrid | firegrid ahead |",
@@ -260,7 +260,7 @@ def render_peer_table(rows: list[Row]) -> str:
         label = r.label.removeprefix("Node-RED vs firegrid: ")
         n = len([v for v in r.values if not math.isnan(v)])
         nodered = fmt(r.med) + (f" ({fmt(r.lo)}–{fmt(r.hi)})" if n > 1 else "")
-        firegrid = fmt(r.baseline) if r.baseline is not None else "pending"
+        firegrid = fmt(r.baseline) if r.baseline is not None else "pending" if firegrid_pending else "-"
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         met = {True: "yes", False: "**no**", None: ""}[r.met]
         out.append(f"| {label} | {firegrid} {r.unit} | {nodered} {r.unit} | {ratio} | {met} |".replace("  ", " "))
@@ -279,7 +279,7 @@ def render_block(
     runs = sorted({len(o.runs) for o in outcomes if o.runs})
     peer_rows = [r for r in rows if r.bench == PEER_BENCH]
     main_rows = [r for r in rows if r.bench != PEER_BENCH]
-    mode = "QUICK MODE (smoke-sized runs; indicative only)" if quick else "full mode"
+    mode = "QUICK MODE: smoke-sized runs, indicative only" if quick else "full mode"
     lines = [
         f"Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` ({mode}).",
         f"Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['ram_gib']} GiB RAM, "
@@ -291,7 +291,13 @@ def render_block(
         render_table(main_rows, markdown=True) if main_rows else "_No figures were measured._",
     ]
     if peer_rows:
-        lines += ["", PEER_TITLE, "", render_peer_table(peer_rows)]
+        pending = any(
+            run.get("conditions", {}).get("firegrid") == "pending"
+            for o in outcomes
+            if o.name == PEER_BENCH
+            for run in o.runs
+        )
+        lines += ["", PEER_TITLE, "", render_peer_table(peer_rows, firegrid_pending=pending)]
     notes: list[str] = []
     for o in outcomes:
         if o.skipped:

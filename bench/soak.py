@@ -45,31 +45,16 @@ from tests.harness.faults import (  # noqa: E402
     WEBHOOK_SECRET,
     WebhookCounter,
     stack_config,
+    start_influx,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer, ServiceError, free_port  # noqa: E402
+from tests.harness.services import InfluxServer, MosquittoServer  # noqa: E402
 from tests.test_gateway_helpers import Gateway, Publisher  # noqa: E402
 
 DEVICES = 200
 BUILDINGS = 10
 ALARM_DEVICES = tuple(range(0, 200, 25))  # 8 detectors, spread over the buildings
 CRASH_WINDOW_S = 1.0
-
-
-def start_influx(influx: InfluxServer) -> None:
-    """Start InfluxDB again on the same HTTP port.  During a long outage another process may have been given one of
-    its ports as an ephemeral port: move the RPC port (nobody connects to it), wait for the HTTP port to be free."""
-    for attempt in range(60):
-        try:
-            influx.start()
-            return
-        except ServiceError as exc:
-            if "address already in use" not in str(exc) or attempt == 59:
-                raise
-            if f":{influx.rpc_port}:" in str(exc):
-                influx.rpc_port = free_port()
-            else:
-                time.sleep(1.0)
 
 
 def rss_mb(pid: int) -> float | None:

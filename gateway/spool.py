@@ -57,8 +57,9 @@ class _Segment:
 
 
 class _Stream:
-    def __init__(self, root: Path, name: str, *, fsync: bool) -> None:
+    def __init__(self, root: Path, name: str, *, fsync: bool, segment_bytes: int | None = None) -> None:
         self.name = name
+        self.segment_bytes = segment_bytes or SEGMENT_BYTES
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
@@ -115,7 +116,7 @@ class _Stream:
     # --- writing ---------------------------------------------------------------------------------------------
 
     def _open_tail(self) -> object:
-        if not self.segments or self.segments[-1].size >= SEGMENT_BYTES:
+        if not self.segments or self.segments[-1].size >= self.segment_bytes:
             if self._fh is not None:
                 self._fh.close()  # type: ignore[attr-defined]
                 self._fh = None
@@ -197,7 +198,7 @@ class _Stream:
             self._delete(self.segments.pop(0))
         if len(self.segments) == 1:
             only = self.segments[0]
-            if self.cursor == (only.number, only.size) and only.size >= SEGMENT_BYTES:
+            if self.cursor == (only.number, only.size) and only.size >= self.segment_bytes:
                 self.segments.pop(0)
                 self._delete(only)
 
@@ -268,7 +269,10 @@ class Spool:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.max_bytes = max_bytes
-        self.streams = {name: _Stream(root, name, fsync=fsync) for name in STREAMS}
+        # The cap is kept by dropping whole telemetry segments, never the live one: a segment must be a small part
+        # of the cap, or a small cap (spool_max_mb: 1) would be overshot by a whole 4 MiB segment.
+        segment_bytes = min(SEGMENT_BYTES, max(4096, max_bytes // 8))
+        self.streams = {name: _Stream(root, name, fsync=fsync, segment_bytes=segment_bytes) for name in STREAMS}
         self.dropped_points = 0
         # The commit thread appends while the InfluxDB writer (event loop) reads and commits.
         self._lock = threading.RLock()
@@ -279,6 +283,9 @@ class Spool:
             return self._append(telemetry=telemetry, alerts=alerts, first_ts_ms=first_ts_ms)
 
     def _append(self, *, telemetry: list[bytes], alerts: list[bytes], first_ts_ms: int) -> int:
+        # Make room first, so that the spool stays under its cap on disk too, not only after this append.
+        incoming = sum(len(line) + 1 for line in (*telemetry, *alerts)) + 2 * _HEADER.size
+        dropped = self._make_room(incoming)
         try:
             if alerts:
                 self.streams["alert"].append(alerts, first_ts_ms=first_ts_ms)
@@ -288,13 +295,7 @@ class Spool:
                 stream.sync()
         except OSError as exc:
             raise SpoolError(f"cannot append to the spool in {self.root}: {exc}") from exc
-        dropped = 0
-        telemetry_stream = self.streams["telemetry"]
-        while self.size_bytes > self.max_bytes:
-            gone = telemetry_stream.drop_oldest()
-            if not gone and len(telemetry_stream.segments) < 2:
-                break  # only alerts and the live segment remain: alerts are never dropped
-            dropped += gone
+        dropped += self._make_room(0)
         if dropped:
             self.dropped_points += dropped
             log.warning(
@@ -302,6 +303,16 @@ class Spool:
                 self.max_bytes // 1_048_576,
                 dropped,
             )
+        return dropped
+
+    def _make_room(self, incoming: int) -> int:
+        """Drop the oldest telemetry segments until ``incoming`` more bytes fit under the cap; points dropped."""
+        dropped = 0
+        telemetry_stream = self.streams["telemetry"]
+        while self.size_bytes + incoming > self.max_bytes:
+            if len(telemetry_stream.segments) < 2:
+                break  # only alerts and the live segment remain: alerts are never dropped
+            dropped += telemetry_stream.drop_oldest()
         return dropped
 
     def read(self, max_points: int) -> Batch | None:
@@ -319,7 +330,8 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(s.size_bytes for s in self.streams.values())
+        with self._lock:  # (the metrics thread must not see the middle of an append)
+            return sum(s.size_bytes for s in self.streams.values())
 
     def oldest_pending_ts(self) -> int | None:
         with self._lock:

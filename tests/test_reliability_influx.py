@@ -31,6 +31,7 @@ from tests.harness.faults import (
     line_tag,
     line_ts,
     stack_config,
+    start_influx,
     wait_until,
 )
 from tests.harness.services import InfluxServer, MosquittoServer
@@ -105,7 +106,7 @@ def test_influx_outage_at_steady_load(tmp_path: Path, mosquitto: MosquittoServer
         assert gateway.metric("firegrid_spool_depth_points") > 0
         status, body = gateway.get("/readyz")
         assert status == 200 and json.loads(body)["checks"]["influx"]["spooling"] is True, body
-        influx.start()
+        start_influx(influx)
         load.stop_event.set()
         load.join(10)
         publisher.wait_acked()
@@ -204,3 +205,61 @@ def test_influx_refusals_retry_after_and_dead_letters(
         publisher.close()
         gateway.stop()
         proxy.stop()
+
+
+def test_spool_cap_holds_when_the_outage_outlasts_it(
+    tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer
+) -> None:
+    """An outage longer than ``spool_max_mb`` can hold: the spool never exceeds its cap, the oldest telemetry is
+    dropped and counted (stored + dropped == published), and alert points are never dropped."""
+    cap_mb = 1
+    config, port = stack_config(
+        tmp_path,
+        mqtt_url=mosquitto.url,
+        influx_url=influx.url,
+        devices=DEVICES,
+        rules=FAST_RULES,
+        extra={"influx": {"spool_max_mb": cap_mb}},
+    )
+    gateway = Gateway(config, port, tmp_path / "gateway.log").start()
+    publisher = Publisher(mosquitto.port, client_id="rel-cap-pub")
+    peak = 0.0
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop_sampling.is_set():
+            peak = max(peak, gateway.metric("firegrid_spool_bytes"))
+            stop_sampling.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    base = int(time.time() * 1000) - 600_000
+    total = 0
+    try:
+        influx.stop()
+        sampler.start()
+        # about 2.5 MB of line protocol: well over the 1 MiB cap
+        for step in range(1100):
+            for d in range(DEVICES):
+                if d == 9:
+                    continue
+                payload = {"ts": base + step * 10, "obscuration": 0.25, "battery": 87.5, "rssi": -71.0}
+                publisher.publish(f"firegrid/b{d % 10:02d}/d{d:03d}/telemetry", json.dumps(payload))
+                total += 1
+            if step == 550:  # a fire in the middle of the outage: its alert point must survive the cap
+                publisher.publish("firegrid/b09/d009/telemetry", json.dumps({"ts": base + step * 10, "alarm": True}))
+        publisher.wait_acked()
+        wait_until(lambda: gateway.metric("firegrid_mqtt_messages_total") >= total + 1, timeout=60, what="all taken in")
+        stop_sampling.set()
+        sampler.join(5)
+        dropped = gateway.metric("firegrid_spool_dropped_points_total")
+        assert peak <= cap_mb * 1_048_576, f"spool reached {peak:.0f} bytes, over its {cap_mb} MiB cap"
+        assert dropped > 0, "the outage did not outlast the cap: the test proves nothing"
+        start_influx(influx)
+        wait_until(lambda: gateway.metric("firegrid_spool_depth_points") == 0, timeout=60, what="the spool to drain")
+        assert influx.count("smoke", "obscuration") + dropped == total
+        assert influx.count("alert", "reason", where="rule = 'smoke-alarm'") >= 1, "an alert point was dropped"
+    finally:
+        stop_sampling.set()
+        publisher.close()
+        gateway.stop()

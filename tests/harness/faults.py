@@ -377,6 +377,22 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def start_influx(influx: Any) -> None:
+    """Start InfluxDB again on the same HTTP port.  During a long outage another process may have been given one of
+    its ports as an ephemeral port: move the RPC port (nobody connects to it), wait for the HTTP port to be free."""
+    for attempt in range(60):
+        try:
+            influx.start()
+            return
+        except Exception as exc:  # ServiceError from tests/harness/services.py
+            if "address already in use" not in str(exc) or attempt == 59:
+                raise
+            if f":{influx.rpc_port}:" in str(exc):
+                influx.rpc_port = free_port()
+            else:
+                time.sleep(1.0)
+
+
 # --- the whole stack ------------------------------------------------------------------------------------------------
 
 WEBHOOK_SECRET = "whsec_" + __import__("base64").b64encode(b"firegrid-reliability-secret-32by").decode()
