@@ -167,7 +167,7 @@ def emit(
     print(f"== {bench}{' (quick)' if quick else ''}")
     for f in figures:
         line = f"  {f.label or f.name:<52} {fmt_number(f.value):>12} {f.unit}"
-        if f.ratio is not None:
+        if f.ratio is not None and not math.isnan(f.ratio):
             line += f"   ({ratio_line(f.value, f.baseline or 0, f.baseline_label or 'baseline')})"
         if f.goal:
             met = goal_met(

@@ -55,6 +55,7 @@ class BenchOutcome:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     attempts: int = 0
+    quick: bool = False
     skipped: str | None = None
     short: str | None = None  # fewer runs than wanted, and why
 
@@ -162,12 +163,17 @@ class Row:
 
     @property
     def baseline(self) -> float | None:
-        return median(self.baselines) if self.baselines else None
+        value = median(self.baselines)
+        return None if math.isnan(value) else value
 
     @property
     def ratio(self) -> float | None:
         # Median of the per-run ratios: each ratio compares numbers from the same run, which is the point.
-        ratios = [v / b for v, b in zip(self.values, self.baselines, strict=False) if b and not math.isnan(v)]
+        ratios = [
+            v / b
+            for v, b in zip(self.values, self.baselines, strict=False)
+            if b and not math.isnan(v) and not math.isnan(b)
+        ]
         return median(ratios) if ratios else None
 
     @property
@@ -187,6 +193,9 @@ class Row:
 
 def aggregate(outcomes: list[BenchOutcome]) -> list[Row]:
     rows: dict[tuple[str, str], Row] = {}
+    all_quick = all(
+        o.quick for o in outcomes if not o.skipped
+    )  # a quick run says so once, at the top; a mixed run says it per bench
     for outcome in outcomes:
         for run in outcome.runs:
             for fig in run.get("figures", []):
@@ -198,7 +207,7 @@ def aggregate(outcomes: list[BenchOutcome]) -> list[Row]:
                 row = rows.get(key)
                 if row is None:
                     row = rows[key] = Row(
-                        bench=outcome.name,
+                        bench=outcome.name + (" (quick)" if outcome.quick and not all_quick else ""),
                         name=str(fig.get("name")),
                         label=str(fig.get("label") or fig.get("name")),
                         unit=str(fig.get("unit") or ""),
@@ -212,8 +221,8 @@ def aggregate(outcomes: list[BenchOutcome]) -> list[Row]:
                         better=str(fig.get("better") or "higher"),
                     )
                 row.values.append(value)
-                if fig.get("baseline") is not None:
-                    row.baselines.append(float(fig["baseline"]))
+                # One baseline per value (NaN when a run had none), so values and baselines stay paired by run.
+                row.baselines.append(float(fig["baseline"]) if fig.get("baseline") is not None else math.nan)
     return list(rows.values())
 
 
@@ -277,9 +286,11 @@ def render_block(
     machine: dict[str, Any],
 ) -> str:
     runs = sorted({len(o.runs) for o in outcomes if o.runs})
-    peer_rows = [r for r in rows if r.bench == PEER_BENCH]
-    main_rows = [r for r in rows if r.bench != PEER_BENCH]
+    peer_rows = [r for r in rows if r.bench.startswith(PEER_BENCH)]
+    main_rows = [r for r in rows if not r.bench.startswith(PEER_BENCH)]
     mode = "QUICK MODE: smoke-sized runs, indicative only" if quick else "full mode"
+    if not quick and any(o.quick for o in outcomes if not o.skipped):
+        mode += "; benches marked (quick) ran their quick mode to fit the time budget"
     lines = [
         f"Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` ({mode}).",
         f"Machine: {machine['nproc']} cores ({machine['cpu']}), {machine['ram_gib']} GiB RAM, "
@@ -351,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per bench (default 3, quick 1)")
     parser.add_argument("--only", action="append", default=[], help="run only this bench (repeatable)")
     parser.add_argument("--skip", action="append", default=[], help="skip this bench (repeatable)")
+    parser.add_argument(
+        "--quick-for", action="append", default=[], help="run this bench in quick mode within a full run (repeatable)"
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/performance.md")
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="stop starting runs after this")
@@ -367,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted: dict[str, tuple[int, float]] = {}
     for name in names:
         outcomes.append(BenchOutcome(name))
-        declared_runs, timeout = bench_settings(name, quick=args.quick)
+        quick = args.quick or name in args.quick_for
+        outcomes[-1].quick = quick
+        declared_runs, timeout = bench_settings(name, quick=quick)
         if not args.quick and name in OVERRIDES:
             declared_runs = OVERRIDES[name].get("runs", declared_runs)
             timeout = OVERRIDES[name].get("timeout_s", timeout)
@@ -378,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         left = args.budget_s - (time.monotonic() - started)
         print(f"[bench] {outcome.name} run {i}/{runs} ...", flush=True)
         t0 = time.monotonic()
-        result, error = run_once(outcome.name, quick=args.quick, timeout=max(10.0, min(timeout, left)))
+        result, error = run_once(outcome.name, quick=outcome.quick, timeout=max(10.0, min(timeout, left)))
         outcome.seconds += time.monotonic() - t0
         outcome.attempts += 1
         if result is not None:

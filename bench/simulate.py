@@ -60,15 +60,16 @@ class Counter:
         self.client.loop_stop()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5 s instead of 60 s")
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/run.py)")
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1)
     parser.add_argument("--buildings", type=int, default=2000)
     parser.add_argument("--devices-per-building", type=int, default=50)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     duration = args.duration or (5.0 if args.quick else 60.0)
     with tempfile.TemporaryDirectory(prefix="bench-simulate-") as tmp:
         broker = MosquittoServer(workdir=Path(tmp) / "mosquitto", persistence=False).start()
@@ -129,6 +130,42 @@ def main() -> int:
         f"  per-second received: min {min(full):,} max {max(full):,} (worst second {worst:.2f} % off); "
         f"{'WITHIN' if deviation <= 5 else 'OUTSIDE'} 5 % overall"
     )
+    if args.json:
+        from bench.common import Figure, emit
+
+        emit(
+            "simulate",
+            [
+                Figure(
+                    name="simulate.rate_msg_s",
+                    value=received_rate,
+                    unit="msg/s",
+                    label=f"Load mode rate held ({devices:,} devices, QoS {args.qos})",
+                    baseline=args.rate,
+                    baseline_label="target rate",
+                    goal="within 5 % of target",
+                    goal_on="ratio",
+                    goal_min=0.95,
+                    goal_max=1.05,
+                ),
+                Figure(
+                    name="simulate.worst_second_pct",
+                    value=worst,
+                    unit="% off target",
+                    better="lower",
+                    label="Worst full second",
+                ),
+                Figure(
+                    name="simulate.delivered_pct",
+                    value=counter.count / expected * 100,
+                    unit="%",
+                    label="Messages delivered to the subscriber",
+                ),
+            ],
+            as_json=True,
+            quick=args.quick,
+            conditions={"rate": args.rate, "duration_s": duration, "qos": args.qos, "devices": devices},
+        )
     return 0
 
 

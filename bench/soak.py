@@ -1,6 +1,7 @@
 """Soak: the whole stack at a steady load with periodic faults; reports memory growth, lag, lost and duplicated.
 
-    python -m bench.soak --minutes 10 [--rate 500] [--fault-every 30] [--influx-outage 120] [--json] [--out FILE]
+    python -m bench.soak --minutes 10 [--rate 500] [--fault-every 30] [--influx-outage 120] [--replay-window 60]
+                         [--quick] [--json] [--out FILE]
 
 Stack: real Mosquitto (persistence on), real InfluxDB 1.x, ``firegrid run`` as a subprocess, a Standard Webhooks
 receiver counting ``webhook-id``s (tests/harness/faults.py).  Load: ``--rate`` QoS 1 readings/s from 200 smoke
@@ -12,7 +13,9 @@ Faults, one every ``--fault-every`` seconds, in rotation:
   answering 503 for 10 s.
 
 Reported (``--json``: one object on the last line):
-* memory: gateway RSS at the start and end of the second half (after a warm-up), growth in %;
+* memory: gateway RSS from the later of (half time, last gateway kill) + ``--replay-window`` + 15 s to the end, growth
+  in %.  The replay memory (``contract.replay_window_s``, 600 s by default) grows for one window and is flat after
+  it, so the soak sets the window to ``--replay-window`` (60 s) to measure growth past it in a 10-minute run;
 * lag: the gateway's end-to-end lag histogram (device timestamp -> committed) mean and p99 bucket, and
   reading-to-webhook latency of alarm raises (p50/p99 ms);
 * lost: readings published and acknowledged by the broker minus points in InfluxDB (only a Mosquitto SIGKILL may
@@ -144,7 +147,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         buildings=BUILDINGS,
         rules=FAST_RULES,
         client_id="gw-soak",
-        extra={"log": {"level": "warning", "format": "json"}},
+        extra={"log": {"level": "warning", "format": "json"}, "contract": {"replay_window_s": args.replay_window}},
     )
     gateway = Gateway(config, port, work / "gateway.log").start()
     publisher = Publisher(mosquitto.port, client_id="soak-pub", max_outstanding=5000)
@@ -243,12 +246,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 dup_window += 1
             else:
                 dup_other += 1
-        second_half = [(t, v) for t, v in rss if t >= duration / 2 + 30]
+        # after the last gateway kill AND a full replay window (the replay memory fills for that long, then is flat)
+        warm = max(duration / 2, (kills[-1] - started) if kills else 0) + args.replay_window + 15
+        second_half = [(t, v) for t, v in rss if t >= warm]
         growth = None
         if len(second_half) >= 2:
             start_rss = min(v for _, v in second_half[:5])
             end_rss = max(v for _, v in second_half[-5:])
             growth = {
+                "from_s": round(second_half[0][0]),
                 "start_mb": round(start_rss, 1),
                 "end_mb": round(end_rss, 1),
                 "growth_pct": round(100 * (end_rss - start_rss) / start_rss, 1),
@@ -280,6 +286,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             "spool_dropped_points": gateway.metric("firegrid_spool_dropped_points_total"),
             "gateway_alive": gateway.proc is not None and gateway.proc.poll() is None,
             "faults": events,
+            "rss_mb_every_30s": [(round(t), round(v, 1)) for t, v in rss[::30]],
             "workdir": str(work),
         }
     finally:
@@ -297,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="readings/s")
     parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
     parser.add_argument("--influx-outage", type=float, default=120.0, help="seconds InfluxDB stays down")
+    parser.add_argument(
+        "--replay-window",
+        type=int,
+        default=60,
+        help="contract.replay_window_s for the run (the replay memory grows for this long, then stays flat)",
+    )
     parser.add_argument("--quick", action="store_true", help="a 1-minute smoke run")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path)

@@ -341,7 +341,9 @@ class Pipeline:
     def _commit_sync(self, job: Job) -> None:
         at = now_ms()
         if self.spool is not None and (job.telemetry or job.alerts):
-            self.spool.append(telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at)
+            dropped = self.spool.append(telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at)
+            if dropped:  # the oldest telemetry made room under spool_max_mb: count it, as /metrics promises
+                self.metrics.spool_dropped.inc(dropped)
         if job.transitions and self.alert_store is not None:
             self.alert_store.apply(job.transitions, now_ms=at)
         if job.snapshots:

@@ -518,18 +518,19 @@ class Silent(Scenario):
 
 @dataclass
 class Flapping(Scenario):
-    """A detector that keeps crossing its threshold: ``period`` high, ``period`` low (default 8 s each)."""
+    """A detector that keeps crossing its threshold: ``high`` (10 s) in alarm, then ``low`` (40 s) clear, again and
+    again for the duration (6 m).  The defaults outlast the default rules' ``for`` (5 s) and ``clear_after``
+    (30 s), so each cycle raises and clears, and the flapping rule (more than 6 changes in 10 minutes) holds it."""
 
     kinds: tuple[str, ...] = ("smoke",)
 
     def install(self, sim: Simulation) -> None:
         device = sim.devices[self.pick(sim.community).id]
-        period = self.param_ms("period", 8_000) / 1000
+        high = self.param_ms("high", 10_000) / 1000
+        cycle = high + self.param_ms("low", 40_000) / 1000
         at = sim.start_ms + self.at_ms
-        end = at + (self.duration_ms if self.duration_ms is not None else 300_000)
-        device.effects.append(
-            Overlay("obscuration", lambda s: 5.0 if int(s // period) % 2 == 0 else 0.0, at, end, decay_s=0.5)
-        )
+        end = at + (self.duration_ms if self.duration_ms is not None else 360_000)
+        device.effects.append(Overlay("obscuration", lambda s: 5.0 if s % cycle < high else 0.0, at, end, decay_s=0.5))
         sim.at(at, lambda now: sim.report_now(device, now))
 
     def expectations(self, community: Community) -> list[Expectation]:
@@ -556,7 +557,7 @@ class Flapping(Scenario):
         ]
 
     def end_ms(self) -> int | None:
-        return self.at_ms + (self.duration_ms if self.duration_ms is not None else 300_000)
+        return self.at_ms + (self.duration_ms if self.duration_ms is not None else 360_000)
 
 
 @dataclass
@@ -898,7 +899,7 @@ HELP: dict[str, str] = {
     "extinguisher-removed": "extinguisher-removed@DEVICE[/90s]  off its bracket, back after; alias removed",
     "leak": "leak@DEVICE[,rate=0.02]  pressure falls RATE MPa/min",
     "silent": "silent@DEVICE+30s[/20m]  sends nothing (for good without a duration)",
-    "flapping": "flapping@DEVICE[/5m][,period=8s]  crosses its threshold again and again",
+    "flapping": "flapping@DEVICE[/6m][,high=10s,low=40s]  in alarm HIGH, clear LOW, again and again",
     "low-battery": "low-battery@DEVICE[,level=15]  battery at LEVEL %",
     "skew": "skew@DEVICE[,skew=10m]  clock ahead (or -5m behind)",
     "malformed": "malformed@DEVICE[,only=not_json+oversize]  one payload per contract rejection reason",

@@ -221,7 +221,6 @@ class Simulation:
         self._order = 0
         self._out: list[Message] = []
         self.now_ms = start_ms
-        phase_rng = random.Random(f"{seed}:phase")
         # Each device has its own generator (adding a scenario does not change any other device's signal), except
         # in very large communities, where 2.5 KB of generator state per device would cost gigabytes: they share
         # one, which is still deterministic because the queue's order is.
@@ -232,7 +231,7 @@ class Simulation:
             if statuses:
                 self.at(start_ms, self._status_action(device, online=True))
             # Spread first reports over the interval so a community does not report in lockstep.
-            self._schedule_report(device, start_ms + int(phase_rng.random() * device.interval_ms))
+            self._schedule_report(device, start_ms + int(device.rng.random() * device.interval_ms))
         for scenario in scenarios:
             scenario.install(self)
 
@@ -265,7 +264,7 @@ class Simulation:
             else:
                 self.emit(now, self.community.topic(device.spec, "telemetry"), orjson.dumps(sample))
         interval = ACTIVE_INTERVAL_S * 1000 if device.active(now) else device.interval_ms
-        jitter = 1.0 + device.rng.uniform(-0.02, 0.02)
+        jitter = 1.0 - device.rng.uniform(0.0, 0.04)  # early, never late: the interval may be the heartbeat period
         self._schedule_report(device, now + max(1, int(interval * jitter)))
 
     # --- output ---------------------------------------------------------------------------------------------------

