@@ -1,7 +1,7 @@
-"""Secrets in the ``notify`` section: a literal, ``env:NAME`` or ``file:/path``.
+"""Secrets in configuration: a literal, ``env:NAME`` or ``file:/path``, resolved once at load time into a
+:class:`pydantic.SecretStr` so they never show in a repr, a log or an API response.
 
-A minimal copy of ``gateway.secrets`` (same accepted forms, same ``SecretStr`` result): the alerts package must not
-import the gateway, and the gateway's config imports ours.
+This is the one implementation; ``gateway.secrets`` re-exports it (alerts may not import the gateway).
 """
 
 from __future__ import annotations

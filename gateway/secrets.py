@@ -1,38 +1,18 @@
 """Secrets in configuration: a literal, ``env:NAME`` (read from the environment) or ``file:/path`` (read from a
 file such as a Docker secret).  Resolved once at load time and kept as :class:`pydantic.SecretStr` so that they are
 never printed by ``repr``, logs or API responses.
+
+The one implementation lives in :mod:`alerts.secrets`: the alerts package may not import the gateway, while the
+gateway (whose config composes the alerts' ``notify`` section) may import alerts.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Annotated, Any
+from pydantic import SecretStr
 
-from pydantic import BeforeValidator, SecretStr
+from alerts.secrets import Secret, resolve_secret
 
-
-def resolve_secret(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if not isinstance(value, str):
-        return value
-    if value.startswith("env:"):
-        name = value[4:]
-        try:
-            return os.environ[name]
-        except KeyError:
-            raise ValueError(f"environment variable {name!r} is not set") from None
-    if value.startswith("file:"):
-        path = Path(value[5:]).expanduser()
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
-    return value
-
-
-Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+__all__ = ["Secret", "resolve_secret", "reveal"]
 
 
 def reveal(secret: SecretStr | None) -> str | None:
