@@ -52,9 +52,7 @@ class Reason(StrEnum):
     UNKNOWN_EVENT = "unknown_event"  # an event type outside the contract
     BAD_TIMESTAMP = "bad_timestamp"  # unparseable, negative, or an RFC 3339 string without an offset
     STALE = "stale"  # older than contract.max_age_s
-    UNKNOWN_DEVICE = (
-        "unknown_device"  # not in the registry (and unregistered devices are off, or no "kind" given)
-    )
+    UNKNOWN_DEVICE = "unknown_device"  # not in the registry (and unregistered devices are off, or no "kind" given)
     SPOOFED_ID = "spoofed_id"  # the payload names another device than the topic
     WRONG_BUILDING = "wrong_building"  # a registered device publishing under another building
     DUPLICATE = "duplicate"  # a repeated (device, seq) inside the replay window (judged by the gateway)
@@ -63,9 +61,7 @@ class Reason(StrEnum):
 class Rejected(Exception):
     """A message broke the contract.  ``reason`` is one of :class:`Reason`; ``detail`` says what exactly."""
 
-    def __init__(
-        self, reason: Reason, detail: str, *, building: str | None = None, device: str | None = None
-    ):
+    def __init__(self, reason: Reason, detail: str, *, building: str | None = None, device: str | None = None):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -84,16 +80,12 @@ class Topic:
 def parse_topic(topic: str, prefix: str) -> Topic:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != prefix:
-        raise Rejected(
-            Reason.BAD_TOPIC, f"expected {prefix}/{{building}}/{{device}}/{{channel}}, got {topic[:200]!r}"
-        )
+        raise Rejected(Reason.BAD_TOPIC, f"expected {prefix}/{{building}}/{{device}}/{{channel}}, got {topic[:200]!r}")
     _, building, device, channel = parts
     if not _ID_RE.match(building) or not _ID_RE.match(device):
         raise Rejected(Reason.BAD_TOPIC, f"ids must match {ID_PATTERN}: {topic[:200]!r}")
     if channel not in CHANNELS:
-        raise Rejected(
-            Reason.BAD_TOPIC, f"channel must be one of {', '.join(CHANNELS)}, got {channel[:64]!r}"
-        )
+        raise Rejected(Reason.BAD_TOPIC, f"channel must be one of {', '.join(CHANNELS)}, got {channel[:64]!r}")
     return Topic(prefix, building, device, channel)  # type: ignore[arg-type]
 
 
@@ -317,19 +309,13 @@ class Decoder:
         ref = self._lookup(topic.device)
         if ref is not None:
             if ref.building != topic.building:
-                raise Rejected(
-                    Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}"
-                )
+                raise Rejected(Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}")
             return ref
         if not self._policy.allow_unregistered:
             raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered")
         if payload_kind is None:
-            raise Rejected(
-                Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered and sent no 'kind'"
-            )
-        return DeviceRef(
-            building=topic.building, device=topic.device, kind=str(payload_kind), registered=False
-        )
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered and sent no 'kind'")
+        return DeviceRef(building=topic.building, device=topic.device, kind=str(payload_kind), registered=False)
 
     def _check_time(self, ts: int, received_ms: int) -> tuple[int, bool]:
         if ts > received_ms + self._policy.max_future_skew_ms:
@@ -369,9 +355,7 @@ class Decoder:
             if sample.device is not None and sample.device != topic.device:
                 raise Rejected(Reason.SPOOFED_ID, f"payload names device {sample.device[:64]!r}")
             if sample.kind is not None and sample.kind != ref.kind:
-                raise Rejected(
-                    Reason.WRONG_TYPE, f"kind {sample.kind.value!r} but the registry says {ref.kind!r}"
-                )
+                raise Rejected(Reason.WRONG_TYPE, f"kind {sample.kind.value!r} but the registry says {ref.kind!r}")
             ts, skew = self._check_time(parse_ts(sample.ts, received_ms=received_ms), received_ms)
             skewed += skew
             values: dict[str, MetricValue] = {}
@@ -392,9 +376,7 @@ class Decoder:
         if event.device is not None and event.device != topic.device:
             raise Rejected(Reason.SPOOFED_ID, f"payload names device {event.device[:64]!r}")
         ts, skew = self._check_time(parse_ts(event.ts, received_ms=received_ms), received_ms)
-        decoded = DeviceEvent(
-            ref=ref, ts_ms=ts, type=event.type.value, detail=event.detail, drill=event.drill
-        )
+        decoded = DeviceEvent(ref=ref, ts_ms=ts, type=event.type.value, detail=event.detail, drill=event.drill)
         return Decoded(topic=topic, inputs=(decoded,), clock_skew=int(skew))
 
     def _status(self, topic: Topic, payload: bytes, received_ms: int) -> Decoded:
@@ -407,21 +389,15 @@ class Decoder:
                 raise Rejected(Reason.UNKNOWN_DEVICE, f"device {topic.device!r} is not registered")
             ref = DeviceRef(building=topic.building, device=topic.device, kind="unknown", registered=False)
         elif ref.building != topic.building:
-            raise Rejected(
-                Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}"
-            )
-        return Decoded(
-            topic=topic, inputs=(StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),)
-        )
+            raise Rejected(Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}")
+        return Decoded(topic=topic, inputs=(StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),))
 
 
 def registry_from_config(config: Any) -> dict[str, DeviceRef]:
     """The device registry as the decoder and the rules engine see it: id -> where the device is."""
     grids = {b.id: b.grid for b in config.buildings}
     return {
-        d.id: DeviceRef(
-            building=d.building, device=d.id, kind=d.kind.value, floor=d.floor, grid=grids.get(d.building)
-        )
+        d.id: DeviceRef(building=d.building, device=d.id, kind=d.kind.value, floor=d.floor, grid=grids.get(d.building))
         for d in config.devices
     }
 

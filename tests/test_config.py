@@ -60,9 +60,7 @@ def test_defaults_apply() -> None:
 def test_wrong_key_or_type_is_named(data: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
-    assert any(p.startswith(expected.split(" Value error")[0]) for p in info.value.problems), (
-        info.value.problems
-    )
+    assert any(p.startswith(expected.split(" Value error")[0]) for p in info.value.problems), info.value.problems
     if "Value error" not in expected:
         assert any(expected in p for p in info.value.problems), info.value.problems
 
@@ -146,9 +144,7 @@ def test_secrets_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_missing_secret_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"mqtt": {"password": "env:FIREGRID_TEST_UNSET_VARIABLE"}})
-    assert info.value.problems == [
-        "mqtt.password: environment variable 'FIREGRID_TEST_UNSET_VARIABLE' is not set"
-    ]
+    assert info.value.problems == ["mqtt.password: environment variable 'FIREGRID_TEST_UNSET_VARIABLE' is not set"]
     with pytest.raises(ConfigError) as info:
         parse_config({"mqtt": {"password": f"file:{tmp_path}/nope"}})
     assert info.value.problems[0].startswith("mqtt.password: cannot read secret file")

@@ -49,9 +49,7 @@ def reason_of(device: str, channel: str, payload: object, **kwargs) -> Reason:
 
 
 def test_each_kind_decodes_its_metrics() -> None:
-    smoke = decode(
-        "sd-1", "telemetry", {"ts": NOW - 1000, "seq": 7, "obscuration": 3.5, "alarm": True, "battery": 80}
-    )
+    smoke = decode("sd-1", "telemetry", {"ts": NOW - 1000, "seq": 7, "obscuration": 3.5, "alarm": True, "battery": 80})
     (reading,) = smoke.inputs
     assert isinstance(reading, Reading)
     assert reading.ts_ms == NOW - 1000 and reading.seq == 7
@@ -59,9 +57,7 @@ def test_each_kind_decodes_its_metrics() -> None:
     assert reading.ref.floor == 3 and reading.ref.grid == "g1" and reading.ref.registered
     heat = decode("ht-1", "telemetry", {"celsius": 21.5, "rssi": -71, "tamper": False})
     assert dict(heat.inputs[0].values) == {"celsius": 21.5, "rssi": -71, "tamper": False}
-    ext = decode(
-        "ex-1", "telemetry", {"pressure_mpa": 1.2, "present": True, "obstructed": False, "fault": "E12"}
-    )
+    ext = decode("ex-1", "telemetry", {"pressure_mpa": 1.2, "present": True, "obstructed": False, "fault": "E12"})
     assert dict(ext.inputs[0].values) == {
         "pressure_mpa": 1.2,
         "present": True,
@@ -89,9 +85,7 @@ def test_batch_of_buffered_samples_keeps_order() -> None:
 
 
 def test_future_timestamp_is_replaced_and_counted() -> None:
-    decoded = decode(
-        "sd-1", "telemetry", [{"ts": NOW + 3_600_000, "obscuration": 1}, {"ts": NOW, "obscuration": 1}]
-    )
+    decoded = decode("sd-1", "telemetry", [{"ts": NOW + 3_600_000, "obscuration": 1}, {"ts": NOW, "obscuration": 1}])
     assert decoded.clock_skew == 1
     assert [r.ts_ms for r in decoded.inputs] == [NOW, NOW]
     assert decode("sd-1", "telemetry", {"ts": NOW + 299_000, "obscuration": 1}).clock_skew == 0
@@ -108,10 +102,7 @@ def test_events_and_status() -> None:
 def test_unregistered_device_with_kind_is_accepted_as_such() -> None:
     (reading,) = decode("new-7", "telemetry", {"kind": "heat", "celsius": 30}).inputs
     assert reading.ref.kind == "heat" and not reading.ref.registered
-    assert (
-        reason_of("new-7", "telemetry", {"kind": "heat", "celsius": 30}, decoder=STRICT)
-        == Reason.UNKNOWN_DEVICE
-    )
+    assert reason_of("new-7", "telemetry", {"kind": "heat", "celsius": 30}, decoder=STRICT) == Reason.UNKNOWN_DEVICE
 
 
 def test_drill_flag_is_carried() -> None:
@@ -205,9 +196,7 @@ def test_rejection_carries_the_device() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=25,
 )
 metric_names = st.sampled_from(
