@@ -55,7 +55,7 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"  # not in the registry (and unregistered devices are off, or no "kind" given)
     SPOOFED_ID = "spoofed_id"  # the payload names another device than the topic
     WRONG_BUILDING = "wrong_building"  # a registered device publishing under another building
-    DUPLICATE = "duplicate"  # a repeated (device, seq) inside the replay window (judged by the gateway)
+    DUPLICATE = "duplicate"  # the same (device, seq, values) again inside the replay window (judged by the gateway)
 
 
 class Rejected(Exception):

@@ -1,4 +1,10 @@
-"""Replay protection: a repeated ``(device, seq)`` inside the replay window is a ``duplicate``.
+"""Replay protection: the same sample — same device, same ``seq``, same values — repeated inside the replay window
+is a ``duplicate``.
+
+The values are part of the key because a detector that rebooted starts its counter again: its first alarm after a
+power cut reuses a ``seq`` it sent minutes ago, and dropping that as a replay would lose a fire alarm.  A true copy
+(a device's retransmission, a replayed message) carries the same values.  The timestamp is not part of the key: a
+device that sends no ``ts`` is stamped with the time of receipt, which differs between copies.
 
 Kept in memory only, on purpose: after a crash the broker redelivers what was not acknowledged, and those copies
 must be processed again (their first processing may not have been durable).  Points are idempotent in InfluxDB.
@@ -7,19 +13,22 @@ must be processed again (their first processing may not have been durable).  Poi
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+
+from rules.types import MetricValue
 
 
 class Dedup:
     def __init__(self, *, window_ms: int, max_entries: int = 1_000_000) -> None:
         self.window_ms = window_ms
         self.max_entries = max_entries
-        self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int, tuple[tuple[str, MetricValue], ...]], int] = OrderedDict()
 
-    def seen(self, device: str, seq: int, *, now_ms: int) -> bool:
-        """True when ``(device, seq)`` was seen within the window; records it otherwise."""
+    def seen(self, device: str, seq: int, values: Mapping[str, MetricValue], *, now_ms: int) -> bool:
+        """True when this device sent this ``seq`` with these values within the window; records it otherwise."""
         if self.window_ms <= 0:
             return False
-        key = (device, seq)
+        key = (device, seq, tuple(values.items()))
         when = self._seen.get(key)
         if when is not None and now_ms - when <= self.window_ms:
             return True

@@ -232,7 +232,9 @@ class Pipeline:
             before = len(job.transitions)
             for item in decoded.inputs:
                 if isinstance(item, Reading):
-                    if item.seq is not None and self.dedup.seen(item.ref.device, item.seq, now_ms=message.received_ms):
+                    if item.seq is not None and self.dedup.seen(
+                        item.ref.device, item.seq, item.values, now_ms=message.received_ms
+                    ):
                         duplicates += 1
                         continue
                     presence.reading(item)

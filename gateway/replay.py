@@ -115,7 +115,11 @@ def replay(path: Path, *, config: FiregridConfig, rule_set: RuleSet) -> ReplayRe
             result.rejected[exc.reason.value] += 1
             continue
         for item in decoded.inputs:
-            if isinstance(item, Reading) and item.seq is not None and dedup.seen(item.ref.device, item.seq, now_ms=t):
+            if (
+                isinstance(item, Reading)
+                and item.seq is not None
+                and dedup.seen(item.ref.device, item.seq, item.values, now_ms=t)
+            ):
                 result.duplicates += 1
                 continue
             result.inputs += 1

@@ -7,8 +7,8 @@ fire) restarts its counter, and for up to ten minutes every new message whose ``
 reboot is dropped too, even though it carries a new timestamp and new values.  If the first of those says
 ``alarm: true``, the fire alarm is lost or late: the worst failure firegrid can have.
 
-Marked xfail (strict) until the gateway's dedup key tells a replay (same timestamp) from a new message (see the
-reliability report / docs/reliability.md); strict, so the marker must go when it is fixed.
+The dedup key is therefore the device, the ``seq`` and the sample's values: a replay repeats them, a rebooted
+detector's alarm does not.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from tests.test_gateway_helpers import Gateway, Publisher
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(strict=True, reason="dedup keys on (device, seq) only: a rebooted detector's alarm is dropped")
 def test_alarm_after_a_reboot_that_restarted_seq_is_not_a_duplicate(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     config, port = stack_config(tmp_path, mqtt_url=mosquitto.url, influx_url=None, rules=FAST_RULES)
     gateway = Gateway(config, port, tmp_path / "gateway.log").start()

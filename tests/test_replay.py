@@ -41,7 +41,8 @@ def recording() -> list[bytes]:
         out.append(line(second, "s3", "telemetry", {"ts": T0 + second * 1000, "obscuration": 0.1}))
     for second in range(20, 40):
         out.append(line(second, "s2", "telemetry", {"seq": second, "obscuration": 4.5}))  # ts absent: receipt time
-    out.append(line(20, "s2", "telemetry", {"seq": 39, "obscuration": 99.0}))  # a duplicate (device, seq): dropped
+    # the same sample twice (device, seq and values): a duplicate, dropped
+    out.append(line(20, "s2", "telemetry", {"seq": 39, "obscuration": 4.5}))
     out.append(line(41, "s1", "telemetry", "this is not json"))  # rejected: not_json
     out.append(line(42, "zz", "telemetry", {"obscuration": 1}))  # rejected: unknown device
     out.append(b'{"t": "yesterday"}')  # not a recording line
