@@ -78,6 +78,10 @@ class Notifier:
         self._db: ThreadPoolExecutor | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0}
+        # Webhook endpoints share the channel's workers; one endpoint may hold at most half of them, so a receiver
+        # that hangs until its timeout cannot keep the other endpoints' fire pages waiting behind its retries.
+        self.per_endpoint = max(1, self.workers // 2)
+        self._endpoint_busy: dict[str, int] = {}
         # Webhook outcomes waiting to be recorded: all those that finished while the previous round ran share one
         # commit (a commit per delivery would cap throughput at the disk's fsync rate).  Their rows stay excluded
         # from picking until recorded.
@@ -138,8 +142,9 @@ class Notifier:
                 outcomes, self._outcomes = self._outcomes, []
                 free = {channel: self.workers - n for channel, n in self._busy.items()}
                 skip = self._inflight.keys() | self._unflushed
+                endpoints = dict(self._endpoint_busy)
                 try:
-                    items, timeout = await self._io(self._plan, outcomes, free, skip)
+                    items, timeout = await self._io(self._plan, outcomes, free, skip, endpoints)
                 except Exception:  # e.g. the disk is full: keep trying, delivery must not die with one error
                     self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded)
                     log.exception("notifier round failed; retrying in 1 s")
@@ -171,9 +176,11 @@ class Notifier:
             self._loop = None
             self._wake = None
 
-    def _plan(self, outcomes: list[Outcome], free: dict[str, int], skip: set[int]) -> tuple[list[OutboxItem], float]:
+    def _plan(
+        self, outcomes: list[Outcome], free: dict[str, int], skip: set[int], endpoints: dict[str, int] | None = None
+    ) -> tuple[list[OutboxItem], float]:
         """One round on the database thread: record outcomes, escalate, prune, pick what is due.  Returns the rows
-        to start and how long to sleep at most."""
+        to start and how long to sleep at most.  ``endpoints``: webhook requests in flight per endpoint."""
         if outcomes:
             self.store.record_outcomes(outcomes)
             skip = skip - {o.id for o in outcomes}  # recorded now: a retry due at once may go in this round
@@ -192,7 +199,12 @@ class Notifier:
         items: list[OutboxItem] = []
         still_free: list[str] = []
         for channel, n in free.items():
-            picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel) if n > 0 else []
+            if n <= 0:
+                picked: list[OutboxItem] = []
+            elif channel == "webhook":
+                picked = self._pick_webhooks(now, n, skip, dict(endpoints or {}))
+            else:
+                picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel)
             items.extend(picked)
             if n - len(picked) > 0:
                 still_free.append(channel)
@@ -205,10 +217,32 @@ class Notifier:
             timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
         return items, timeout
 
+    def _pick_webhooks(self, now: int, n: int, skip: set[int], busy: dict[str, int]) -> list[OutboxItem]:
+        """Up to ``n`` due webhook rows in priority order, at most ``per_endpoint`` in flight per endpoint."""
+        picked: list[OutboxItem] = []
+        taken = set(skip)
+        while len(picked) < n:
+            full = [url for url, k in busy.items() if k >= self.per_endpoint]
+            rows = self.store.due(
+                now_ms=now, limit=n - len(picked), exclude=taken, channel="webhook", exclude_targets=full
+            )
+            if not rows:
+                break
+            for row in rows:
+                taken.add(row.id)
+                if busy.get(row.target, 0) < self.per_endpoint:
+                    busy[row.target] = busy.get(row.target, 0) + 1
+                    picked.append(row)
+        return picked
+
     def _start(self, items: list[OutboxItem]) -> None:
         for item in items:  # in priority order
             if item.id in self._inflight or self._busy[item.channel] >= self.workers:
                 continue
+            if item.channel == "webhook":
+                if self._endpoint_busy.get(item.target, 0) >= self.per_endpoint:
+                    continue
+                self._endpoint_busy[item.target] = self._endpoint_busy.get(item.target, 0) + 1
             self._busy[item.channel] += 1
             self._inflight[item.id] = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
 
@@ -236,6 +270,12 @@ class Notifier:
         finally:
             self._inflight.pop(item.id, None)
             self._busy[item.channel] -= 1
+            if item.channel == "webhook":
+                left = self._endpoint_busy.get(item.target, 1) - 1
+                if left > 0:
+                    self._endpoint_busy[item.target] = left
+                else:
+                    self._endpoint_busy.pop(item.target, None)
             self.wake()
 
     def _backoff(self, attempts: int) -> int:

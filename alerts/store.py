@@ -1015,9 +1015,16 @@ class AlertStore:
             return int(cur.rowcount)
 
     def due(
-        self, *, now_ms: int, limit: int = 100, exclude: Iterable[int] = (), channel: str | None = None
+        self,
+        *,
+        now_ms: int,
+        limit: int = 100,
+        exclude: Iterable[int] = (),
+        channel: str | None = None,
+        exclude_targets: Iterable[str] = (),
     ) -> list[OutboxItem]:
-        """Pending rows whose time has come, highest priority (fire) first, skipping ``exclude`` (in flight)."""
+        """Pending rows whose time has come, highest priority (fire) first, skipping ``exclude`` (in flight) and
+        rows for ``exclude_targets`` (endpoints already at their share of the workers)."""
         skip = set(exclude)
         # Walk the (channel, priority, id) index and stop after ``limit`` rows: never sort the whole backlog.
         sql = "SELECT * FROM outbox WHERE state = 'pending' AND next_ms <= ?"
@@ -1025,6 +1032,10 @@ class AlertStore:
         if channel is not None:
             sql = "SELECT * FROM outbox INDEXED BY outbox_due WHERE state = 'pending' AND channel = ? AND next_ms <= ?"
             args = [channel, now_ms]
+        targets = list(exclude_targets)
+        if targets:
+            sql += f" AND target NOT IN ({','.join('?' * len(targets))})"
+            args.extend(targets)
         sql += " ORDER BY priority DESC, id LIMIT ?"
         args.append(limit + len(skip))
         with self._lock:

@@ -8,8 +8,7 @@ broken third-party receiver makes the micro fire station's page late.
 Found: worse than late.  The notifier runs ``notify.workers`` (4) deliveries per channel and picks due rows in
 (priority, id) order, ``workers * 3`` at a time; A's rows come first and are retried as soon as their backoff ends,
 so all four webhook workers sit in A's timeouts over and over and B's later fire pages are never sent while A keeps
-hanging (40 s in this test).  Marked xfail (strict) until the notifier limits how many workers one endpoint may
-hold (see docs/reliability.md, "Known bugs"); strict, so the marker must go when it is fixed.
+hanging (40 s in this test).  The notifier now lets one endpoint hold at most half of the webhook workers.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ ALARMS = 10
 A_TIMEOUT_S = 3.0
 
 
-@pytest.mark.xfail(strict=True, reason="one hanging endpoint starves the others (shared webhook workers)")
 def test_a_hanging_receiver_does_not_delay_the_others(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     hanging = WebhookCounter(WEBHOOK_SECRET, path="/a").start()
     hanging.script = [("hang", 30.0)] * 1000
