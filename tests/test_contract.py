@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,13 +15,15 @@ from hypothesis import strategies as st
 from gateway.contract import (
     MAX_BATCH,
     MAX_PAYLOAD_BYTES,
+    SAMPLE_MODELS,
     DecodePolicy,
     Decoder,
     Reason,
     Rejected,
+    _Sample,
     parse_topic,
 )
-from rules.types import DeviceEvent, DeviceRef, Reading, StatusChange
+from rules.types import DeviceEvent, DeviceKind, DeviceRef, EventType, Reading, StatusChange
 
 NOW = 1_790_000_000_000
 REGISTRY = {
@@ -258,3 +261,38 @@ def test_random_bytes_never_raise_anything_but_a_rejection(topic: str, payload: 
 def test_valid_smoke_samples_always_decode(obscuration: float, battery: int) -> None:
     (reading,) = decode("sd-1", "telemetry", {"obscuration": obscuration, "battery": battery}).inputs
     assert reading.values["obscuration"] == obscuration
+
+
+# --- the written contract agrees with the models --------------------------------------------------------------------
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "telemetry.md").read_text(encoding="utf-8")
+
+
+def _table_rows(heading: str) -> list[list[str]]:
+    section = DOC.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_every_rejection_reason_is_documented_and_nothing_else() -> None:
+    documented = {row[0] for row in _table_rows("## Rejections")}
+    assert documented == {reason.value for reason in Reason}
+
+
+def test_every_metric_of_every_kind_is_documented() -> None:
+    per_kind = {(row[0], row[1]) for row in _table_rows("and the metrics of the device's kind")}
+    common = {row[0] for row in _table_rows("## `telemetry`")}
+    for kind, model in SAMPLE_MODELS.items():
+        for metric in model.metrics:
+            assert (kind.value, metric) in per_kind or metric in common, f"{kind.value}.{metric} is not in the doc"
+    for kind, metric in per_kind:
+        if metric != "—":
+            assert metric in SAMPLE_MODELS[DeviceKind(kind)].metrics, f"the doc lists {kind}.{metric}; the model not"
+    # every field the models accept besides the metrics is documented as a common field
+    assert set(_Sample.model_fields) <= common
+
+
+def test_event_types_in_the_doc_match_the_model() -> None:
+    section = DOC.split("## `event`", 1)[1].split("\n## ", 1)[0]
+    for event_type in EventType:
+        assert f"`{event_type.value}`" in section
