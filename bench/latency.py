@@ -19,9 +19,14 @@ import contextlib
 import itertools
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +148,7 @@ class Plan:
     drain_timeout_s: float = 60.0
     stall_s: float = 15.0  # InfluxDB's count unchanged this long: what is missing is counted lost
     crash: int = 0  # > 0: readings of a second burst in whose middle the system is SIGKILLed and restarted
+    profile_s: float = 15.0  # with --profile: how long py-spy samples, from the start of the burst
 
     @classmethod
     def quick(cls) -> Plan:
@@ -260,7 +266,49 @@ def _drain(
     return max(last, 0), math.nan
 
 
-def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path) -> PlanResult:
+def pyspy() -> str | None:
+    """The py-spy binary, when installed (``pip install py-spy``; not a dependency): $FIREGRID_PYSPY or PATH."""
+    return os.environ.get("FIREGRID_PYSPY") or shutil.which("py-spy")
+
+
+def start_profile(pid: int, out: Path, *, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Sample ``pid`` with py-spy for ``seconds`` into ``out`` (collapsed stacks), or None without py-spy."""
+    binary = pyspy()
+    if binary is None:
+        return None
+    argv = [binary, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "200"]
+    argv += ["--format", "raw", "--nonblocking", "--threads", "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: Path, *, top: int = 15) -> str:
+    """The hottest frames of a py-spy collapsed-stack file: self time and inclusive time, in % of samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")[1:]  # the first frame names the thread
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return "no samples"
+    out = [f"{total} samples", "self:"]
+    out += [f"  {n / total:6.1%}  {frame}" for frame, n in own.most_common(top)]
+    out.append("inclusive:")
+    out += [f"  {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top + 10)]
+    return "\n".join(out)
+
+
+def run_plan(
+    system: System, plan: Plan, *, community: Community, workdir: Path, profile: Path | None = None
+) -> PlanResult:
     """Fresh broker and InfluxDB, start the system, warm up with one alarm, then the steady phases, the burst and
     (when ``plan.crash``) a SIGKILL in the middle of a second burst."""
     result = PlanResult(system=system.label)
@@ -323,6 +371,7 @@ def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path)
                     ids = take_alarms(plan.burst_alarms)
                     keys = [community.alarm_device(i) for i in ids]
                     before = load.stats.sent
+                    spy = start_profile(system.pid, profile, seconds=plan.profile_s) if profile else None
                     burst_start = time.monotonic()
                     # The same generator continues: fresh seq numbers, so no reading is a replay of an earlier one.
                     thread, _stop, _stats = paced_in_thread(load, itertools.islice(telemetry, plan.burst), rate=None)
@@ -334,6 +383,8 @@ def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path)
                         alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
                     thread.join()
                     publish_s = time.monotonic() - burst_start
+                    if profile is not None and spy is None:
+                        result.notes.append("no profile: py-spy is not installed (pip install py-spy)")
                     published += plan.burst
                     result.burst_publish_rate = plan.burst / publish_s if publish_s > 0 else math.nan
                     expected = published + next_alarm  # every alarm reading is stored too
@@ -364,6 +415,12 @@ def run_plan(system: System, plan: Plan, *, community: Community, workdir: Path)
                         )
                     )
                 result.rss_peak_mb = rss.peak
+                if spy is not None and profile is not None:
+                    spy.wait(timeout=plan.profile_s + 30)
+                    if profile.exists():
+                        print(
+                            f"[profile] {system.label} during the burst:\n{summarize_profile(profile)}", file=sys.stderr
+                        )
                 if plan.crash:
                     result.crash_lost = _crash_phase(
                         system, svc=svc, load=load, telemetry=telemetry, plan=plan, result=result
@@ -563,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--mqtt-protocol", choices=("v5", "v311"), default=None, help="default: the config default")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy the gateway during the burst into this collapsed-stack file"
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     community = Community(n_devices=1000, n_buildings=50, n_alarms=plan.n_alarms)
@@ -572,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         system = FiregridSystem(mqtt_protocol=args.mqtt_protocol)
         try:
-            result = run_plan(system, plan, community=community, workdir=workdir)
+            result = run_plan(system, plan, community=community, workdir=workdir, profile=args.profile)
         except BenchError as exc:
             emit("latency", [], as_json=args.json, quick=args.quick, notes=[f"not measured: {exc}"])
             return 2

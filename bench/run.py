@@ -288,8 +288,10 @@ def render_block(
     runs = sorted({len(o.runs) for o in outcomes if o.runs})
     peer_rows = [r for r in rows if r.bench.startswith(PEER_BENCH)]
     main_rows = [r for r in rows if not r.bench.startswith(PEER_BENCH)]
+    ran = [o for o in outcomes if not o.skipped]
+    quick = quick or (bool(ran) and all(o.quick for o in ran))
     mode = "QUICK MODE: smoke-sized runs, indicative only" if quick else "full mode"
-    if not quick and any(o.quick for o in outcomes if not o.skipped):
+    if not quick and any(o.quick for o in ran):
         mode += "; benches marked (quick) ran their quick mode to fit the time budget"
     lines = [
         f"Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` ({mode}).",
