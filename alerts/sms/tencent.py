@@ -37,6 +37,16 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
+def tc3_signature(*, secret_key: str, service: str, timestamp: int, canonical_request: str) -> str:
+    """The TC3-HMAC-SHA256 signature of a canonical request (split out so that it can be checked against the
+    worked example in Tencent Cloud's documentation)."""
+    date = datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
+    scope = f"{date}/{service}/tc3_request"
+    to_sign = f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
+    key = _hmac(_hmac(_hmac(("TC3" + secret_key).encode(), date), service), "tc3_request")
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 def signed_headers(
     *, url: str, payload: bytes, secret_id: str, secret_key: str, action: str, region: str, timestamp: int
 ) -> dict[str, str]:
@@ -46,9 +56,7 @@ def signed_headers(
     signed = "content-type;host;x-tc-action"
     canonical = "\n".join(["POST", "/", "", canonical_headers, signed, hashlib.sha256(payload).hexdigest()])
     scope = f"{date}/{SERVICE}/tc3_request"
-    to_sign = f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    key = _hmac(_hmac(_hmac(("TC3" + secret_key).encode(), date), SERVICE), "tc3_request")
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = tc3_signature(secret_key=secret_key, service=SERVICE, timestamp=timestamp, canonical_request=canonical)
     return {
         "Authorization": f"TC3-HMAC-SHA256 Credential={secret_id}/{scope}, SignedHeaders={signed}, "
         f"Signature={signature}",
