@@ -341,27 +341,42 @@ class InfluxWriter:
 
     async def run(self) -> None:
         """Forever: write when ``batch_size`` points are pending or the oldest pending one has waited
-        ``flush_interval_s`` (alert points go at once)."""
-        first_pending: float | None = None
+        ``flush_interval_s`` (alert points go at once).
+
+        ``since`` is when the oldest point not yet written became pending.  Only a write that took everything that
+        was pending when it read restarts that clock (what is left then arrived during the write).  A write that
+        left older points behind (alert points only, or a batch cut short by ``batch_size``, a segment end or the
+        read window) keeps it: restarting it after every write let alert points arriving about once a flush
+        interval (the engine's tick raising timed rules after a burst) hold the telemetry tail back for as long as
+        they came."""
+        since: float | None = None
         while not self._stopping:
             pending = self.spool.pending_points
             now = time.monotonic()
             if pending == 0:
-                first_pending = None
+                since = None
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
                 continue
-            if first_pending is None:
-                first_pending = now
-            waited = now - first_pending
+            if since is None:
+                since = now
+            waited = now - since
             if (
                 pending >= self.config.batch_size
                 or self.spool.streams["alert"].pending_points
                 or waited >= self.config.flush_interval_s
             ):
-                await self.flush_once()
-                first_pending = None if self.spool.pending_points == 0 else time.monotonic()
+                read_at = time.monotonic()
+                batch = await self._flush()
+                if self.spool.pending_points == 0:
+                    since = None
+                elif batch is None:
+                    # Nothing readable although points are counted: the spool has corrected its count
+                    # (Spool.read); never spin on it.
+                    since = time.monotonic()
+                elif batch.rest == 0:
+                    since = read_at
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -369,13 +384,16 @@ class InfluxWriter:
 
     async def flush_once(self) -> bool:
         """Write one batch from the spool (retrying until it is in); False when the spool was empty."""
+        return await self._flush() is not None
+
+    async def _flush(self) -> Batch | None:
         batch = self.spool.read(self.config.batch_size)
         if batch is None:
-            return False
+            return None
         await self._write_batch(batch)
         self.spool.commit(batch)
         self.metrics.spool_committed(batch.points)
-        return True
+        return batch
 
     async def drain(self, *, timeout_s: float) -> None:
         """On shutdown: write what can be written within ``timeout_s``; the rest stays spooled for next start."""

@@ -22,7 +22,7 @@ import os
 import struct
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger("firegrid.spool")
@@ -45,6 +45,7 @@ class Batch:
     points: int
     end: tuple[int, int]  # (segment number, byte offset) just past the last record
     first_ts_ms: int
+    rest: int = 0  # points left in the spool (both streams) after this batch, when it was read
 
 
 @dataclass(slots=True)
@@ -84,18 +85,35 @@ class _Stream:
             if number < self.cursor[0]:
                 path.unlink(missing_ok=True)  # fully written to InfluxDB before the last stop
                 continue
-            size, points, first_ts, after_cursor = self._scan(path, number)
+            size, points, first_ts, after_cursor, aligned = self._scan(path, number)
+            if number == self.cursor[0] and not aligned:
+                # Not a record boundary of its segment: the cursor belongs to an earlier segment of the same number
+                # (earlier versions reused a segment's number once the writer had caught up with it, full).  Write
+                # the whole segment again: points are idempotent, and none is stranded behind a stale cursor.
+                log.warning(
+                    "spool %s: cursor %d is not a record boundary of %s (%d bytes); re-reading the segment",
+                    self.name,
+                    self.cursor[1],
+                    path.name,
+                    size,
+                )
+                self.cursor = (number, 0)
+                after_cursor = points
             self.segments.append(_Segment(number, path, size, points, first_ts))
             self.pending_points += after_cursor
         if self.segments and self.cursor[0] < self.segments[0].number:
             self.cursor = (self.segments[0].number, 0)
 
-    def _scan(self, path: Path, number: int) -> tuple[int, int, int, int]:
-        """Validate a segment; truncate a torn tail.  Returns (size, points, first ts, points after cursor)."""
+    def _scan(self, path: Path, number: int) -> tuple[int, int, int, int, bool]:
+        """Validate a segment; truncate a torn tail.  Returns (size, points, first ts, points after cursor, whether
+        the cursor, when it is in this segment, is on a record boundary)."""
         data = path.read_bytes()
         offset = points = after = 0
         first_ts = 0
+        aligned = number != self.cursor[0] or self.cursor[1] == 0
         while offset + _HEADER.size <= len(data):
+            if offset == self.cursor[1] and number == self.cursor[0]:
+                aligned = True
             length, count, crc, ts = _HEADER.unpack_from(data, offset)
             end = offset + _HEADER.size + length
             if end > len(data) or zlib.crc32(data[offset + _HEADER.size : end]) != crc:
@@ -106,12 +124,14 @@ class _Stream:
             if (number, offset) >= self.cursor:
                 after += count
             offset = end
+        if offset == self.cursor[1] and number == self.cursor[0]:
+            aligned = True  # at the end: everything in it was written
         if offset != len(data):
             log.warning("spool segment %s: truncating a torn record (%d bytes)", path.name, len(data) - offset)
             with path.open("r+b") as fh:
                 fh.truncate(offset)
                 os.fsync(fh.fileno())
-        return offset, points, first_ts, after
+        return offset, points, first_ts, after, aligned
 
     # --- writing ---------------------------------------------------------------------------------------------
 
@@ -120,7 +140,10 @@ class _Stream:
             if self._fh is not None:
                 self._fh.close()  # type: ignore[attr-defined]
                 self._fh = None
-            number = self.segments[-1].number + 1 if self.segments else max(self.cursor[0], 1)
+            # After the cursor's segment, never at its number: when the writer has caught up with a full segment,
+            # commit() deletes it and the cursor stays at its end, so a new file of the same number would be read
+            # from that offset (nothing, until it grew past it, then from the middle of a record).
+            number = self.segments[-1].number + 1 if self.segments else self.cursor[0] + 1
             self.segments.append(_Segment(number, self.dir / f"{number:012d}.seg", 0, 0, 0))
         if self._fh is None:
             self._fh = self.segments[-1].path.open("ab")
@@ -184,8 +207,20 @@ class _Stream:
             if len(lines) >= max_points or offset + pos < segment.size:
                 break  # full, or this segment has more (never skip ahead to the next one)
         if not lines:
+            if self.pending_points:  # nothing after the cursor: the count is wrong, not the data
+                log.warning(
+                    "spool %s: %d points counted but none readable; count reset", self.name, self.pending_points
+                )
+                self.pending_points = 0
             return None
-        return Batch(stream=self.name, lines=lines, points=len(lines), end=end, first_ts_ms=first_ts)
+        return Batch(
+            stream=self.name,
+            lines=lines,
+            points=len(lines),
+            end=end,
+            first_ts_ms=first_ts,
+            rest=max(0, self.pending_points - len(lines)),
+        )
 
     def commit(self, batch: Batch) -> None:
         """InfluxDB has ``batch``: move the cursor past it and delete segments that are fully written."""
@@ -246,13 +281,23 @@ class _Stream:
         return sum(s.size for s in self.segments)
 
     def oldest_pending_ts(self) -> int | None:
+        """The timestamp of the first record after the cursor (not of its segment's first record, which may have
+        been written long ago)."""
         for segment in self.segments:
-            if (
-                segment.number >= self.cursor[0]
-                and segment.points
-                and segment.size > (self.cursor[1] if segment.number == self.cursor[0] else 0)
-            ):
+            start = self.cursor[1] if segment.number == self.cursor[0] else 0
+            if segment.number < self.cursor[0] or not segment.points or segment.size <= start:
+                continue
+            if start == 0:
                 return segment.first_ts_ms
+            try:
+                with segment.path.open("rb") as fh:
+                    fh.seek(start)
+                    header = fh.read(_HEADER.size)
+            except OSError:
+                return segment.first_ts_ms
+            if len(header) < _HEADER.size:
+                return segment.first_ts_ms
+            return int(_HEADER.unpack(header)[3])
         return None
 
     def close(self) -> None:
@@ -318,7 +363,11 @@ class Spool:
     def read(self, max_points: int) -> Batch | None:
         """Alert points first: a fire is never queued behind telemetry on its way to InfluxDB either."""
         with self._lock:
-            return self.streams["alert"].read(max_points) or self.streams["telemetry"].read(max_points)
+            alert, telemetry = self.streams["alert"], self.streams["telemetry"]
+            batch = alert.read(max_points)
+            if batch is not None:
+                return replace(batch, rest=batch.rest + telemetry.pending_points)
+            return telemetry.read(max_points)  # (the alert stream has nothing after its cursor)
 
     def commit(self, batch: Batch) -> None:
         with self._lock:

@@ -4,6 +4,8 @@ a test needs 503/429/Retry-After)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -30,7 +32,8 @@ def _lines(n: int, *, start_ms: int = 1_700_000_000_000, device: str = "d001") -
 
 
 def _writer(tmp_path: Path, url: str, **overrides: object) -> tuple[InfluxWriter, Spool, DeadLetters, Metrics]:
-    config = InfluxConfig(url=url, batch_size=500, flush_interval_s=0.05, timeout_s=2, **overrides)  # type: ignore[arg-type]
+    settings: dict[str, object] = {"batch_size": 500, "flush_interval_s": 0.05, "timeout_s": 2, **overrides}
+    config = InfluxConfig(url=url, **settings)  # type: ignore[arg-type]
     spool = Spool(tmp_path / "spool", max_bytes=64 * 1_048_576)
     dead = DeadLetters(tmp_path / "dead.sqlite")
     metrics = Metrics()
@@ -181,3 +184,142 @@ def test_spool_survives_a_torn_tail(tmp_path: Path) -> None:
     reopened.append(telemetry=_lines(5, start_ms=1_800_000_000_000), alerts=[], first_ts_ms=0)
     everything = reopened.read(1000)
     assert everything is not None and everything.points == 15
+
+
+async def _until(condition, *, within: float, what: str) -> float:
+    """Await ``condition()`` (run in a thread: it may query InfluxDB) to become true; the seconds it took."""
+    started = time.monotonic()
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _alert(i: int) -> bytes:
+    return alert_line(
+        AlertTransition(
+            transition="raised",
+            key=f"smoke-obscuration/b01/a{i:03d}",
+            rule="smoke-obscuration",
+            severity=Severity.FIRE,
+            building="b01",
+            floor=1,
+            device=f"a{i:03d}",
+            ts_ms=1_700_000_000_000 + i,
+            reason="smoke obscuration: obscuration >= 3 for 5 s",
+        )
+    )
+
+
+async def test_burst_tail_is_written_while_alert_points_keep_coming(tmp_path: Path, influx: InfluxServer) -> None:
+    """A telemetry burst, then silence, while an alert point arrives more often than ``flush_interval_s`` (the
+    engine's tick raising timed rules after a burst of alarms does that): the tail of the burst, less than a batch,
+    is in InfluxDB within about one flush interval.  Each alert point is written at once, and that write must not
+    restart the tail's clock (it did: the tail stayed spooled for as long as the alert points came)."""
+    interval = 0.5
+    writer, spool, _dead, _metrics = _writer(tmp_path, influx.url, flush_interval_s=interval)
+    burst = _lines(1_250)  # two full batches of 500 and a tail of 250
+    alerts_sent = 0
+    stop_alerts = asyncio.Event()
+
+    async def alert_source() -> None:
+        nonlocal alerts_sent
+        while not stop_alerts.is_set():
+            spool.append(telemetry=[], alerts=[_alert(alerts_sent)], first_ts_ms=0)
+            alerts_sent += 1
+            writer.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_alerts.wait(), interval / 5)  # pacing the source, 5 per interval
+
+    task = asyncio.create_task(writer.run())
+    source = asyncio.create_task(alert_source())
+    try:
+        for start in range(0, len(burst), 125):
+            spool.append(telemetry=burst[start : start + 125], alerts=[], first_ts_ms=0)
+            writer.wake()
+        took = await _until(
+            lambda: influx.count("smoke", "obscuration") == len(burst),
+            within=10 * interval,
+            what="the burst's tail in InfluxDB while alert points keep coming",
+        )
+        assert took < 10 * interval
+        assert alerts_sent >= 2  # the alert points did come meanwhile
+        stop_alerts.set()
+        await source
+        await _until(
+            lambda: influx.count("alert", "reason") == alerts_sent, within=10 * interval, what="every alert point"
+        )
+        await _until(lambda: spool.pending_points == 0, within=10 * interval, what="an empty spool")
+    finally:
+        stop_alerts.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await writer.close()
+
+
+async def test_writer_caught_up_with_a_full_segment(tmp_path: Path, influx: InfluxServer) -> None:
+    """The writer drains a full segment to its end, so the spool deletes it; the points appended next go to a new
+    segment that is read from its start (the number was reused and read from the old segment's end: nothing was
+    readable until it grew past that offset, then a record's middle) and survive a restart."""
+    config = InfluxConfig(url=influx.url, batch_size=500, flush_interval_s=0.05, timeout_s=2)
+    spool = Spool(tmp_path / "spool", max_bytes=32_768)  # segments of 4,096 bytes
+    stream = spool.streams["telemetry"]
+    writer = InfluxWriter(
+        config=config, spool=spool, dead_letters=DeadLetters(tmp_path / "dead.sqlite"), metrics=Metrics()
+    )
+    try:
+        sent = 0
+        while not stream.segments or stream.segments[-1].size < stream.segment_bytes:
+            spool.append(telemetry=_lines(1, start_ms=1_700_000_000_000 + sent), alerts=[], first_ts_ms=0)
+            sent += 1
+        while await writer.flush_once():
+            pass
+        assert stream.segments == []  # caught up with a full segment: deleted
+        spool.append(telemetry=_lines(5, start_ms=1_800_000_000_000), alerts=[], first_ts_ms=0)
+        spool.close()
+        spool = Spool(tmp_path / "spool", max_bytes=32_768)  # (a restart, too)
+        writer.spool = spool
+        assert spool.pending_points == 5
+        while await writer.flush_once():
+            pass
+        assert spool.pending_points == 0
+        assert influx.count("smoke", "obscuration") == sent + 5
+    finally:
+        await writer.close()
+        spool.close()
+
+
+def test_spool_stale_cursor_rereads_its_segment(tmp_path: Path) -> None:
+    """A cursor that is not on a record boundary of its segment (left behind by the segment-number reuse above) is
+    reset to the segment's start on open: the points are written again (idempotent), none is stranded."""
+    spool = Spool(tmp_path / "spool", max_bytes=1_048_576)
+    spool.append(telemetry=_lines(3), alerts=[], first_ts_ms=0)
+    spool.append(telemetry=_lines(4, start_ms=1_700_000_001_000), alerts=[], first_ts_ms=0)
+    spool.close()
+    segment = next((tmp_path / "spool" / "telemetry").glob("*.seg"))
+    for offset in (segment.stat().st_size + 500, 7):  # past the end; inside the first record
+        (tmp_path / "spool" / "telemetry" / "cursor.json").write_text(
+            json.dumps({"segment": int(segment.stem), "offset": offset})
+        )
+        reopened = Spool(tmp_path / "spool", max_bytes=1_048_576)
+        assert reopened.pending_points == 7
+        batch = reopened.read(100)
+        assert batch is not None and batch.points == 7 and batch.lines[0] == _lines(1)[0]
+        reopened.close()
+
+
+def test_spool_age_is_the_first_pending_record(tmp_path: Path) -> None:
+    """``oldest_pending_ts`` (firegrid_spool_age_seconds) is the record after the cursor, not the segment's first."""
+    spool = Spool(tmp_path / "spool", max_bytes=1_048_576)
+    spool.append(telemetry=_lines(3), alerts=[], first_ts_ms=1_000)
+    spool.append(telemetry=_lines(3), alerts=[], first_ts_ms=2_000)
+    first = spool.read(3)
+    assert first is not None and first.points == 3 and first.rest == 3
+    spool.commit(first)
+    assert spool.oldest_pending_ts() == 2_000
+    rest = spool.read(100)
+    assert rest is not None and rest.rest == 0
+    spool.commit(rest)
+    assert spool.oldest_pending_ts() is None
