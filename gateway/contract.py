@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -202,26 +202,31 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
+def _json_error(payload: bytes, exc: orjson.JSONDecodeError) -> Rejected:
+    """The rejection for a payload orjson refused: ``non_finite`` for NaN/Infinity, ``not_json`` for the rest."""
+    message = str(exc)
+    if "infinity" in message:
+        return Rejected(Reason.NON_FINITE, "a number is infinite")
+    # ("-Infinity" fails as "no digit after sign", NaN/Infinity as "unexpected character")
+    if ("unexpected character" in message or "no digit after sign" in message) and (
+        b"NaN" in payload or b"Infinity" in payload
+    ):
+        # orjson refuses the non-standard constants outright; find out whether that is all that is wrong
+        try:
+            json.loads(payload, parse_constant=_refuse_constant)
+        except _NonFinite as nf:
+            return Rejected(Reason.NON_FINITE, f"{nf} is not a finite number")
+        except (ValueError, RecursionError):
+            pass
+    return Rejected(Reason.NOT_JSON, message.split(":")[0][:200])
+
+
 def parse_json(payload: bytes) -> Any:
     """Parse JSON, telling apart NaN/Infinity (``non_finite``) from other malformed input (``not_json``)."""
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        message = str(exc)
-        if "infinity" in message:
-            raise Rejected(Reason.NON_FINITE, "a number is infinite") from None
-        # ("-Infinity" fails as "no digit after sign", NaN/Infinity as "unexpected character")
-        if ("unexpected character" in message or "no digit after sign" in message) and (
-            b"NaN" in payload or b"Infinity" in payload
-        ):
-            # orjson refuses the non-standard constants outright; find out whether that is all that is wrong
-            try:
-                json.loads(payload, parse_constant=_refuse_constant)
-            except _NonFinite as nf:
-                raise Rejected(Reason.NON_FINITE, f"{nf} is not a finite number") from None
-            except (ValueError, RecursionError):
-                pass
-        raise Rejected(Reason.NOT_JSON, message.split(":")[0][:200]) from None
+        raise _json_error(payload, exc) from None
 
 
 def parse_ts(value: int | str | None, *, received_ms: int) -> int:
@@ -258,9 +263,18 @@ class Decoded:
 
 Registry = Mapping[str, DeviceRef] | Callable[[str], DeviceRef | None]
 
+# Per kind: pydantic-core's validator of the sample model (what ``model_validate`` calls, without its Python wrapper)
+# and the metrics a reading carries, in the model's order.
+_SAMPLE_VALIDATORS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    name: (model.__pydantic_validator__, model.metrics) for name, model in _MODELS_BY_NAME.items()
+}
+_EVENT_VALIDATOR = EventPayload.__pydantic_validator__
+TOPIC_CACHE_SIZE = 65_536  # parsed topics kept per decoder; a district's devices times their channels fit easily
+
 
 class Decoder:
-    """Judges one MQTT message against the contract.  Stateless apart from the registry it is given."""
+    """Judges one MQTT message against the contract.  Stateless apart from the registry it is given (and a bounded
+    cache of the topics it has parsed, which never changes a verdict)."""
 
     def __init__(self, *, prefix: str, registry: Registry, policy: DecodePolicy | None = None) -> None:
         self._prefix = prefix
@@ -268,10 +282,19 @@ class Decoder:
             self._lookup: Callable[[str], DeviceRef | None] = registry.get
         else:
             self._lookup = registry
-        self._policy = policy or DecodePolicy()
+        self._policy = policy = policy or DecodePolicy()
+        self._future_ms = policy.max_future_skew_ms
+        self._max_age_ms = policy.max_age_ms
+        # topic -> its parts, for valid topics only (a bad topic is parsed again each time, and rejected again)
+        self._topics: dict[str, Topic] = {}
 
     def decode(self, topic: str, payload: bytes, *, received_ms: int) -> Decoded:
-        parsed_topic = parse_topic(topic, self._prefix)
+        parsed_topic = self._topics.get(topic)
+        if parsed_topic is None:
+            parsed_topic = parse_topic(topic, self._prefix)
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = parsed_topic
         try:
             return self._decode(parsed_topic, payload, received_ms)
         except Rejected as rej:
@@ -282,28 +305,32 @@ class Decoder:
     def _decode(self, topic: Topic, payload: bytes, received_ms: int) -> Decoded:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise Rejected(Reason.OVERSIZE, f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
-        if topic.channel == "status":
+        channel = topic.channel
+        if channel == "status":
             return self._status(topic, payload, received_ms)
+        # orjson checks the whole buffer is UTF-8 before it parses anything, so a parsed document was valid UTF-8
+        # (tests/test_contract.py holds orjson to that); only a refused one needs telling apart.
         try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Rejected(Reason.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
-        document = parse_json(payload)
-        if topic.channel == "event":
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise Rejected(Reason.NOT_UTF8, f"invalid UTF-8 at byte {bad.start}") from None
+            raise _json_error(payload, exc) from None
+        if channel == "event":
             if not isinstance(document, dict):
                 raise Rejected(Reason.WRONG_SHAPE, "an event must be a JSON object")
             return self._event(topic, document, received_ms)
         if isinstance(document, dict):
-            samples: list[Any] = [document]
-        elif isinstance(document, list):
+            return self._telemetry_one(topic, document, received_ms)
+        if isinstance(document, list):
             if not document:
                 raise Rejected(Reason.WRONG_SHAPE, "an empty batch")
             if len(document) > MAX_BATCH:
                 raise Rejected(Reason.TOO_MANY, f"{len(document)} samples in one batch, limit {MAX_BATCH}")
-            samples = document
-        else:
-            raise Rejected(Reason.WRONG_SHAPE, "telemetry must be a JSON object or an array of objects")
-        return self._telemetry(topic, samples, received_ms)
+            return self._telemetry(topic, document, received_ms)
+        raise Rejected(Reason.WRONG_SHAPE, "telemetry must be a JSON object or an array of objects")
 
     def _ref(self, topic: Topic, payload_kind: DeviceKind | str | None) -> DeviceRef:
         ref = self._lookup(topic.device)
@@ -318,9 +345,9 @@ class Decoder:
         return DeviceRef(building=topic.building, device=topic.device, kind=str(payload_kind), registered=False)
 
     def _check_time(self, ts: int, received_ms: int) -> tuple[int, bool]:
-        if ts > received_ms + self._policy.max_future_skew_ms:
+        if ts > received_ms + self._future_ms:
             return received_ms, True
-        if ts < received_ms - self._policy.max_age_ms:
+        if ts < received_ms - self._max_age_ms:
             raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
         return ts, False
 
@@ -334,42 +361,109 @@ class Decoder:
         except (ValueError, TypeError):
             raise Rejected(Reason.WRONG_TYPE, f"kind must be one of {', '.join(DeviceKind)}") from None
 
-    def _telemetry(self, topic: Topic, samples: list[Any], received_ms: int) -> Decoded:
+    def _telemetry(self, topic: Topic, samples: Sequence[Any], received_ms: int) -> Decoded:
+        # The checks run in the contract's order (shape, kind, device, then per sample: shape, model, id, kind,
+        # time), so that a message breaking several rules is always rejected for the same one.
         first = samples[0]
         if not isinstance(first, dict):
             raise Rejected(Reason.WRONG_SHAPE, "each sample must be a JSON object")
-        ref = self._ref(topic, self._kind_of(first))
-        model = _MODELS_BY_NAME.get(ref.kind)
-        if model is None:  # a registry entry of a kind the contract does not know
+        payload_kind = self._kind_of(first) if "kind" in first else None
+        ref = self._lookup(topic.device)
+        if ref is None or ref.building != topic.building:
+            ref = self._ref(topic, payload_kind)
+        entry = _SAMPLE_VALIDATORS.get(ref.kind)
+        if entry is None:  # a registry entry of a kind the contract does not know
             raise Rejected(Reason.UNKNOWN_DEVICE, f"unknown kind {ref.kind!r}")
+        validate, metrics = entry[0].validate_python, entry[1]
+        device = topic.device
+        kind = ref.kind
+        future = received_ms + self._future_ms
+        oldest = received_ms - self._max_age_ms
+        single = len(samples) == 1
         inputs: list[Input] = []
         skewed = 0
-        for index, raw in enumerate(samples):
+        index = 0
+        for raw in samples:
             if not isinstance(raw, dict):
                 raise Rejected(Reason.WRONG_SHAPE, f"sample {index} is not a JSON object")
             try:
-                sample = model.model_validate(raw)
+                fields = validate(raw).__dict__
             except ValidationError as exc:
                 reason, detail = _reason_for(exc)
-                raise Rejected(reason, detail if len(samples) == 1 else f"sample {index}: {detail}") from None
-            if sample.device is not None and sample.device != topic.device:
-                raise Rejected(Reason.SPOOFED_ID, f"payload names device {sample.device[:64]!r}")
-            if sample.kind is not None and sample.kind != ref.kind:
-                raise Rejected(Reason.WRONG_TYPE, f"kind {sample.kind.value!r} but the registry says {ref.kind!r}")
-            ts, skew = self._check_time(parse_ts(sample.ts, received_ms=received_ms), received_ms)
-            skewed += skew
+                raise Rejected(reason, detail if single else f"sample {index}: {detail}") from None
+            named = fields["device"]
+            if named is not None and named != device:
+                raise Rejected(Reason.SPOOFED_ID, f"payload names device {named[:64]!r}")
+            sample_kind = fields["kind"]
+            if sample_kind is not None and sample_kind != kind:
+                raise Rejected(Reason.WRONG_TYPE, f"kind {sample_kind.value!r} but the registry says {kind!r}")
+            ts = fields["ts"]
+            if ts is None:
+                ts = received_ms
+            elif isinstance(ts, int):
+                if ts < 0:
+                    raise Rejected(Reason.BAD_TIMESTAMP, "ts must be non-negative epoch milliseconds")
+            else:
+                ts = parse_ts(ts, received_ms=received_ms)
+            if ts > future:
+                ts = received_ms
+                skewed += 1
+            elif ts < oldest:
+                raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
             values: dict[str, MetricValue] = {}
-            for name in model.metrics:
-                value = getattr(sample, name)
+            for name in metrics:
+                value = fields[name]
                 if value is not None:
                     values[name] = value
-            inputs.append(Reading(ref=ref, ts_ms=ts, values=values, seq=sample.seq, drill=sample.drill))
-        return Decoded(topic=topic, inputs=tuple(inputs), clock_skew=skewed)
+            # positional: Reading(ref, ts_ms, values, seq, drill), a little cheaper than keywords per sample
+            inputs.append(Reading(ref, ts, values, fields["seq"], fields["drill"]))
+            index += 1
+        return Decoded(topic, tuple(inputs), skewed)
+
+    def _telemetry_one(self, topic: Topic, raw: dict[str, Any], received_ms: int) -> Decoded:
+        """:meth:`_telemetry` for the usual message, one sample: the same checks in the same order, unrolled."""
+        payload_kind = self._kind_of(raw) if "kind" in raw else None
+        ref = self._lookup(topic.device)
+        if ref is None or ref.building != topic.building:
+            ref = self._ref(topic, payload_kind)
+        entry = _SAMPLE_VALIDATORS.get(ref.kind)
+        if entry is None:  # a registry entry of a kind the contract does not know
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"unknown kind {ref.kind!r}")
+        try:
+            fields = entry[0].validate_python(raw).__dict__
+        except ValidationError as exc:
+            raise Rejected(*_reason_for(exc)) from None
+        named = fields["device"]
+        if named is not None and named != topic.device:
+            raise Rejected(Reason.SPOOFED_ID, f"payload names device {named[:64]!r}")
+        sample_kind = fields["kind"]
+        if sample_kind is not None and sample_kind != ref.kind:
+            raise Rejected(Reason.WRONG_TYPE, f"kind {sample_kind.value!r} but the registry says {ref.kind!r}")
+        ts = fields["ts"]
+        if ts is None:
+            ts = received_ms
+        elif isinstance(ts, int):
+            if ts < 0:
+                raise Rejected(Reason.BAD_TIMESTAMP, "ts must be non-negative epoch milliseconds")
+        else:
+            ts = parse_ts(ts, received_ms=received_ms)
+        skewed = 0
+        if ts > received_ms + self._future_ms:
+            ts = received_ms
+            skewed = 1
+        elif ts < received_ms - self._max_age_ms:
+            raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
+        values: dict[str, MetricValue] = {}
+        for name in entry[1]:
+            value = fields[name]
+            if value is not None:
+                values[name] = value
+        return Decoded(topic, (Reading(ref, ts, values, fields["seq"], fields["drill"]),), skewed)
 
     def _event(self, topic: Topic, document: dict[str, Any], received_ms: int) -> Decoded:
         ref = self._ref(topic, self._kind_of(document))
         try:
-            event = EventPayload.model_validate(document)
+            event = _EVENT_VALIDATOR.validate_python(document)
         except ValidationError as exc:
             reason, detail = _reason_for(exc)
             raise Rejected(reason, detail) from None
@@ -377,7 +471,7 @@ class Decoder:
             raise Rejected(Reason.SPOOFED_ID, f"payload names device {event.device[:64]!r}")
         ts, skew = self._check_time(parse_ts(event.ts, received_ms=received_ms), received_ms)
         decoded = DeviceEvent(ref=ref, ts_ms=ts, type=event.type.value, detail=event.detail, drill=event.drill)
-        return Decoded(topic=topic, inputs=(decoded,), clock_skew=int(skew))
+        return Decoded(topic, (decoded,), int(skew))
 
     def _status(self, topic: Topic, payload: bytes, received_ms: int) -> Decoded:
         text = payload.strip()
@@ -390,7 +484,7 @@ class Decoder:
             ref = DeviceRef(building=topic.building, device=topic.device, kind="unknown", registered=False)
         elif ref.building != topic.building:
             raise Rejected(Reason.WRONG_BUILDING, f"device {topic.device!r} belongs to building {ref.building!r}")
-        return Decoded(topic=topic, inputs=(StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),))
+        return Decoded(topic, (StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),))
 
 
 def registry_from_config(config: Any) -> dict[str, DeviceRef]:

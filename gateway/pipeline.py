@@ -204,7 +204,7 @@ class Pipeline:
 
     def _process_sync(self, batch: list[Incoming]) -> Job:
         job = Job()
-        decoder = self.decoder
+        decode = self.decoder.decode
         engine = self.engine
         presence = self.presence
         for index, message in enumerate(batch):
@@ -214,7 +214,7 @@ class Pipeline:
             if message.topic.startswith(self._gateway_topics):
                 continue
             try:
-                decoded = decoder.decode(message.topic, message.payload, received_ms=message.received_ms)
+                decoded = decode(message.topic, message.payload, received_ms=message.received_ms)
             except Rejected as exc:
                 self.rejections.record(exc, topic=message.topic, now_ms=message.received_ms)
                 continue

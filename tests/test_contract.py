@@ -16,6 +16,7 @@ from gateway.contract import (
     MAX_BATCH,
     MAX_PAYLOAD_BYTES,
     SAMPLE_MODELS,
+    TOPIC_CACHE_SIZE,
     DecodePolicy,
     Decoder,
     Reason,
@@ -261,6 +262,139 @@ def test_random_bytes_never_raise_anything_but_a_rejection(topic: str, payload: 
 def test_valid_smoke_samples_always_decode(obscuration: float, battery: int) -> None:
     (reading,) = decode("sd-1", "telemetry", {"obscuration": obscuration, "battery": battery}).inputs
     assert reading.values["obscuration"] == obscuration
+
+
+def _verdict(topic: str, payload: bytes) -> tuple[object, ...]:
+    try:
+        decoded = DECODER.decode(topic, payload, received_ms=NOW)
+    except Rejected as rej:
+        return ("rejected", rej.reason, rej.detail, rej.building, rej.device)
+    return ("accepted", decoded.inputs, decoded.clock_skew)
+
+
+# samples close to valid, so that the checks after the model (device, kind, time) are reached as well
+plausible = st.sampled_from(
+    [
+        *(0, 1, 2.5, 87, -71, 101, -1, True, False, None, "E12", "sd-1", "sd-2", "smoke", "heat", "x" * 65),
+        *(NOW - 1000, NOW + 3_600_000, NOW - 365 * 86_400_000, "2026-09-21T10:00:00+08:00", "2026-09-21T10:00:00"),
+    ]
+)
+plausible_samples = st.dictionaries(metric_names, plausible, max_size=6)
+ODD = Decoder(prefix="firegrid", registry={**REGISTRY, "odd-1": DeviceRef(building="b1", device="odd-1", kind="pump")})
+
+
+def _verdict(topic: str, payload: bytes, decoder: Decoder = DECODER) -> tuple[object, ...]:
+    try:
+        decoded = decoder.decode(topic, payload, received_ms=NOW)
+    except Rejected as rej:
+        return ("rejected", rej.reason, rej.detail, rej.building, rej.device)
+    return ("accepted", decoded.inputs, decoded.clock_skew)
+
+
+def _alike(device: str, sample: object, building: str = "b1", decoder: Decoder = DECODER) -> tuple[object, ...]:
+    topic = f"firegrid/{building}/{device}/telemetry"
+    try:
+        alone, batch = orjson.dumps(sample), orjson.dumps([sample])
+    except (TypeError, orjson.JSONEncodeError):
+        alone, batch = json.dumps(sample).encode(), json.dumps([sample]).encode()
+    one = _verdict(topic, alone, decoder)
+    assert one == _verdict(topic, batch, decoder), sample
+    return one
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    device=st.sampled_from([*REGISTRY, "ghost", "new-1"]),
+    building=st.sampled_from(["b1", "b1", "b2"]),
+    sample=st.one_of(samples, plausible_samples),
+)
+def test_one_sample_and_a_batch_of_one_are_judged_alike(device: str, building: str, sample: dict[str, object]) -> None:
+    """The decoder has an unrolled path for the usual single-object message; it must agree with the batch path on
+    every verdict, reason and detail (a batch of one names no sample index)."""
+    _alike(device, sample, building)
+    _alike(device, sample, building, STRICT)
+
+
+@pytest.mark.parametrize(
+    ("device", "sample", "outcome"),
+    [
+        ("sd-1", {"ts": NOW - 5, "seq": 3, "obscuration": 2.5, "alarm": True, "battery": 80, "rssi": -60}, "accepted"),
+        ("ht-1", {"ts": "2026-09-21T10:00:00+08:00", "celsius": 21, "device": "ht-1", "kind": "heat"}, "accepted"),
+        ("ex-1", {"ts": NOW + 3_600_000, "pressure_mpa": 1.1, "present": False, "drill": True}, "accepted"),
+        ("new-1", {"kind": "heat", "celsius": 30}, "accepted"),
+        ("sd-1", {"kind": "heat", "obscuration": 1}, Reason.WRONG_TYPE),
+        ("sd-1", {"kind": 5, "obscuration": 1}, Reason.WRONG_TYPE),
+        ("sd-1", {"device": "sd-2", "obscuration": 1}, Reason.SPOOFED_ID),
+        ("sd-1", {"device": "sd-2", "obscuration": 101}, Reason.OUT_OF_RANGE),
+        ("sd-1", {"ts": -1}, Reason.BAD_TIMESTAMP),
+        ("sd-1", {"ts": "2026-09-21T10:00:00"}, Reason.BAD_TIMESTAMP),
+        ("sd-1", {"ts": NOW - 365 * 86_400_000}, Reason.STALE),
+        ("ghost", {"obscuration": 1}, Reason.UNKNOWN_DEVICE),
+        ("odd-1", {"obscuration": 1}, Reason.UNKNOWN_DEVICE),
+    ],
+)
+def test_each_check_alike_through_both_paths(device: str, sample: dict[str, object], outcome: object) -> None:
+    verdict = _alike(device, sample, decoder=ODD)
+    assert verdict[0] == "accepted" if outcome == "accepted" else verdict[1] == outcome, verdict
+    elsewhere = _alike(device, sample, building="b2", decoder=ODD)
+    if device in REGISTRY:  # a registered device under another building (only a bad "kind" is judged before that)
+        assert elsewhere[1] in (Reason.WRONG_BUILDING, Reason.WRONG_TYPE), elsewhere
+
+
+def test_skew_counted_alike_through_both_paths() -> None:
+    verdict = _alike("ex-1", {"ts": NOW + 3_600_000, "pressure_mpa": 1.1})
+    assert verdict[0] == "accepted" and verdict[2] == 1
+
+
+@settings(max_examples=1000, deadline=None)
+@given(payload=st.one_of(st.binary(max_size=40), st.binary(max_size=40).map(lambda b: b'"' + b + b'"')))
+def test_orjson_refuses_whatever_is_not_utf8(payload: bytes) -> None:
+    """The decoder leaves the UTF-8 check to orjson (which checks the whole buffer before parsing) and tells
+    ``not_utf8`` apart only when orjson refused; this holds orjson to that."""
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return
+    payload.decode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"fault": "\xff"}',
+        b'{"obscuration": 1}\xff',
+        b'"\xed\xa0\x80"',
+        b'"\xc0\xaf"',
+        b'"\xf4\x90\x80\x80"',
+        b"1 \x80",
+    ],
+)
+def test_invalid_utf8_anywhere_is_not_utf8(payload: bytes) -> None:
+    assert reason_of("sd-1", "telemetry", payload) == Reason.NOT_UTF8
+    assert reason_of("cp-1", "event", payload) == Reason.NOT_UTF8
+
+
+def test_topic_cache_is_bounded_and_never_changes_a_verdict() -> None:
+    decoder = Decoder(prefix="firegrid", registry=REGISTRY)
+    ok = json.dumps({"obscuration": 1}).encode()
+    for _ in range(3):  # a bad topic is parsed (and rejected) every time, never remembered
+        with pytest.raises(Rejected) as info:
+            decoder.decode("firegrid/b1/sd 1/telemetry", ok, received_ms=NOW)
+        assert info.value.reason == Reason.BAD_TOPIC
+    assert decoder.decode("firegrid/b1/sd-1/telemetry", ok, received_ms=NOW).topic.device == "sd-1"
+    for i in range(TOPIC_CACHE_SIZE + 10):  # strangers fill the cache; it is emptied, not grown
+        with pytest.raises(Rejected):
+            decoder.decode(f"firegrid/b1/x{i}/telemetry", ok, received_ms=NOW)
+        assert len(decoder._topics) <= TOPIC_CACHE_SIZE
+    (reading,) = decoder.decode("firegrid/b1/sd-1/telemetry", ok, received_ms=NOW).inputs
+    assert reading.ref.device == "sd-1" and dict(reading.values) == {"obscuration": 1}
+    with pytest.raises(Rejected) as info:
+        decoder.decode("firegrid/b2/sd-1/telemetry", ok, received_ms=NOW)
+    assert (info.value.reason, info.value.building) == (Reason.WRONG_BUILDING, "b2")
+    other = Decoder(prefix="fg", registry=REGISTRY)  # the cache is per decoder: another prefix judges for itself
+    with pytest.raises(Rejected) as info:
+        other.decode("firegrid/b1/sd-1/telemetry", ok, received_ms=NOW)
+    assert info.value.reason == Reason.BAD_TOPIC
 
 
 # --- the written contract agrees with the models --------------------------------------------------------------------
