@@ -36,6 +36,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import paho_speedups
 from gateway.config import MqttConfig
 from gateway.metrics import Metrics
 
@@ -161,6 +162,8 @@ class MqttIngest:
             # Receive Maximum: how many unacknowledged QoS 1 messages the broker may send us at once.  With late
             # acknowledgement this is the window a group commit can fill (docs/gateway.md).
             properties.ReceiveMaximum = c.max_inflight
+        if v5:
+            paho_speedups.install()  # ~10 µs less per PUBLISH (gateway/paho_speedups.py)
         password = c.password.get_secret_value() if c.password is not None else None
         client = aiomqtt.Client(
             c.host,

@@ -1,0 +1,61 @@
+"""A cheaper MQTT 5 ``Properties`` object for the PUBLISH packets paho-mqtt receives.
+
+paho-mqtt 2.x decodes every incoming PUBLISH with ``_packet.decode_publish``, which builds a fresh
+``Properties(PacketTypes.PUBLISH)``: its ``__init__`` rebuilds two 27-entry tables (calling ``list.index`` for every
+entry), and ``unpack`` then clears all 27 possible attributes with ``hasattr`` before reading a property length that
+is almost always zero.  That is about 11 µs per message on a 2-core machine, the largest single item left in the
+gateway's MQTT path (docs/performance.md).
+
+:class:`PublishProperties` shares the tables of one template instance (paho reads them, never writes them) and,
+for a fresh object and an empty property block, skips the clear.  Anything else goes through paho's own ``unpack``.
+The result is an instance of paho's ``Properties`` with the same attributes; ``tests/test_paho_speedups.py`` checks
+it against paho's own decoding, properties included.
+
+:func:`install` swaps it into ``paho.mqtt._packet`` only when that module looks the way this was written for; with
+another paho layout it does nothing and says so in the log, and paho works as shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("firegrid.mqtt")
+
+_TEMPLATE = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+_OWN = frozenset(("packetType", "types", "names", "properties"))
+
+
+class PublishProperties(Properties):
+    def __init__(self, packetType: int) -> None:
+        # Straight into __dict__: Properties.__setattr__ would route each through its name checks.
+        own = self.__dict__
+        own["packetType"] = packetType
+        own["types"] = _TEMPLATE.types
+        own["names"] = _TEMPLATE.names
+        own["properties"] = _TEMPLATE.properties
+
+    def unpack(self, buffer: bytes | bytearray) -> tuple[Properties, int]:
+        if buffer[:1] == b"\x00" and self.__dict__.keys() <= _OWN:
+            return self, 1  # no properties, nothing set before: what paho's unpack returns, without its clear()
+        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        return result
+
+
+def install() -> bool:
+    """Use :class:`PublishProperties` for incoming PUBLISH packets; True when installed."""
+    try:
+        from paho.mqtt import _packet
+    except ImportError:
+        _packet = None  # type: ignore[assignment]
+    target: Any = getattr(_packet, "Properties", None) if _packet is not None else None
+    if target is PublishProperties:
+        return True
+    if target is not Properties or not hasattr(_packet, "decode_publish"):
+        log.info("paho-mqtt layout not recognised: PUBLISH properties decoded by paho as shipped")
+        return False
+    _packet.Properties = PublishProperties  # type: ignore[attr-defined]
+    return True
