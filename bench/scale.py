@@ -5,7 +5,9 @@ broker and InfluxDB, and measures:
 
 * startup time: process start → ``/readyz`` answers 200 (config load and validation, registry, store, MQTT);
 * RSS once ready and after the API was queried;
-* ``GET /api/v1/buildings`` latency (p50/p99/max over sequential requests with a viewer token), and its size.
+* ``GET /api/v1/buildings`` latency (p50/p99/max over sequential requests with a viewer token), and its size;
+* p50 of the per-building views (``/buildings/{id}``, ``/devices?building={id}``: they should not grow with the
+  district) and of the dashboard's whole-registry scan ``/devices?status=offline``.
 
     python -m bench.scale                 # 100,000 devices / 2,000 buildings
     python -m bench.scale --quick         # 10,000 / 200
@@ -69,6 +71,25 @@ def _get(url: str, *, timeout: float) -> tuple[float, int, int]:
     return (time.perf_counter() - start) * 1000, status, len(body)
 
 
+def _series(url: str, n: int, notes: list[str]) -> list[float]:
+    """Up to ``n`` sequential GETs of ``url`` (for at most REQUEST_BUDGET_S): the latencies of those answered 200."""
+    out: list[float] = []
+    budget_end = time.monotonic() + REQUEST_BUDGET_S
+    for _ in range(n):
+        try:
+            ms, status, _size = _get(url, timeout=REQUEST_TIMEOUT_S)
+        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+            notes.append(f"GET {url} gave up after {REQUEST_TIMEOUT_S:.0f} s: {exc}")
+            break
+        if status != 200:
+            notes.append(f"GET {url} answered {status}")
+            break
+        out.append(ms)
+        if time.monotonic() > budget_end:
+            break
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--devices", type=int, default=None)
@@ -128,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                         break
                 if status not in (0, 200):
                     notes.append(f"GET /api/v1/buildings answered {status}")
+                one = buildings[len(buildings) // 2]["id"]
+                views = {
+                    "building": _series(f"{gateway.http_base}/api/v1/buildings/{one}", n_req, notes),
+                    "building_devices": _series(f"{gateway.http_base}/api/v1/devices?building={one}", n_req, notes),
+                    "offline_scan": _series(f"{gateway.http_base}/api/v1/devices?status=offline&limit=1000", 5, notes),
+                }
                 rss_after = rss_mb(gateway.pid)
             finally:
                 gateway.stop()
@@ -173,6 +200,27 @@ def main(argv: list[str] | None = None) -> int:
             name="scale.buildings_max_ms",
             label="GET /api/v1/buildings max",
             value=max(latencies) if latencies else math.nan,
+            unit="ms",
+            better="lower",
+        ),
+        Figure(
+            name="scale.building_p50_ms",
+            label="GET /api/v1/buildings/{id} p50 (one building)",
+            value=percentile(views["building"], 50),
+            unit="ms",
+            better="lower",
+        ),
+        Figure(
+            name="scale.building_devices_p50_ms",
+            label="GET /api/v1/devices?building={id} p50",
+            value=percentile(views["building_devices"], 50),
+            unit="ms",
+            better="lower",
+        ),
+        Figure(
+            name="scale.offline_scan_p50_ms",
+            label="GET /api/v1/devices?status=offline p50",
+            value=percentile(views["offline_scan"], 50),
             unit="ms",
             better="lower",
         ),

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from alerts.config import NotifyConfig
 from gateway.secrets import Secret
+from rules.loader import load_yaml
 from rules.model import RuleConfig
 from rules.types import DeviceKind
 
@@ -385,7 +386,7 @@ def load_config(path: str | os.PathLike[str] | None) -> FiregridConfig:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # yaml.safe_load's result and errors, in a fraction of its time and memory
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -48,9 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="the YAML config file")
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic GC while start-up builds the config, registry and presence: a few objects per device, no cycles
+    worth collecting, and the collections their growth triggered cost about a third of building them (100,000
+    devices: 0.45 s of 1.3 s, measured)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        with _collector_paused():
+            config = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -346,7 +363,13 @@ class Service:
 
 
 async def serve(config: FiregridConfig) -> int:
-    service = Service(config)
+    with _collector_paused():
+        service = Service(config)
+    # What start-up built (config, registry, presence, engine) lives as long as the process: freeze it out of the
+    # cyclic GC, so that a full collection no longer walks it (100,000 devices: ~170 ms of event-loop stall per
+    # full collection before, ~0 after; measured).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

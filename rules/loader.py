@@ -8,12 +8,15 @@ operator wrote (``rules[2].for: ...``, ``rules_file: /etc/firegrid/rules.yaml: r
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
+from yaml import events as _ev
+from yaml.nodes import ScalarNode
 
 from rules.model import _KIND_KEYS, ALERTING_KINDS, LEVEL_KINDS, TUNABLE_KEYS, RuleConfig, check_threshold
 from rules.ruleset import RuleSet
@@ -30,6 +33,111 @@ KIND_METRICS: dict[str, dict[str, str]] = {
     "call_point": dict(_COMMON_METRICS),
 }
 _ADAPTER: TypeAdapter[list[RuleConfig]] = TypeAdapter(list[RuleConfig])
+
+
+# --- YAML -------------------------------------------------------------------------------------------------------
+
+_CLOADER: Any = getattr(yaml, "CSafeLoader", None)  # PyYAML's libyaml binding (in PyYAML's wheels)
+_T = "tag:yaml.org,2002:"
+# Tags whose SafeConstructor functions build a scalar in one call (the collection ones are generators).
+_SCALAR_TAGS = frozenset(_T + t for t in ("null", "bool", "int", "float", "binary", "timestamp", "str"))
+
+
+class _NotPlain(Exception):
+    """The document uses something the streaming builder leaves to PyYAML (anchors, aliases, merge keys, explicit
+    collection tags, complex keys, several documents)."""
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, faster and leaner for large documents, with the same result and the same errors.
+
+    A 100,000-device config (6.6 MB) took 60–80 s in ``yaml.safe_load`` and raised RSS by over 600 MiB for good:
+    PyYAML composes a node (and two marks) for every scalar before it constructs anything, and the cyclic GC rescans
+    that growing heap again and again.  Here libyaml's events (``CSafeLoader``) become Python objects as they come,
+    with PyYAML's own resolver and scalar constructors, while the cyclic GC is paused (a document has no cycles):
+    1.4–1.9 s and +70 MiB for that file (measured on a shared 2-core machine).  Anything the streaming builder does
+    not handle goes to ``CSafeLoader`` whole, and any error is reported by re-reading the text with
+    ``yaml.safe_load``, so messages (``line 3, column 5: ...``) are exactly those of the pure-Python loader.
+    """
+    if _CLOADER is None:
+        return yaml.safe_load(text)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            return _stream_build(text)
+        except _NotPlain:
+            pass
+        except Exception:  # whatever it is, the reference loader reports it (or proves it wrong)
+            return yaml.safe_load(text)
+        try:
+            return yaml.load(text, Loader=_CLOADER)  # CSafeLoader: the safe loader
+        except Exception:  # libyaml words its errors differently: report PyYAML's
+            return yaml.safe_load(text)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _stream_build(text: str) -> Any:
+    """One document built from libyaml's event stream without composing nodes; raises ``_NotPlain`` to defer."""
+    loader = _CLOADER(text)
+    get = loader.get_event
+    resolve = loader.resolve
+    constructors = loader.yaml_constructors
+    scalar_event, mapping_start, mapping_end = _ev.ScalarEvent, _ev.MappingStartEvent, _ev.MappingEndEvent
+    sequence_start, sequence_end = _ev.SequenceStartEvent, _ev.SequenceEndEvent
+    str_tag = _T + "str"
+
+    def scalar_tag(event: Any) -> str:
+        if event.anchor is not None:
+            raise _NotPlain
+        tag = event.tag
+        if tag is None or tag == "!":  # as yaml.composer.Composer.compose_scalar_node
+            tag = resolve(ScalarNode, event.value, event.implicit)
+        if tag not in _SCALAR_TAGS:
+            raise _NotPlain  # merge ("<<") and value ("=") keys, custom or collection tags
+        return str(tag)
+
+    def scalar(event: Any, tag: str) -> Any:
+        if tag == str_tag:
+            return event.value
+        node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        return constructors[tag](loader, node)
+
+    def build(event: Any) -> Any:
+        kind = type(event)
+        if kind is scalar_event:
+            return scalar(event, scalar_tag(event))
+        if kind is not sequence_start and kind is not mapping_start:
+            raise _NotPlain  # an alias
+        if event.anchor is not None or event.tag not in (None, "!"):
+            raise _NotPlain  # anchors, !!set, !!omap, ...
+        if kind is sequence_start:
+            items: list[Any] = []
+            while type(event := get()) is not sequence_end:
+                items.append(build(event))
+            return items
+        mapping: dict[Any, Any] = {}
+        while type(event := get()) is not mapping_end:
+            if type(event) is not scalar_event:
+                raise _NotPlain  # a complex key
+            key = scalar(event, scalar_tag(event))
+            mapping[key] = build(get())  # a repeated key: the last wins, as in SafeConstructor
+        return mapping
+
+    try:
+        get()  # StreamStartEvent
+        event = get()
+        if type(event) is _ev.StreamEndEvent:
+            return None  # an empty document
+        data = build(get())  # after the DocumentStartEvent
+        get()  # DocumentEndEvent
+        if type(get()) is not _ev.StreamEndEvent:
+            raise _NotPlain  # several documents: PyYAML's error
+        return data
+    finally:
+        loader.dispose()
 
 
 class RulesError(Exception):
@@ -89,7 +197,7 @@ def read_rules_file(path: Path, *, label: str = "") -> tuple[RuleConfig, ...]:
     except OSError as exc:
         raise RulesError([f"{label or str(path) + ': '}cannot read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -217,6 +325,7 @@ __all__ = [
     "RulesError",
     "check_rules",
     "load_rule_set",
+    "load_yaml",
     "read_rules_file",
     "rule_set_for",
 ]

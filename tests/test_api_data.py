@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.api import create_api_app
 from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms, tick
@@ -228,3 +230,166 @@ async def test_maintenance_windows(client: TestClient, runtime: Any) -> None:
     assert (await client.delete(f"/api/v1/maintenance/{window['id']}", headers=OPERATOR)).status == 404
     bad = await client.post("/api/v1/maintenance", headers=OPERATOR, json={"building": "yg03", "reason": "x"})
     assert bad.status == 422
+
+
+# --- many buildings: per-building views read a building index, rollups a cheaper path ---------------------------
+
+KINDS = ("smoke", "heat", "extinguisher", "call_point")
+G01 = {"Authorization": "Bearer interleaved-g01-token"}
+
+
+def interleaved_config(tmp_path: Path) -> Any:
+    """Six buildings whose devices are registered in turn (b5-d0, b4-d0, ..., b0-d0, b5-d1, ...), floors mixed."""
+    buildings = [
+        {"id": f"ib{i}", "name": f"Block {i}", "grid": "g01" if i % 2 else "g02", "floors": 10} for i in range(6)
+    ]
+    devices = [
+        {"id": f"ib{i}-d{n}", "building": f"ib{i}", "kind": KINDS[(n + i) % 4], "floor": (n * 7 + i) % 10}
+        for n in range(8)
+        for i in reversed(range(6))
+    ]
+    tokens = [
+        {"name": "viewer", "token": "demo-viewer-token", "role": "viewer"},
+        {"name": "g01", "token": "interleaved-g01-token", "role": "viewer", "grids": ["g01"]},
+    ]
+    return config_for_tests(EXAMPLE, tmp_path, buildings=buildings, devices=devices, http={"tokens": tokens})
+
+
+def every_device(runtime: Any) -> list[Any]:
+    """The oracle: each device built on its own, as the API did before it kept an index (every device, filtered)."""
+    from gateway.api import views
+
+    grids = {b.id: b.grid for b in runtime.config.buildings}
+    now = now_ms()
+    out = []
+    for record in runtime.presence.list_devices(now_ms=now):
+        out.append(views.device_from(record, building_grids=grids, config_device=runtime.config.device(record["id"])))
+    return out
+
+
+async def test_building_views_when_buildings_interleave(tmp_path: Path) -> None:
+    runtime = build_runtime(interleaved_config(tmp_path))
+    registry = registry_from_config(runtime.config)
+    t = now_ms()
+    runtime.presence.reading(Reading(ref=registry["ib3-d1"], ts_ms=t, values={"battery": 9.0}))
+    runtime.presence.reading(Reading(ref=registry["ib3-d2"], ts_ms=t, values={"battery": 95.0}))
+    runtime.presence.status(StatusChange(ref=registry["ib4-d5"], ts_ms=t, online=False))
+    extinguisher = next(d.id for d in runtime.config.devices if d.building == "ib1" and d.kind == "extinguisher")
+    inject(runtime, extinguisher, {"present": False}, ts_ms=t)
+    assert alert_ids(tick(runtime, t + 40_000)), "a missing extinguisher raises a supervisory alert"
+    # Back on its bracket: the reading looks fine, the open supervisory alert still keeps it out of service.
+    runtime.presence.reading(Reading(ref=registry[extinguisher], ts_ms=t + 41_000, values={"present": True}))
+    try:
+        async with TestClient(TestServer(create_api_app(runtime))) as c:
+            rollups = {b["id"]: b["status"] for b in (await get(c, "/api/v1/buildings"))["items"]}
+            assert list(rollups) == [f"ib{i}" for i in range(6)]
+            devices = every_device(runtime)
+            for building in rollups:
+                mine = [d for d in devices if d.building == building]
+                expected = sorted(mine, key=lambda d: (d.floor, d.id))
+                listed = (await get(c, f"/api/v1/devices?building={building}"))["items"]
+                assert [d["id"] for d in listed] == [d.id for d in expected]
+                assert all(d["building"] == building for d in listed)
+                detail = await get(c, f"/api/v1/buildings/{building}")
+                for status in (rollups[building], detail["status"]):
+                    assert status["devices_total"] == len(mine) == 8
+                    assert status["devices_online"] == sum(d.status == "online" for d in mine)
+                    assert status["devices_offline"] == sum(d.status == "offline" for d in mine)
+                    assert status["low_battery"] == sum(d.low_battery for d in mine)
+                assert [d["id"] for d in detail["offline_devices"]] == ["ib4-d5"] * (building == "ib4")
+                assert [d["id"] for d in detail["low_battery_devices"]] == ["ib3-d1"] * (building == "ib3")
+            assert rollups["ib1"]["extinguishers_out_of_service"] == 1 and rollups["ib1"]["active_alerts"] == 1
+            assert (await get(c, f"/api/v1/devices/{extinguisher}"))["out_of_service"] is True
+            assert rollups["ib3"]["devices_online"] == 2 and rollups["ib3"]["devices_unknown"] == 6
+
+            # The whole list: every device once, by building, floor and id; paging agrees with it.
+            everything = await get(c, "/api/v1/devices?limit=1000")
+            assert everything["total"] == 48
+            order = [(d["building"], d["floor"], d["id"]) for d in everything["items"]]
+            assert order == sorted(order) and len({d["id"] for d in everything["items"]}) == 48
+            pages = [await get(c, f"/api/v1/devices?limit=7&offset={o}") for o in range(0, 48, 7)]
+            assert [d["id"] for p in pages for d in p["items"]] == [d["id"] for d in everything["items"]]
+
+            # A device missing from the registry appears after the index was built: it joins its building.
+            from rules.types import DeviceRef
+
+            stranger = DeviceRef(building="ib3", device="ib3-new", kind="heat", registered=False)
+            runtime.presence.reading(Reading(ref=stranger, ts_ms=t, values={"celsius": 20.0}))
+            ib3 = await get(c, "/api/v1/devices?building=ib3")
+            assert "ib3-new" in [d["id"] for d in ib3["items"]] and ib3["total"] == 9
+            ib3_rollup = next(b for b in (await get(c, "/api/v1/buildings"))["items"] if b["id"] == "ib3")
+            assert ib3_rollup["status"]["devices_total"] == 9
+            assert (await get(c, "/api/v1/devices/ib3-new"))["registered"] is False
+            assert (await get(c, "/api/v1/devices?building=ib2"))["total"] == 8
+
+            # A grid-scoped token: only its buildings, counted only from their devices.
+            scoped = (await get(c, "/api/v1/buildings", headers=G01))["items"]
+            assert [b["id"] for b in scoped] == ["ib1", "ib3", "ib5"]
+            assert sum(b["status"]["devices_total"] for b in scoped) == 25
+            assert (await get(c, "/api/v1/devices?limit=1000", headers=G01))["total"] == 25
+            assert (await c.get("/api/v1/buildings/ib2", headers=G01)).status == 403
+            assert (await c.get("/api/v1/devices/ib2-d0", headers=G01)).status == 403
+            assert (await c.get("/api/v1/devices?building=ib2", headers=G01)).status == 403
+    finally:
+        runtime.store.close()
+
+
+def _maybe(*values: Any) -> Any:
+    return st.sampled_from(values)
+
+
+_ODD = _maybe(None, True, 0, 1, 5, 50.0, 5.5, float("nan"), float("inf"), "", "x", "online", "extinguisher")
+_VALUES = st.fixed_dictionaries(
+    {},
+    optional={
+        "battery": st.one_of(_maybe(3.0, 19.9, 20.0, 80), _ODD, st.fixed_dictionaries({"value": _maybe(4.0, 90.0)})),
+        "present": st.one_of(_maybe(True, False), _ODD),
+        "obstructed": st.one_of(_maybe(True, False), _ODD),
+        "pressure_mpa": st.one_of(_maybe(0.3, 1.2, 1.6), _ODD, st.fixed_dictionaries({"value": _maybe(0.2, 1.1)})),
+        "fault": st.one_of(_maybe("", "valve"), _ODD),
+    },
+)
+_RECORD = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _maybe("d1", None, "", 7),
+        "device": _maybe("d2", None),
+        "device_id": _maybe("d3", None),
+        "building": _maybe("b1", "b2", None, ""),
+        "kind": st.one_of(_maybe("extinguisher", "smoke", "extinguisher"), _ODD),
+        "state": st.one_of(_maybe("online", "offline", "unknown"), _ODD),
+        "status": st.one_of(_maybe("online", "offline"), _ODD),
+        "online": _ODD,
+        "battery": st.one_of(_maybe(5.0, 75.0, 10), _ODD),
+        "registered": _ODD,
+        "last_values": _VALUES,
+        "values": _VALUES,
+        "ref": st.fixed_dictionaries({}, optional={"building": _maybe("b3", None), "kind": _maybe("extinguisher")}),
+    },
+)
+_REGISTERED = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({"id": _maybe("r1", None), "building": _maybe("b1", None), "kind": _maybe("extinguisher")}),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(record=_RECORD, registered=_REGISTERED)
+def test_rollup_facts_agree_with_the_device_row(record: dict[str, Any], registered: dict[str, Any] | None) -> None:
+    """``GET /buildings`` counts with ``device_facts``; what it counts must be what the device list shows."""
+    from gateway.api import views
+
+    row = views.device_row(record, building_grids={"b1": "g1"}, config_device=registered)
+    facts = views.device_facts(record, config_device=registered)
+    if row is None:
+        assert facts is None
+        return
+    assert facts is not None
+    assert (facts.id, facts.building, facts.kind, facts.status, facts.low_battery, facts.out_of_service) == (
+        row.id,
+        row.building,
+        row.kind,
+        row.status,
+        row.low_battery,
+        row.out_of_service,
+    )

@@ -7,12 +7,15 @@ rollups and live events never reveal a building outside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from aiohttp import web
@@ -30,12 +33,63 @@ log = logging.getLogger("firegrid.api")
 _OPEN_STATES = (m.AlertState.raised, m.AlertState.acknowledged, m.AlertState.dispatched)
 
 
+class DeviceIndex:
+    """Building -> the ids of its devices: the registry's (config) and those presence learnt while running (a device
+    missing from the registry, with ``contract.allow_unregistered``).  Built once, then extended as presence learns
+    devices, so a request about one building reads only that building's devices, and one about every building
+    reads each device once (issue 10: a district of 2,000 buildings and 100,000 devices)."""
+
+    def __init__(self, config: Any, presence: Any) -> None:
+        self.config = config
+        self.presence = presence
+        self._building_of: dict[str, str] = {}
+        self._by_building: dict[str, list[str]] = {}
+        for device in config.devices:
+            self._add(device.id, device.building)
+        self._looked_at = 0  # how many of presence's devices were indexed
+
+    @property
+    def follows_presence(self) -> bool:
+        """Presence keeps its devices in a dict this index can follow (``gateway.presence.Presence``); with anything
+        else, every request asks presence for its whole list."""
+        return isinstance(getattr(self.presence, "devices", None), dict) and hasattr(self.presence, "get_device")
+
+    def _add(self, device_id: str, building: str) -> None:
+        if device_id not in self._building_of:
+            self._building_of[device_id] = building
+            self._by_building.setdefault(building, []).append(device_id)
+
+    def refresh(self, now_ms: int) -> None:
+        devices: dict[str, Any] = self.presence.devices
+        count = len(devices)
+        if count == self._looked_at:
+            return
+        # Presence never forgets a device while it runs, and a dict keeps insertion order: the new ones are last.
+        fresh = list(islice(reversed(devices), count - self._looked_at)) if count > self._looked_at else list(devices)
+        for device_id in fresh:
+            if device_id in self._building_of:
+                continue
+            record = self.presence.get_device(device_id, now_ms=now_ms)
+            building = v.as_str(v.fields_of(record).get("building"), 64)
+            if building:
+                self._add(device_id, building)
+        self._looked_at = count
+
+    def buildings(self) -> list[str]:
+        return sorted(self._by_building)
+
+    def ids(self, building: str) -> list[str]:
+        return self._by_building.get(building, [])
+
+
 @dataclass
 class ApiState:
     runtime: Any
     hub: Hub
     clock_ms: Callable[[], int]
     maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
+    _grids: tuple[Any, dict[str, str]] | None = field(default=None, init=False, repr=False)
+    _index: DeviceIndex | None = field(default=None, init=False, repr=False)
 
     @property
     def config(self) -> Any:
@@ -43,7 +97,18 @@ class ApiState:
 
     @property
     def building_grids(self) -> dict[str, str]:
-        return {b.id: b.grid for b in self.config.buildings}
+        """Building id -> grid id (built once per config; treat it as read-only)."""
+        config = self.config
+        if self._grids is None or self._grids[0] is not config:
+            self._grids = (config, {b.id: b.grid for b in config.buildings})
+        return self._grids[1]
+
+    def device_index(self) -> DeviceIndex:
+        presence = getattr(self.runtime, "presence", None)
+        index = self._index
+        if index is None or index.config is not self.config or index.presence is not presence:
+            index = self._index = DeviceIndex(self.config, presence)
+        return index
 
 
 STATE_KEY: web.AppKey[ApiState] = web.AppKey("firegrid_api_state", ApiState)
@@ -260,37 +325,87 @@ async def list_incidents(call: Call) -> m.IncidentPage:
 # --- devices -----------------------------------------------------------------------------------------------------
 
 
-async def _all_devices(call: Call) -> list[m.Device]:
-    """Every device the token may see: the registry from the config, overlaid with what presence knows."""
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a request builds per-device objects (no cycles among them): for a district, the
+    collections those 100,000s of new objects triggered cost as much as building them.  Never held across an
+    ``await``."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _device_sources(call: Call, wanted: set[str] | None) -> Iterable[tuple[Any, Any]]:
+    """(presence record, registry entry) of each device of the ``wanted`` buildings (of every building when None):
+    the registry from the config overlaid with what presence knows.  With the gateway's presence, only the devices
+    of those buildings are read, one at a time as the caller iterates (never across an ``await``); the caller still
+    checks each device's own building and scope."""
+    state = state_of(call)
+    config = state.config
+    now = state.clock_ms()
+    index = state.device_index()
+    if index.follows_presence:
+        index.refresh(now)
+        get_device = index.presence.get_device
+        registry_entry = config.device
+        who = call.who
+        return (
+            (get_device(device_id, now_ms=now) or {}, registry_entry(device_id))
+            for building in (index.buildings() if wanted is None else wanted)
+            if who.sees_building(building)
+            for device_id in index.ids(building)
+        )
+    by_id: dict[str, tuple[Any, Any]] = {
+        device.id: ({}, device) for device in config.devices if wanted is None or device.building in wanted
+    }
+    presence = getattr(state.runtime, "presence", None)
+    if presence is not None:
+        for record in await _maybe_await(presence.list_devices(now_ms=now)) or ():
+            named = v.as_str(v.first(v.fields_of(record), "device", "device_id", "id"), 64)
+            if named is not None:
+                by_id[named] = (record, config.device(named))
+    return list(by_id.values())
+
+
+def _supervised(active: Sequence[m.Alert]) -> set[str]:
+    """Devices with an open supervisory alert: an extinguisher with one (missing, obstructed, pressure) stays out of
+    service until someone resolves it, even when its last reading looks fine again."""
+    return {a.device for a in active if a.device and a.severity == m.SeverityName.supervisory}
+
+
+async def _device_rows(
+    call: Call,
+    active: Sequence[m.Alert],
+    *,
+    buildings: Iterable[str] | None = None,
+    keep: Callable[[v.DeviceRow], bool] | None = None,
+) -> list[v.DeviceRow]:
+    """The devices of ``buildings`` (of every building when None) the token may see and ``keep`` accepts, sorted by
+    building, floor and id.  ``active``: the open alerts."""
     state = state_of(call)
     grids = state.building_grids
-    config = state.config
-    presence = getattr(state.runtime, "presence", None)
-    by_id: dict[str, m.Device] = {}
-    for device in config.devices:
-        built = v.device_from({}, building_grids=grids, config_device=device)
-        if built is not None:
-            by_id[built.id] = built
-    if presence is not None:
-        records = await _maybe_await(presence.list_devices(now_ms=state.clock_ms()))
-        for record in records or ():
-            device_id = v.as_str(v.first(v.fields_of(record), "device", "device_id", "id"), 64)
-            built = v.device_from(record, building_grids=grids, config_device=config.device(device_id or ""))
-            if built is not None:
-                by_id[built.id] = built
-    active = await _active_alerts(call)
-    # An open supervisory alert on an extinguisher (missing, obstructed, pressure) keeps it out of service until
-    # someone resolves it, even when its last reading looks fine again.
-    out_of_service = {a.device for a in active if a.device and a.severity == m.SeverityName.supervisory}
-    devices = []
-    for device in by_id.values():
-        if not call.who.sees_building(device.building):
-            continue
-        if device.kind == "extinguisher" and device.id in out_of_service and not device.out_of_service:
-            device = device.model_copy(update={"out_of_service": True})
-        devices.append(device)
-    devices.sort(key=lambda d: (d.building, d.floor if d.floor is not None else -999, d.id))
-    return devices
+    who = call.who
+    wanted = None if buildings is None else set(buildings)
+    supervised = _supervised(active)
+    rows: list[v.DeviceRow] = []
+    sources = await _device_sources(call, wanted)
+    with _gc_paused():
+        for record, entry in sources:
+            row = v.device_row(record, building_grids=grids, config_device=entry)
+            if row is None or (wanted is not None and row.building not in wanted):
+                continue
+            if not who.sees_building(row.building):
+                continue
+            if row.id in supervised and row.kind == "extinguisher":
+                row.out_of_service = True
+            if keep is None or keep(row):
+                rows.append(row)
+        rows.sort(key=v.DeviceRow.sort_key)
+    return rows
 
 
 async def _active_alerts(call: Call) -> list[m.Alert]:
@@ -302,7 +417,7 @@ async def _active_alerts(call: Call) -> list[m.Alert]:
     return [a for a in alerts if a.state != m.AlertState.resolved and call.who.sees_building(a.building)]
 
 
-def _device_matches(device: m.Device, q: m.DeviceQuery) -> bool:
+def _device_matches(device: v.DeviceRow, q: m.DeviceQuery) -> bool:
     return (
         (q.building is None or device.building == q.building)
         and (q.grid is None or device.grid == q.grid)
@@ -326,8 +441,11 @@ def _device_matches(device: m.Device, q: m.DeviceQuery) -> bool:
 async def list_devices(call: Call) -> m.DevicePage:
     q: m.DeviceQuery = call.query
     _check_scope(call.who, building=q.building, grid=q.grid)
-    devices = [d for d in await _all_devices(call) if _device_matches(d, q)]
-    page = devices[q.offset : q.offset + q.limit]
+    active = await _active_alerts(call)
+    devices = await _device_rows(
+        call, active, buildings=None if q.building is None else [q.building], keep=lambda d: _device_matches(d, q)
+    )
+    page = [d.model() for d in devices[q.offset : q.offset + q.limit]]
     more = len(devices) > q.offset + q.limit
     return m.DevicePage(
         items=page, total=len(devices), limit=q.limit, offset=q.offset, next_offset=q.offset + q.limit if more else None
@@ -347,21 +465,25 @@ async def get_device(call: Call) -> m.DeviceDetail:
     """History comes from InfluxDB (InfluxQL) when one is configured, else from the gateway's local store."""
     q: m.HistoryQuery = call.query
     device_id: str = call.params["id"]
-    device = next((d for d in await _all_devices(call) if d.id == device_id), None)
-    if device is None:
-        state = state_of(call)
-        presence = getattr(state.runtime, "presence", None)
-        record = (
-            await _maybe_await(presence.get_device(device_id, now_ms=state.clock_ms()))
-            if presence is not None
-            else None
-        )
-        device = v.device_from(record, building_grids=state.building_grids) if record is not None else None
-        if device is None:
-            raise ApiError(404, f"no device {device_id!r}")
-        _check_scope(call.who, building=device.building)
+    state = state_of(call)
+    presence = getattr(state.runtime, "presence", None)
+    record = (
+        await _maybe_await(presence.get_device(device_id, now_ms=state.clock_ms())) if presence is not None else None
+    )
+    registered = state.config.device(device_id)
+    row = (
+        v.device_row(record or {}, building_grids=state.building_grids, config_device=registered)
+        if record is not None or registered is not None
+        else None
+    )
+    if row is None or row.id != device_id:
+        raise ApiError(404, f"no device {device_id!r}")
+    _check_scope(call.who, building=row.building)
+    active = [a for a in await _active_alerts(call) if a.device == row.id]
+    if row.kind == "extinguisher" and any(a.severity == m.SeverityName.supervisory for a in active):
+        row.out_of_service = True  # as in the device list: an open supervisory alert keeps it out of service
+    device = row.model()
     history, source, error = await _history(call, device, minutes=q.minutes, points=q.points)
-    active = [a for a in await _active_alerts(call) if a.device == device.id]
     return m.DeviceDetail(
         **device.model_dump(), history=history, history_source=source, history_error=error, active_alerts=active
     )
@@ -409,22 +531,45 @@ async def _history(
 # --- buildings ---------------------------------------------------------------------------------------------------
 
 
-def _rollup(devices: list[m.Device], alerts: list[m.Alert]) -> m.BuildingStatus:
+@dataclass(slots=True)
+class _Tally:
+    """A building's device counts, added up one device at a time."""
+
+    total: int = 0
+    online: int = 0
+    offline: int = 0
+    unknown: int = 0
+    low_battery: int = 0
+    out_of_service: int = 0
+
+    def add(self, device: v.DeviceRow | v.DeviceFacts) -> None:
+        self.total += 1
+        if device.status is m.DeviceStatus.online:
+            self.online += 1
+        elif device.status is m.DeviceStatus.offline:
+            self.offline += 1
+        else:
+            self.unknown += 1
+        self.low_battery += device.low_battery
+        self.out_of_service += device.out_of_service
+
+
+def _rollup(tally: _Tally, alerts: Sequence[m.Alert]) -> m.BuildingStatus:
     live = [a for a in alerts if not a.test]
     worst = max(live, key=lambda a: v.severity_rank(a.severity), default=None)
     return m.BuildingStatus(
         worst_severity=worst.severity if worst else None,
         active_alerts=len(live),
-        devices_total=len(devices),
-        devices_online=sum(d.status == m.DeviceStatus.online for d in devices),
-        devices_offline=sum(d.status == m.DeviceStatus.offline for d in devices),
-        devices_unknown=sum(d.status == m.DeviceStatus.unknown for d in devices),
-        low_battery=sum(d.low_battery for d in devices),
-        extinguishers_out_of_service=sum(d.out_of_service for d in devices),
+        devices_total=tally.total,
+        devices_online=tally.online,
+        devices_offline=tally.offline,
+        devices_unknown=tally.unknown,
+        low_battery=tally.low_battery,
+        extinguishers_out_of_service=tally.out_of_service,
     )
 
 
-def _building(b: Any, devices: list[m.Device], alerts: list[m.Alert]) -> m.Building:
+def _building(b: Any, tally: _Tally, alerts: Sequence[m.Alert]) -> m.Building:
     return m.Building(
         id=b.id,
         name=b.name,
@@ -432,7 +577,7 @@ def _building(b: Any, devices: list[m.Device], alerts: list[m.Alert]) -> m.Build
         address=b.address,
         floors=b.floors,
         basements=b.basements,
-        status=_rollup(devices, alerts),
+        status=_rollup(tally, alerts),
     )
 
 
@@ -448,16 +593,33 @@ def _building(b: Any, devices: list[m.Device], alerts: list[m.Alert]) -> m.Build
 async def list_buildings(call: Call) -> m.BuildingList:
     q: m.BuildingQuery = call.query
     _check_scope(call.who, grid=q.grid)
-    devices = await _all_devices(call)
+    listed = [
+        b
+        for b in state_of(call).config.buildings
+        if (q.grid is None or b.grid == q.grid) and call.who.sees_building(b.id)
+    ]
     alerts = await _active_alerts(call)
-    items = []
-    for b in state_of(call).config.buildings:
-        if (q.grid is not None and b.grid != q.grid) or not call.who.sees_building(b.id):
-            continue
-        items.append(
-            _building(b, [d for d in devices if d.building == b.id], [a for a in alerts if a.building == b.id])
-        )
-    return m.BuildingList(items=items)
+    supervised = _supervised(alerts)
+    # One pass over the listed buildings' devices, each counted into its own building's tally (nothing of a whole
+    # district is held at once); alerts grouped by building once.
+    tallies = {b.id: _Tally() for b in listed}
+    who = call.who
+    sources = await _device_sources(call, set(tallies))
+    with _gc_paused():
+        for record, entry in sources:
+            device = v.device_facts(record, config_device=entry)
+            if device is None:
+                continue
+            tally = tallies.get(device.building)
+            if tally is None or not who.sees_building(device.building):
+                continue
+            if device.kind == "extinguisher" and device.id in supervised:
+                device.out_of_service = True
+            tally.add(device)
+    alerts_of: dict[str, list[m.Alert]] = {}
+    for alert in alerts:
+        alerts_of.setdefault(alert.building, []).append(alert)
+    return m.BuildingList(items=[_building(b, tallies[b.id], alerts_of.get(b.id, ())) for b in listed])
 
 
 @operation(
@@ -475,16 +637,20 @@ async def get_building(call: Call) -> m.BuildingDetail:
     b = state_of(call).config.building(building_id)
     if b is None:
         raise ApiError(404, f"no building {building_id!r}")
-    devices = [d for d in await _all_devices(call) if d.building == b.id]
-    alerts = [a for a in await _active_alerts(call) if a.building == b.id]
+    active = await _active_alerts(call)
+    devices = [d for d in await _device_rows(call, active, buildings=[b.id]) if d.building == b.id]
+    alerts = [a for a in active if a.building == b.id]
     alerts.sort(key=lambda a: (v.severity_rank(a.severity), a.raised_ms or 0), reverse=True)
-    base = _building(b, devices, alerts)
+    tally = _Tally()
+    for device in devices:
+        tally.add(device)
+    base = _building(b, tally, alerts)
     return m.BuildingDetail(
         **base.model_dump(),
         active_alerts=alerts,
-        offline_devices=[d for d in devices if d.status == m.DeviceStatus.offline],
-        low_battery_devices=[d for d in devices if d.low_battery],
-        extinguishers_out_of_service=[d for d in devices if d.out_of_service],
+        offline_devices=[d.model() for d in devices if d.status == m.DeviceStatus.offline],
+        low_battery_devices=[d.model() for d in devices if d.low_battery],
+        extinguishers_out_of_service=[d.model() for d in devices if d.out_of_service],
     )
 
 
