@@ -176,6 +176,8 @@ function canOperate() {
 // --- data --------------------------------------------------------------------------------------------------------
 
 async function refreshAll() {
+  const started = performance.now();
+  state.refreshStarted = started;
   try {
     const [buildings, alerts, offline, battery, oos] = await Promise.all([
       api("/buildings"),
@@ -193,15 +195,23 @@ async function refreshAll() {
     if (state.selectedDevice) loadTrend();
   } catch (err) {
     if (err instanceof AuthFailed) showLogin(t("login.bad"));
+  } finally {
+    state.refreshCost = performance.now() - started;
   }
 }
 
+// Live events are coalesced: one refresh 150 ms after the first of a burst, and refreshes spaced by at least 1 s or
+// four times what the last one took, whichever is longer.  A refresh reads every device of the scope on the server
+// (100,000 devices: about half a second of the gateway's event loop), so during a storm of events an open dashboard
+// must not keep the gateway busy: it takes at most about a quarter of it, and what it shows is at most a few seconds old.
 function scheduleRefresh() {
   if (state.refreshTimer) return;
+  const spacing = Math.max(1000, 4 * (state.refreshCost || 0));
+  const due = Math.max(150, (state.refreshStarted || 0) + spacing - performance.now());
   state.refreshTimer = setTimeout(() => {
     state.refreshTimer = null;
     refreshAll();
-  }, 150);
+  }, due);
 }
 
 // --- rendering ---------------------------------------------------------------------------------------------------
