@@ -385,12 +385,16 @@ def load_config(path: str | os.PathLike[str] | None) -> FiregridConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}"]) from None
     try:
         data = load_yaml(text)  # yaml.safe_load's result and errors, in a fraction of its time and memory
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([f"{path}: invalid YAML: {where}{getattr(exc, 'problem', exc)}"]) from None
+    except (ValueError, TypeError) as exc:  # a tagged scalar PyYAML cannot build, e.g. ``!!int ten``
+        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

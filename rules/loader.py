@@ -196,12 +196,17 @@ def read_rules_file(path: Path, *, label: str = "") -> tuple[RuleConfig, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulesError([f"{label or str(path) + ': '}cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        where = label or str(path) + ": "
+        raise RulesError([f"{where}not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}"]) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise RulesError([f"{label}invalid YAML: {where}{getattr(exc, 'problem', exc)}"]) from None
+    except (ValueError, TypeError) as exc:  # a tagged scalar PyYAML cannot build, e.g. ``!!int ten``
+        raise RulesError([f"{label}invalid YAML: {exc}"]) from None
     if isinstance(data, dict) and set(data) == {"rules"}:
         data = data["rules"]
     if data is None:

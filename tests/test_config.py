@@ -102,6 +102,29 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert "top level must be a mapping" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"mqtt:\n  host: broker\xff\n", "not UTF-8 text: byte"),
+        (b"mqtt:\n  port: !!int ten\n", "invalid YAML: invalid literal for int()"),
+        (b"mqtt:\n  keepalive_s: !!float x\n", "invalid YAML: could not convert string to float"),
+    ],
+)
+def test_undecodable_config_is_a_clear_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    assert main(["check-config", str(bad)]) == 2
+    assert expected in capsys.readouterr().err
+    rules = tmp_path / "rules.yaml"
+    rules.write_bytes(content.replace(b"mqtt:", b"rules:"))
+    cfg = tmp_path / "with-rules.yaml"
+    cfg.write_text(f"rules_file: {rules}\n")
+    assert main(["check-config", str(cfg)]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, {**MINIMAL, "mqtt": {"url": "mqtt://file-host:1883", "client_id": "from-file"}})
     monkeypatch.setenv("FIREGRID_MQTT__URL", "mqtts://env-host:8883")
