@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import signal
@@ -362,7 +363,27 @@ class Service:
             self.store.close()
 
 
+def _pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Fix glibc's mmap threshold at its default, which turns off its dynamic adjustment.
+
+    glibc raises the threshold the first time a large block is freed; from then on the InfluxDB writer's per-batch
+    buffers (a spool read of up to ~1.3 MB, the request body) come from the main heap, and the heap keeps their space
+    after each outage's backlog is drained: +8 MB of freed-but-kept memory in the 10-minute soak, which measured
+    +8.8 % RSS growth with the dynamic threshold and +1.5 % with it fixed (docs/reliability.md).  A no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # <malloc.h> M_MMAP_THRESHOLD
+    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(threshold)))
+
+
 async def serve(config: FiregridConfig) -> int:
+    _pin_mmap_threshold()
     with _collector_paused():
         service = Service(config)
     # What start-up built (config, registry, presence, engine) lives as long as the process: freeze it out of the

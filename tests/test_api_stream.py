@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,52 @@ async def test_events_arrive_in_id_order_from_many_threads_without_duplicates() 
     replayed = [(await late.get(within=2)).id for _ in range(10)]  # type: ignore[union-attr]
     assert replayed == list(range(hub.last_id - 9, hub.last_id + 1))
     assert await late.get(within=0.2) is None  # nothing twice
+
+
+def test_replay_ring_holds_right_sized_payloads() -> None:
+    """The ring keeps ``history`` events for ``Last-Event-ID``; each must cost about its JSON, not orjson's working
+    buffer (orjson 3.12+ returns it unshrunk: 16 KiB for a 1 KiB alert event, 32 MB for a full ring of 2,000 — the
+    soak's memory growth, issue 9)."""
+    import gateway.api.hub as hub_module
+
+    alert = {
+        "id": 1,
+        "key": "smoke-alarm/b00/d000",
+        "rule": "smoke-alarm",
+        "severity": "fire",
+        "state": "raised",
+        "building": "b00",
+        "grid": "g01",
+        "floor": 3,
+        "device": "d000",
+        "reason": "smoke detector in alarm (obscuration 0.2 %/m)",
+        "flapping": False,
+        "test": False,
+        "condition_cleared": False,
+        "incident_id": 7,
+        "raised_ms": 1_764_489_600_000,
+        "updated_ms": 1_764_489_600_000,
+        **{f"{name}_by": None for name in ("acknowledged", "resolved")},
+        "building_name": "Block 0, Riverside",
+        "drill": False,
+        "count": 1,
+    }
+    hub = Hub(history=200)
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(200):
+            hub.publish("alert", {"change": "alert.raised", "ts_ms": i, "building": "b00", "alert": {**alert, "id": i}})
+        after = tracemalloc.take_snapshot()
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    only_hub = [tracemalloc.Filter(True, hub_module.__file__)]
+    held = sum(
+        s.size_diff for s in after.filter_traces(only_hub).compare_to(before.filter_traces(only_hub), "filename")
+    )
+    payload = sum(len(event.payload) for event in hub._history)
+    assert len(hub._history) == 200 and 300 < payload / 200 < 2000
+    assert held < 2 * payload, f"{held / 200:.0f} bytes held per event for {payload / 200:.0f} bytes of JSON"
