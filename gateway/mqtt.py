@@ -120,6 +120,13 @@ class MqttIngest:
     # --- the supervisor --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.config.shared_group:
+            log.warning(
+                "mqtt.shared_group %r: the broker spreads each device's and each building's messages over the group, "
+                "so durations, rates of rise and multi-sensor fire confirmation see only part of them "
+                "(docs/gateway.md); split a district by building instead",
+                self.config.shared_group,
+            )
         attempt = 0
         while not self._stopping.is_set():
             try:

@@ -155,6 +155,8 @@ def test_shared_subscription_splits_the_load(tmp_path: Path, mosquitto: Mosquitt
         assert _count(influx) == len(items)
         shares = [g.metric("firegrid_mqtt_messages_total", channel="telemetry") for g in gateways]
         assert sum(shares) == len(items) and all(share > 0 for share in shares), shares
+        for g in gateways:  # each says what a shared group does to rules (docs/gateway.md)
+            assert "mqtt.shared_group 'firegrid'" in g.log_path.read_text(errors="replace")
     finally:
         publisher.close()
         for g in gateways:
