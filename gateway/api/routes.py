@@ -7,13 +7,11 @@ rollups and live events never reveal a building outside it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -26,6 +24,7 @@ from gateway.api import views as v
 from gateway.api.auth import Principal
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.hub import Event, Hub, ResumeGap, SubscriberLagged
+from gateway.gc_pause import gc_paused
 from rules.types import AlertTransition, MaintenanceWindow
 
 log = logging.getLogger("firegrid.api")
@@ -325,20 +324,6 @@ async def list_incidents(call: Call) -> m.IncidentPage:
 # --- devices -----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a request builds per-device objects (no cycles among them): for a district, the
-    collections those 100,000s of new objects triggered cost as much as building them.  Never held across an
-    ``await``."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 async def _device_sources(call: Call, wanted: set[str] | None) -> Iterable[tuple[Any, Any]]:
     """(presence record, registry entry) of each device of the ``wanted`` buildings (of every building when None):
     the registry from the config overlaid with what presence knows.  With the gateway's presence, only the devices
@@ -393,7 +378,7 @@ async def _device_rows(
     supervised = _supervised(active)
     rows: list[v.DeviceRow] = []
     sources = await _device_sources(call, wanted)
-    with _gc_paused():
+    with gc_paused():
         for record, entry in sources:
             row = v.device_row(record, building_grids=grids, config_device=entry)
             if row is None or (wanted is not None and row.building not in wanted):
@@ -605,7 +590,7 @@ async def list_buildings(call: Call) -> m.BuildingList:
     tallies = {b.id: _Tally() for b in listed}
     who = call.who
     sources = await _device_sources(call, set(tallies))
-    with _gc_paused():
+    with gc_paused():
         for record, entry in sources:
             device = v.device_facts(record, config_device=entry)
             if device is None:
