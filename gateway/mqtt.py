@@ -136,6 +136,11 @@ class MqttIngest:
                 self.last_error = str(exc)
                 if self._stopping.is_set():
                     break
+                if self.connected:
+                    # The link was up: this is a new outage, so the backoff starts again from its base.  Carrying the
+                    # count over from earlier outages made every broker restart wait longer (up to the 30 s cap)
+                    # while alarms queued in the broker (the 20-minute soak: lag p99 up to 30 s).
+                    attempt = 0
                 delay = min(self._backoff_max_s, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
                 attempt += 1
                 # Reconnects are routine (broker restarts, network blips): info, not error.

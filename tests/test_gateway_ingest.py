@@ -161,3 +161,31 @@ def test_shared_subscription_splits_the_load(tmp_path: Path, mosquitto: Mosquitt
         publisher.close()
         for g in gateways:
             g.stop()
+
+
+def test_each_broker_outage_starts_the_backoff_again(
+    tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer
+) -> None:
+    """Four broker SIGKILLs in a row: after each reconnect, the next outage's first retry is at the base delay
+    (0.25 s, jittered down), not at a delay grown by the earlier outages (which reached the 30 s cap after a few
+    restarts, while alarms waited in the broker)."""
+    gateway = _gateway(tmp_path, mosquitto, influx).start()
+    try:
+        for n in range(1, 5):
+            mosquitto.restart(kill=True)
+            wait_for(
+                lambda n=n: gateway.metric("firegrid_mqtt_reconnects_total") >= n, timeout=60, what=f"reconnect {n}"
+            )
+        lines = [line for line in gateway.log_tail(2000).splitlines() if "reconnect" in line]
+        firsts: list[float] = []
+        expect_first = True
+        for line in lines:
+            if "reconnected to" in line:
+                expect_first = True
+            elif "reconnecting in" in line and expect_first:
+                firsts.append(float(line.split("reconnecting in ")[1].split(" s")[0]))
+                expect_first = False
+        assert len(firsts) >= 4, lines
+        assert all(delay <= 0.3 for delay in firsts), f"first retry delay of each outage: {firsts}"
+    finally:
+        gateway.stop()
