@@ -323,7 +323,7 @@ class Decoder:
                 raise Rejected(Reason.WRONG_SHAPE, "an event must be a JSON object")
             return self._event(topic, document, received_ms)
         if isinstance(document, dict):
-            return self._telemetry_one(topic, document, received_ms)
+            return self._telemetry(topic, (document,), received_ms)
         if isinstance(document, list):
             if not document:
                 raise Rejected(Reason.WRONG_SHAPE, "an empty batch")
@@ -377,8 +377,7 @@ class Decoder:
         validate, metrics = entry[0].validate_python, entry[1]
         device = topic.device
         kind = ref.kind
-        future = received_ms + self._future_ms
-        oldest = received_ms - self._max_age_ms
+        check_time = self._check_time
         single = len(samples) == 1
         inputs: list[Input] = []
         skewed = 0
@@ -405,11 +404,8 @@ class Decoder:
                     raise Rejected(Reason.BAD_TIMESTAMP, "ts must be non-negative epoch milliseconds")
             else:
                 ts = parse_ts(ts, received_ms=received_ms)
-            if ts > future:
-                ts = received_ms
-                skewed += 1
-            elif ts < oldest:
-                raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
+            ts, skew = check_time(ts, received_ms)
+            skewed += skew
             values: dict[str, MetricValue] = {}
             for name in metrics:
                 value = fields[name]
@@ -419,46 +415,6 @@ class Decoder:
             inputs.append(Reading(ref, ts, values, fields["seq"], fields["drill"]))
             index += 1
         return Decoded(topic, tuple(inputs), skewed)
-
-    def _telemetry_one(self, topic: Topic, raw: dict[str, Any], received_ms: int) -> Decoded:
-        """:meth:`_telemetry` for the usual message, one sample: the same checks in the same order, unrolled."""
-        payload_kind = self._kind_of(raw) if "kind" in raw else None
-        ref = self._lookup(topic.device)
-        if ref is None or ref.building != topic.building:
-            ref = self._ref(topic, payload_kind)
-        entry = _SAMPLE_VALIDATORS.get(ref.kind)
-        if entry is None:  # a registry entry of a kind the contract does not know
-            raise Rejected(Reason.UNKNOWN_DEVICE, f"unknown kind {ref.kind!r}")
-        try:
-            fields = entry[0].validate_python(raw).__dict__
-        except ValidationError as exc:
-            raise Rejected(*_reason_for(exc)) from None
-        named = fields["device"]
-        if named is not None and named != topic.device:
-            raise Rejected(Reason.SPOOFED_ID, f"payload names device {named[:64]!r}")
-        sample_kind = fields["kind"]
-        if sample_kind is not None and sample_kind != ref.kind:
-            raise Rejected(Reason.WRONG_TYPE, f"kind {sample_kind.value!r} but the registry says {ref.kind!r}")
-        ts = fields["ts"]
-        if ts is None:
-            ts = received_ms
-        elif isinstance(ts, int):
-            if ts < 0:
-                raise Rejected(Reason.BAD_TIMESTAMP, "ts must be non-negative epoch milliseconds")
-        else:
-            ts = parse_ts(ts, received_ms=received_ms)
-        skewed = 0
-        if ts > received_ms + self._future_ms:
-            ts = received_ms
-            skewed = 1
-        elif ts < received_ms - self._max_age_ms:
-            raise Rejected(Reason.STALE, f"ts is {(received_ms - ts) // 86_400_000} days old")
-        values: dict[str, MetricValue] = {}
-        for name in entry[1]:
-            value = fields[name]
-            if value is not None:
-                values[name] = value
-        return Decoded(topic, (Reading(ref, ts, values, fields["seq"], fields["drill"]),), skewed)
 
     def _event(self, topic: Topic, document: dict[str, Any], received_ms: int) -> Decoded:
         ref = self._ref(topic, self._kind_of(document))
