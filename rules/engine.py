@@ -267,7 +267,7 @@ class Engine:
             if ts < dev.last_ts:
                 if dev.last_ts - ts <= REORDER_MS:
                     return _sort(out)  # out of order: the newer sample already decided
-                self._rebase(dev, ts)
+                self._rebase(b, dev, ts)
             dev.last_ts = ts
             by_metric = plan.quiet
             for metric, value in item.values.items():
@@ -580,7 +580,7 @@ class Engine:
                 if dev.space == REAL:
                     self._arm(b, dev, dev.last_seen + cr.silent_ms)  # watch for the next silence
 
-    def _rebase(self, dev: DevState, ts: int) -> None:
+    def _rebase(self, b: BState, dev: DevState, ts: int) -> None:
         """The device's clock jumped back: pending timers restart from its new time instead of never ending."""
         for st in dev.rs:
             if st is None:
@@ -591,6 +591,12 @@ class Engine:
                 st.csince = ts
             if st.buf is not None:
                 st.buf = None
+        # Deadlines only moved earlier, and `_arm` keeps the earliest: re-arm, or a rule this reading does not
+        # touch (a fault event's clear_after, another metric's `for`) would wait for some later wake-up of the device
+        # (none at all for a drill device, which has no absence timer).
+        nxt = self._next_due(dev)
+        if nxt is not None:
+            self._arm(b, dev, nxt)
 
     def _level(
         self, b: BState, dev: DevState, cr: CRule, st: RState, value: MetricValue, ts: int, out: list[AlertTransition]

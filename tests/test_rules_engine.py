@@ -276,6 +276,18 @@ EVENT_CASES = [
     ),
     ("reset without alert is nothing", [("e", 0, "c1", "reset")], []),
     (
+        # the jump back moves the fault's last occurrence to the device's new time: its clear timer moves earlier
+        # too (it was lost until something else woke the device; found by the snapshot/restore property)
+        "fault clears on time after the device clock jumps back",
+        [
+            ("r", 3600, "c1", {"battery": 90}),
+            ("e", 3600, "c1", "fault"),
+            ("r", 1000, "c1", {"battery": 90}),
+            ("t", 4600),
+        ],
+        [("raised", "fault", "c1", 3600), ("cleared", "fault", "c1", 4600)],
+    ),
+    (
         "an out-of-order press still raises",
         [("r", 100, "c1", {"battery": 90}), ("e", 50, "c1", "pressed")],
         [("raised", "pressed", "c1", 50)],
