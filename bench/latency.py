@@ -80,36 +80,45 @@ class FiregridSystem:
 
     label: str = "firegrid"
     mqtt_protocol: str | None = None  # None: the config's default
-    process: FiregridProcess | None = None
+    gateways: int = 1  # > 1: the district split by building over that many processes (mqtt.buildings)
+    process: FiregridProcess | None = None  # the first gateway (RSS, diagnostics)
+    processes: list[FiregridProcess] = field(default_factory=list)
     ready_s: float = math.nan
 
     def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None:
         why = firegrid_available()
         if why is not None:
             raise BenchError(f"firegrid run is not available yet ({why})")
-        config = firegrid_config(
-            broker_port=svc.broker.port,
-            influx_url=svc.influx.url,
-            workdir=workdir,
-            buildings=community.buildings(),
-            devices=community.devices(),
-            webhook=receiver,
-            mqtt_protocol=self.mqtt_protocol,
-        )
-        self.process = FiregridProcess(config=config, workdir=workdir).start()
-        self.ready_s = self.process.ready_after_s
+        buildings = community.buildings()
+        for i in range(self.gateways):
+            where = workdir if self.gateways == 1 else workdir / f"gw{i}"
+            config = firegrid_config(
+                broker_port=svc.broker.port,
+                influx_url=svc.influx.url,
+                workdir=where,
+                buildings=buildings,
+                devices=community.devices(),
+                webhook=receiver,
+                mqtt_protocol=self.mqtt_protocol,
+                client_id=f"firegrid-bench-{i}" if self.gateways > 1 else "firegrid-bench",
+            )
+            if self.gateways > 1:
+                config["mqtt"]["buildings"] = [b["id"] for b in buildings[i :: self.gateways]]
+            self.processes.append(FiregridProcess(config=config, workdir=where).start())
+        self.process = self.processes[0]
+        self.ready_s = max(p.ready_after_s for p in self.processes)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        for process in self.processes:
+            process.stop()
 
     def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
+        for process in self.processes:
+            process.kill()
 
     def restart(self) -> None:
-        assert self.process is not None
-        self.process.start()
+        for process in self.processes:
+            process.start()
 
     def diagnostics(self) -> str:
         """Non-zero rejection, spool and dead-letter metrics: why readings did not reach InfluxDB."""
@@ -623,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the gateway during the burst into this collapsed-stack file"
     )
+    parser.add_argument(
+        "--gateways", type=int, default=1, help="split the district by building over this many gateway processes"
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     community = Community(n_devices=1000, n_buildings=50, n_alarms=plan.n_alarms)
@@ -630,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         workdir = args.workdir or Path(tmp)
-        system = FiregridSystem(mqtt_protocol=args.mqtt_protocol)
+        system = FiregridSystem(mqtt_protocol=args.mqtt_protocol, gateways=args.gateways)
         try:
             result = run_plan(system, plan, community=community, workdir=workdir, profile=args.profile)
         except BenchError as exc:
@@ -651,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "burst": plan.burst,
         "startup_s": round(result.ready_s, 2),
         "mqtt_protocol": args.mqtt_protocol or "default",
+        "gateways": args.gateways,
     }
     emit("latency", figures, as_json=args.json, quick=args.quick, notes=notes, conditions=conditions)
     return 0

@@ -68,6 +68,10 @@ class MqttConfig(Section):
     # How many messages may wait for the group commit that acknowledges them.  Must not exceed the broker's
     # max_inflight_messages (see docs/deploy.md): the broker stops sending when that many are unacknowledged.
     max_inflight: int = Field(default=1000, ge=1, le=65_535)
+    # The buildings this gateway owns, when several gateways split a district by building (the unit of all rule and
+    # alert state): it subscribes to their topics only and holds only their devices, rules and alerts.  None: every
+    # building.  See docs/gateway.md, "Several gateways".
+    buildings: list[Ident] | None = Field(default=None, min_length=1)
 
     @field_validator("url")
     @classmethod
@@ -284,6 +288,12 @@ class FiregridConfig(BaseSettings):
                     f"devices[{i}].floor: floor {device.floor} outside building {building.id!r} "
                     f"(-{building.basements}..{building.floors})"
                 )
+        owned = self.mqtt.buildings or []
+        for i, building_id in enumerate(owned):
+            if owned.index(building_id) != i:
+                problems.append(f"mqtt.buildings[{i}]: duplicate building {building_id!r}")
+            elif self.buildings and building_id not in by_id:
+                problems.append(f"mqtt.buildings[{i}]: unknown building {building_id!r}")
         if self.rules is not None and self.rules_file is not None:
             problems.append("rules_file: give either an inline 'rules' list or 'rules_file', not both")
         names = [t.name for t in self.http.tokens]
@@ -297,6 +307,29 @@ class FiregridConfig(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def owns(self, building_id: str) -> bool:
+        """Whether this gateway judges the building (``mqtt.buildings``; every building when that is unset)."""
+        owned: frozenset[str] | None = self.__dict__.get("_owned")
+        if owned is None:
+            owned = self.__dict__["_owned"] = frozenset(self.mqtt.buildings or ())
+        return not owned or building_id in owned
+
+    def owned(self) -> FiregridConfig:
+        """The config as this gateway sees it: only the buildings it owns and their devices.  Itself when it owns
+        every building (the registry, presence, rules and API are then built from the owned part alone; ``acl`` and
+        the simulators keep using the whole district's config)."""
+        if not self.mqtt.buildings:
+            return self
+        part = self.model_copy(
+            update={
+                "buildings": [b for b in self.buildings if self.owns(b.id)],
+                "devices": [d for d in self.devices if self.owns(d.building)],
+            }
+        )
+        for cache in ("_bcache", "_dcache", "_owned"):
+            part.__dict__.pop(cache, None)  # model_copy copies __dict__, and with it the whole district's caches
+        return part
 
     def building(self, building_id: str) -> Building | None:
         return self._buildings_by_id.get(building_id)

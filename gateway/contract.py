@@ -55,6 +55,7 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"  # not in the registry (and unregistered devices are off, or no "kind" given)
     SPOOFED_ID = "spoofed_id"  # the payload names another device than the topic
     WRONG_BUILDING = "wrong_building"  # a registered device publishing under another building
+    FOREIGN_BUILDING = "foreign_building"  # a building another gateway owns (mqtt.buildings)
     DUPLICATE = "duplicate"  # the same (device, seq, values) again inside the replay window (judged by the gateway)
 
 
@@ -250,6 +251,9 @@ class DecodePolicy:
     allow_unregistered: bool = True
     max_future_skew_ms: int = 300_000
     max_age_ms: int = 30 * 86_400_000
+    # The buildings this gateway owns (mqtt.buildings); None: every building.  Its subscriptions bring it only
+    # these, so a foreign one means a stale subscription or a misconfigured broker: judged by its owner, not here.
+    buildings: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +296,14 @@ class Decoder:
         parsed_topic = self._topics.get(topic)
         if parsed_topic is None:
             parsed_topic = parse_topic(topic, self._prefix)
+            owned = self._policy.buildings
+            if owned is not None and parsed_topic.building not in owned:
+                raise Rejected(
+                    Reason.FOREIGN_BUILDING,
+                    f"building {parsed_topic.building!r} is not one of this gateway's (mqtt.buildings)",
+                    building=parsed_topic.building,
+                    device=parsed_topic.device,
+                )
             if len(self._topics) >= TOPIC_CACHE_SIZE:
                 self._topics.clear()
             self._topics[topic] = parsed_topic
@@ -457,4 +469,5 @@ def policy_from_config(config: Any) -> DecodePolicy:
         allow_unregistered=config.contract.allow_unregistered,
         max_future_skew_ms=config.contract.max_future_skew_s * 1000,
         max_age_ms=config.contract.max_age_s * 1000,
+        buildings=frozenset(config.mqtt.buildings) if config.mqtt.buildings else None,
     )

@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from gateway import paho_speedups
 from gateway.config import MqttConfig
+from gateway.filter_ledger import FilterLedger
 from gateway.metrics import Metrics
 
 log = logging.getLogger("firegrid.mqtt")
@@ -63,7 +64,11 @@ class Incoming:
 
 
 def subscriptions(config: MqttConfig) -> list[str]:
-    topics = [f"{config.topic_prefix}/+/+/{channel}" for channel in CHANNELS]
+    """The gateway's topic filters: every building's, or with ``mqtt.buildings`` only those buildings'."""
+    if config.buildings:
+        topics = [f"{config.topic_prefix}/{b}/+/{channel}" for b in config.buildings for channel in CHANNELS]
+    else:
+        topics = [f"{config.topic_prefix}/+/+/{channel}" for channel in CHANNELS]
     if config.shared_group:
         topics = [f"$share/{config.shared_group}/{t}" for t in topics]
     return topics
@@ -96,8 +101,10 @@ class MqttIngest:
         on_message: Callable[[Incoming], None],
         high_water: int | None = None,
         backoff_max_s: float = 30.0,
+        ledger: FilterLedger | None = None,
     ) -> None:
         self.config = config
+        self._ledger = ledger
         self.metrics = metrics
         self._on_message = on_message
         self.generation = 0
@@ -213,6 +220,10 @@ class MqttIngest:
         inner.on_message = on_message
         return client
 
+    def _catch_all(self) -> list[str]:
+        """The whole district's filters, which a partitioned gateway's session may hold from before it was."""
+        return subscriptions(self.config.model_copy(update={"buildings": None})) if self.config.buildings else []
+
     async def _session(self) -> None:
         client = self._build()
         try:
@@ -226,8 +237,21 @@ class MqttIngest:
             self._client = client
             self._paho = client._client
             self._install_reader()
-            topics: list[tuple[str, int]] = [(topic, int(self.config.qos)) for topic in subscriptions(self.config)]
-            await client.subscribe(topics)
+            wanted = subscriptions(self.config)
+            stale = self._ledger.subscribing(wanted, catch_all=self._catch_all()) if self._ledger else []
+            await client.subscribe([(topic, int(self.config.qos)) for topic in wanted])
+            if stale:
+                # only now: in between, the old and the new filters overlap (duplicates, which dedup absorbs)
+                # instead of leaving a gap in which an owned building's message would match nothing
+                await client.unsubscribe(stale)
+                assert self._ledger is not None
+                self._ledger.unsubscribed(stale)
+                log.info(
+                    "MQTT: unsubscribed %d topic filters this gateway no longer owns (%s%s)",
+                    len(stale),
+                    ", ".join(stale[:4]),
+                    ", ..." if len(stale) > 4 else "",
+                )
             await client.publish(status_topic(self.config), b"online", qos=1, retain=True)
             self.connected = True
             if self.on_link is not None:

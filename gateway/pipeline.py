@@ -352,11 +352,20 @@ class Pipeline:
             self.engine_state.save(job.snapshots, at_ms=at)
 
 
-def restore_engine(engine: Any, *, state: EngineState, alert_store: Any | None) -> tuple[int, int]:
+def restore_engine(
+    engine: Any, *, state: EngineState, alert_store: Any | None, owns: Callable[[str], bool] = lambda _: True
+) -> tuple[int, int]:
     """Put the engine back where it was: per-building snapshots, then the store's open alerts (so an alarm that
-    was raised is neither forgotten nor raised a second time).  Returns (buildings, active alerts)."""
+    was raised is neither forgotten nor raised a second time).  Returns (buildings, active alerts).
+
+    Buildings this gateway no longer owns (``mqtt.buildings``) are left out: their new owner judges them now.  Their
+    open alerts stay in this store (and in the API) until resolved here; docs/gateway.md says how to move one."""
     restored = 0
+    foreign: set[str] = set()
     for building, data in state.load().items():
+        if not owns(building):
+            foreign.add(building)
+            continue
         try:
             engine.restore(building, data)
             restored += 1
@@ -365,9 +374,20 @@ def restore_engine(engine: Any, *, state: EngineState, alert_store: Any | None) 
     active = 0
     seed = getattr(engine, "seed_active", None)
     if alert_store is not None and seed is not None:
-        alerts = _active_alerts(alert_store.active_alerts())
+        alerts = []
+        for alert in _active_alerts(alert_store.active_alerts()):
+            if owns(alert.building):
+                alerts.append(alert)
+            else:
+                foreign.add(alert.building)
         seed(alerts)
         active = len(alerts)
+    if foreign:
+        log.warning(
+            "state of %d buildings this gateway no longer owns (mqtt.buildings) was not restored: %s",
+            len(foreign),
+            ", ".join(sorted(foreign)[:20]),
+        )
     return restored, active
 
 

@@ -112,8 +112,8 @@ class Presence:
             device, building, kind, floor, grid, registered, seen, values, battery, status, status_ts = row
             state = self.devices.get(device)
             if state is None:
-                if registered:
-                    continue  # removed from the registry since
+                if registered or not config.owns(building):
+                    continue  # removed from the registry since, or its building moved to another gateway
                 state = self.devices[device] = DeviceState(
                     device=device,
                     building=building,

@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.config import ConfigError, FiregridConfig, load_config
 from gateway.contract import Decoder, policy_from_config, registry_from_config
 from gateway.dedup import Dedup
+from gateway.filter_ledger import FilterLedger
 from gateway.gc_pause import gc_paused
 from gateway.logs import setup_logging
 from gateway.metrics import Metrics
@@ -119,10 +120,16 @@ class Service:
     """Everything ``firegrid run`` starts, so tests and benches can run it in-process too."""
 
     def __init__(self, config: FiregridConfig) -> None:
+        district = config
+        # With mqtt.buildings, everything below is built from this gateway's own buildings and devices only
+        config = config.owned()
         self.config = config
         self.metrics = Metrics()
         db_path = config.resolve_path(config.store.path)
         registry = registry_from_config(config)
+        # the decoder knows the whole district, so a device publishing under a building not its own is still
+        # `wrong_building` when its own building belongs to another gateway
+        decoder_registry = registry if district is config else registry_from_config(district)
         self.presence = Presence(config=config, db_path=db_path)
         self.rejections = Rejections(metrics=self.metrics)
         self.engine = build_engine(config, registry)
@@ -161,7 +168,9 @@ class Service:
             started_ms=int(time.time() * 1000),
         )
         self.pipeline = Pipeline(
-            decoder=Decoder(prefix=config.mqtt.topic_prefix, registry=registry, policy=policy_from_config(config)),
+            decoder=Decoder(
+                prefix=config.mqtt.topic_prefix, registry=decoder_registry, policy=policy_from_config(config)
+            ),
             dedup=Dedup(window_ms=config.contract.replay_window_s * 1000),
             rejections=self.rejections,
             presence=self.presence,
@@ -175,7 +184,9 @@ class Service:
             ack=self._ack,
             gateway_topics=f"{config.mqtt.topic_prefix}/_gateway/",
         )
-        self.mqtt = MqttIngest(config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit)
+        self.mqtt = MqttIngest(
+            config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit, ledger=FilterLedger(db_path)
+        )
         self.mqtt.on_link = self._link_changed
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
@@ -253,8 +264,19 @@ class Service:
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http.port
 
     async def run(self) -> int:
+        owned = self.config.mqtt.buildings
+        if owned:
+            log.info(
+                "this gateway owns %d buildings (mqtt.buildings), %d registered devices: %s%s",
+                len(owned),
+                len(self.config.devices),
+                ", ".join(owned[:10]),
+                ", ..." if len(owned) > 10 else "",
+            )
         if self.engine is not None:
-            buildings, active = restore_engine(self.engine, state=self.engine_state, alert_store=self.store)
+            buildings, active = restore_engine(
+                self.engine, state=self.engine_state, alert_store=self.store, owns=self.config.owns
+            )
             log.info("engine restored: %d buildings from snapshots, %d active alerts seeded", buildings, active)
             # Until the broker link is up, silence says nothing about the devices (a gateway down for ten minutes
             # must not find the whole district "silent" on start): every device's period restarts on connect.
