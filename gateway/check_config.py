@@ -19,9 +19,13 @@ def summary(config: FiregridConfig) -> str:
         kinds[device.kind.value] = kinds.get(device.kind.value, 0) + 1
     by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
     influx = f"InfluxDB {config.influx.api} at {config.influx.url}" if config.influx.url else "no InfluxDB"
+    owned = ""
+    if config.mqtt.buildings:
+        part = config.owned()
+        owned = f"; this gateway owns {len(config.mqtt.buildings)} buildings ({len(part.devices)} devices)"
     return (
         f"ok: {len(config.buildings)} buildings in {len(grids)} grids, {len(config.devices)} devices ({by_kind}); "
-        f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}"
+        f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}{owned}"
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.check_config import summary
 from gateway.config import ConfigError, FiregridConfig, load_config
 from gateway.filter_ledger import FilterLedger
 from gateway.mqtt import subscriptions
@@ -152,6 +153,7 @@ def test_partition_config(tmp_path: Path) -> None:
     assert owned.device("d000") is None and owned.device("d001") is not None
     assert loaded.device("d000") is not None  # the district's config itself is unchanged
     assert owned.owns("b03") and not owned.owns("b00")
+    assert summary(loaded).endswith("; this gateway owns 2 buildings (4 devices)")
     whole = FiregridConfig.model_validate({"buildings": [{"id": "b1", "name": "B", "grid": "g"}]})
     assert whole.owned() is whole and whole.owns("anything")
 
