@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 from gateway.api import create_api_app
 from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms, tick
+from gateway.config import Device
 from gateway.contract import registry_from_config
-from rules.types import Reading, StatusChange
+from gateway.presence import DeviceState
+from rules.types import DeviceKind, Reading, StatusChange
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}
@@ -393,3 +395,73 @@ def test_rollup_facts_agree_with_the_device_row(record: dict[str, Any], register
         row.low_battery,
         row.out_of_service,
     )
+
+
+_TEXT = _maybe("", "x", "extinguisher", "smoke", "b1", "online")
+_STATE = st.builds(
+    DeviceState,
+    device=_maybe("d1", "", "d" * 70),
+    building=_maybe("b1", "b2", "", "b" * 70),
+    kind=_maybe("extinguisher", "smoke", "unknown", "", "k" * 40),
+    floor=_maybe(None, -1, 0, 7),
+    grid=_maybe(None, "", "g9"),
+    registered=_maybe(True, False),
+    location=st.one_of(st.none(), _TEXT),
+    heartbeat_s=_maybe(10, 300),
+    last_seen_ms=_maybe(None, 0, 995_000, 1_000_000),
+    last_values=_VALUES,
+    battery=_maybe(None, 3.0, 19.9, 20.0, 80.0, float("nan")),
+    status=_maybe(None, "online", "offline"),
+    status_ts_ms=_maybe(None, 0, 999_000, 1_000_000),
+)
+_ENTRY = st.one_of(
+    st.none(),
+    st.builds(
+        Device,
+        id=_maybe("r1", "d1"),
+        building=_maybe("b1", "b3"),
+        kind=st.sampled_from(list(DeviceKind)),
+        floor=_maybe(None, 2),
+        location=_maybe(None, "", "stairwell"),
+    ),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(state=_STATE, entry=_ENTRY, now=_maybe(1_000_000, 1_200_000, 2_000_000), supervised=st.booleans())
+def test_reading_presence_records_directly_agrees_with_the_generic_path(
+    state: DeviceState, entry: Device | None, now: int, supervised: bool
+) -> None:
+    """``GET /buildings`` and ``/devices`` read presence's records directly (``DeviceReader``); what they read must be
+    what ``device_facts`` and ``device_row`` make of the record's ``as_dict`` (what ``GET /devices/{id}`` shows)."""
+    from gateway.api import views
+
+    grids = {"b1": "g1", "b3": "g3"}
+    asked: list[str] = []
+
+    def registry(device_id: str) -> Device | None:
+        asked.append(device_id)
+        return entry
+
+    reader = views.DeviceReader(now_ms=now, building_grids=grids, registry=registry)
+    record = state.as_dict(now)
+    row = views.device_row(record, building_grids=grids, config_device=entry)
+    facts = reader.facts("d1", state)
+    assert facts == views.device_facts(record, config_device=entry)
+    if row is None:
+        assert facts is None
+        return
+    assert facts is not None
+    if supervised:  # an open supervisory alert: the route sets it on the facts, and the row must keep it
+        facts.out_of_service = row.out_of_service = True
+    assert reader.row("d1", state, facts) == row
+    assert set(asked) <= {"d1"}
+    # A registry device presence does not know (no record) is read the generic way, as an empty record.
+    unknown = reader.facts("d1", None)
+    assert unknown == views.device_facts({}, config_device=entry)
+    if unknown is not None:
+        unknown.out_of_service = supervised
+        expected = views.device_row({}, building_grids=grids, config_device=entry)
+        assert expected is not None
+        expected.out_of_service = supervised
+        assert reader.row("d1", None, unknown) == expected

@@ -25,6 +25,7 @@ from gateway.api.auth import Principal
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.hub import Event, Hub, ResumeGap, SubscriberLagged
 from gateway.gc_pause import gc_paused
+from gateway.presence import DeviceState, Presence
 from rules.types import AlertTransition, MaintenanceWindow
 
 log = logging.getLogger("firegrid.api")
@@ -49,17 +50,18 @@ class DeviceIndex:
 
     @property
     def follows_presence(self) -> bool:
-        """Presence keeps its devices in a dict this index can follow (``gateway.presence.Presence``); with anything
-        else, every request asks presence for its whole list."""
-        return isinstance(getattr(self.presence, "devices", None), dict) and hasattr(self.presence, "get_device")
+        """The gateway's presence (``gateway.presence.Presence``) keeps its devices in a dict this index can follow,
+        and the API reads their records directly; with anything else, every request asks presence for its whole
+        list."""
+        return isinstance(self.presence, Presence)
 
     def _add(self, device_id: str, building: str) -> None:
         if device_id not in self._building_of:
             self._building_of[device_id] = building
             self._by_building.setdefault(building, []).append(device_id)
 
-    def refresh(self, now_ms: int) -> None:
-        devices: dict[str, Any] = self.presence.devices
+    def refresh(self) -> None:
+        devices: dict[str, DeviceState] = self.presence.devices
         count = len(devices)
         if count == self._looked_at:
             return
@@ -68,8 +70,8 @@ class DeviceIndex:
         for device_id in fresh:
             if device_id in self._building_of:
                 continue
-            record = self.presence.get_device(device_id, now_ms=now_ms)
-            building = v.as_str(v.fields_of(record).get("building"), 64)
+            # Only the building is needed: read it from the record (the device's as_dict would do it the long way).
+            building = v.as_str(devices[device_id].building, 64)
             if building:
                 self._add(device_id, building)
         self._looked_at = count
@@ -324,36 +326,37 @@ async def list_incidents(call: Call) -> m.IncidentPage:
 # --- devices -----------------------------------------------------------------------------------------------------
 
 
-async def _device_sources(call: Call, wanted: set[str] | None) -> Iterable[tuple[Any, Any]]:
-    """(presence record, registry entry) of each device of the ``wanted`` buildings (of every building when None):
-    the registry from the config overlaid with what presence knows.  With the gateway's presence, only the devices
-    of those buildings are read, one at a time as the caller iterates (never across an ``await``); the caller still
+async def _device_sources(call: Call, wanted: set[str] | None) -> tuple[Iterable[tuple[str, Any]], v.DeviceReader]:
+    """(device id, presence record or None) of each device of the ``wanted`` buildings (of every building when None):
+    the registry from the config overlaid with what presence knows, and the reader that turns them into facts and
+    rows.  With the gateway's presence, only the devices of those buildings are read, one at a time as the caller
+    iterates (never across an ``await``), each record as presence keeps it (no per-device copy); the caller still
     checks each device's own building and scope."""
     state = state_of(call)
     config = state.config
     now = state.clock_ms()
+    reader = v.DeviceReader(now_ms=now, building_grids=state.building_grids, registry=config.device)
     index = state.device_index()
     if index.follows_presence:
-        index.refresh(now)
-        get_device = index.presence.get_device
-        registry_entry = config.device
+        index.refresh()
+        records = index.presence.devices
         who = call.who
         return (
-            (get_device(device_id, now_ms=now) or {}, registry_entry(device_id))
+            (device_id, records.get(device_id))
             for building in (index.buildings() if wanted is None else wanted)
             if who.sees_building(building)
             for device_id in index.ids(building)
-        )
-    by_id: dict[str, tuple[Any, Any]] = {
-        device.id: ({}, device) for device in config.devices if wanted is None or device.building in wanted
+        ), reader
+    by_id: dict[str, Any] = {
+        device.id: None for device in config.devices if wanted is None or device.building in wanted
     }
     presence = getattr(state.runtime, "presence", None)
     if presence is not None:
         for record in await _maybe_await(presence.list_devices(now_ms=now)) or ():
             named = v.as_str(v.first(v.fields_of(record), "device", "device_id", "id"), 64)
             if named is not None:
-                by_id[named] = (record, config.device(named))
-    return list(by_id.values())
+                by_id[named] = record
+    return list(by_id.items()), reader
 
 
 def _supervised(active: Sequence[m.Alert]) -> set[str]:
@@ -367,27 +370,31 @@ async def _device_rows(
     active: Sequence[m.Alert],
     *,
     buildings: Iterable[str] | None = None,
-    keep: Callable[[v.DeviceRow], bool] | None = None,
+    keep: Callable[[v.DeviceRow | v.DeviceFacts], bool] | None = None,
 ) -> list[v.DeviceRow]:
     """The devices of ``buildings`` (of every building when None) the token may see and ``keep`` accepts, sorted by
-    building, floor and id.  ``active``: the open alerts."""
-    state = state_of(call)
-    grids = state.building_grids
+    building, floor and id.  ``active``: the open alerts.  ``keep`` is asked first with a device's facts (it must
+    not reject a device on a field they lack), and only a device it keeps becomes a full row: a scan for a status
+    builds rows for the matches, not for the district."""
     who = call.who
+    scoped = who.scoped
     wanted = None if buildings is None else set(buildings)
     supervised = _supervised(active)
     rows: list[v.DeviceRow] = []
-    sources = await _device_sources(call, wanted)
+    sources, reader = await _device_sources(call, wanted)
     with gc_paused():
-        for record, entry in sources:
-            row = v.device_row(record, building_grids=grids, config_device=entry)
-            if row is None or (wanted is not None and row.building not in wanted):
+        for device_id, record in sources:
+            facts = reader.facts(device_id, record)
+            if facts is None or (wanted is not None and facts.building not in wanted):
                 continue
-            if not who.sees_building(row.building):
+            if scoped and not who.sees_building(facts.building):
                 continue
-            if row.id in supervised and row.kind == "extinguisher":
-                row.out_of_service = True
-            if keep is None or keep(row):
+            if facts.id in supervised and facts.kind == "extinguisher":
+                facts.out_of_service = True
+            if keep is not None and not keep(facts):
+                continue
+            row = reader.row(device_id, record, facts)
+            if row is not None and (keep is None or keep(row)):
                 rows.append(row)
         rows.sort(key=v.DeviceRow.sort_key)
     return rows
@@ -402,16 +409,21 @@ async def _active_alerts(call: Call) -> list[m.Alert]:
     return [a for a in alerts if a.state != m.AlertState.resolved and call.who.sees_building(a.building)]
 
 
-def _device_matches(device: v.DeviceRow, q: m.DeviceQuery) -> bool:
-    return (
+def _device_matches(device: v.DeviceRow | v.DeviceFacts, q: m.DeviceQuery) -> bool:
+    """The query's filters on a device; its facts (no grid, no registration) are judged on what they have."""
+    if not (
         (q.building is None or device.building == q.building)
-        and (q.grid is None or device.grid == q.grid)
         and (q.kind is None or device.kind == q.kind.value)
         and (q.status is None or device.status == q.status)
-        and (q.unregistered is None or device.registered != q.unregistered)
         and (q.low_battery is None or device.low_battery == q.low_battery)
         and (q.out_of_service is None or device.out_of_service == q.out_of_service)
-    )
+    ):
+        return False
+    if isinstance(device, v.DeviceRow):
+        return (q.grid is None or device.grid == q.grid) and (
+            q.unregistered is None or device.registered != q.unregistered
+        )
+    return True
 
 
 @operation(
@@ -588,15 +600,14 @@ async def list_buildings(call: Call) -> m.BuildingList:
     # One pass over the listed buildings' devices, each counted into its own building's tally (nothing of a whole
     # district is held at once); alerts grouped by building once.
     tallies = {b.id: _Tally() for b in listed}
-    who = call.who
-    sources = await _device_sources(call, set(tallies))
+    sources, reader = await _device_sources(call, set(tallies))
     with gc_paused():
-        for record, entry in sources:
-            device = v.device_facts(record, config_device=entry)
+        for device_id, record in sources:
+            device = reader.facts(device_id, record)
             if device is None:
                 continue
             tally = tallies.get(device.building)
-            if tally is None or not who.sees_building(device.building):
+            if tally is None:  # only the listed buildings have a tally, and every one of them is in scope
                 continue
             if device.kind == "extinguisher" and device.id in supervised:
                 device.out_of_service = True

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from gateway.api import models as m
+from gateway.presence import DeviceState
 from rules.types import Severity
 
 _A = TypeVar("_A", bound=m.Alert)
@@ -379,14 +381,65 @@ def _identity(merged: Mapping[str, Any], cfg_id: Any, cfg_building: Any) -> tupl
     return identifier, as_str(merged.get("building") or cfg_building, 64)
 
 
+_VALUE_FIELDS = ("values", "last_values", "metrics")
+
+
 def _values(merged: Mapping[str, Any]) -> dict[str, m.MetricValue | None]:
-    values_raw = first(merged, "values", "last_values", "metrics")
+    return _metric_values(first(merged, *_VALUE_FIELDS))
+
+
+def _metric_values(raw: Any) -> dict[str, m.MetricValue | None]:
+    """A device's last values as the API shows them (at most 64, a ``{"value": x}`` record read as ``x``)."""
     values: dict[str, m.MetricValue | None] = {}
-    if values_raw and isinstance(values_raw, Mapping):
-        for key, value in list(values_raw.items())[:64]:
+    if raw and isinstance(raw, Mapping):
+        for key, value in list(raw.items())[:64]:
             name = key if type(key) is str and len(key) <= 64 else str(key)[:64]
-            values[name] = metric(fields_of(value).get("value") if _is_record(value) else value)
+            values[name] = _metric_value(value)
     return values
+
+
+def _metric_value(value: Any) -> m.MetricValue | None:
+    return metric(fields_of(value).get("value") if _is_record(value) else value)
+
+
+# The last values _upkeep reads (extinguisher_out_of_service: present, obstructed, pressure_mpa, fault).
+_UPKEEP_VALUES = ("battery", "present", "obstructed", "pressure_mpa", "fault")
+
+
+def _upkeep_values(raw: Any) -> dict[str, m.MetricValue | None]:
+    """Of :func:`_metric_values`, only the values :func:`_upkeep` reads, without reading the others.  The same
+    values: a dict's keys are text (a device's values are a JSON object), and ``name`` is the only text key that
+    :func:`_metric_values` would name ``name``."""
+    if not raw or type(raw) is not dict or len(raw) > 64:  # over 64: which are kept depends on all of them
+        return _metric_values(raw)
+    return {name: _metric_value(raw[name]) for name in _UPKEEP_VALUES if name in raw}
+
+
+def _upkeep(
+    kind: str | None, own_battery: Any, raw_values: Any, values: Mapping[str, Any] | None = None
+) -> tuple[float | None, bool, bool]:
+    """A device's battery (its own ``battery`` field, else its last ``battery`` value), whether that is low, and
+    whether it is an extinguisher out of service by its last values.  ``values``: ``raw_values`` already read by
+    :func:`_metric_values`, when the caller has them; else only the few needed are read, and only when needed (a
+    device with its own battery figure that is not an extinguisher, most of a district, needs none)."""
+    # The common cases without a call (100,000 devices per request): no figure, or a finite float (NaN fails both).
+    if own_battery is None:
+        battery = None
+    elif type(own_battery) is float and -math.inf < own_battery < math.inf:
+        battery = own_battery
+    else:
+        battery = as_float(own_battery)
+    extinguisher = kind == "extinguisher"
+    if battery is None or extinguisher:
+        if values is None:
+            values = _upkeep_values(raw_values) if raw_values else _NO_VALUES
+        if battery is None and values:
+            battery = as_float(values.get("battery"))
+    low = battery is not None and battery < LOW_BATTERY_PERCENT
+    return battery, low, extinguisher and values is not None and bool(values) and extinguisher_out_of_service(values)
+
+
+_NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 
 
 def _status(merged: Mapping[str, Any]) -> m.DeviceStatus:
@@ -413,10 +466,8 @@ def device_row(obj: Any, *, building_grids: Mapping[str, str], config_device: An
     if identifier is None or building is None:
         return None
     values = _values(merged)
-    battery = as_float(merged.get("battery"))
-    if battery is None:
-        battery = as_float(values.get("battery"))
     kind = as_str(merged.get("kind") or cfg_kind, 32)
+    battery, low_battery, out_of_service = _upkeep(kind, merged.get("battery"), None, values)
     registered = as_bool(merged.get("registered"))
     floor = merged.get("floor")
     return DeviceRow(
@@ -430,8 +481,8 @@ def device_row(obj: Any, *, building_grids: Mapping[str, str], config_device: An
         status=_status(merged),
         last_seen_ms=as_int(first(merged, "last_seen_ms", "last_seen", "seen_ms")),
         battery=battery,
-        low_battery=battery is not None and battery < LOW_BATTERY_PERCENT,
-        out_of_service=kind == "extinguisher" and extinguisher_out_of_service(values),
+        low_battery=low_battery,
+        out_of_service=out_of_service,
         values=values,
     )
 
@@ -457,18 +508,92 @@ def device_facts(obj: Any, *, config_device: Any = None) -> DeviceFacts | None:
     if identifier is None or building is None:
         return None
     kind = as_str(merged.get("kind") or cfg_kind, 32)
-    battery = as_float(merged.get("battery"))
-    values = _values(merged) if battery is None or kind == "extinguisher" else None
-    if battery is None and values is not None:
-        battery = as_float(values.get("battery"))
-    return DeviceFacts(  # positional: measurably cheaper, 100,000 times per request
-        identifier,
-        building,
-        kind,
-        _status(merged),
-        battery is not None and battery < LOW_BATTERY_PERCENT,
-        kind == "extinguisher" and values is not None and extinguisher_out_of_service(values),
-    )
+    _battery, low_battery, out_of_service = _upkeep(kind, merged.get("battery"), first(merged, *_VALUE_FIELDS))
+    # positional: measurably cheaper, 100,000 times per request
+    return DeviceFacts(identifier, building, kind, _status(merged), low_battery, out_of_service)
+
+
+class DeviceReader:
+    """One request's reading of presence's own records (:class:`gateway.presence.DeviceState`) straight from their
+    attributes: the same :class:`DeviceFacts` and :class:`DeviceRow` that :func:`device_facts` and
+    :func:`device_row` make of the record's ``as_dict``, without building that dict (and the generic path's
+    merging and spelling look-ups) for each of a district's 100,000 devices.  Any other record, or none (a
+    registry device presence does not know), is read the generic way.  ``registry`` (device id -> registry entry)
+    is asked only when a record leaves a field to the registry."""
+
+    __slots__ = ("building_grids", "now_ms", "registry")
+
+    def __init__(self, *, now_ms: int, building_grids: Mapping[str, str], registry: Callable[[str], Any]) -> None:
+        self.now_ms = now_ms
+        self.building_grids = building_grids
+        self.registry = registry
+
+    def facts(self, device_id: str, record: Any) -> DeviceFacts | None:
+        if type(record) is not DeviceState:
+            return device_facts(record or {}, config_device=self.registry(device_id))
+        identifier: str | None = record.device
+        building: str | None = record.building
+        kind: str | None = record.kind
+        # What as_str would return unchanged, checked inline: this runs 100,000 times per request.
+        if not (
+            type(identifier) is str
+            and type(building) is str
+            and type(kind) is str
+            and 0 < len(identifier) <= 64
+            and 0 < len(building) <= 64
+            and 0 < len(kind) <= 32
+        ):
+            identifier, building, kind = self._identity(device_id, record)
+            if identifier is None or building is None:
+                return None
+        status = _STATUS_BY_TEXT.get(record.state(self.now_ms))
+        _battery, low_battery, out_of_service = _upkeep(kind, record.battery, record.last_values)
+        status = status or self._status(record)
+        return DeviceFacts(identifier, building, kind, status, low_battery, out_of_service)  # positional: cheaper
+
+    def _identity(self, device_id: str, record: DeviceState) -> tuple[str | None, str | None, str | None]:
+        """As device_facts reads them: an empty field falls back to the registry; text is cut to its limit."""
+        own_id, own_building, own_kind = record.device, record.building, record.kind
+        if not (own_id and own_building and own_kind):
+            cfg_id, cfg_building, cfg_kind, _floor, _location = _registry(self.registry(device_id))
+            own_id, own_building, own_kind = own_id or cfg_id, own_building or cfg_building, own_kind or cfg_kind
+        return as_str(own_id, 64), as_str(own_building, 64), as_str(own_kind, 32)
+
+    def row(self, device_id: str, record: Any, facts: DeviceFacts) -> DeviceRow | None:
+        """The full row of a device whose ``facts`` this reader gave (their ``out_of_service`` may have been set by
+        an open supervisory alert since: the row keeps it)."""
+        if type(record) is not DeviceState:
+            row = device_row(record or {}, building_grids=self.building_grids, config_device=self.registry(device_id))
+            if row is not None:
+                row.out_of_service = facts.out_of_service
+            return row
+        floor, location, registered = record.floor, record.location, as_bool(record.registered)
+        entry = self.registry(device_id) if floor is None or not location or registered is None else None
+        _id, _building, _kind, cfg_floor, cfg_location = _registry(entry)
+        values = _metric_values(record.last_values)
+        battery, _low, _out = _upkeep(facts.kind, record.battery, None, values)
+        return DeviceRow(
+            id=facts.id,
+            building=facts.building,
+            grid=as_str(record.grid, 64) or self.building_grids.get(facts.building),
+            kind=facts.kind,
+            floor=as_int(floor if floor is not None else cfg_floor),
+            location=as_str(location or cfg_location, 200),
+            registered=registered if registered is not None else _in_registry(entry),
+            status=facts.status,
+            last_seen_ms=as_int(record.last_seen_ms),
+            battery=battery,
+            low_battery=facts.low_battery,
+            out_of_service=facts.out_of_service,
+            values=values,
+        )
+
+    def _status(self, record: DeviceState) -> m.DeviceStatus:
+        text = record.state(self.now_ms)
+        status = _STATUS_BY_TEXT.get(text) if type(text) is str else None
+        if status is None:  # not one of presence's three states: read as the generic path reads as_dict
+            status = _status({"state": text, "status": record.status, "online": text == "online"})
+        return status
 
 
 def device_from(obj: Any, *, building_grids: Mapping[str, str], config_device: Any = None) -> m.Device | None:
