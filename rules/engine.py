@@ -217,6 +217,17 @@ class Engine:
             for o in rule.overrides:
                 self._named_devices.update(o.devices or ())
         self._plan_by_shape: dict[tuple[str, str, int | None, str | None, int], Plan] = {}
+        # ... and only on the parts of "where" some selector or override looks at: with the shipped rules (which
+        # select by kind alone) a district's devices share a handful of shapes instead of one per building and floor
+        # (100,000 devices on 20 floors of 2,000 buildings: 40,000 shapes -> 4, adopting them 870 -> 215-310 ms).
+        selectors = [(rule.match, rule.overrides) for rule in rule_set.rules]
+        self._shape_building = any(
+            m.building is not None or any(o.building is not None for o in overrides) for m, overrides in selectors
+        )
+        self._shape_floor = any(
+            m.floor is not None or any(o.floor is not None for o in overrides) for m, overrides in selectors
+        )
+        self._shape_grid = any(m.grid is not None for m, _ in selectors)
         self._presence_held_since: int | None = None
         self._corr_cache: dict[tuple[int, str, int | None, str, str, str | None], CRule | None] = {}
         self._buildings: dict[str, BState] = {}
@@ -292,6 +303,15 @@ class Engine:
         else:
             raise TypeError(f"not an engine input: {type(item).__name__}")
         return _sort(out) if out else out
+
+    def start(self, now_ms: int) -> None:
+        """Set the clock and adopt the registry (every registered device's absence clock starts at ``now_ms``)
+        without firing any timer: the next ``tick`` fires what is due.  What the first ``tick`` would do anyway;
+        a service calls it during start-up, after restoring its snapshots, so that building a district's device
+        states (100,000 of them) is not a stall of a running event loop.  No-op once the clock is set."""
+        if self._now is None:
+            self._now = now_ms
+            self._adopt_registry(now_ms)
 
     def tick(self, now_ms: int) -> list[AlertTransition]:
         """Advance the engine clock to ``now_ms`` and fire every timer due by then."""
@@ -1113,7 +1133,13 @@ class Engine:
         heartbeat = self._rule_set.heartbeat_s(ref.device, ref.kind)
         if ref.device in self._named_devices:
             return self._resolve_plan(ref, heartbeat)
-        shape = (ref.kind, ref.building, ref.floor, ref.grid, heartbeat)
+        shape = (
+            ref.kind,
+            ref.building if self._shape_building else "",
+            ref.floor if self._shape_floor else None,
+            ref.grid if self._shape_grid else None,
+            heartbeat,
+        )
         plan = self._plan_by_shape.get(shape)
         if plan is None:
             plan = self._plan_by_shape[shape] = self._resolve_plan(ref, heartbeat)

@@ -305,6 +305,39 @@ ABSENCE = """
 """
 
 
+def test_start_adopts_the_registry_without_firing_timers() -> None:
+    devices = [ref("s1"), ref("s2")]
+    started = Driver(ABSENCE, devices, heartbeat={"smoke": 300})
+    started.engine.start(ms(0))
+    assert started.engine.buildings() == ["b1"]  # the registry's devices exist before anything was heard
+    started.engine.start(ms(500))  # a second start changes nothing: the clock is set
+    ticked = Driver(ABSENCE, devices, heartbeat={"smoke": 300})
+    ticked.tick(0)
+    for d in (started, ticked):
+        d.tick(599)
+        d.tick(600)
+    assert started.timeline() == ticked.timeline() == [("raised", "absent", "s1", 600), ("raised", "absent", "s2", 600)]
+
+
+def test_devices_share_a_plan_unless_a_selector_looks_at_where_they_are() -> None:
+    """Resolving which rules apply is cached by the parts of a device's place some selector reads: with rules that
+    select by kind only, a district shares one plan per kind (start-up of 100,000 devices), while an override for
+    one building still reaches exactly that building (test_overrides_per_building_and_device)."""
+    district = [ref(f"d{i}", building=f"b{i % 10}", floor=i % 5) for i in range(50)]
+    by_kind = Driver(SMOKE, district)
+    by_kind.engine.start(ms(0))
+    assert len(by_kind.engine._plan_by_shape) == 1
+    smoke_b3 = SMOKE.replace("clear_below: 1.5}", "clear_below: 1.5, overrides: [{building: b3, above: 6.0}]}")
+    by_building = Driver(smoke_b3, district)
+    by_building.engine.start(ms(0))
+    assert len(by_building.engine._plan_by_shape) == 10
+    by_building.r(0, "d3", obscuration=4)  # in b3: the override's 6.0 applies
+    by_building.r(0, "d4", obscuration=4)
+    by_building.r(10, "d3", obscuration=4)
+    by_building.r(10, "d4", obscuration=4)
+    assert by_building.timeline() == [("raised", "smoke", "d4", 10)]
+
+
 def test_absence_of_a_never_seen_registered_device() -> None:
     d = Driver(ABSENCE, [ref("s1"), ref("s2")], heartbeat={"smoke": 300}, by_device={"s2": 60})
     d.tick(0)
