@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import signal
 import sys
@@ -263,11 +264,14 @@ class Service:
             self.mqtt.resume()
 
     async def _housekeeping(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
+        """Every second: presence's sweep (in ten slices, a tenth of the devices every 100 ms) and its flush."""
+        slices = 10
+        for turn in itertools.count(1):
+            await asyncio.sleep(1.0 / slices)
             now = int(time.time() * 1000)
-            self.presence.sweep(now_ms=now)
-            await asyncio.to_thread(self.presence.flush)
+            self.presence.sweep(now_ms=now, limit=-(-len(self.presence.devices) // slices) or 1)
+            if turn % slices == 0:
+                await asyncio.to_thread(self.presence.flush)
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 

@@ -101,3 +101,32 @@ def test_a_broker_outage_is_not_every_device_going_silent(tmp_path: Path, mosqui
     finally:
         publisher.close()
         assert gateway.stop() == 0, gateway.log_tail()
+
+
+def test_a_sliced_sweep_sees_every_device_once_per_round(tmp_path: Path) -> None:
+    """The gateway sweeps presence in slices (a tenth of a district every 100 ms): every device is still looked at
+    once per round, in order, and one that fell silent is reported once."""
+    from gateway.config import load_config
+    from gateway.contract import registry_from_config
+    from gateway.presence import Presence
+
+    config_path, _ = write_config(tmp_path, mqtt_url="mqtt://127.0.0.1:1", influx_url=None, devices=25, buildings=5)
+    config = load_config(config_path)
+    presence = Presence(config=config, db_path=tmp_path / "presence.sqlite")
+    changes: list[str] = []
+    presence.on_change = lambda device: changes.append(device["id"])
+    t0 = int(time.time() * 1000)
+    for ref in registry_from_config(config).values():
+        presence.seen(ref, t0)
+    try:
+        # the first round is the first look: no change; slices of 10, 10 and 5
+        assert [presence.sweep(now_ms=t0, limit=10) for _ in range(3)] == [0, 0, 0]
+        # everyone falls silent (smoke heartbeat: 300 s): the next round reports each device once, in order
+        later = t0 + 301_000
+        assert [presence.sweep(now_ms=later, limit=10) for _ in range(3)] == [10, 10, 5]
+        assert changes == [f"d{d:03d}" for d in range(25)]
+        # a new round: nothing changed since
+        assert presence.sweep(now_ms=later, limit=10) == 0
+        assert presence.sweep(now_ms=later) == 0
+    finally:
+        presence.close()
