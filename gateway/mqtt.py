@@ -26,6 +26,7 @@ import contextlib
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,43 @@ def subscriptions(config: MqttConfig) -> list[str]:
 
 def status_topic(config: MqttConfig) -> str:
     return f"{config.topic_prefix}/_gateway/{config.client_id}/status"
+
+
+def _write_registration(wrapper: aiomqtt.Client) -> Callable[[paho.Client, Any, Any], None]:
+    """paho's ``on_socket_register_write`` for ``wrapper``'s client, in place of aiomqtt's.
+
+    aiomqtt 2.5 defers every registration: ``call_soon_threadsafe(loop.add_writer, sock.fileno(), ...)``, so the
+    descriptor number is read when paho asks and used one loop iteration later.  A PUBACK queued in the iteration in
+    which the broker's connection drops (a group commit finishing as Mosquitto is killed; ``tests/
+    test_mqtt_socket_close.py``) lets the reader close the socket in between, and the deferred ``add_writer`` then
+    hits a closed descriptor (the loop logs "Exception in callback BaseSelectorEventLoop.add_writer(...)", OSError
+    EBADF) or, had another thread been given the number meanwhile, puts a writer on someone else's descriptor.  Only
+    paho's ``connect()`` asks from another thread (aiomqtt runs it in an executor); on the loop thread the writer is
+    registered at once, and a deferred registration is dropped if paho no longer holds that socket.
+    """
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def writable(client: paho.Client) -> None:
+        try:
+            client.loop_write()
+        except Exception as exc:  # a broken socket, as in aiomqtt's own writer: let the supervisor reconnect
+            if not wrapper._disconnected.done():
+                wrapper._disconnected.set_exception(exc)
+
+    def add_writer(client: paho.Client, sock: Any) -> None:
+        current = client.socket()
+        if current is None or current is not sock:
+            return  # closed since paho asked: nothing to write to, and its number may already be someone else's
+        loop.add_writer(current.fileno(), writable, client)
+
+    def register(client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            add_writer(client, sock)
+        else:
+            loop.call_soon_threadsafe(add_writer, client, sock)
+
+    return register
 
 
 def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
@@ -202,6 +240,7 @@ class MqttIngest:
         )
         inner: paho.Client = client._client
         inner.manual_ack_set(True)
+        inner.on_socket_register_write = _write_registration(client)  # aiomqtt's races a closing socket
         generation = self.generation
         deliver = self._on_message
 
