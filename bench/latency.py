@@ -625,6 +625,49 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
     return figures
 
 
+def split_figures(one: PlanResult, split: PlanResult, *, gateways: int, plan: Plan) -> list[Figure]:
+    """The burst's alarm latency with the district split by building over ``gateways`` processes, against one."""
+    figures: list[Figure] = []
+    bursts = [(a, b) for a, b in zip(one.phases, split.phases, strict=False) if a.target_rate is None]
+    for base, phase in bursts:
+        for pname, pct in (("p50", 50.0), ("p99", 99.0)):
+            figures.append(
+                Figure(
+                    name=f"latency.split{gateways}.{pname}_ms@burst",
+                    label=f"alarm latency {pname} in a {plan.burst:,} burst, {gateways} gateways by building",
+                    value=phase.pct(pct),
+                    unit="ms",
+                    better="lower",
+                    baseline=base.pct(pct),
+                    baseline_label="one gateway, same run",
+                    goal="< 1000 ms" if pname == "p99" else None,
+                    goal_max=1000.0 if pname == "p99" else None,
+                )
+            )
+    figures.append(
+        Figure(
+            name=f"latency.split{gateways}.burst_throughput",
+            label=f"burst drained into InfluxDB, {gateways} gateways by building",
+            value=split.burst_throughput,
+            unit="readings/s",
+            baseline=one.burst_throughput,
+            baseline_label="one gateway, same run",
+        )
+    )
+    figures.append(
+        Figure(
+            name=f"latency.split{gateways}.lost_readings",
+            label=f"readings missing from InfluxDB, {gateways} gateways by building",
+            value=float(split.lost_telemetry),
+            unit=f"of {split.telemetry_published:,}",
+            better="lower",
+            goal="0",
+            goal_max=0,
+        )
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -633,7 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, default=None, help="py-spy the gateway during the burst into this collapsed-stack file"
     )
     parser.add_argument(
-        "--gateways", type=int, default=1, help="split the district by building over this many gateway processes"
+        "--gateways",
+        type=int,
+        default=1,
+        help="also run the plan with the district split by building over this many gateway processes (against one)",
     )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
@@ -642,14 +688,25 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         workdir = args.workdir or Path(tmp)
-        system = FiregridSystem(mqtt_protocol=args.mqtt_protocol, gateways=args.gateways)
+        system = FiregridSystem(mqtt_protocol=args.mqtt_protocol)
+        split: PlanResult | None = None
         try:
             result = run_plan(system, plan, community=community, workdir=workdir, profile=args.profile)
+            if args.gateways > 1:
+                # the same plan against the district split by building over N gateways, the one-gateway run above as
+                # the baseline measured in the same run
+                several = FiregridSystem(
+                    label=f"firegrid-{args.gateways}gw", mqtt_protocol=args.mqtt_protocol, gateways=args.gateways
+                )
+                split = run_plan(several, plan, community=community, workdir=workdir)
         except BenchError as exc:
             emit("latency", [], as_json=args.json, quick=args.quick, notes=[f"not measured: {exc}"])
             return 2
     figures = plan_figures(result, prefix="latency", plan=plan)
     notes = list(result.notes)
+    if split is not None:
+        figures += split_figures(result, split, gateways=args.gateways, plan=plan)
+        notes += split.notes
     for phase in result.phases:
         if phase.target_rate and phase.achieved_rate < 0.95 * phase.target_rate:
             notes.append(
