@@ -1,7 +1,7 @@
 """Soak: the whole stack at a steady load with periodic faults; reports memory growth, lag, lost and duplicated.
 
     python -m bench.soak --minutes 10 [--rate 500] [--fault-every 30] [--influx-outage 120] [--replay-window 60]
-                         [--quick] [--json] [--out FILE]
+                         [--quick] [--json] [--out FILE] [--mem-trace DIR [--mem-trace-frames N]]
 
 Stack: real Mosquitto (persistence on), real InfluxDB 1.x, ``firegrid run`` as a subprocess, a Standard Webhooks
 receiver counting ``webhook-id``s (tests/harness/faults.py).  Load: ``--rate`` QoS 1 readings/s from 200 smoke
@@ -22,6 +22,10 @@ Reported (``--json``: one object on the last line):
   lose readings: those it had not yet saved, bounded by ``autosave_interval``); alarm devices without an alert;
 * duplicated: alert keys with more than one alert row; notification ids accepted more than once, split into those
   within 1 s before a gateway kill (at-least-once by design, same id) and any others (a bug).
+
+``--mem-trace DIR``: allocator statistics from inside every gateway process, and tracemalloc snapshots of the second
+half's process (see MEMTRACE_PROBE below; docs/reliability.md, the 60-minute soak).  The soak's memory figure then
+includes the probe's own memory once tracemalloc runs; ``--mem-trace-frames 0`` keeps only the cheap statistics.
 """
 
 from __future__ import annotations
@@ -105,6 +109,132 @@ class Load(threading.Thread):
             step += 1
 
 
+# ``--mem-trace DIR``: written as ``sitecustomize.py`` into DIR, which is put on the gateway's PYTHONPATH, so the
+# gateway itself is unchanged and without the flag nothing is imported or sampled.  In each gateway process a thread
+# appends one JSON line every 15 s to DIR/mem-<pid>.jsonl: RSS, glibc ``mallinfo2``, SQLite's own memory
+# (``sqlite3_memory_used``: its page caches, on the glibc heap and invisible to tracemalloc), pymalloc's arenas and
+# blocks (``sys._debugmallocstats``, which prints nothing while tracemalloc runs) and tracemalloc's totals; every
+# 300 s of process life the count of gc-tracked objects by type (types-<pid>-<uptime>.json).  tracemalloc starts
+# only at the wall-clock time FIREGRID_SOAK_MEMTRACE_TRACE_AT (the soak sets it to half time + 5 min, in the one
+# process of the second half), then takes a snapshot every 300 s (snap-<pid>-<uptime>.pickle) for diffs between two
+# moments of one process: traced from its start, the gateway kept up neither with 500 readings/s nor with its 60 s
+# ready deadline after a restart on the 2-core machine.  ``--mem-trace-frames 0``: statistics only, no tracemalloc.
+MEMTRACE_PROBE = """
+import os
+
+_DIR = os.environ.get("FIREGRID_SOAK_MEMTRACE")
+if _DIR:
+    import collections, ctypes, gc, json, sys, tempfile, threading, time, tracemalloc
+
+    _FRAMES = int(os.environ.get("FIREGRID_SOAK_MEMTRACE_FRAMES", "8"))
+    _TRACE_AT = float(os.environ.get("FIREGRID_SOAK_MEMTRACE_TRACE_AT", "0"))
+    _PERIOD = float(os.environ.get("FIREGRID_SOAK_MEMTRACE_PERIOD", "15"))
+    _SNAP_EVERY = float(os.environ.get("FIREGRID_SOAK_MEMTRACE_SNAP_EVERY", "300"))
+
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    try:
+        _libc = ctypes.CDLL(None)
+        _libc.mallinfo2.restype = _Mallinfo2
+    except (OSError, AttributeError):
+        _libc = None
+
+    try:  # the library the sqlite3 module uses (loading it again shares the one instance)
+        _sqlite = ctypes.CDLL("libsqlite3.so.0")
+        _sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    except (OSError, AttributeError):
+        _sqlite = None
+
+    _PYMALLOC_KEYS = ("arenas allocated current", "arenas highwater mark", "bytes in allocated blocks",
+                      "bytes in available blocks", "bytes lost to pool headers", "bytes lost to quantization",
+                      "bytes lost to arena alignment")
+
+    def _pymalloc():
+        # sys._debugmallocstats prints to C stderr: point fd 2 at a temp file for the call
+        with tempfile.TemporaryFile() as tmp:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                sys._debugmallocstats()
+                if _libc is not None:
+                    _libc.fflush(None)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("#") and "=" in line:
+                key, _, value = line[1:].rpartition("=")
+                key = key.strip()
+                if key in _PYMALLOC_KEYS:
+                    out[key.replace(" ", "_")] = int(value.strip().replace(",", ""))
+        return out
+
+    def _rss():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run():
+        pid = os.getpid()
+        began = time.monotonic()
+        next_types = _SNAP_EVERY
+        next_snap = None
+        with open(os.path.join(_DIR, f"mem-{pid}.jsonl"), "a") as log:
+            while True:
+                time.sleep(_PERIOD)
+                up = time.monotonic() - began
+                if _FRAMES > 0 and _TRACE_AT and not tracemalloc.is_tracing() and time.time() >= _TRACE_AT:
+                    tracemalloc.start(_FRAMES)
+                    next_snap = up + _SNAP_EVERY
+                row = {"pid": pid, "wall": time.time(), "uptime": round(up, 1), "rss": _rss(),
+                       "py_blocks": sys.getallocatedblocks(), "gc_counts": gc.get_count()}
+                if _libc is not None:
+                    mi = _libc.mallinfo2()
+                    row["glibc"] = {n: getattr(mi, n) for n, _ in _Mallinfo2._fields_}
+                if _sqlite is not None:
+                    row["sqlite"] = _sqlite.sqlite3_memory_used()  # its page caches: glibc heap, not traced
+                row["pymalloc"] = _pymalloc()
+                if tracemalloc.is_tracing():
+                    row["traced"], row["traced_peak"] = tracemalloc.get_traced_memory()
+                    row["tracemalloc_overhead"] = tracemalloc.get_tracemalloc_memory()
+                tag = f"{pid}-{int(up):05d}"
+                if up >= next_types:
+                    next_types += _SNAP_EVERY
+                    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+                    with open(os.path.join(_DIR, f"types-{tag}.json"), "w") as f:
+                        json.dump(dict(types.most_common(300)), f)
+                    row["types"] = tag
+                if next_snap is not None and up >= next_snap:
+                    next_snap += _SNAP_EVERY
+                    tracemalloc.take_snapshot().dump(os.path.join(_DIR, f"snap-{tag}.pickle"))
+                    row["snapshot"] = tag
+                log.write(json.dumps(row) + "\\n")
+                log.flush()
+
+    threading.Thread(target=_run, name="soak-memtrace", daemon=True).start()
+"""
+
+
+def enable_memtrace(directory: Path, *, frames: int, trace_at: float) -> None:
+    """Make the gateway processes the soak starts from now on load MEMTRACE_PROBE (see above); tracemalloc from
+    ``trace_at`` (epoch s)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(MEMTRACE_PROBE)
+    os.environ["FIREGRID_SOAK_MEMTRACE"] = str(directory)
+    os.environ["FIREGRID_SOAK_MEMTRACE_FRAMES"] = str(frames)
+    os.environ["FIREGRID_SOAK_MEMTRACE_TRACE_AT"] = str(trace_at)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p)
+
+
 def histogram(text: str, name: str) -> dict[str, Any]:
     buckets: list[tuple[float, float]] = []
     total = count = 0.0
@@ -118,9 +248,9 @@ def histogram(text: str, name: str) -> dict[str, Any]:
         elif line.startswith(f"{name}_count"):
             count = float(line.rsplit(" ", 1)[1])
     p99 = None
-    for le, cumulative in sorted(buckets):
+    for bound, cumulative in sorted(buckets):
         if count and cumulative >= 0.99 * count:
-            p99 = le
+            p99 = bound
             break
     return {"count": count, "mean_s": (total / count) if count else None, "p99_bucket_s": p99}
 
@@ -136,6 +266,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="firegrid-soak-"))
     duration = args.minutes * 60
     mosquitto = MosquittoServer(workdir=work / "mosquitto").start()
+    if args.mem_trace is not None:
+        # tracemalloc in the second half's one process only, once it is warm (see MEMTRACE_PROBE)
+        enable_memtrace(args.mem_trace, frames=args.mem_trace_frames, trace_at=time.time() + duration / 2 + 300)
     influx = InfluxServer(workdir=work / "influx").start()
     hook = WebhookCounter(WEBHOOK_SECRET).start()
     config, port = stack_config(
@@ -311,6 +444,15 @@ def main(argv: list[str] | None = None) -> int:
         help="contract.replay_window_s for the run (the replay memory grows for this long, then stays flat)",
     )
     parser.add_argument("--quick", action="store_true", help="a 1-minute smoke run")
+    parser.add_argument(
+        "--mem-trace",
+        type=Path,
+        help="directory for the gateway's allocator statistics every 15 s and, from half time + 5 min, tracemalloc "
+        "snapshots every 5 min (bench/soak.py MEMTRACE_PROBE)",
+    )
+    parser.add_argument(
+        "--mem-trace-frames", type=int, default=8, help="tracemalloc frames with --mem-trace (0: statistics only)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
