@@ -312,8 +312,7 @@ class Pipeline:
                     extra={"key": t.key, "device": t.device, "floor": t.floor, "transition": t.transition},
                 )
         if self.engine is not None:
-            for building in self.engine.dirty_buildings():
-                job.snapshots[building] = self.engine.snapshot(building)
+            job.snapshots.update(self.engine.dirty_snapshots())
 
     # --- stage 2 -----------------------------------------------------------------------------------------------
 

@@ -135,7 +135,8 @@ class Presence:
         # Called with a device's dict when its state (online/offline/unknown) changes: the SSE hub's "device" event.
         self.on_change: Callable[[dict[str, Any]], None] | None = None
         self._last_state: dict[str, str] = {}
-        self._round: list[str] = []  # the devices a sliced sweep still has to look at in this round
+        self._round: list[str] = []  # the devices of a sliced sweep's round, and how far it has got
+        self._round_at = 0
         self._closed = False
 
     def _state(self, ref: DeviceRef) -> DeviceState:
@@ -196,12 +197,11 @@ class Presence:
         whole sweep is ~38 ms of event loop, measured with py-spy)."""
         if limit is None:
             return self._sweep(self.devices.items(), now_ms)
-        if not self._round:
-            self._round = list(self.devices)
-            self._round.reverse()  # popped from the end: in the registry's order
+        if self._round_at >= len(self._round):
+            self._round, self._round_at = list(self.devices), 0  # a copy: devices first heard of join the next round
         devices = self.devices
-        part = [(d, devices[d]) for d in self._round[-limit:][::-1]]
-        del self._round[-limit:]
+        part = [(d, devices[d]) for d in self._round[self._round_at : self._round_at + limit]]
+        self._round_at += limit
         return self._sweep(part, now_ms)
 
     def _sweep(self, devices: Iterable[tuple[str, DeviceState]], now_ms: int) -> int:

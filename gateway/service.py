@@ -228,7 +228,7 @@ class Service:
         # must not find the whole district "silent" on start): every device's period restarts on connect.
         self.engine.suspend_presence(now)
         self.engine.start(now)
-        snapshots = {building: self.engine.snapshot(building) for building in self.engine.dirty_buildings()}
+        snapshots = self.engine.dirty_snapshots()
         if snapshots:
             self.engine_state.save(snapshots, at_ms=now)
 

@@ -351,9 +351,7 @@ class Engine:
                     continue
             self._dirty.add(building)
             self._due(b, dev, now_ms, out)
-            nxt = self._next_due(dev)
-            if nxt is not None:
-                self._arm(b, dev, nxt)
+            self._rearm(b, dev)
         return _sort(out)
 
     def behind(self) -> bool:
@@ -362,6 +360,10 @@ class Engine:
 
     def buildings(self) -> list[str]:
         return sorted(self._buildings)
+
+    def dirty_snapshots(self) -> dict[str, bytes]:
+        """A snapshot of each building whose state changed since the last call (what the store must save)."""
+        return {building: self.snapshot(building) for building in self.dirty_buildings()}
 
     def dirty_buildings(self) -> set[str]:
         """Buildings whose state changed since the last call (and so need a new snapshot)."""
@@ -417,9 +419,7 @@ class Engine:
                     dev.last_seen = now_ms
                 if dev.offline_since is not None and dev.offline_since < now_ms:
                     dev.offline_since = now_ms
-                nxt = self._next_due(dev)
-                if nxt is not None:
-                    self._arm(b, dev, nxt)
+                self._rearm(b, dev)
 
     def maintenance(self) -> list[MaintenanceWindow]:
         return [w for windows in self._maint.values() for w in windows.values()]
@@ -466,9 +466,7 @@ class Engine:
             st.value = alert.value
             if cr.kind == COUNT and not st.hist:
                 st.hist = [since] * cr.count  # the raises behind it are unknown: it clears one window after raising
-            nxt = self._next_due(dev)
-            if nxt is not None:
-                self._arm(b, dev, nxt)
+            self._rearm(b, dev)
 
     def snapshot(self, building: str) -> bytes:
         """The building's whole rule state as bytes (JSON), for the store."""
@@ -539,9 +537,7 @@ class Engine:
                     st.hist = sraw["hist"]
                     dev.rs[cr.idx] = st
                 b.space(space)[ref.device] = dev
-                nxt = self._next_due(dev)
-                if nxt is not None:
-                    self._arm(b, dev, nxt)
+                self._rearm(b, dev)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SnapshotError):
                 raise
@@ -625,9 +621,7 @@ class Engine:
         # Deadlines only moved earlier, and `_arm` keeps the earliest: re-arm, or a rule this reading does not
         # touch (a fault event's clear_after, another metric's `for`) would wait for some later wake-up of the device
         # (none at all for a drill device, which has no absence timer).
-        nxt = self._next_due(dev)
-        if nxt is not None:
-            self._arm(b, dev, nxt)
+        self._rearm(b, dev)
 
     def _level(
         self, b: BState, dev: DevState, cr: CRule, st: RState, value: MetricValue, ts: int, out: list[AlertTransition]
@@ -905,6 +899,12 @@ class Engine:
             dev.due = at
             heapq.heappush(self._heap, (at, b.id, dev.ref.device, dev.space))
 
+    def _rearm(self, b: BState, dev: DevState) -> None:
+        """Arm the device's earliest pending deadline (``_arm`` keeps the earlier of it and what is armed)."""
+        nxt = self._next_due(dev)
+        if nxt is not None:
+            self._arm(b, dev, nxt)
+
     def _next_due(self, dev: DevState) -> int | None:
         best: int | None = None
         for cr, st in zip(dev.plan.rules, dev.rs, strict=True):
@@ -1046,9 +1046,7 @@ class Engine:
                 st.value = value
                 st.ev = [(at, value if value is not None else "")]
             dev.rs[cr.idx] = None if st.idle() else st
-            nxt = self._next_due(dev)
-            if nxt is not None:
-                self._arm(b, dev, nxt)
+            self._rearm(b, dev)
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
@@ -1121,9 +1119,8 @@ class Engine:
                     st.since = live.since if cr.kind == EVENT else None
         if space == REAL and dev.plan.absence is not None:
             self._arm(b, dev, now + dev.plan.absence.silent_ms)
-        nxt = self._next_due(dev) if b.alerts else None
-        if nxt is not None:
-            self._arm(b, dev, nxt)
+        if b.alerts:
+            self._rearm(b, dev)
         return dev
 
     def _drop_device(self, b: BState, dev: DevState) -> None:
