@@ -815,9 +815,9 @@ def first_arrival_by_key(arrivals: Iterable[Arrival], keys: Iterable[str]) -> di
 def firegrid_available() -> str | None:
     """None when ``firegrid run`` can be started here, else why not (the gateway service has not landed yet)."""
     try:
-        import gateway.service  # noqa: F401
+        import gateway.service.service  # noqa: F401
     except Exception as exc:  # any import failure means there is nothing to bench
-        return f"gateway.service not importable: {type(exc).__name__}: {exc}"
+        return f"gateway.service.service not importable: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -850,7 +850,7 @@ class FiregridProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # the pure-Python dumper takes ~20 s for 100k devices
         self.config_path.write_text(yaml.dump(self.config, Dumper=dumper, sort_keys=False))
-        argv = [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)]
+        argv = [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)]
         exe = Path(sys.executable).parent / "firegrid"
         if exe.exists():
             argv = [str(exe), "run", "--config", str(self.config_path)]

@@ -6,7 +6,7 @@ clean start off), then go away; N readings from 200 devices are queued in the br
 processes; then each subscriber connects in turn and drains its backlog as fast as it can.
 
 * bare paho: a paho-mqtt 2.x client (``loop_forever`` in a thread), automatic PUBACK, counts messages;
-* firegrid: ``python -m gateway.cli run --config ...`` as a real process: manual PUBACK after the group commit
+* firegrid: ``python -m gateway.tools.cli run --config ...`` as a real process: manual PUBACK after the group commit
   (spool fsync + SQLite), contract validation, dedup, presence, the default rule set, InfluxDB writes.  Timed from
   its MQTT connection to (a) the last PUBACK and (b) the last point counted in InfluxDB with InfluxQL.
 
@@ -188,7 +188,7 @@ def _gateway(config: Path, http_port: int, log: Path) -> subprocess.Popen[bytes]
                     else []
                 ),
                 "-m",
-                "gateway.cli",
+                "gateway.tools.cli",
                 "run",
                 "--config",
                 str(config),

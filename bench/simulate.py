@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "gateway.tools.cli",
                 "simulate",
                 "--buildings",
                 str(args.buildings),

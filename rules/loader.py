@@ -24,7 +24,7 @@ from rules.types import DeviceKind, MaintenanceWindow
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 
-# The metrics of each device kind (docs/telemetry.md; gateway/contract.py enforces them on the wire).
+# The metrics of each device kind (docs/telemetry.md; gateway/ingest/contract.py enforces them on the wire).
 _COMMON_METRICS = {"battery": "number", "rssi": "number", "tamper": "bool", "fault": "text"}
 KIND_METRICS: dict[str, dict[str, str]] = {
     "smoke": {"obscuration": "number", "alarm": "bool", **_COMMON_METRICS},

@@ -23,7 +23,9 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from gateway.acl import (
+from gateway.config import load_config, parse_config
+from gateway.ingest.contract import Decoder, registry_from_config
+from gateway.tools.acl import (
     ACL_FILE,
     CREDENTIALS_FILE,
     PASSWD_FILE,
@@ -33,8 +35,6 @@ from gateway.acl import (
     verify_password,
     write_bundle,
 )
-from gateway.config import load_config, parse_config
-from gateway.contract import Decoder, registry_from_config
 from rules.types import Reading
 from tests.harness.services import MosquittoServer
 
@@ -200,7 +200,7 @@ def test_derived_passwords_are_stable_and_random_ones_are_kept(tmp_path: Path) -
 
 
 def test_device_named_like_the_gateway_is_refused() -> None:
-    from gateway.acl import AclError
+    from gateway.tools.acl import AclError
 
     clash = {**CONFIG, "devices": [{"id": "gateway", "building": "b1", "kind": "smoke"}]}
     with pytest.raises(AclError, match="clashes"):
@@ -213,7 +213,7 @@ def test_cli_on_the_example_community(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "gateway.tools.cli",
             "acl",
             "--config",
             str(ROOT / "examples/community.yaml"),
@@ -233,7 +233,16 @@ def test_cli_on_the_example_community(tmp_path: Path) -> None:
     assert acl.count("\nuser ") == len(config.devices) + 1
     assert "topic read" not in acl.split("user ", 2)[2]  # after the gateway block, no one may read
     bad = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "acl", "--config", str(tmp_path / "missing.yaml"), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.tools.cli",
+            "acl",
+            "--config",
+            str(tmp_path / "missing.yaml"),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -348,7 +357,7 @@ def gateway_run(tmp_path: Path, broker: MosquittoServer, influx) -> Iterator[str
     log = (tmp_path / "gateway.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREGRID_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(path)],
+        [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(path)],
         cwd=ROOT,
         env=env,
         stdout=log,

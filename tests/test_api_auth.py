@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api import create_api_app
 from gateway.api.testing import build_runtime, config_for_tests, inject
-from gateway.contract import Reason, Rejected
+from gateway.ingest.contract import Reason, Rejected
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}

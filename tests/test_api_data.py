@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from gateway.api import create_api_app
 from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms, tick
 from gateway.config import Device
-from gateway.contract import registry_from_config
-from gateway.presence import DeviceState
+from gateway.ingest.contract import registry_from_config
+from gateway.storage.presence import DeviceState
 from rules.types import DeviceKind, Reading, StatusChange
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
@@ -174,7 +174,7 @@ async def test_device_history_from_the_local_store(client: TestClient, runtime: 
 
 
 async def test_device_history_from_influxdb(tmp_path: Path, influx: Any) -> None:
-    from gateway.influx import InfluxClient
+    from gateway.storage.influx import InfluxClient
 
     config = config_for_tests(EXAMPLE, tmp_path, influx={"url": influx.url})
     client_influx = InfluxClient(config.influx)

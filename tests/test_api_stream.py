@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.api import create_api_app
 from gateway.api.hub import Hub, ResumeGap, SubscriberLagged
 from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms
-from gateway.contract import registry_from_config
+from gateway.ingest.contract import registry_from_config
 from rules.types import StatusChange
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"

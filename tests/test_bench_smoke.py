@@ -35,7 +35,7 @@ from bench.common import (
     verify_signature,
 )
 from gateway.config import parse_config
-from gateway.contract import Decoder, policy_from_config, registry_from_config
+from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 
 
 def test_every_bench_of_this_suite_declares_quick_and_json() -> None:

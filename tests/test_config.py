@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import main
 from gateway.config import ConfigError, load_config, parse_config
+from gateway.tools.cli import main
 
 MINIMAL = {
     "buildings": [{"id": "b1", "name": "Block 1", "grid": "g1", "floors": 6}],

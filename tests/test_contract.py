@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.contract import (
+from gateway.ingest.contract import (
     MAX_BATCH,
     MAX_PAYLOAD_BYTES,
     SAMPLE_MODELS,

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.api import create_api_app
 from gateway.api.testing import ServerThread, build_runtime, config_for_tests, inject, now_ms
-from gateway.contract import registry_from_config
+from gateway.ingest.contract import registry_from_config
 from rules.types import Reading, StatusChange
 
 pytestmark = pytest.mark.browser
@@ -226,7 +226,7 @@ def test_fire_published_over_mqtt_reaches_the_dashboard_of_a_running_gateway(
 
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(config_path)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.demo import free_port, start_broker
+from gateway.tools.demo import free_port, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ class Demo:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("FIREGRID_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "demo", *args],
+            [sys.executable, "-m", "gateway.tools.cli", "demo", *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

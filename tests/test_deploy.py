@@ -5,7 +5,7 @@
   dependencies, every file it mounts exists, every secret comes from deploy/.env (documented in .env.example).
 * Each container that mounts deploy/firegrid.yaml can load it with exactly the environment compose gives it.
 * The Grafana dashboard parses, and every panel's InfluxQL returns data from a real InfluxDB fed with points
-  encoded by the gateway's own line-protocol writer (gateway/influx.py).
+  encoded by the gateway's own line-protocol writer (gateway/storage/influx.py).
 * The Mosquitto config compose mounts is accepted by a real mosquitto (paths and ports rewritten to a temporary
   directory, every directive kept), with the password file and ACL `firegrid acl` generates for it, its TLS
   listener enabled, and the compose healthcheck command run against it.
@@ -32,8 +32,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from gateway.acl import derive_password
 from gateway.config import load_config
+from gateway.tools.acl import derive_password
 from tests.harness.services import InfluxServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,9 +208,9 @@ def test_each_container_can_load_the_config_with_its_own_environment(
                 loaded[name] = load_with_env(patch, service_env(service, env_example))
     assert set(loaded) == {"mosquitto-auth", "gateway", "simulator"}
     gateway, acl, sim = loaded["gateway"], loaded["mosquitto-auth"], loaded["simulator"]
-    assert gateway.mqtt.password.get_secret_value() == env_example["MQTT_GATEWAY_PASSWORD"]
-    assert gateway.influx.token.get_secret_value() == env_example["INFLUX_TOKEN"]
-    assert gateway.acl.device_secret is None  # the gateway never holds the device secret
+    assert gateway.ingest.mqtt.password.get_secret_value() == env_example["MQTT_GATEWAY_PASSWORD"]
+    assert gateway.storage.influx.token.get_secret_value() == env_example["INFLUX_TOKEN"]
+    assert gateway.tools.acl.device_secret is None  # the gateway never holds the device secret
     assert acl.acl.device_secret.get_secret_value() == env_example["MQTT_DEVICE_SECRET"]
     assert acl.http.tokens == [] and sim.http.tokens == []
     # The simulator logs in as the ACL's simulator user with its password.
@@ -219,14 +219,14 @@ def test_each_container_can_load_the_config_with_its_own_environment(
 
     # InfluxDB, Grafana and the gateway agree on org, bucket (= InfluxQL database) and host.
     init = compose["services"]["influxdb"]["environment"]
-    assert (gateway.influx.org, gateway.influx.bucket) == (
+    assert (gateway.storage.influx.org, gateway.storage.influx.bucket) == (
         init["DOCKER_INFLUXDB_INIT_ORG"],
         init["DOCKER_INFLUXDB_INIT_BUCKET"],
     )
-    assert gateway.influx.url == "http://influxdb:8086" and gateway.mqtt.host == "mosquitto"
+    assert gateway.storage.influx.url == "http://influxdb:8086" and gateway.ingest.mqtt.host == "mosquitto"
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/firegrid.yaml").read_text())
     (source,) = datasource["datasources"]
-    assert source["url"] == gateway.influx.url and source["jsonData"]["dbName"] == gateway.influx.bucket
+    assert source["url"] == gateway.storage.influx.url and source["jsonData"]["dbName"] == gateway.storage.influx.bucket
     assert source["secureJsonData"]["httpHeaderValue1"] == "Token $INFLUX_TOKEN"
     assert "INFLUX_TOKEN" in compose["services"]["grafana"]["environment"]
     # The gateway listens where the healthcheck asks.
@@ -238,8 +238,8 @@ def test_each_container_can_load_the_config_with_its_own_environment(
     )
     assert directives["persistence"] == "true"
     assert int(directives["max_queued_messages"]) >= 100_000
-    assert int(directives["max_inflight_messages"]) >= gateway.mqtt.max_inflight
-    assert directives["persistent_client_expiration"] == "7d" and gateway.mqtt.session_expiry_s <= 7 * 86_400
+    assert int(directives["max_inflight_messages"]) >= gateway.ingest.mqtt.max_inflight
+    assert directives["persistent_client_expiration"] == "7d" and gateway.ingest.mqtt.session_expiry_s <= 7 * 86_400
     assert directives["allow_anonymous"] == "false"
 
 
@@ -302,7 +302,7 @@ def grafana_to_influxql(query: str) -> str:
 @pytest.fixture
 def influx_with_gateway_points(tmp_path: Path) -> Iterator[InfluxServer]:
     """InfluxDB 1.x (its InfluxQL is what InfluxDB 2's v1 API speaks) holding points the gateway's encoder wrote."""
-    from gateway.influx import alert_line, reading_line
+    from gateway.storage.influx import alert_line, reading_line
     from rules.types import AlertTransition, DeviceRef, Reading, Severity
 
     server = InfluxServer(workdir=tmp_path / "influx").start()
@@ -471,7 +471,12 @@ def acl_dir(tmp_path: Path, compose: dict[str, Any], env_example: dict[str, str]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIREGRID_", "MQTT_"))}
     env |= service_env(service, env_example)
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gateway.tools.cli", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert not (out / "credentials.yaml").exists()  # --no-credentials: derived passwords need no list on disk
@@ -609,7 +614,7 @@ def test_gateway_connects_through_the_tls_listener(tmp_path: Path, acl_dir: Path
         env = {k: v for k, v in os.environ.items() if not k.startswith("FIREGRID_")}
         with (tmp_path / "gw.log").open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(tmp_path / "gw.yaml")],
+                [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(tmp_path / "gw.yaml")],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

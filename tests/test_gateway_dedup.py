@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.dedup import Dedup
+from gateway.ingest.dedup import Dedup
 
 
 def test_the_same_sample_twice_is_a_duplicate() -> None:

@@ -81,7 +81,7 @@ def write_config(
 
 
 class Gateway:
-    """``python -m gateway.cli run --config FILE`` as a real process (so it can be SIGKILLed)."""
+    """``python -m gateway.tools.cli run --config FILE`` as a real process (so it can be SIGKILLed)."""
 
     def __init__(self, config_path: Path, http_port: int, log_path: Path) -> None:
         self.config_path = config_path
@@ -93,7 +93,7 @@ class Gateway:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -12,9 +12,9 @@ from pathlib import Path
 from aiohttp import ClientSession, web
 
 from gateway.config import InfluxConfig
-from gateway.influx import DeadLetters, InfluxWriter, alert_line, reading_line
-from gateway.metrics import Metrics
-from gateway.spool import Spool
+from gateway.service.metrics import Metrics
+from gateway.storage.influx import DeadLetters, InfluxWriter, alert_line, reading_line
+from gateway.storage.spool import Spool
 from rules.types import AlertTransition, DeviceRef, Reading, Severity
 from tests.harness.services import InfluxServer, free_port
 
@@ -66,7 +66,7 @@ def test_line_protocol_schema() -> None:
 
 
 def test_v1_and_v2_write_endpoints() -> None:
-    from gateway.influx import InfluxClient
+    from gateway.storage.influx import InfluxClient
 
     v1 = InfluxClient(
         InfluxConfig(url="http://db:8086", database="fg", retention_policy="week", username="u", password="p")
@@ -146,7 +146,7 @@ async def test_retries_honour_retry_after_then_write(tmp_path: Path, influx: Inf
 
 
 def test_spool_cap_drops_oldest_telemetry_never_alerts(tmp_path: Path, monkeypatch) -> None:
-    import gateway.spool as spool_module
+    import gateway.storage.spool as spool_module
 
     monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 4096)
     spool = Spool(tmp_path / "spool", max_bytes=20_000)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.check_config import summary
 from gateway.config import ConfigError, FiregridConfig, load_config
-from gateway.filter_ledger import FilterLedger
-from gateway.mqtt import subscriptions
+from gateway.ingest.filter_ledger import FilterLedger
+from gateway.ingest.mqtt import subscriptions
+from gateway.tools.check_config import summary
 from tests.harness.services import MosquittoServer
 from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
 

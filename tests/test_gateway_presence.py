@@ -107,8 +107,8 @@ def test_a_sliced_sweep_sees_every_device_once_per_round(tmp_path: Path) -> None
     """The gateway sweeps presence in slices (a tenth of a district every 100 ms): every device is still looked at
     once per round, in order, and one that fell silent is reported once."""
     from gateway.config import load_config
-    from gateway.contract import registry_from_config
-    from gateway.presence import Presence
+    from gateway.ingest.contract import registry_from_config
+    from gateway.storage.presence import Presence
 
     config_path, _ = write_config(tmp_path, mqtt_url="mqtt://127.0.0.1:1", influx_url=None, devices=25, buildings=5)
     config = load_config(config_path)

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from gateway.contract import Reason
+from gateway.ingest.contract import Reason
 from tests.harness.services import InfluxServer, MosquittoServer
 from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
 

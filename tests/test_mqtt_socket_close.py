@@ -21,8 +21,8 @@ from typing import Any, Literal
 import pytest
 
 from gateway.config import MqttConfig
-from gateway.metrics import Metrics
-from gateway.mqtt import Incoming, MqttIngest
+from gateway.ingest.mqtt import Incoming, MqttIngest
+from gateway.service.metrics import Metrics
 from tests.harness.services import MosquittoServer
 from tests.test_gateway_helpers import Publisher
 

@@ -12,7 +12,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.paho_speedups import PublishProperties, install
+from gateway.ingest.paho_speedups import PublishProperties, install
 
 TOPIC = b"firegrid/b01/sd-0001/telemetry"
 PAYLOAD = b'{"ts":1795946400000,"seq":4411,"obscuration":0.12}'

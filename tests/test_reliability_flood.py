@@ -14,9 +14,9 @@ import logging
 
 import pytest
 
-from gateway.contract import Reason, Rejected
-from gateway.metrics import Metrics
-from gateway.rejections import Rejections
+from gateway.ingest.contract import Reason, Rejected
+from gateway.ingest.rejections import Rejections
+from gateway.service.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)
 

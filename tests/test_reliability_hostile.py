@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.contract import Reason
+from gateway.ingest.contract import Reason
 from tests.harness.faults import FAST_RULES, alerts_rows, stack_config, wait_until
 from tests.harness.services import InfluxServer, MosquittoServer
 from tests.test_gateway_helpers import Gateway, Publisher

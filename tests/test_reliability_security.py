@@ -246,7 +246,7 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
     # check-config: valid, and invalid (a malformed webhook secret and a bad token elsewhere) with secrets in it
     env = dict(os.environ, FIREGRID_INFLUX__TOKEN=f"{CANARY}-from-env")
     ok = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(config)],
+        [sys.executable, "-m", "gateway.tools.cli", "check-config", str(config)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -261,7 +261,7 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(data, allow_unicode=True))
     bad = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "check-config", str(broken)],
+        [sys.executable, "-m", "gateway.tools.cli", "check-config", str(broken)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import yaml
 
-from gateway.cli import main
+from gateway.tools.cli import main
 
 T0 = 1_800_000_000_000
 CONFIG: dict[str, Any] = {

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
-from gateway.replay import replay
+from gateway.tools.replay import replay
 from rules.loader import load_rule_set
 
 CONFIG = parse_config(

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.cli import main
 from gateway.config import ConfigError, parse_config
+from gateway.tools.cli import main
 from rules.engine import Engine
 from rules.loader import DEFAULTS_PATH, load_rule_set
 from rules.types import DeviceRef, MaintenanceWindow

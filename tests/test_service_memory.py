@@ -1,4 +1,4 @@
-"""The gateway fixes glibc's mmap threshold at start-up (see gateway.service._pin_mmap_threshold)."""
+"""The gateway fixes glibc's mmap threshold at start-up (see gateway.service.service._pin_mmap_threshold)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gateway.service import _pin_mmap_threshold
+from gateway.service.service import _pin_mmap_threshold
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="a glibc setting")

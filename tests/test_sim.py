@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.cli import main as firegrid
 from gateway.config import load_config
-from gateway.contract import Decoder, Rejected, registry_from_config
+from gateway.ingest.contract import Decoder, Rejected, registry_from_config
+from gateway.tools.cli import main as firegrid
 from simulators.model import from_config, generate
 from simulators.scenarios import ScenarioError, load_file, parse_spec
 from simulators.sim import Simulation

@@ -11,8 +11,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.cli import main as firegrid
 from gateway.config import load_config
+from gateway.tools.cli import main as firegrid
 from simulators.clock import PacedClock
 from simulators.model import from_config
 from simulators.publish import BrokerTarget, DevicePublisher, PooledPublisher

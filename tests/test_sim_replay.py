@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.cli import main as firegrid
+from gateway.tools.cli import main as firegrid
 
 START = "1780000000000"
 

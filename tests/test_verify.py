@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import main as firegrid
+from gateway.tools.cli import main as firegrid
 from tests.harness.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def gateway(tmp_path, mosquitto, influx, request) -> Iterator[tuple[Path, str, i
     api = f"http://{listen}"
     log = (tmp_path / "gateway.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(config)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

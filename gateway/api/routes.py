@@ -24,8 +24,8 @@ from gateway.api import views as v
 from gateway.api.auth import Principal
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.hub import Event, Hub, ResumeGap, SubscriberLagged
-from gateway.gc_pause import gc_paused
-from gateway.presence import DeviceState, Presence
+from gateway.service.gc_pause import gc_paused
+from gateway.storage.presence import DeviceState, Presence
 from rules.types import AlertTransition, MaintenanceWindow
 
 log = logging.getLogger("firegrid.api")
@@ -50,8 +50,8 @@ class DeviceIndex:
 
     @property
     def follows_presence(self) -> bool:
-        """The gateway's presence (``gateway.presence.Presence``) keeps its devices in a dict this index can follow,
-        and the API reads their records directly; with anything else, every request asks presence for its whole
+        """The gateway's presence (``gateway.storage.presence.Presence``) keeps its devices in a dict this index can
+        follow, and the API reads their records directly; with anything else, every request asks presence for its whole
         list."""
         return isinstance(self.presence, Presence)
 
@@ -495,8 +495,8 @@ async def _history(
     runtime = state_of(call).runtime
     influx = getattr(runtime, "influx", None)
     if influx is not None and hasattr(influx, "query") and device.kind:
-        # gateway/influx.py: measurement = device kind, tag "device".  Both matched ^[A-Za-z0-9_-]{1,64}$ (the id on
-        # the way in, the kind from the registry), so quoting them cannot break out of the statement.
+        # gateway/storage/influx.py: measurement = device kind, tag "device".  Both matched ^[A-Za-z0-9_-]{1,64}$
+        # (the id on the way in, the kind from the registry), so quoting them cannot break out of the statement.
         kind = "".join(ch for ch in device.kind if ch.isalnum() or ch in "_-")
         statement = (
             f'SELECT * FROM "{kind}" WHERE "device" = \'{device.id}\' '

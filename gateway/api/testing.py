@@ -34,11 +34,11 @@ def config_for_tests(source: Path, workdir: Path, **overrides: Any) -> FiregridC
 def build_runtime(config: FiregridConfig, *, influx: Any = None) -> Any:
     from alerts.store import AlertStore
     from gateway.api.hub import Hub
-    from gateway.contract import registry_from_config
-    from gateway.metrics import Metrics
-    from gateway.presence import Presence
-    from gateway.rejections import Rejections
-    from gateway.runtime import Runtime
+    from gateway.ingest.contract import registry_from_config
+    from gateway.ingest.rejections import Rejections
+    from gateway.service.metrics import Metrics
+    from gateway.service.runtime import Runtime
+    from gateway.storage.presence import Presence
     from rules.engine import Engine
     from rules.loader import load_rule_set
 
@@ -48,7 +48,7 @@ def build_runtime(config: FiregridConfig, *, influx: Any = None) -> Any:
         presence.keep_history = True
     hub = Hub(heartbeat_s=2.0)
 
-    # As gateway/service.py wires it: presence changes (online/offline) become "device" events.
+    # As gateway/service/service.py wires it: presence changes (online/offline) become "device" events.
     def on_change(device: dict[str, Any]) -> None:
         hub.publish("device", device)
 
@@ -75,7 +75,7 @@ def now_ms() -> int:
 def inject(runtime: Any, device: str, values: dict[str, Any], *, ts_ms: int | None = None) -> list[Any]:
     """Feed one reading through presence, the real rules engine and the real alert store, as the pipeline does.
     Returns the store's changes (their listeners — the SSE hub — have been called)."""
-    from gateway.contract import registry_from_config
+    from gateway.ingest.contract import registry_from_config
     from rules.types import Reading
 
     ts = now_ms() if ts_ms is None else ts_ms

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from gateway.api import models as m
-from gateway.presence import DeviceState
+from gateway.storage.presence import DeviceState
 from rules.types import Severity
 
 _A = TypeVar("_A", bound=m.Alert)
@@ -514,8 +514,8 @@ def device_facts(obj: Any, *, config_device: Any = None) -> DeviceFacts | None:
 
 
 class DeviceReader:
-    """One request's reading of presence's own records (:class:`gateway.presence.DeviceState`) straight from their
-    attributes: the same :class:`DeviceFacts` and :class:`DeviceRow` that :func:`device_facts` and
+    """One request's reading of presence's own records (:class:`gateway.storage.presence.DeviceState`) straight from
+    their attributes: the same :class:`DeviceFacts` and :class:`DeviceRow` that :func:`device_facts` and
     :func:`device_row` make of the record's ``as_dict``, without building that dict (and the generic path's
     merging and spelling look-ups) for each of a district's 100,000 devices.  Any other record, or none (a
     registry device presence does not know), is read the generic way.  ``registry`` (device id -> registry entry)

@@ -4,7 +4,7 @@ acknowledgement.
 aiomqtt 2.x acknowledges a QoS 1 message before the application sees it (and queues without bound), which would
 lose every message in flight when the gateway crashes.  Until aiomqtt exposes manual acknowledgement (aiomqtt issue
 #345) we reach the paho-mqtt client it wraps (``client._client``): ``manual_ack_set(True)`` before connecting, and
-``ack(mid, qos)`` once the message is durably handed off (see ``gateway/pipeline.py``).  For the same reason we
+``ack(mid, qos)`` once the message is durably handed off (see ``gateway/ingest/pipeline.py``).  For the same reason we
 install our own ``on_message`` on the paho client: it hands the raw message to the pipeline without aiomqtt's
 per-message ``Message``/``Topic`` objects (the measurable cost of aiomqtt, see FIELD-NOTES.md).
 
@@ -37,10 +37,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import paho_speedups
 from gateway.config import MqttConfig
-from gateway.filter_ledger import FilterLedger
-from gateway.metrics import Metrics
+from gateway.ingest import paho_speedups
+from gateway.ingest.filter_ledger import FilterLedger
+from gateway.service.metrics import Metrics
 
 log = logging.getLogger("firegrid.mqtt")
 
@@ -220,7 +220,7 @@ class MqttIngest:
             # acknowledgement this is the window a group commit can fill (docs/gateway.md).
             properties.ReceiveMaximum = c.max_inflight
         if v5:
-            paho_speedups.install()  # ~10 µs less per PUBLISH (gateway/paho_speedups.py)
+            paho_speedups.install()  # ~10 µs less per PUBLISH (gateway/ingest/paho_speedups.py)
         password = c.password.get_secret_value() if c.password is not None else None
         client = aiomqtt.Client(
             c.host,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from gateway.presence import open_db
+from gateway.storage.presence import open_db
 
 
 class FilterLedger:

@@ -4,18 +4,18 @@ Members (see also ``gateway/api/deps.py``):
 
 * ``config``: the :class:`~gateway.config.FiregridConfig`.
 * ``store``: the :class:`alerts.store.AlertStore` (alerts, incidents, lifecycle), or None if unavailable.
-* ``presence``: :class:`gateway.presence.Presence`: ``list_devices(*, now_ms, building=, grid=, kind=, state=,
+* ``presence``: :class:`gateway.storage.presence.Presence`: ``list_devices(*, now_ms, building=, grid=, kind=, state=,
   registered=, buildings=)`` and ``get_device(id, *, now_ms)`` -> dicts with ``id, building, kind, floor, grid,
   location, registered, last_seen_ms, last_values, battery, status, state ('online'|'offline'|'unknown'), online,
   heartbeat_s``; ``history(device, limit=)`` when there is no InfluxDB.
-* ``rejections``: :class:`gateway.rejections.Rejections`: ``recent(limit)`` -> newest first, dicts with ``ts_ms,
+* ``rejections``: :class:`gateway.ingest.rejections.Rejections`: ``recent(limit)`` -> newest first, dicts with ``ts_ms,
   reason, detail, topic, building, device``; ``counts`` by reason.
-* ``influx``: :class:`gateway.influx.InfluxWriter` with ``async query(influxql) -> list[dict]`` (rows with the
+* ``influx``: :class:`gateway.storage.influx.InfluxWriter` with ``async query(influxql) -> list[dict]`` (rows with the
   series' tags merged in, ``time`` in epoch ms), or None when ``influx.url`` is null (demo).
 * ``engine`` and ``engine_lock``: the rules engine; hold the lock (``async with runtime.engine_lock``) around
   ``set_maintenance`` / ``clear_maintenance`` so a change never interleaves with a batch.
 * ``hub``: the SSE hub (``gateway.api.hub.Hub``); the gateway publishes ``device`` events (presence changes).
-* ``metrics``: :class:`gateway.metrics.Metrics` (Prometheus registry).
+* ``metrics``: :class:`gateway.service.metrics.Metrics` (Prometheus registry).
 * ``apply_transitions``: ``await runtime.apply_transitions(transitions)`` persists transitions the API caused
   (``engine.set_maintenance`` / ``clear_maintenance`` return some) through the gateway's commit sequence, so they
   reach the store, InfluxDB and the notifier like any other.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import FiregridConfig
-from gateway.metrics import Metrics
+from gateway.service.metrics import Metrics
 
 
 @dataclass

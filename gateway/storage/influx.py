@@ -35,7 +35,7 @@ import orjson
 
 from gateway.config import InfluxConfig
 from gateway.secrets import Secret
-from gateway.spool import Batch, Spool
+from gateway.storage.spool import Batch, Spool
 from rules.types import AlertTransition, DeviceRef, MetricValue, Reading
 
 log = logging.getLogger("firegrid.influx")

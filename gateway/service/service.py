@@ -30,18 +30,18 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import ConfigError, FiregridConfig, load_config
-from gateway.contract import Decoder, policy_from_config, registry_from_config
-from gateway.dedup import Dedup
-from gateway.filter_ledger import FilterLedger
-from gateway.gc_pause import gc_paused
-from gateway.logs import setup_logging
-from gateway.metrics import Metrics
-from gateway.mqtt import MqttIngest
-from gateway.ops import add_ops_routes
-from gateway.pipeline import EngineState, Job, Pipeline, restore_engine
-from gateway.presence import Presence
-from gateway.rejections import Rejections
-from gateway.runtime import Runtime
+from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
+from gateway.ingest.dedup import Dedup
+from gateway.ingest.filter_ledger import FilterLedger
+from gateway.ingest.mqtt import MqttIngest
+from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
+from gateway.ingest.rejections import Rejections
+from gateway.service.gc_pause import gc_paused
+from gateway.service.logs import setup_logging
+from gateway.service.metrics import Metrics
+from gateway.service.ops import add_ops_routes
+from gateway.service.runtime import Runtime
+from gateway.storage.presence import Presence
 
 log = logging.getLogger("firegrid.service")
 
@@ -141,8 +141,8 @@ class Service:
         self.writer = None
         self.dead_letters = None
         if config.influx.url:
-            from gateway.influx import DeadLetters, InfluxWriter
-            from gateway.spool import Spool
+            from gateway.storage.influx import DeadLetters, InfluxWriter
+            from gateway.storage.spool import Spool
 
             self.spool = Spool(
                 config.resolve_path(config.influx.spool_dir), max_bytes=config.influx.spool_max_mb * 1_048_576

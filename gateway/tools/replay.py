@@ -3,7 +3,7 @@ decoding and rules, at full speed, printing the alert timeline.
 
 The file is JSON lines, one message each: ``{"t": <receive time, epoch ms>, "topic": ..., "payload": <object, array
 or string as sent>}`` (what ``firegrid simulate --record`` writes).  Each line is decoded by the same
-:class:`gateway.contract.Decoder` (registry and policy from the config) and de-duplicated like the live pipeline;
+:class:`gateway.ingest.contract.Decoder` (registry and policy from the config) and de-duplicated like the live pipeline;
 the engine's clock is the lines' ``t`` (``engine.tick(t)`` before each message), so the timeline depends only on the
 file.  ``--rules OTHER`` runs a different rules file on the same data and shows how its alerts differ from the
 config's: backtesting a change before deploying it.
@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 
 from gateway.config import ConfigError, FiregridConfig, load_config
-from gateway.contract import Decoder, Rejected, policy_from_config, registry_from_config
-from gateway.dedup import Dedup
+from gateway.ingest.contract import Decoder, Rejected, policy_from_config, registry_from_config
+from gateway.ingest.dedup import Dedup
 from rules.engine import Engine
 from rules.loader import RulesError, check_rules, load_rule_set, read_rules_file, rule_set_for
 from rules.ruleset import RuleSet

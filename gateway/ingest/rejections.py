@@ -8,8 +8,8 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.contract import Rejected
-from gateway.metrics import Metrics
+from gateway.ingest.contract import Rejected
+from gateway.service.metrics import Metrics
 
 log = logging.getLogger("firegrid.rejections")
 

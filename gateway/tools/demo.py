@@ -3,8 +3,8 @@
 One process, one event loop (plus the simulator's thread):
 
 * an embedded MQTT broker (amqtt) on 127.0.0.1:1883, or a free port when 1883 is taken;
-* the gateway service exactly as ``firegrid run`` builds it (gateway/service.py), with the config's registry, rules
-  and API tokens, but: no InfluxDB (telemetry stays in the local store; the service logs so), a throw-away data
+* the gateway service exactly as ``firegrid run`` builds it (gateway/service/service.py), with the config's registry,
+  rules and API tokens, but: no InfluxDB (telemetry stays in the local store; the service logs so), a throw-away data
   directory, MQTT 3.1.1 (amqtt does not speak MQTT 5), and the config's ``notify`` section replaced by a local
   webhook receiver, so a demo never pages anybody;
 * the simulated community from the config (simulators/), with a simulated fire ("fire drill") every
@@ -402,7 +402,7 @@ def console(line: str) -> None:
 
 
 async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
-    from gateway.service import Service
+    from gateway.service.service import Service
 
     mqtt_port = choose_port(args.mqtt_port, DEFAULT_MQTT_PORT, "MQTT")
     http_port = choose_port(args.http_port, config.http.port, "HTTP")
@@ -547,7 +547,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    from gateway.logs import setup_logging
+    from gateway.service.logs import setup_logging
 
     # Human-readable logs on the console (the banner and notifications are the demo's output); warnings and up.
     setup_logging(level=args.log_level, fmt="text")

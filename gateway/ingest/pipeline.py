@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.contract import Decoder, Reason, Rejected
-from gateway.dedup import Dedup
-from gateway.influx import alert_line, reading_line
-from gateway.metrics import Metrics
-from gateway.mqtt import Incoming
-from gateway.presence import Presence, open_db
-from gateway.rejections import Rejections
-from gateway.spool import Spool
+from gateway.ingest.contract import Decoder, Reason, Rejected
+from gateway.ingest.dedup import Dedup
+from gateway.ingest.mqtt import Incoming
+from gateway.ingest.rejections import Rejections
+from gateway.service.metrics import Metrics
+from gateway.storage.influx import alert_line, reading_line
+from gateway.storage.presence import Presence, open_db
+from gateway.storage.spool import Spool
 from rules.types import AlertTransition, DeviceEvent, Reading, Severity, StatusChange
 
 log = logging.getLogger("firegrid.pipeline")

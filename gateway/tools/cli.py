@@ -20,13 +20,17 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
-    Subcommand("check-config", "gateway.check_config", "validate a config file; print every problem with its path"),
-    Subcommand("run", "gateway.service", "run the gateway: MQTT ingest, rules, alerts, InfluxDB and the HTTP API"),
-    Subcommand("demo", "gateway.demo", "a whole community live on this machine, no external services needed"),
+    Subcommand(
+        "check-config", "gateway.tools.check_config", "validate a config file; print every problem with its path"
+    ),
+    Subcommand(
+        "run", "gateway.service.service", "run the gateway: MQTT ingest, rules, alerts, InfluxDB and the HTTP API"
+    ),
+    Subcommand("demo", "gateway.tools.demo", "a whole community live on this machine, no external services needed"),
     Subcommand("simulate", "simulators.cli", "simulate a community's devices and fire scenarios over MQTT"),
-    Subcommand("replay", "gateway.replay", "run recorded traffic through the rules and print the alert timeline"),
+    Subcommand("replay", "gateway.tools.replay", "run recorded traffic through the rules and print the alert timeline"),
     Subcommand("verify", "simulators.verify", "drive a scenario against a live deployment and judge the alerts"),
-    Subcommand("acl", "gateway.acl", "generate Mosquitto password and ACL files from the device registry"),
+    Subcommand("acl", "gateway.tools.acl", "generate Mosquitto password and ACL files from the device registry"),
 )
 
 
