@@ -208,9 +208,9 @@ def test_each_container_can_load_the_config_with_its_own_environment(
                 loaded[name] = load_with_env(patch, service_env(service, env_example))
     assert set(loaded) == {"mosquitto-auth", "gateway", "simulator"}
     gateway, acl, sim = loaded["gateway"], loaded["mosquitto-auth"], loaded["simulator"]
-    assert gateway.ingest.mqtt.password.get_secret_value() == env_example["MQTT_GATEWAY_PASSWORD"]
-    assert gateway.storage.influx.token.get_secret_value() == env_example["INFLUX_TOKEN"]
-    assert gateway.tools.acl.device_secret is None  # the gateway never holds the device secret
+    assert gateway.mqtt.password.get_secret_value() == env_example["MQTT_GATEWAY_PASSWORD"]
+    assert gateway.influx.token.get_secret_value() == env_example["INFLUX_TOKEN"]
+    assert gateway.acl.device_secret is None  # the gateway never holds the device secret
     assert acl.acl.device_secret.get_secret_value() == env_example["MQTT_DEVICE_SECRET"]
     assert acl.http.tokens == [] and sim.http.tokens == []
     # The simulator logs in as the ACL's simulator user with its password.
@@ -219,14 +219,14 @@ def test_each_container_can_load_the_config_with_its_own_environment(
 
     # InfluxDB, Grafana and the gateway agree on org, bucket (= InfluxQL database) and host.
     init = compose["services"]["influxdb"]["environment"]
-    assert (gateway.storage.influx.org, gateway.storage.influx.bucket) == (
+    assert (gateway.influx.org, gateway.influx.bucket) == (
         init["DOCKER_INFLUXDB_INIT_ORG"],
         init["DOCKER_INFLUXDB_INIT_BUCKET"],
     )
-    assert gateway.storage.influx.url == "http://influxdb:8086" and gateway.ingest.mqtt.host == "mosquitto"
+    assert gateway.influx.url == "http://influxdb:8086" and gateway.mqtt.host == "mosquitto"
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/firegrid.yaml").read_text())
     (source,) = datasource["datasources"]
-    assert source["url"] == gateway.storage.influx.url and source["jsonData"]["dbName"] == gateway.storage.influx.bucket
+    assert source["url"] == gateway.influx.url and source["jsonData"]["dbName"] == gateway.influx.bucket
     assert source["secureJsonData"]["httpHeaderValue1"] == "Token $INFLUX_TOKEN"
     assert "INFLUX_TOKEN" in compose["services"]["grafana"]["environment"]
     # The gateway listens where the healthcheck asks.
@@ -238,8 +238,8 @@ def test_each_container_can_load_the_config_with_its_own_environment(
     )
     assert directives["persistence"] == "true"
     assert int(directives["max_queued_messages"]) >= 100_000
-    assert int(directives["max_inflight_messages"]) >= gateway.ingest.mqtt.max_inflight
-    assert directives["persistent_client_expiration"] == "7d" and gateway.ingest.mqtt.session_expiry_s <= 7 * 86_400
+    assert int(directives["max_inflight_messages"]) >= gateway.mqtt.max_inflight
+    assert directives["persistent_client_expiration"] == "7d" and gateway.mqtt.session_expiry_s <= 7 * 86_400
     assert directives["allow_anonymous"] == "false"
 
 
