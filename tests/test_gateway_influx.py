@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import ClientSession, web
 
 from gateway.config import InfluxConfig
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 from gateway.storage.influx import DeadLetters, InfluxWriter, alert_line, reading_line
 from gateway.storage.spool import Spool
 from rules.types import AlertTransition, DeviceRef, Reading, Severity

@@ -22,7 +22,7 @@ import pytest
 
 from gateway.config import MqttConfig
 from gateway.ingest.mqtt import Incoming, MqttIngest
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 from tests.harness.services import MosquittoServer
 from tests.test_gateway_helpers import Publisher
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.ingest.contract import Reason, Rejected
 from gateway.ingest.rejections import Rejections
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(60)
 

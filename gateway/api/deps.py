@@ -2,7 +2,7 @@
 
 The API is written against these Protocols rather than the concrete classes so that it does not import the MQTT
 pipeline, and so that the alert store, presence registry and engine can evolve without touching routes.  The concrete
-objects are assembled by ``gateway/service/runtime.py`` (``Runtime``) and handed to :func:`gateway.api.create_api_app`.
+objects are assembled by ``gateway/api/runtime.py`` (``Runtime``) and handed to :func:`gateway.api.create_api_app`.
 
 Every member except ``config`` is optional on the runtime: a route whose dependency is missing answers
 ``503 Service Unavailable`` as a problem document instead of failing.

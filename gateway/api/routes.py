@@ -19,12 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from alerts.store import AlertNotFound, InvalidTransition
+from common.gc_pause import gc_paused
 from gateway.api import models as m
 from gateway.api import views as v
 from gateway.api.auth import Principal
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.hub import Event, Hub, ResumeGap, SubscriberLagged
-from gateway.service.gc_pause import gc_paused
 from gateway.storage.presence import DeviceState, Presence
 from rules.types import AlertTransition, MaintenanceWindow
 

@@ -34,10 +34,10 @@ def config_for_tests(source: Path, workdir: Path, **overrides: Any) -> FiregridC
 def build_runtime(config: FiregridConfig, *, influx: Any = None) -> Any:
     from alerts.store import AlertStore
     from gateway.api.hub import Hub
+    from gateway.api.runtime import Runtime
     from gateway.ingest.contract import registry_from_config
     from gateway.ingest.rejections import Rejections
-    from gateway.service.metrics import Metrics
-    from gateway.service.runtime import Runtime
+    from gateway.metrics import Metrics
     from gateway.storage.presence import Presence
     from rules.engine import Engine
     from rules.loader import load_rule_set

@@ -40,7 +40,7 @@ from paho.mqtt.properties import Properties
 from gateway.config import MqttConfig
 from gateway.ingest import paho_speedups
 from gateway.ingest.filter_ledger import FilterLedger
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger("firegrid.mqtt")
 

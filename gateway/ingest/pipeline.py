@@ -31,7 +31,7 @@ from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.mqtt import Incoming
 from gateway.ingest.rejections import Rejections
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 from gateway.storage.influx import alert_line, reading_line
 from gateway.storage.presence import Presence, open_db
 from gateway.storage.spool import Spool

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gateway.ingest.contract import Rejected
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger("firegrid.rejections")
 

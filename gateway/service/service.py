@@ -29,6 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
+from common.gc_pause import gc_paused
+from gateway.api.runtime import Runtime
 from gateway.config import ConfigError, FiregridConfig, load_config
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 from gateway.ingest.dedup import Dedup
@@ -36,11 +38,9 @@ from gateway.ingest.filter_ledger import FilterLedger
 from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
 from gateway.ingest.rejections import Rejections
-from gateway.service.gc_pause import gc_paused
+from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
-from gateway.service.metrics import Metrics
 from gateway.service.ops import add_ops_routes
-from gateway.service.runtime import Runtime
 from gateway.storage.presence import Presence
 
 log = logging.getLogger("firegrid.service")

@@ -15,7 +15,7 @@ Members (see also ``gateway/api/deps.py``):
 * ``engine`` and ``engine_lock``: the rules engine; hold the lock (``async with runtime.engine_lock``) around
   ``set_maintenance`` / ``clear_maintenance`` so a change never interleaves with a batch.
 * ``hub``: the SSE hub (``gateway.api.hub.Hub``); the gateway publishes ``device`` events (presence changes).
-* ``metrics``: :class:`gateway.service.metrics.Metrics` (Prometheus registry).
+* ``metrics``: :class:`gateway.metrics.Metrics` (Prometheus registry).
 * ``apply_transitions``: ``await runtime.apply_transitions(transitions)`` persists transitions the API caused
   (``engine.set_maintenance`` / ``clear_maintenance`` return some) through the gateway's commit sequence, so they
   reach the store, InfluxDB and the notifier like any other.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import FiregridConfig
-from gateway.service.metrics import Metrics
+from gateway.metrics import Metrics
 
 
 @dataclass
