@@ -30,6 +30,7 @@ The pragma policy, and why it is the same for every connection:
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,13 @@ def open_database(
     path: str | Path,
     *,
     row_factory: RowFactory | None = None,
-    migrations: Sequence[Migration] = MIGRATIONS,
+    migrations: Sequence[Migration] | None = None,
 ) -> sqlite3.Connection:
     """Open (creating it and its directory if need be) the store at ``path``, migrated to the latest version.
 
     ``row_factory``: e.g. ``sqlite3.Row`` for an owner that reads columns by name (Python-side only; the database
-    sees the same connection either way).  ``migrations`` is the schema's list; tests pass their own.
+    sees the same connection either way).  ``migrations``: the schema's list, ``common.schema.MIGRATIONS``, unless
+    given (tests pass their own).
 
     Raises ``common.migrations.SchemaTooNew`` for a file from a newer release and ``MigrationFailed`` when a
     migration raised (the file then stays at the version it had)."""
@@ -59,13 +61,28 @@ def open_database(
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        _set_wal(db)
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        migrate(db, migrations, path=str(path))
+        migrate(db, MIGRATIONS if migrations is None else migrations, path=str(path))
     except BaseException:
         db.close()
         raise
     if row_factory is not None:
         db.row_factory = row_factory
     return db
+
+
+def _set_wal(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out another connection that is converting the same new file: the
+    conversion takes an exclusive lock and SQLite answers "database is locked" at once instead of calling the busy
+    handler.  (A file already in WAL mode converts nothing, so this only ever waits on a brand-new file.)"""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)

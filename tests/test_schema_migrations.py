@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import common.db
 from alerts.store import AlertStore
 from common.db import open_database
 from common.migrations import Migration, MigrationFailed, SchemaTooNew, statements
@@ -224,7 +225,7 @@ def _backfill(db: sqlite3.Connection) -> None:
 BACKFILL = Migration(version=3, name="gateway_devices.seen_count", apply=_backfill)
 
 
-def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path) -> None:
+def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = dump(v0)
     with closing(open_database(v0)):
         pass
@@ -238,11 +239,15 @@ def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path) -> None:
     assert {t: rows for t, rows in after.items() if t != "alerts"} == {
         t: rows for t, rows in before.items() if t != "alerts"
     }
-    # the owners still read it, the new column notwithstanding
+    # a release that knows version 2: its owners read the file, the new column notwithstanding
+    monkeypatch.setattr(common.db, "MIGRATIONS", (*MIGRATIONS, ADD_SOURCE))
     store = AlertStore(v0)
+    ledger = FilterLedger(v0)
     try:
         assert sorted(a["state"] for a in store.list_alerts()) == ["acknowledged", "dispatched", "resolved"]
+        assert ledger.held() == sorted(FILTERS)
     finally:
+        ledger.close()
         store.close()
     # opening it again with the same list runs nothing
     with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))):
