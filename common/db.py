@@ -21,8 +21,9 @@ The pragma policy, and why it is the same for every connection:
   Python's default 5 s and the other gateway tables after 30 s; the longest keeps every one's guarantee.
 * ``foreign_keys=ON``: no table declares a foreign key yet, so this costs nothing today; it means one added by a
   migration is enforced from the start instead of silently ignored (SQLite's default).
-* autocommit (``isolation_level=None``): each owner writes ``BEGIN``/``COMMIT`` itself, so the Python module never
-  opens a transaction behind its back (an implicit one would hold the write lock across an owner's reads).
+* autocommit (``isolation_level=None``): each owner writes ``BEGIN``/``COMMIT`` itself, so it alone decides what one
+  transaction holds (the alert store: a whole engine batch with its outbox rows), and the migrations can run one
+  transaction each.
 * ``check_same_thread=False``: the owners are used from the event loop and from the commit thread, each behind its
   own lock.
 """

@@ -26,7 +26,7 @@ class SchemaTooNew(SchemaError):
     def __init__(self, *, path: str, found: int, known: int) -> None:
         super().__init__(
             f"{path}: schema version {found} was written by a newer firegrid; this one knows up to version {known}"
-            " (upgrade firegrid, or restore a backup of the store made before the upgrade)"
+            " (run the newer firegrid again, or restore a backup of the store made before it upgraded the file)"
         )
         self.found = found
         self.known = known
