@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from gateway.storage.presence import open_db
+from common.db import open_database
 
 
 class FilterLedger:
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path)
-        self._db.execute("CREATE TABLE IF NOT EXISTS gateway_mqtt_filters (filter TEXT PRIMARY KEY)")
+        self._db = open_database(path)
 
     def subscribing(self, wanted: Sequence[str], *, catch_all: Iterable[str] = ()) -> list[str]:
         """Write ``wanted`` down (before the SUBSCRIBE goes out: a crash in between must not leave a filter nobody

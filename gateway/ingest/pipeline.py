@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.db import open_database
 from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.mqtt import Incoming
 from gateway.ingest.rejections import Rejections
 from gateway.metrics import Metrics
 from gateway.storage.influx import alert_line, reading_line
-from gateway.storage.presence import Presence, open_db
+from gateway.storage.presence import Presence
 from gateway.storage.spool import Spool
 from rules.types import AlertTransition, DeviceEvent, Reading, Severity, StatusChange
 
@@ -53,11 +54,7 @@ class EngineState:
     """Per-building engine snapshots in the SQLite store (table ``gateway_engine_state``)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS gateway_engine_state (building TEXT PRIMARY KEY, data BLOB NOT NULL,"
-            " updated_ms INTEGER NOT NULL)"
-        )
+        self._db = open_database(path)
 
     def load(self) -> dict[str, bytes]:
         return {b: bytes(d) for b, d in self._db.execute("SELECT building, data FROM gateway_engine_state")}

@@ -22,7 +22,6 @@ import contextlib
 import gzip
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from common.db import open_database
 from gateway.config import InfluxConfig
 from gateway.secrets import Secret
 from gateway.storage.spool import Batch, Spool
@@ -277,13 +277,7 @@ class DeadLetters:
     """Lines InfluxDB refused (400/422), one row each, so one bad point never blocks or loses a batch."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS gateway_influx_dead_letters ("
-            " id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, status INTEGER NOT NULL, error TEXT NOT NULL,"
-            " line TEXT NOT NULL)"
-        )
+        self._db = open_database(path)
 
     def add(self, line: bytes, *, status: int, error: str) -> None:
         self._db.execute(

@@ -19,16 +19,9 @@ from typing import Any
 
 import orjson
 
+from common.db import open_database
 from gateway.config import FiregridConfig
 from rules.types import DeviceRef, MetricValue, Reading, StatusChange
-
-
-def open_db(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    return db
 
 
 @dataclass(slots=True)
@@ -83,18 +76,8 @@ class Presence:
     """Registry + presence.  ``list_devices``/``get_device`` are what the API serves."""
 
     def __init__(self, *, config: FiregridConfig, db_path: Path) -> None:
-        self._db = open_db(db_path)
+        self._db = open_database(db_path)
         self._lock = threading.Lock()
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS gateway_devices (device TEXT PRIMARY KEY, building TEXT NOT NULL,"
-            " kind TEXT NOT NULL, floor INTEGER, grid TEXT, registered INTEGER NOT NULL, last_seen_ms INTEGER,"
-            " last_values TEXT, battery REAL, status TEXT, status_ts_ms INTEGER)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS gateway_readings (id INTEGER PRIMARY KEY, device TEXT NOT NULL,"
-            " building TEXT NOT NULL, kind TEXT NOT NULL, ts_ms INTEGER NOT NULL, value TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS gateway_readings_device ON gateway_readings (device, ts_ms)")
         self._heartbeats = {kind.value: s for kind, s in config.presence.heartbeat_s.items()}
         grids = {b.id: b.grid for b in config.buildings}
         self.devices: dict[str, DeviceState] = {}

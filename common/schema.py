@@ -1,0 +1,186 @@
+"""The store's tables: every owner's DDL in one place, and the migrations that bring a file to the current version.
+
+One SQLite file holds the alert store (alerts, audit trail, incidents, notification outbox, SMS pages, disabled
+endpoints) and the gateway's own tables (device presence and kept readings, engine snapshots, the MQTT filter
+ledger, InfluxDB dead letters).  Keeping their DDL together is what lets one ``PRAGMA user_version`` describe the
+whole file, so a later release can add a column to any of them with a migration.
+
+To change the schema, APPEND a migration (version = the last one + 1); never edit one that has been released: a
+file records only the number of the last migration it ran, so a changed migration would never run on it.
+"""
+
+from __future__ import annotations
+
+from common.migrations import Migration, latest_version
+
+# The alert store (``alerts.store.AlertStore``): alerts, their audit trail, incidents and the notification outbox,
+# written together in one transaction per engine batch.
+ALERTS = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    building TEXT NOT NULL,
+    floor INTEGER,
+    device TEXT,
+    grid TEXT,
+    state TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    open INTEGER NOT NULL DEFAULT 1,
+    reason TEXT,
+    value TEXT,
+    confirmed INTEGER,
+    flapping INTEGER NOT NULL DEFAULT 0,
+    test INTEGER NOT NULL DEFAULT 0,
+    drill INTEGER NOT NULL DEFAULT 0,
+    incident_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    raised_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    cleared_ms INTEGER,
+    acknowledged_ms INTEGER,
+    acknowledged_by TEXT,
+    dispatched_ms INTEGER,
+    dispatched_to TEXT,
+    resolved_ms INTEGER,
+    resolved_by TEXT,
+    cause TEXT,
+    note TEXT,
+    count INTEGER NOT NULL DEFAULT 1,
+    tier INTEGER NOT NULL DEFAULT 0,
+    escalate_at_ms INTEGER,
+    evidence TEXT NOT NULL DEFAULT '[]'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_open_key ON alerts(key) WHERE open = 1;
+CREATE INDEX IF NOT EXISTS alerts_escalate ON alerts(escalate_at_ms) WHERE escalate_at_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS alerts_raised ON alerts(raised_ms);
+CREATE INDEX IF NOT EXISTS alerts_incident ON alerts(incident_id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    alert_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    by TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_alert ON audit(alert_id);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY,
+    building TEXT NOT NULL,
+    grid TEXT,
+    drill INTEGER NOT NULL DEFAULT 0,
+    code TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    last_alert_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    closed_ms INTEGER,
+    alert_count INTEGER NOT NULL DEFAULT 0,
+    open_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS incidents_building ON incidents(building, drill, last_alert_ms);
+CREATE INDEX IF NOT EXISTS incidents_code ON incidents(code) WHERE closed_ms IS NULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    msg_id TEXT NOT NULL UNIQUE,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    event TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    alert_id INTEGER,
+    incident_id INTEGER,
+    recipient TEXT,
+    phone TEXT,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempt_ms INTEGER,
+    done_ms INTEGER,
+    last_error TEXT,
+    dedup TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(channel, priority DESC, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_next ON outbox(channel, next_ms) WHERE state = 'pending';
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedup ON outbox(dedup) WHERE state = 'pending' AND dedup IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_sms ON outbox(phone, attempt_ms) WHERE channel = 'sms';
+CREATE TABLE IF NOT EXISTS pages (
+    incident_id INTEGER NOT NULL,
+    phone TEXT NOT NULL,
+    severity INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (incident_id, phone)
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    target TEXT PRIMARY KEY,
+    disabled_ms INTEGER NOT NULL,
+    reason TEXT
+);
+"""
+
+# Device registry and presence (``gateway.storage.presence.Presence``), and recent readings when there is no
+# InfluxDB.
+PRESENCE = """
+CREATE TABLE IF NOT EXISTS gateway_devices (
+    device TEXT PRIMARY KEY,
+    building TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    floor INTEGER,
+    grid TEXT,
+    registered INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    last_values TEXT,
+    battery REAL,
+    status TEXT,
+    status_ts_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS gateway_readings (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    building TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gateway_readings_device ON gateway_readings (device, ts_ms);
+"""
+
+# Per-building rules-engine snapshots (``gateway.ingest.pipeline.EngineState``).
+ENGINE_STATE = """
+CREATE TABLE IF NOT EXISTS gateway_engine_state (
+    building TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"""
+
+# The MQTT topic filters the persistent session may hold (``gateway.ingest.filter_ledger.FilterLedger``).
+FILTER_LEDGER = """
+CREATE TABLE IF NOT EXISTS gateway_mqtt_filters (filter TEXT PRIMARY KEY);
+"""
+
+# Lines InfluxDB refused (``gateway.storage.influx.DeadLetters``).
+DEAD_LETTERS = """
+CREATE TABLE IF NOT EXISTS gateway_influx_dead_letters (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    line TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
+    # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this
+    # adopts it as version 1 without touching a row, and creates what is missing.
+    Migration(
+        version=1,
+        name="tables of the unversioned releases",
+        apply=ALERTS + PRESENCE + ENGINE_STATE + FILTER_LEDGER + DEAD_LETTERS,
+    ),
+)
+
+SCHEMA_VERSION = latest_version(MIGRATIONS)
