@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .codec import (
+    END,
     FRAME_OVERHEAD,
     HEADER_SIZE,
     MAX_APP_DATA_LEN,
@@ -75,6 +76,7 @@ class FrameReader:
         self._covered = 0  # stream offset up to which bytes belong to a reported frame or error
         self._junk = bytearray()  # skipped bytes not yet reported
         self._junk_at = 0  # stream offset of _junk[0]
+        self._checked: dict[int, bool] = {}  # stream offset of a complete '@@' candidate -> is a valid frame
         self._closed = False
 
     @property
@@ -127,6 +129,8 @@ class FrameReader:
             self._flush_junk(out)
         del buf[:pos]
         self._base += pos
+        if self._checked:
+            self._checked = {k: v for k, v in self._checked.items() if k >= self._base}
         return out
 
     def _skip(self, a: int, b: int, out: list[Frame | FrameError]) -> None:
@@ -210,15 +214,25 @@ class FrameReader:
             if q + HEADER_SIZE <= len(buf):
                 length = declared_app_data_len(buf[q : q + HEADER_SIZE])
                 end = q + FRAME_OVERHEAD + length
-                if length <= self._max_app and end - q <= self._max_frame and end < span_end and end <= len(buf):
-                    try:
-                        decode_frame(bytes(buf[q:end]), max_app_data_len=self._max_app)
-                    except UitdError:
-                        pass
-                    else:
-                        return q
+                fits = length <= self._max_app and end - q <= self._max_frame
+                if fits and end < span_end and end <= len(buf) and self._is_frame(q, end):
+                    return q
             q = buf.find(START, q + 1)
         return None
+
+    def _is_frame(self, start: int, end: int) -> bool:
+        """Whether buf[start:end] is a valid frame; remembered by stream offset, so each is checked once."""
+        key = self._base + start
+        known = self._checked.get(key)
+        if known is None:
+            known = self._buf[end - 2 : end] == END
+            if known:
+                try:
+                    decode_frame(bytes(self._buf[start:end]), max_app_data_len=self._max_app)
+                except UitdError:
+                    known = False
+            self._checked[key] = known
+        return known
 
     def _report(self, exc: UitdError, start: int, end: int, out: list[Frame | FrameError]) -> None:
         data = bytes(self._buf[start:end])
