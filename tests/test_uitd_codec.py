@@ -624,3 +624,23 @@ def test_answers_swap_addresses_and_keep_serial(frame: Frame, now: UitdTime) -> 
         assert (answer.version_major, answer.version_minor) == (frame.version_major, frame.version_minor)
         assert decode_frame(encode_frame(answer)) == answer
     assert MAX_FRAME_SIZE == 1054
+
+
+def test_reader_reason_names_and_noise_of_start_markers() -> None:
+    assert {"no_start", "truncated", "bad_length", "oversized", "bad_end", "bad_checksum"} == REASONS
+    reader = FrameReader()
+    out = reader.feed(b"@" * 300 + EX_UITD_VERSION)
+    # every '@@' but the last few claims 0x4040 bytes; the last ones take the frame's bytes as their header
+    assert _reasons(out)[-1] == "frame" and set(_reasons(out)[:-1]) == {"bad_length", "truncated"}
+    assert reader.close() == [] and reader.close() == []
+    assert reader.closed
+
+
+def test_cut_frame_then_new_frame_in_any_chunking() -> None:
+    stream = EX_PART_FIRE[:30] + EX_UITD_TIME + EX_CONFIRM  # the 38-byte frame ends inside the 78 claimed
+    whole = _feed_all(FrameReader(), stream)
+    assert _reasons(whole) == ["truncated", "frame", "frame"]
+    late = _feed_all(FrameReader(), EX_PART_FIRE[:50] + EX_UITD_TIME + EX_CONFIRM)  # ends past the claimed span
+    assert _reasons(late) == ["bad_end", "frame", "frame"]
+    for cut in range(1, len(stream)):
+        assert _feed_all(FrameReader(), stream, [cut, cut + 7]) == whole
