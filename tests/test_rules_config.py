@@ -41,7 +41,7 @@ def test_defaults_are_used_when_the_config_names_no_rules() -> None:
     assert rule_set.source == "defaults"
     assert rule_set.heartbeat_s("s1", "smoke") == 120 and rule_set.heartbeat_s("h1", "heat") == 60
     by_id = {r.id: r for r in rule_set.rules}
-    # the numbers issue 4 names, so a change to defaults.yaml is a conscious one
+    # the shipped numbers, pinned so that a change to defaults.yaml is a conscious one
     assert (by_id["smoke-obscuration"].above, by_id["smoke-obscuration"].for_ms) == (3.0, 5000)
     assert by_id["smoke-obscuration"].clear_below == 1.5
     assert by_id["heat-fixed"].above == 57.0 and by_id["heat-rate-of-rise"].rate_per_min == 8.3
