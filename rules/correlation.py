@@ -36,7 +36,7 @@ class Correlator:
         self._cache: dict[tuple[int, str, int | None, str, str, str | None], CRule | None] = {}
 
     def raised(
-        self, b: BState, dev: DevState, rule_id: str, ts: int, out: list[AlertTransition], position: int
+        self, b: BState, dev: DevState, rule_id: str, ts: int, out: list[AlertTransition], *, position: int
     ) -> None:
         """A device rule raised (its transition is ``out[position]``): raise or confirm what correlates with it."""
         for ci in self._by_member.get(rule_id, ()):

@@ -320,7 +320,7 @@ class Engine:
     def snapshot(self, building: str) -> bytes:
         """The building's whole rule state as bytes (JSON), for the store."""
         b = self._buildings.get(building)
-        return encode(b if b is not None else BState(building), self._maint.of(building))
+        return encode(b if b is not None else BState(building), windows=self._maint.of(building))
 
     def restore(self, building: str, data: bytes) -> None:
         """Replace the building's state with a snapshot.  Rules that no longer exist are dropped.  Raises
@@ -536,7 +536,7 @@ class Engine:
         out.append(self._transition("raised", b.id, live, ts, reason, evidence, grid=ref.grid))
         for count_rule in dev.plan.counts.get(cr.id, ()):
             self._count(b, dev, count_rule, ts, out)
-        self._correlator.raised(b, dev, cr.id, ts, out, position)
+        self._correlator.raised(b, dev, cr.id, ts, out, position=position)
 
     def _try_clear(self, b: BState, dev: DevState, cr: CRule, st: RState, ts: int, out: list[AlertTransition]) -> None:
         live = st.live
@@ -671,23 +671,21 @@ class Engine:
         if window is None or b is None:
             return
         self._dirty.add(building)
+        reason = f"maintenance window {window.id} ended"
         for key, live in list(b.alerts.items()):
             if not live.test or not covers(window, live):
                 continue
-            if live.device is None:
-                del b.alerts[key]
-                out.append(self._transition("cleared", building, live, at, f"maintenance window {window.id} ended"))
-                continue
-            dev = b.space(DRILL if live.drill else REAL).get(live.device)
+            dev = b.space(DRILL if live.drill else REAL).get(live.device) if live.device is not None else None
             cr = dev.plan.by_id.get(live.rule) if dev is not None else None
             st = dev.rs[cr.idx] if dev is not None and cr is not None else None
             if dev is None or cr is None or st is None or st.live is not live:
+                # a scope alert, or one the engine holds no rule state for: nothing to re-arm
                 del b.alerts[key]
-                out.append(self._transition("cleared", building, live, at, f"maintenance window {window.id} ended"))
+                out.append(self._transition("cleared", building, live, at, reason))
                 continue
             still = st.csince is None and cr.kind not in (EVENT, COUNT, ABSENCE)
             value = st.value
-            self._clear(b, dev, cr, st, at, f"maintenance window {window.id} ended", out)
+            self._clear(b, dev, cr, st, at, reason, out)
             if still:
                 # the condition is still there: re-arm it so it is raised for real after its `for`
                 st.since = at

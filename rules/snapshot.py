@@ -25,7 +25,7 @@ class SnapshotError(ValueError):
     """A snapshot could not be read (corrupt, or from an incompatible version)."""
 
 
-def encode(b: BState, windows: Iterable[MaintenanceWindow]) -> bytes:
+def encode(b: BState, *, windows: Iterable[MaintenanceWindow]) -> bytes:
     """The building's state as bytes.  Marks each device's presence as saved (``DevState.saved_seen``)."""
     devices = []
     for space, states in ((REAL, b.devices), (DRILL, b.drills)):
