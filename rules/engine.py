@@ -37,7 +37,7 @@ from rules.plans import Planner
 from rules.ruleset import RuleSet
 from rules.snapshot import SnapshotError, decode, encode
 from rules.state import DRILL, EVIDENCE_MAX, MAINT, REAL, BState, DevState, Live, RState, Transitions, alert_key
-from rules.timers import Timers, absence_due, next_due, rule_due
+from rules.timers import Timers, absence_due, next_due, offline_due, rule_due
 from rules.types import (
     ActiveAlert,
     AlertTransition,
@@ -601,7 +601,7 @@ class Engine:
 
     def _rearm(self, b: BState, dev: DevState) -> None:
         """Arm the device's earliest pending deadline (``Timers.arm`` keeps the earlier of it and what is armed)."""
-        nxt = next_due(dev, held=self._presence_held_since is not None)
+        nxt = next_due(dev, self._presence_held_since is not None)
         if nxt is not None:
             self._timers.arm(b.id, dev, nxt)
 
@@ -629,12 +629,11 @@ class Engine:
                         self._try_clear(b, dev, cr, st, at, out)
             if st.idle():
                 dev.rs[cr.idx] = None
-        absence = absence_due(dev, held=self._presence_held_since is not None)
-        if absence is not None and absence[0] <= now:
-            at, offline = absence
+        at = absence_due(dev, self._presence_held_since is not None)
+        if at is not None and at <= now:
             acr = dev.plan.absence
             assert acr is not None
-            if offline:
+            if at == offline_due(dev, acr):  # the offline deadline wins a tie with the silent one
                 reason = f"{acr.label}: status offline for {acr.offline_ms // 1000} s"  # type: ignore[operator]
                 self._raise_absence(b, dev, acr, at, "offline", reason, out)
             else:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import heapq
 
-from rules.compiled import ABSENCE, COUNT, EVENT, CRule
+from rules.compiled import COUNT, EVENT, RATE, STATE, THRESHOLD, CRule
 from rules.state import MAINT, REAL, DevState, RState
 from rules.types import MaintenanceWindow
 
-__all__ = ["Timers", "absence_due", "next_due", "rule_due"]
+__all__ = ["Timers", "absence_due", "next_due", "offline_due", "rule_due"]
+
+_LEVEL = frozenset((THRESHOLD, RATE, STATE))
 
 
 class Timers:
@@ -42,39 +44,49 @@ def rule_due(cr: CRule, st: RState) -> int | None:
     """When the rule's pending state next needs the clock: ``for`` elapsed, ``clear_after`` or the flapping hold
     over, the oldest counted raise expired.  None when it waits for nothing but input (absence: ``absence_due``)."""
     kind = cr.kind
+    if kind in _LEVEL:  # first: the kinds most devices have state for (a heat detector's rate window)
+        live = st.live
+        if live is None:
+            return st.since + cr.for_ms if st.since is not None else None
+        if st.csince is not None:
+            return st.csince + (cr.flap_hold_ms if live.flapping else cr.clear_after_ms)
+        return None
     if kind == EVENT:
         if st.live is not None and cr.clear_after_ms and st.since is not None:
             return st.since + cr.clear_after_ms
         return None
     if kind == COUNT:
         return st.hist[0] + cr.window_ms if st.hist else None
-    if kind == ABSENCE:
-        return None
-    if st.live is None:
-        return st.since + cr.for_ms if st.since is not None else None
-    if st.csince is not None:
-        return st.csince + (cr.flap_hold_ms if st.live.flapping else cr.clear_after_ms)
     return None
 
 
-def absence_due(dev: DevState, *, held: bool) -> tuple[int, bool] | None:
-    """When the device's absence rule raises, and whether for its ``offline`` status (else for silence).  None when
-    it has no absence rule, is a drill device, is already reported absent, or presence is ``held`` (no broker)."""
+def absence_due(dev: DevState, held: bool) -> int | None:
+    """When the device's absence rule raises: the earlier of its silent and its ``offline`` deadline.  None when it
+    has no absence rule, is a drill device, is already reported absent, or presence is ``held`` (no broker).
+    (``held`` positional, as in ``next_due``: both run for every device a timer wakes.)"""
     cr = dev.plan.absence
     if cr is None or dev.space != REAL or held:
         return None
     st = dev.rs[cr.idx]
     if st is not None and st.live is not None:
         return None
-    silent_at = dev.last_seen + cr.silent_ms
-    if dev.offline_since is not None and cr.offline_ms is not None:
-        offline_at = dev.offline_since + cr.offline_ms
-        if offline_at <= silent_at:
-            return offline_at, True
-    return silent_at, False
+    at = dev.last_seen + cr.silent_ms
+    if dev.offline_since is not None:
+        offline_at = offline_due(dev, cr)
+        if offline_at is not None and offline_at <= at:
+            return offline_at
+    return at
 
 
-def next_due(dev: DevState, *, held: bool) -> int | None:
+def offline_due(dev: DevState, cr: CRule) -> int | None:
+    """The absence rule's deadline for the device's ``offline`` status (None: it is not offline, or the rule does not
+    look at status); ``absence_due`` is this one when it is no later than the silent one."""
+    if dev.offline_since is None or cr.offline_ms is None:
+        return None
+    return dev.offline_since + cr.offline_ms
+
+
+def next_due(dev: DevState, held: bool) -> int | None:
     """The device's earliest deadline, if it has one."""
     best: int | None = None
     for cr, st in zip(dev.plan.rules, dev.rs, strict=True):
@@ -82,7 +94,7 @@ def next_due(dev: DevState, *, held: bool) -> int | None:
             at = rule_due(cr, st)
             if at is not None and (best is None or at < best):
                 best = at
-    absence = absence_due(dev, held=held)
-    if absence is not None and (best is None or absence[0] < best):
-        best = absence[0]
+    at = absence_due(dev, held)
+    if at is not None and (best is None or at < best):
+        best = at
     return best

@@ -178,7 +178,7 @@ def assert_every_deadline_is_armed(engine: Engine) -> None:
     for building in engine._buildings.values():
         for devices in (building.devices, building.drills):
             for dev in devices.values():
-                due = next_due(dev, held=engine._presence_held_since is not None)
+                due = next_due(dev, engine._presence_held_since is not None)
                 if due is None:
                     continue
                 where = f"{building.id}/{dev.ref.device} space {dev.space}"
