@@ -235,3 +235,29 @@ def test_environment_cannot_smuggle_untyped_rules() -> None:
 
 def test_defaults_file_is_packaged_next_to_the_code() -> None:
     assert DEFAULTS_PATH.is_file() and DEFAULTS_PATH.parent.name == "rules"
+
+
+def test_the_rules_package_imports_nothing_of_firegrid_but_common() -> None:
+    """The engine and its loader stand alone (the gateway imports them, never the other way round): loading every
+    module of ``rules`` and reporting a bad rules file pull in no other firegrid package, and the error is still a
+    ``ConfigError``, which every command reports."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pkgutil, importlib, sys, rules\n"
+        "for m in pkgutil.iter_modules(rules.__path__): importlib.import_module('rules.' + m.name)\n"
+        "from common.errors import ConfigError\n"
+        "from rules.loader import RulesError\n"
+        "assert issubclass(RulesError, ConfigError)\n"
+        "from types import SimpleNamespace\n"
+        "from rules.loader import load_rule_set\n"
+        "config = SimpleNamespace(rules=None, rules_file='/nonexistent.yaml', resolve_path=lambda p: p)\n"
+        "try:\n"
+        "    load_rule_set(config)\n"
+        "except RulesError as exc:\n"
+        "    assert exc.problems[0].startswith('rules_file: /nonexistent.yaml: cannot read'), exc.problems\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'gateway', 'alerts', 'simulators', 'bench'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
