@@ -178,7 +178,7 @@ class Engine:
         elif now_ms < self._now:
             return out  # the caller's clock jumped back: timers wait until it catches up again
         self._now = now_ms
-        heap = self._timers.heap
+        heap = self._timers.heap  # popped here rather than through a method: one call less per due timer
         left = limit if limit is not None else -1
         while heap and heap[0][0] <= now_ms and left != 0:
             left -= 1
