@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,8 +27,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import NotifyConfig
+from common.errors import ConfigError as ConfigError  # re-exported: gateway callers catch it from here
+from common.yamlio import read_yaml_file
 from gateway.secrets import Secret
-from rules.loader import load_yaml
 from rules.model import RuleConfig
 from rules.types import DeviceKind
 
@@ -362,14 +362,6 @@ class FiregridConfig(BaseSettings):
         return path if path.is_absolute() else self._base_dir / path
 
 
-class ConfigError(Exception):
-    """The configuration could not be loaded; ``problems`` holds one ``path: message`` line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 def format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -414,20 +406,7 @@ def load_config(path: str | os.PathLike[str] | None) -> FiregridConfig:
     if path is None:
         return parse_config({})
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}"]) from None
-    try:
-        data = load_yaml(text)  # yaml.safe_load's result and errors, in a fraction of its time and memory
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([f"{path}: invalid YAML: {where}{getattr(exc, 'problem', exc)}"]) from None
-    except (ValueError, TypeError) as exc:  # a tagged scalar PyYAML cannot build, e.g. ``!!int ten``
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+    data = read_yaml_file(path)  # yaml.safe_load's result and errors, in a fraction of its time and memory
     if data is None:
         data = {}
     if not isinstance(data, dict):

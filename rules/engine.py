@@ -17,6 +17,11 @@ Design notes (see ``docs/rules.md``):
   clears a real alarm;
 * an alert raised inside a maintenance window is a ``test`` alert for its whole life; when the window ends, it is
   cleared and the rule re-armed, so a condition that is still there is raised for real.
+
+This module holds the inputs and the rule mechanics (pending, raise, clear, flapping, count); the rest is composed
+in: ``plans`` (which rules apply to a device, compiled once per shape), ``state`` (per building, device and rule),
+``timers`` (deadlines and the heap that wakes the engine), ``correlation`` (rules over a building's active alerts),
+``maintenance`` (what is under test) and ``snapshot`` (a building's state as bytes).
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from typing import Any
 
-import orjson
-
-from rules.compiled import ABSENCE, COUNT, EVENT, RATE, CRule, Plan, build_plan
-from rules.model import RuleConfig
+from rules.compiled import ABSENCE, COUNT, EVENT, RATE, CRule
+from rules.correlation import Correlator
+from rules.maintenance import Maintenance, covers
+from rules.plans import Planner
 from rules.ruleset import RuleSet
+from rules.snapshot import SnapshotError, decode, encode
+from rules.state import DRILL, EVIDENCE_MAX, MAINT, REAL, BState, DevState, Live, RState, Transitions, alert_key
+from rules.timers import Timers, absence_due, next_due, offline_due, rule_due
 from rules.types import (
     ActiveAlert,
     AlertTransition,
@@ -53,136 +59,7 @@ __all__ = ["REORDER_MS", "Engine", "RuleSet", "SnapshotError", "alert_key"]
 # then think a device spoke up to this much earlier than it did: absence is reported at most this much early.
 PRESENCE_SAVE_MS = 60_000
 REORDER_MS = 60_000  # a sample older than the device's newest by more than this is a clock jump, not reordering
-EVIDENCE_MAX = 20  # samples kept per alert as its evidence (the first one and the latest 19)
 RATE_BUF_MAX = 32  # samples kept per rate-of-rise window
-_SNAPSHOT_VERSION = 1
-REAL, DRILL, MAINT = 0, 1, 2
-
-
-class SnapshotError(ValueError):
-    """A snapshot could not be read (corrupt, or from an incompatible version)."""
-
-
-def alert_key(rule: str, building: str, floor: int | None, device: str | None, *, drill: bool = False) -> str:
-    """Stable identity of one condition in one scope: rule + building + floor + device."""
-    if device is not None:
-        key = f"{rule}/{building}/{device}"
-    elif floor is not None:
-        key = f"{rule}/{building}/F{floor}"
-    else:
-        key = f"{rule}/{building}"
-    return "drill:" + key if drill else key
-
-
-class Live:
-    """An active alert, as the engine last reported it."""
-
-    __slots__ = (
-        "confirmed",
-        "device",
-        "drill",
-        "flapping",
-        "floor",
-        "key",
-        "rule",
-        "severity",
-        "since",
-        "test",
-        "value",
-    )
-
-    def __init__(
-        self,
-        *,
-        key: str,
-        rule: str,
-        severity: Severity,
-        floor: int | None,
-        device: str | None,
-        since: int,
-        value: MetricValue | None,
-        confirmed: bool | None,
-        test: bool,
-        drill: bool,
-        flapping: bool = False,
-    ) -> None:
-        self.key = key
-        self.rule = rule
-        self.severity = severity
-        self.floor = floor
-        self.device = device
-        self.since = since
-        self.value = value
-        self.confirmed = confirmed
-        self.test = test
-        self.drill = drill
-        self.flapping = flapping
-
-    def to_json(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in Live.__slots__}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Live:
-        data = dict(data)
-        data["severity"] = Severity(data["severity"])
-        return cls(**data)
-
-
-class RState:
-    """Per (device, rule) state.  Allocated only while the rule has something to remember."""
-
-    __slots__ = ("buf", "csince", "ev", "hist", "live", "since", "value")
-
-    def __init__(self) -> None:
-        self.live: Live | None = None
-        self.since: int | None = None  # alarm condition (or last occurrence, for events) since
-        self.csince: int | None = None  # clear condition since (for clear_after / flapping hold)
-        self.value: MetricValue | None = None  # the value that raised or is about to raise
-        self.ev: list[tuple[int, MetricValue]] | None = None  # evidence while pending
-        self.buf: array[float] | None = None  # rate of rise: ts, value, ts, value, ...
-        self.hist: list[int] | None = None  # state changes (flapping) or raise times (count)
-
-    def idle(self) -> bool:
-        return self.live is None and self.since is None and self.csince is None and self.buf is None and not self.hist
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "live": self.live.key if self.live else None,
-            "since": self.since,
-            "csince": self.csince,
-            "value": self.value,
-            "ev": self.ev,
-            "buf": list(self.buf) if self.buf is not None else None,
-            "hist": self.hist,
-        }
-
-
-class DevState:
-    __slots__ = ("due", "last_seen", "last_ts", "offline_since", "plan", "ref", "rs", "saved_seen", "space")
-
-    def __init__(self, ref: DeviceRef, plan: Plan, space: int, last_seen: int) -> None:
-        self.ref = ref
-        self.plan = plan
-        self.space = space
-        self.rs: list[RState | None] = [None] * len(plan.rules)
-        self.last_ts = -(2**62)  # newest sample ts
-        self.last_seen = last_seen  # engine time the device was last heard from
-        self.offline_since: int | None = None
-        self.due: int | None = None  # the deadline this device has in the timer heap
-        self.saved_seen = last_seen  # last_seen as of the building's latest snapshot
-
-
-class BState:
-    __slots__ = ("alerts", "devices", "drills", "id")
-
-    def __init__(self, building: str) -> None:
-        self.id = building
-        self.devices: dict[str, DevState] = {}
-        self.drills: dict[str, DevState] = {}
-        self.alerts: dict[str, Live] = {}  # active alerts of this building, by key
-
-    def space(self, space: int) -> dict[str, DevState]:
-        return self.drills if space == DRILL else self.devices
 
 
 def _sort(out: list[AlertTransition]) -> list[AlertTransition]:
@@ -199,42 +76,16 @@ class Engine:
     def __init__(self, rule_set: RuleSet, *, registry: Mapping[str, DeviceRef]) -> None:
         self._rule_set = rule_set
         self._registry = registry
-        alerting = [r for r in rule_set.rules if r.enabled]
-        self._device_rules = [r for r in alerting if r.kind in ("threshold", "rate_of_rise", "state", "event")]
-        self._device_rules += [r for r in alerting if r.kind in ("absence", "count")]
-        self._correlates = [r for r in alerting if r.kind == "correlate"]
-        self._flapping = [r for r in alerting if r.kind == "flapping"]
-        self._corr_by_member: dict[str, list[int]] = {}
-        for ci, corr in enumerate(self._correlates):
-            for member in corr.rules or ():
-                self._corr_by_member.setdefault(member, []).append(ci)
-        self._plans: dict[tuple[Any, ...], Plan] = {}
-        # Devices named by id in a selector or override get their own plan; every other device's plan depends only
-        # on where it is and what it is, so 100,000 devices resolve their rules in a few hundred distinct shapes.
-        self._named_devices: set[str] = set()
-        for rule in rule_set.rules:
-            self._named_devices.update(rule.match.devices or ())
-            for o in rule.overrides:
-                self._named_devices.update(o.devices or ())
-        self._plan_by_shape: dict[tuple[str, str, int | None, str | None, int], Plan] = {}
-        # ... and only on the parts of "where" some selector or override looks at: with the shipped rules (which
-        # select by kind alone) a district's devices share a handful of shapes instead of one per building and floor
-        # (100,000 devices on 20 floors of 2,000 buildings: 40,000 shapes -> 4, adopting them 870 -> 215-310 ms).
-        selectors = [(rule.match, rule.overrides) for rule in rule_set.rules]
-        self._shape_building = any(
-            m.building is not None or any(o.building is not None for o in overrides) for m, overrides in selectors
-        )
-        self._shape_floor = any(
-            m.floor is not None or any(o.floor is not None for o in overrides) for m, overrides in selectors
-        )
-        self._shape_grid = any(m.grid is not None for m, _ in selectors)
+        self._transition = Transitions(registry)
+        self._planner = Planner(rule_set)
+        correlates = [r for r in rule_set.rules if r.enabled and r.kind == "correlate"]
+        self._correlator = Correlator(correlates, transition=self._transition)
         self._presence_held_since: int | None = None
-        self._corr_cache: dict[tuple[int, str, int | None, str, str, str | None], CRule | None] = {}
         self._buildings: dict[str, BState] = {}
         self._dirty: set[str] = set()
-        self._heap: list[tuple[int, str, str, int]] = []
+        self._timers = Timers()
         self._now: int | None = None  # engine clock: the latest tick
-        self._maint: dict[str, dict[str, MaintenanceWindow]] = {}
+        self._maint = Maintenance()
         for window in rule_set.maintenance:
             self.set_maintenance(window)
 
@@ -327,13 +178,13 @@ class Engine:
         elif now_ms < self._now:
             return out  # the caller's clock jumped back: timers wait until it catches up again
         self._now = now_ms
-        heap = self._heap
+        heap = self._timers.heap  # popped here rather than through a method: one call less per due timer
         left = limit if limit is not None else -1
         while heap and heap[0][0] <= now_ms and left != 0:
             left -= 1
             due, building, device, space = heapq.heappop(heap)
             if space == MAINT:
-                window = self._maint.get(building, {}).get(device)
+                window = self._maint.get(building, device)
                 if window is not None and window.end_ms == due:
                     self._maint_end(building, device, due, out)
                 continue
@@ -347,7 +198,7 @@ class Engine:
                 # the common case: a device's absence deadline came up but it has spoken since; just move it on
                 at = dev.last_seen + acr.silent_ms
                 if at > now_ms:
-                    self._arm(b, dev, at)
+                    self._timers.arm(building, dev, at)
                     continue
             self._dirty.add(building)
             self._due(b, dev, now_ms, out)
@@ -356,7 +207,7 @@ class Engine:
 
     def behind(self) -> bool:
         """Timers due by the engine clock are still waiting: a ``tick`` with a ``limit`` stopped short of them."""
-        return bool(self._heap) and self._now is not None and self._heap[0][0] <= self._now
+        return self._timers.behind(self._now)
 
     def buildings(self) -> list[str]:
         return sorted(self._buildings)
@@ -386,20 +237,18 @@ class Engine:
         return []
 
     def _install_window(self, window: MaintenanceWindow) -> None:
-        self._maint.setdefault(window.building, {})[window.id] = window
+        self._maint.add(window)
         self._dirty.add(window.building)
-        heapq.heappush(self._heap, (window.end_ms, window.building, window.id, MAINT))
+        self._timers.arm_window(window)
 
     def clear_maintenance(self, window_id: str, *, now_ms: int | None = None) -> list[AlertTransition]:
         """End a window early (at ``now_ms``, default the engine clock): its test alerts are cleared and the rules
         re-armed, so a condition still present is raised for real (at once, or after its ``for``, on ``tick``)."""
         out: list[AlertTransition] = []
-        for building, windows in self._maint.items():
-            window = windows.get(window_id)
-            if window is not None:
-                now = now_ms if now_ms is not None else self._now if self._now is not None else window.start_ms
-                self._maint_end(building, window_id, max(now, window.start_ms), out)
-                break
+        window = self._maint.find(window_id)
+        if window is not None:
+            now = now_ms if now_ms is not None else self._now if self._now is not None else window.start_ms
+            self._maint_end(window.building, window_id, max(now, window.start_ms), out)
         return _sort(out)
 
     def suspend_presence(self, now_ms: int) -> None:
@@ -422,7 +271,7 @@ class Engine:
                 self._rearm(b, dev)
 
     def maintenance(self) -> list[MaintenanceWindow]:
-        return [w for windows in self._maint.values() for w in windows.values()]
+        return self._maint.all()
 
     def seed_active(self, alerts: Iterable[ActiveAlert | AlertTransition]) -> None:
         """Mark alerts the store holds open as active, so a restarted engine does not raise them again.
@@ -471,77 +320,19 @@ class Engine:
     def snapshot(self, building: str) -> bytes:
         """The building's whole rule state as bytes (JSON), for the store."""
         b = self._buildings.get(building)
-        if b is None:
-            b = BState(building)
-        devices = []
-        for space, states in ((REAL, b.devices), (DRILL, b.drills)):
-            for dev in states.values():
-                dev.saved_seen = dev.last_seen
-                rs = {cr.id: st.to_json() for cr, st in zip(dev.plan.rules, dev.rs, strict=True) if st is not None}
-                ref = dev.ref
-                devices.append(
-                    {
-                        "space": space,
-                        "ref": [ref.building, ref.device, ref.kind, ref.floor, ref.grid, ref.registered],
-                        "last_ts": dev.last_ts,
-                        "last_seen": dev.last_seen,
-                        "offline_since": dev.offline_since,
-                        "rs": rs,
-                    }
-                )
-        return orjson.dumps(
-            {
-                "v": _SNAPSHOT_VERSION,
-                "building": building,
-                "devices": devices,
-                "alerts": [live.to_json() for live in b.alerts.values()],
-                # maintenance windows opened at run time (the API) must survive a restart with the alerts they mark
-                "maintenance": [
-                    [w.id, w.floor, w.device, w.start_ms, w.end_ms, w.reason]
-                    for w in self._maint.get(building, {}).values()
-                ],
-            }
-        )
+        return encode(b if b is not None else BState(building), windows=self._maint.of(building))
 
     def restore(self, building: str, data: bytes) -> None:
-        """Replace the building's state with a snapshot.  Rules that no longer exist are dropped."""
-        try:
-            doc = orjson.loads(data)
-            if doc.get("v") != _SNAPSHOT_VERSION or doc.get("building") != building:
-                raise SnapshotError(f"snapshot of {doc.get('building')!r} version {doc.get('v')!r}")
-            b = BState(building)
-            for raw in doc["alerts"]:
-                live = Live.from_json(raw)
-                b.alerts[live.key] = live
-            self._buildings[building] = b
-            for wid, floor, device, start, end, reason in doc.get("maintenance", ()):
-                # installed without ticking: a window that ended meanwhile is closed by the next tick
-                self._install_window(MaintenanceWindow(wid, building, floor, device, start, end, reason))
-            for raw in doc["devices"]:
-                ref = DeviceRef(*raw["ref"])
-                space = int(raw["space"])
-                dev = DevState(ref, self._plan(ref), space, int(raw["last_seen"]))
-                dev.last_ts = int(raw["last_ts"])
-                dev.offline_since = raw["offline_since"]
-                for rule_id, sraw in raw["rs"].items():
-                    cr = dev.plan.by_id.get(rule_id)
-                    if cr is None:
-                        continue
-                    st = RState()
-                    st.live = b.alerts.get(sraw["live"]) if sraw["live"] else None
-                    st.since = sraw["since"]
-                    st.csince = sraw["csince"]
-                    st.value = sraw["value"]
-                    st.ev = [tuple(e) for e in sraw["ev"]] if sraw["ev"] is not None else None
-                    st.buf = array("d", sraw["buf"]) if sraw["buf"] is not None else None
-                    st.hist = sraw["hist"]
-                    dev.rs[cr.idx] = st
-                b.space(space)[ref.device] = dev
+        """Replace the building's state with a snapshot.  Rules that no longer exist are dropped.  Raises
+        ``SnapshotError`` (and changes nothing) when the data is not a snapshot of this building."""
+        b, windows = decode(building, data, plan=self._planner.plan)
+        self._buildings[building] = b
+        for window in windows:
+            # installed without ticking: a window that ended meanwhile is closed by the next tick
+            self._install_window(window)
+        for states in (b.devices, b.drills):
+            for dev in states.values():
                 self._rearm(b, dev)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, SnapshotError):
-                raise
-            raise SnapshotError(f"cannot restore building {building!r}: {exc}") from None
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
@@ -571,7 +362,7 @@ class Engine:
                 detail = f" ({e.detail})" if e.detail else ""
                 self._raise(b, dev, cr, st, ts, f"{cr.label}: {e.type} event{detail}", "event", out)
             if cr.clear_after_ms:
-                self._arm(b, dev, st.since + cr.clear_after_ms)
+                self._timers.arm(b.id, dev, st.since + cr.clear_after_ms)
 
     def _status(self, s: StatusChange, out: list[AlertTransition]) -> None:
         ref = s.ref
@@ -588,7 +379,7 @@ class Engine:
             dev.offline_since = s.ts_ms
             cr = dev.plan.absence
             if cr is not None and cr.offline_ms is not None:
-                self._arm(b, dev, s.ts_ms + cr.offline_ms)
+                self._timers.arm(b.id, dev, s.ts_ms + cr.offline_ms)
 
     # --- rule mechanics ---------------------------------------------------------------------------------------
 
@@ -605,7 +396,7 @@ class Engine:
                 self._clear(b, dev, cr, st, max(ts, st.live.since), f"{cr.label}: device is reporting again", out)
                 dev.rs[cr.idx] = None
                 if dev.space == REAL:
-                    self._arm(b, dev, dev.last_seen + cr.silent_ms)  # watch for the next silence
+                    self._timers.arm(b.id, dev, dev.last_seen + cr.silent_ms)  # watch for the next silence
 
     def _rebase(self, b: BState, dev: DevState, ts: int) -> None:
         """The device's clock jumped back: pending timers restart from its new time instead of never ending."""
@@ -659,7 +450,7 @@ class Engine:
             if ts - st.since >= cr.for_ms:
                 self._raise(b, dev, cr, st, ts, self._reason(cr, shown), cr.metric, out)
             else:
-                self._arm(b, dev, st.since + cr.for_ms)
+                self._timers.arm(b.id, dev, st.since + cr.for_ms)
             return
         if clear:
             if st.csince is None:
@@ -668,7 +459,7 @@ class Engine:
             if ts - st.csince >= wait:
                 self._try_clear(b, dev, cr, st, ts, out)
             else:
-                self._arm(b, dev, st.csince + wait)
+                self._timers.arm(b.id, dev, st.csince + wait)
         else:
             st.csince = None
 
@@ -731,7 +522,7 @@ class Engine:
             since=ts,
             value=st.value,
             confirmed=False if fire else None,
-            test=self._under_test(ref, ts),
+            test=self._maint.under_test(ref, ts),
             drill=drill,
         )
         b.alerts[key] = live
@@ -745,8 +536,7 @@ class Engine:
         out.append(self._transition("raised", b.id, live, ts, reason, evidence, grid=ref.grid))
         for count_rule in dev.plan.counts.get(cr.id, ()):
             self._count(b, dev, count_rule, ts, out)
-        for ci in self._corr_by_member.get(cr.id, ()):
-            self._correlate(b, dev, ci, ts, out, position)
+        self._correlator.raised(b, dev, cr.id, ts, out, position=position)
 
     def _try_clear(self, b: BState, dev: DevState, cr: CRule, st: RState, ts: int, out: list[AlertTransition]) -> None:
         live = st.live
@@ -759,7 +549,7 @@ class Engine:
                 live.flapping = True
                 reason = f"{cr.label}: flapping ({len(st.hist) + 1} changes within {cr.flap_window_ms // 1000} s)"
                 out.append(self._transition("updated", b.id, live, ts, reason, grid=dev.ref.grid))
-                self._arm(b, dev, (st.csince or ts) + cr.flap_hold_ms)
+                self._timers.arm(b.id, dev, (st.csince or ts) + cr.flap_hold_ms)
                 return
         self._clear(b, dev, cr, st, ts, f"{cr.label}: back to normal", out)
 
@@ -778,8 +568,7 @@ class Engine:
         else:
             self._changed(cr, st, ts)
         out.append(self._transition("cleared", b.id, live, ts, reason, grid=dev.ref.grid))
-        for ci in self._corr_by_member.get(cr.id, ()):
-            self._uncorrelate(b, dev, ci, ts, out)
+        self._correlator.cleared(b, dev, cr.id, ts, out)
 
     def _changed(self, cr: CRule, st: RState, ts: int) -> None:
         if cr.flap_changes:
@@ -806,186 +595,62 @@ class Engine:
                 f"{cr.label}: {', '.join(sorted(cr.members))} raised {len(hist)} times within {cr.window_ms // 1000} s"
             )
             self._raise(b, dev, cr, st, ts, reason, "raised", out)
-        self._arm(b, dev, hist[0] + cr.window_ms)
-
-    def _corr_rule(self, ci: int, ref: DeviceRef) -> CRule | None:
-        key = (ci, ref.building, ref.floor, ref.device, ref.kind, ref.grid)
-        if key in self._corr_cache:
-            return self._corr_cache[key]
-        rule = self._correlates[ci]
-        found: CRule | None = None
-        if rule.match.matches(kind=ref.kind, building=ref.building, floor=ref.floor, device=ref.device, grid=ref.grid):
-            effective = _apply_overrides(rule, ref)
-            if effective is not None:
-                found = CRule(effective, idx=-1, heartbeat_s=0, flap=None)
-        if len(self._corr_cache) < 100_000:
-            self._corr_cache[key] = found
-        return found
-
-    def _correlate(self, b: BState, dev: DevState, ci: int, ts: int, out: list[AlertTransition], position: int) -> None:
-        cr = self._corr_rule(ci, dev.ref)
-        if cr is None:
-            return
-        drill = dev.space == DRILL
-        floor = dev.ref.floor if cr.scope_floor else None
-        skey = alert_key(cr.id, b.id, floor, None, drill=drill)
-        members = [
-            live
-            for live in b.alerts.values()
-            if live.rule in cr.members
-            and live.drill == drill
-            and live.device is not None
-            and (floor is None or live.floor == floor)
-        ]
-        if skey not in b.alerts:
-            near = [m for m in members if abs(m.since - ts) <= cr.window_ms]
-            devices = {m.device for m in near}
-            if len(devices) < cr.min_devices:
-                return
-            live = Live(
-                key=skey,
-                rule=cr.id,
-                severity=cr.severity,
-                floor=floor,
-                device=None,
-                since=ts,
-                value=len(devices),
-                confirmed=True,
-                test=all(m.test for m in near),
-                drill=drill,
-            )
-            b.alerts[skey] = live
-            evidence = tuple(
-                Evidence(m.since, m.device or "", m.rule, m.value if m.value is not None else "")
-                for m in sorted(near, key=lambda m: m.since)[:EVIDENCE_MAX]
-            )
-            where = f"floor {floor}" if floor is not None else "the building"
-            reason = (
-                f"{cr.label}: {len(devices)} devices in alarm on {where} within {cr.window_ms // 1000} s "
-                f"({', '.join(sorted(d for d in devices if d))})"
-            )
-            out.append(self._transition("raised", b.id, live, ts, reason, evidence, grid=dev.ref.grid))
-        # every fire alert in the scope is now confirmed
-        for m in members:
-            if m.severity == Severity.FIRE and not m.confirmed:
-                m.confirmed = True
-                if m.since == ts and position < len(out) and out[position].key == m.key:
-                    out[position] = replace(out[position], confirmed=True)
-                else:
-                    where = f"floor {floor}" if floor is not None else "the building"
-                    reason = f"{cr.label}: a second device is in alarm on {where}"
-                    out.append(self._transition("updated", b.id, m, ts, reason, grid=dev.ref.grid))
-
-    def _uncorrelate(self, b: BState, dev: DevState, ci: int, ts: int, out: list[AlertTransition]) -> None:
-        cr = self._corr_rule(ci, dev.ref)
-        if cr is None:
-            return
-        drill = dev.space == DRILL
-        floor = dev.ref.floor if cr.scope_floor else None
-        skey = alert_key(cr.id, b.id, floor, None, drill=drill)
-        live = b.alerts.get(skey)
-        if live is None:
-            return
-        for m in b.alerts.values():
-            if m.rule in cr.members and m.drill == drill and (floor is None or m.floor == floor):
-                return  # a member is still in alarm: the confirmed fire stays
-        del b.alerts[skey]
-        out.append(self._transition("cleared", b.id, live, ts, f"{cr.label}: no detector in alarm any more"))
+        self._timers.arm(b.id, dev, hist[0] + cr.window_ms)
 
     # --- timers -----------------------------------------------------------------------------------------------
 
-    def _arm(self, b: BState, dev: DevState, at: int) -> None:
-        if dev.due is None or at < dev.due:
-            dev.due = at
-            heapq.heappush(self._heap, (at, b.id, dev.ref.device, dev.space))
-
     def _rearm(self, b: BState, dev: DevState) -> None:
-        """Arm the device's earliest pending deadline (``_arm`` keeps the earlier of it and what is armed)."""
-        nxt = self._next_due(dev)
+        """Arm the device's earliest pending deadline (``Timers.arm`` keeps the earlier of it and what is armed)."""
+        nxt = next_due(dev, self._presence_held_since is not None)
         if nxt is not None:
-            self._arm(b, dev, nxt)
-
-    def _next_due(self, dev: DevState) -> int | None:
-        best: int | None = None
-        for cr, st in zip(dev.plan.rules, dev.rs, strict=True):
-            if st is None:
-                continue
-            at: int | None = None
-            if cr.kind == EVENT:
-                if st.live is not None and cr.clear_after_ms and st.since is not None:
-                    at = st.since + cr.clear_after_ms
-            elif cr.kind == COUNT:
-                if st.hist:
-                    at = st.hist[0] + cr.window_ms
-            elif cr.kind == ABSENCE:
-                continue
-            elif st.live is None:
-                if st.since is not None:
-                    at = st.since + cr.for_ms
-            elif st.csince is not None:
-                at = st.csince + (cr.flap_hold_ms if st.live.flapping else cr.clear_after_ms)
-            if at is not None and (best is None or at < best):
-                best = at
-        acr = dev.plan.absence
-        if acr is not None and dev.space == REAL and self._presence_held_since is None:
-            st = dev.rs[acr.idx]
-            if st is None or st.live is None:
-                at = dev.last_seen + acr.silent_ms
-                if dev.offline_since is not None and acr.offline_ms is not None:
-                    at = min(at, dev.offline_since + acr.offline_ms)
-                if best is None or at < best:
-                    best = at
-        return best
+            self._timers.arm(b.id, dev, nxt)
 
     def _due(self, b: BState, dev: DevState, now: int, out: list[AlertTransition]) -> None:
         """Fire every timer of one device that is due at ``now``."""
         for cr, st in zip(dev.plan.rules, dev.rs, strict=True):
             if st is None:
                 continue
-            if cr.kind == EVENT:
-                if st.live is not None and cr.clear_after_ms and st.since is not None:
-                    at = st.since + cr.clear_after_ms
-                    if at <= now:
-                        self._clear(
-                            b, dev, cr, st, at, f"{cr.label}: not repeated for {cr.clear_after_ms // 1000} s", out
-                        )
-            elif cr.kind == COUNT:
-                if st.hist:
-                    hist = st.hist
-                    if st.live is not None and len(hist) >= cr.count:
-                        # the moment the count fell below `count`: when the raise that kept it there expired
-                        at = hist[len(hist) - cr.count] + cr.window_ms
-                        if at <= now:
-                            reason = f"{cr.label}: fewer than {cr.count} within {cr.window_ms // 1000} s"
-                            self._clear(b, dev, cr, st, at, reason, out)
-                    st.hist = [t for t in hist if t + cr.window_ms > now]
-            elif cr.kind == ABSENCE:
+            kind = cr.kind
+            if kind == ABSENCE:
                 continue
-            elif st.live is None:
-                if st.since is not None and st.since + cr.for_ms <= now:
-                    at = st.since + cr.for_ms
-                    assert st.value is not None
-                    self._raise(b, dev, cr, st, at, self._reason(cr, st.value), cr.metric, out)
-            elif st.csince is not None:
-                wait = cr.flap_hold_ms if st.live.flapping else cr.clear_after_ms
-                if st.csince + wait <= now:
-                    self._try_clear(b, dev, cr, st, st.csince + wait, out)
+            if kind == COUNT:
+                if st.hist:
+                    self._count_due(b, dev, cr, st, now, out)
+            else:
+                at = rule_due(cr, st)
+                if at is not None and at <= now:
+                    if kind == EVENT:
+                        reason = f"{cr.label}: not repeated for {cr.clear_after_ms // 1000} s"
+                        self._clear(b, dev, cr, st, at, reason, out)
+                    elif st.live is None:
+                        assert st.value is not None
+                        self._raise(b, dev, cr, st, at, self._reason(cr, st.value), cr.metric, out)
+                    else:
+                        self._try_clear(b, dev, cr, st, at, out)
             if st.idle():
                 dev.rs[cr.idx] = None
-        cr_abs = dev.plan.absence
-        if cr_abs is not None and dev.space == REAL and self._presence_held_since is None:
-            st = dev.rs[cr_abs.idx]
-            if st is None or st.live is None:
-                silent_at = dev.last_seen + cr_abs.silent_ms
-                offline_at = None
-                if dev.offline_since is not None and cr_abs.offline_ms is not None:
-                    offline_at = dev.offline_since + cr_abs.offline_ms
-                if offline_at is not None and offline_at <= now and offline_at <= silent_at:
-                    reason = f"{cr_abs.label}: status offline for {cr_abs.offline_ms // 1000} s"  # type: ignore[operator]
-                    self._raise_absence(b, dev, cr_abs, offline_at, "offline", reason, out)
-                elif silent_at <= now:
-                    reason = f"{cr_abs.label}: silent for {cr_abs.silent_ms // 1000} s"
-                    self._raise_absence(b, dev, cr_abs, silent_at, "silent", reason, out)
+        at = absence_due(dev, self._presence_held_since is not None)
+        if at is not None and at <= now:
+            acr = dev.plan.absence
+            assert acr is not None
+            if at == offline_due(dev, acr):  # the offline deadline wins a tie with the silent one
+                reason = f"{acr.label}: status offline for {acr.offline_ms // 1000} s"  # type: ignore[operator]
+                self._raise_absence(b, dev, acr, at, "offline", reason, out)
+            else:
+                reason = f"{acr.label}: silent for {acr.silent_ms // 1000} s"
+                self._raise_absence(b, dev, acr, at, "silent", reason, out)
+
+    def _count_due(self, b: BState, dev: DevState, cr: CRule, st: RState, now: int, out: list[AlertTransition]) -> None:
+        """Counted raises expire one window after they happened; the alert clears when fewer than ``count`` are left."""
+        hist = st.hist
+        assert hist is not None
+        if st.live is not None and len(hist) >= cr.count:
+            # the moment the count fell below `count`: when the raise that kept it there expired
+            at = hist[len(hist) - cr.count] + cr.window_ms
+            if at <= now:
+                reason = f"{cr.label}: fewer than {cr.count} within {cr.window_ms // 1000} s"
+                self._clear(b, dev, cr, st, at, reason, out)
+        st.hist = [t for t in hist if t + cr.window_ms > now]
 
     def _raise_absence(
         self, b: BState, dev: DevState, cr: CRule, at: int, what: str, reason: str, out: list[AlertTransition]
@@ -999,47 +664,27 @@ class Engine:
 
     # --- maintenance ------------------------------------------------------------------------------------------
 
-    def _under_test(self, ref: DeviceRef, ts: int) -> bool:
-        windows = self._maint.get(ref.building)
-        if not windows:
-            return False
-        for w in windows.values():
-            if (
-                w.start_ms <= ts < w.end_ms
-                and (w.floor is None or w.floor == ref.floor)
-                and (w.device is None or w.device == ref.device)
-            ):
-                return True
-        return False
-
     def _maint_end(self, building: str, window_id: str, at: int, out: list[AlertTransition]) -> None:
-        windows = self._maint.get(building)
-        window = windows.pop(window_id, None) if windows else None
+        window = self._maint.pop(building, window_id)
         b = self._buildings.get(building)
         if window is None or b is None:
             return
         self._dirty.add(building)
+        reason = f"maintenance window {window.id} ended"
         for key, live in list(b.alerts.items()):
-            if not live.test:
+            if not live.test or not covers(window, live):
                 continue
-            if window.floor is not None and live.floor != window.floor:
-                continue
-            if window.device is not None and live.device != window.device:
-                continue
-            if live.device is None:
-                del b.alerts[key]
-                out.append(self._transition("cleared", building, live, at, f"maintenance window {window.id} ended"))
-                continue
-            dev = b.space(DRILL if live.drill else REAL).get(live.device)
+            dev = b.space(DRILL if live.drill else REAL).get(live.device) if live.device is not None else None
             cr = dev.plan.by_id.get(live.rule) if dev is not None else None
             st = dev.rs[cr.idx] if dev is not None and cr is not None else None
             if dev is None or cr is None or st is None or st.live is not live:
+                # a scope alert, or one the engine holds no rule state for: nothing to re-arm
                 del b.alerts[key]
-                out.append(self._transition("cleared", building, live, at, f"maintenance window {window.id} ended"))
+                out.append(self._transition("cleared", building, live, at, reason))
                 continue
             still = st.csince is None and cr.kind not in (EVENT, COUNT, ABSENCE)
             value = st.value
-            self._clear(b, dev, cr, st, at, f"maintenance window {window.id} ended", out)
+            self._clear(b, dev, cr, st, at, reason, out)
             if still:
                 # the condition is still there: re-arm it so it is raised for real after its `for`
                 st.since = at
@@ -1049,39 +694,6 @@ class Engine:
             self._rearm(b, dev)
 
     # --- plumbing ---------------------------------------------------------------------------------------------
-
-    def _transition(
-        self,
-        kind: str,
-        building: str,
-        live: Live,
-        ts: int,
-        reason: str,
-        evidence: tuple[Evidence, ...] = (),
-        *,
-        grid: str | None = None,
-    ) -> AlertTransition:
-        if grid is None and live.device is not None:
-            ref = self._registry.get(live.device)
-            grid = ref.grid if ref is not None else None
-        return AlertTransition(
-            transition=kind,  # type: ignore[arg-type]
-            key=live.key,
-            rule=live.rule,
-            severity=live.severity,
-            building=building,
-            floor=live.floor,
-            device=live.device,
-            ts_ms=ts,
-            reason=reason,
-            value=live.value,
-            confirmed=live.confirmed,
-            flapping=live.flapping,
-            test=live.test,
-            grid=grid,
-            evidence=evidence,
-            drill=live.drill,
-        )
 
     def _building(self, building: str) -> BState:
         b = self._buildings.get(building)
@@ -1105,7 +717,7 @@ class Engine:
         if old is not None:
             self._drop_device(b, old)
         now = self._now if self._now is not None else ts
-        dev = DevState(ref, self._plan(ref), space, now)
+        dev = DevState(ref, self._planner.plan(ref), space, now)
         b.space(space)[ref.device] = dev
         self._dirty.add(b.id)
         if b.alerts:
@@ -1118,7 +730,7 @@ class Engine:
                     st.value = live.value
                     st.since = live.since if cr.kind == EVENT else None
         if space == REAL and dev.plan.absence is not None:
-            self._arm(b, dev, now + dev.plan.absence.silent_ms)
+            self._timers.arm(b.id, dev, now + dev.plan.absence.silent_ms)
         if b.alerts:
             self._rearm(b, dev)
         return dev
@@ -1136,78 +748,6 @@ class Engine:
             if ref.device not in b.devices:
                 self._new_device(b, ref, REAL, now)
                 self._dirty.add(ref.building)
-
-    def _plan(self, ref: DeviceRef) -> Plan:
-        heartbeat = self._rule_set.heartbeat_s(ref.device, ref.kind)
-        if ref.device in self._named_devices:
-            return self._resolve_plan(ref, heartbeat)
-        shape = (
-            ref.kind,
-            ref.building if self._shape_building else "",
-            ref.floor if self._shape_floor else None,
-            ref.grid if self._shape_grid else None,
-            heartbeat,
-        )
-        plan = self._plan_by_shape.get(shape)
-        if plan is None:
-            plan = self._plan_by_shape[shape] = self._resolve_plan(ref, heartbeat)
-        return plan
-
-    def _resolve_plan(self, ref: DeviceRef, heartbeat: int) -> Plan:
-        chosen: list[tuple[int, RuleConfig]] = []
-        signature: list[Any] = []
-        for i, rule in enumerate(self._device_rules):
-            if not rule.match.matches(
-                kind=ref.kind, building=ref.building, floor=ref.floor, device=ref.device, grid=ref.grid
-            ):
-                continue
-            applied = tuple(
-                j
-                for j, o in enumerate(rule.overrides)
-                if o.applies(building=ref.building, floor=ref.floor, device=ref.device)
-            )
-            flap = self._flap_for(rule, ref)
-            chosen.append((i, rule))
-            signature.append((i, applied, flap))
-        key = (tuple(signature), heartbeat if any(r.kind == "absence" for _, r in chosen) else 0)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
-        crules: list[CRule] = []
-        for (_, rule), (_, _, flap) in zip(chosen, signature, strict=True):
-            effective = _apply_overrides(rule, ref)
-            if effective is None:
-                continue
-            crules.append(CRule(effective, idx=len(crules), heartbeat_s=heartbeat, flap=flap))
-        plan = build_plan(crules)
-        self._plans[key] = plan
-        return plan
-
-    def _flap_for(self, rule: RuleConfig, ref: DeviceRef) -> tuple[int, int, int] | None:
-        if rule.kind not in ("threshold", "rate_of_rise", "state"):
-            return None
-        for f in self._flapping:
-            if f.rules is not None and rule.id not in f.rules:
-                continue
-            if not f.match.matches(
-                kind=ref.kind, building=ref.building, floor=ref.floor, device=ref.device, grid=ref.grid
-            ):
-                continue
-            effective = _apply_overrides(f, ref)
-            if effective is None:
-                continue
-            return (effective.changes, effective.window_ms or 0, effective.hold_ms)
-        return None
-
-
-def _apply_overrides(rule: RuleConfig, ref: DeviceRef) -> RuleConfig | None:
-    """The rule as it applies to ``ref`` (None when an override disables it there)."""
-    update: dict[str, Any] = {}
-    for o in rule.overrides:
-        if o.applies(building=ref.building, floor=ref.floor, device=ref.device):
-            update.update(o.changes_set())
-    effective = rule.model_copy(update=update) if update else rule
-    return effective if effective.enabled else None
 
 
 def _median3(a: float, b: float, c: float) -> float:

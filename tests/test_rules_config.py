@@ -41,7 +41,7 @@ def test_defaults_are_used_when_the_config_names_no_rules() -> None:
     assert rule_set.source == "defaults"
     assert rule_set.heartbeat_s("s1", "smoke") == 120 and rule_set.heartbeat_s("h1", "heat") == 60
     by_id = {r.id: r for r in rule_set.rules}
-    # the numbers issue 4 names, so a change to defaults.yaml is a conscious one
+    # the shipped numbers, pinned so that a change to defaults.yaml is a conscious one
     assert (by_id["smoke-obscuration"].above, by_id["smoke-obscuration"].for_ms) == (3.0, 5000)
     assert by_id["smoke-obscuration"].clear_below == 1.5
     assert by_id["heat-fixed"].above == 57.0 and by_id["heat-rate-of-rise"].rate_per_min == 8.3
@@ -235,3 +235,29 @@ def test_environment_cannot_smuggle_untyped_rules() -> None:
 
 def test_defaults_file_is_packaged_next_to_the_code() -> None:
     assert DEFAULTS_PATH.is_file() and DEFAULTS_PATH.parent.name == "rules"
+
+
+def test_the_rules_package_imports_nothing_of_firegrid_but_common() -> None:
+    """The engine and its loader stand alone (the gateway imports them, never the other way round): loading every
+    module of ``rules`` and reporting a bad rules file pull in no other firegrid package, and the error is still a
+    ``ConfigError``, which every command reports."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pkgutil, importlib, sys, rules\n"
+        "for m in pkgutil.iter_modules(rules.__path__): importlib.import_module('rules.' + m.name)\n"
+        "from common.errors import ConfigError\n"
+        "from rules.loader import RulesError\n"
+        "assert issubclass(RulesError, ConfigError)\n"
+        "from types import SimpleNamespace\n"
+        "from rules.loader import load_rule_set\n"
+        "config = SimpleNamespace(rules=None, rules_file='/nonexistent.yaml', resolve_path=lambda p: p)\n"
+        "try:\n"
+        "    load_rule_set(config)\n"
+        "except RulesError as exc:\n"
+        "    assert exc.problems[0].startswith('rules_file: /nonexistent.yaml: cannot read'), exc.problems\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'gateway', 'alerts', 'simulators', 'bench'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -326,11 +326,11 @@ def test_devices_share_a_plan_unless_a_selector_looks_at_where_they_are() -> Non
     district = [ref(f"d{i}", building=f"b{i % 10}", floor=i % 5) for i in range(50)]
     by_kind = Driver(SMOKE, district)
     by_kind.engine.start(ms(0))
-    assert len(by_kind.engine._plan_by_shape) == 1
+    assert len(by_kind.engine._planner._plan_by_shape) == 1
     smoke_b3 = SMOKE.replace("clear_below: 1.5}", "clear_below: 1.5, overrides: [{building: b3, above: 6.0}]}")
     by_building = Driver(smoke_b3, district)
     by_building.engine.start(ms(0))
-    assert len(by_building.engine._plan_by_shape) == 10
+    assert len(by_building.engine._planner._plan_by_shape) == 10
     by_building.r(0, "d3", obscuration=4)  # in b3: the override's 6.0 applies
     by_building.r(0, "d4", obscuration=4)
     by_building.r(10, "d3", obscuration=4)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from rules.engine import Engine
 from rules.loader import DEFAULTS_PATH, read_rules_file
 from rules.ruleset import RuleSet
+from rules.timers import next_due
 from rules.types import AlertTransition, DeviceEvent, DeviceRef, Input, MaintenanceWindow, Reading, StatusChange
 
 T0 = 1_800_000_000_000
@@ -173,11 +174,11 @@ def assert_every_deadline_is_armed(engine: Engine) -> None:
     drill device has no absence timer).  The snapshot/restore property found one such case (a device clock jumping
     back moved a fault's clear_after earlier); this checks the cause directly after every input, not its rare
     symptom."""
-    heap = set(engine._heap)
+    heap = set(engine._timers.heap)
     for building in engine._buildings.values():
         for devices in (building.devices, building.drills):
             for dev in devices.values():
-                due = engine._next_due(dev)
+                due = next_due(dev, engine._presence_held_since is not None)
                 if due is None:
                     continue
                 where = f"{building.id}/{dev.ref.device} space {dev.space}"

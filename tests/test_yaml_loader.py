@@ -1,5 +1,6 @@
-"""``rules.loader.load_yaml``: what ``yaml.safe_load`` returns and raises, built from libyaml's events (issue 10: a
-100,000-device config took over a minute to start and kept 600 MiB).  Every config and rules file goes through it."""
+"""``common.yamlio.load_yaml``: what ``yaml.safe_load`` returns and raises, built from libyaml's events (with
+``yaml.safe_load`` a 100,000-device config took over a minute to start and kept 600 MiB).  Every config and rules
+file goes through it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from common.yamlio import _stream_build, load_yaml
 from gateway.config import ConfigError, load_config
-from rules.loader import RulesError, _stream_build, load_yaml, read_rules_file
+from rules.loader import RulesError, read_rules_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
