@@ -49,14 +49,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub_parser.set_defaults(_module=sub.module)
         if sub.name != command:
             continue
-        try:
-            module = importlib.import_module(sub.module)
-        except ModuleNotFoundError as exc:
-            if exc.name != sub.module:
-                raise
-            sub_parser.set_defaults(_missing=True)
-            continue
-        module.add_arguments(sub_parser)
+        importlib.import_module(sub.module).add_arguments(sub_parser)
     return parser
 
 
@@ -68,9 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    if getattr(args, "_missing", False):
-        print(f"firegrid {args.command}: not available in this build", file=sys.stderr)
-        return 1
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
