@@ -42,8 +42,8 @@ from rules.types import ActiveAlert, AlertTransition, DeviceEvent, Reading, Seve
 log = logging.getLogger("firegrid.pipeline")
 
 MAX_BATCH = 2000  # messages per group commit; bigger amortizes the commit, smaller bounds what a fire waits behind
-# Engine timers per tick: a district whose deadlines coincide (100,000 devices silent at once: ~2 s of engine work,
-# measured) is judged in slices of ~40 ms, with MQTT intake (and any fire) in between.
+# Engine timers per tick: a district whose deadlines coincide is judged in slices, with MQTT intake (and any fire) in
+# between (docs/performance.md).
 TICK_SLICE = 2000
 
 

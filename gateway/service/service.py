@@ -173,9 +173,9 @@ class Service:
 
     def _restore_engine(self) -> None:
         """Part of start-up (``serve`` builds the service with the cyclic GC paused, then freezes what it built):
-        the engine's snapshots and open alerts, then every registered device's state.  Done lazily, that adoption
-        was the pipeline's first tick: a 1.5–1.9 s stall of the running event loop at 100,000 devices (measured
-        with py-spy), alarms included."""
+        the engine's snapshots and open alerts, then every registered device's state.  Here, not on the pipeline's
+        first tick, where a district's adoption stalls the running event loop, alarms included (docs/performance.md).
+        """
         buildings, active = restore_engine(
             self.engine, state=self.engine_state, alert_store=self.store, owns=self.config.owns
         )
@@ -257,7 +257,7 @@ class Service:
             log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
         await self.start_http()
         log.info("HTTP listening on %s:%s", self.config.http.host, self.http_port)
-        tasks: dict[str, asyncio.Task[Any]] = {
+        tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
             "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
             "housekeeping": asyncio.create_task(self._housekeeping(), name="housekeeping"),
@@ -280,7 +280,7 @@ class Service:
             await self._shutdown(tasks)
         return exit_code
 
-    async def _shutdown(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         log.info("shutting down: committing and acknowledging what was taken in")
         self.mqtt.pause()  # take nothing more in
         self.pipeline.stop()
@@ -342,10 +342,8 @@ class Service:
 def _pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold at its default, which turns off its dynamic adjustment.
 
-    glibc raises the threshold the first time a large block is freed; from then on the InfluxDB writer's per-batch
-    buffers (a spool read of up to ~1.3 MB, the request body) come from the main heap, and the heap keeps their space
-    after each outage's backlog is drained: +8 MB of freed-but-kept memory in the 10-minute soak, which measured
-    +8.8 % RSS growth with the dynamic threshold and +1.5 % with it fixed (docs/reliability.md).  A no-op off glibc.
+    Otherwise the InfluxDB writer's large per-batch buffers move to the main heap, which keeps their space after each
+    outage's backlog is drained (the soak's memory growth, docs/reliability.md).  A no-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -363,8 +361,7 @@ async def serve(config: FiregridConfig) -> int:
     with gc_paused():
         service = Service(config)
     # What start-up built (config, registry, presence, engine) lives as long as the process: freeze it out of the
-    # cyclic GC, so that a full collection no longer walks it (100,000 devices: ~170 ms of event-loop stall per
-    # full collection before, ~0 after; measured).
+    # cyclic GC, so that a full collection no longer walks it and stalls the event loop (docs/performance.md).
     gc.collect()
     gc.freeze()
     loop = asyncio.get_running_loop()

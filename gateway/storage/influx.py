@@ -35,6 +35,7 @@ import orjson
 
 from gateway.config import InfluxConfig
 from gateway.secrets import reveal
+from gateway.service.metrics import Metrics
 from gateway.storage.spool import Batch, Spool
 from rules.types import AlertTransition, DeviceRef, MetricValue, Reading
 
@@ -307,7 +308,7 @@ class InfluxWriter:
         config: InfluxConfig,
         spool: Spool,
         dead_letters: DeadLetters,
-        metrics: Any,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
         max_backoff_s: float = 30.0,
     ) -> None:
