@@ -10,7 +10,19 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
+
+
+class Command(Protocol):
+    """What a subcommand's module provides."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load_command(module: str) -> Command:
+    return cast(Command, importlib.import_module(module))  # a module satisfies the protocol; the checker cannot tell
 
 
 class Subcommand(NamedTuple):
@@ -49,7 +61,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub_parser.set_defaults(_module=sub.module)
         if sub.name != command:
             continue
-        importlib.import_module(sub.module).add_arguments(sub_parser)
+        _load_command(sub.module).add_arguments(sub_parser)
     return parser
 
 
@@ -61,9 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        return int(_load_command(args._module).run(args) or 0)
     except KeyboardInterrupt:
         return 130
 
