@@ -38,7 +38,7 @@ import orjson
 from aiohttp import web
 
 from simulators.clock import DurationError, PacedClock, parse_duration_ms, wall_ms
-from simulators.model import Community, ModelError, format_floor, from_config
+from simulators.model import Community, ModelError, SimDevice, format_floor, from_config
 from simulators.runner import Publisher, RunResult, drive
 from simulators.scenario_kinds import Disconnect, Fire
 from simulators.scenarios import Expectation, Scenario, ScenarioError, build, load_file, parse_spec
@@ -659,7 +659,7 @@ def _drive_in_background(
     )
 
 
-def _driven(scenario: Scenario, community: Community) -> list[Any]:
+def _driven(scenario: Scenario, community: Community) -> list[SimDevice]:
     """Devices whose traffic the scenario changes (the fire: its floor and the floor above; a disconnect: all)."""
     if isinstance(scenario, Fire):
         _, plan = scenario._floor_plan(community)
