@@ -31,7 +31,7 @@ def summary(config: FiregridConfig) -> str:
 
 
 def validate_all(config: FiregridConfig) -> list[str]:
-    """Checks that need more than the model: the rules and notify sections validated by their owners."""
+    """Checks that need more than the model: the rules section, validated by the rules package."""
     problems: list[str] = []
     try:
         load_rule_set(config)  # the rules package validates its own section
