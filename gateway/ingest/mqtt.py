@@ -79,7 +79,7 @@ def status_topic(config: MqttConfig) -> str:
     return f"{config.topic_prefix}/_gateway/{config.client_id}/status"
 
 
-def _write_registration(wrapper: aiomqtt.Client) -> Callable[[paho.Client, Any, Any], None]:
+def _write_registration(wrapper: aiomqtt.Client) -> paho.CallbackOnSocket:
     """paho's ``on_socket_register_write`` for ``wrapper``'s client, in place of aiomqtt's.
 
     aiomqtt 2.5 defers every registration: ``call_soon_threadsafe(loop.add_writer, sock.fileno(), ...)``, so the
@@ -101,13 +101,13 @@ def _write_registration(wrapper: aiomqtt.Client) -> Callable[[paho.Client, Any, 
             if not wrapper._disconnected.done():
                 wrapper._disconnected.set_exception(exc)
 
-    def add_writer(client: paho.Client, sock: Any) -> None:
+    def add_writer(client: paho.Client, sock: paho.SocketLike) -> None:
         current = client.socket()
         if current is None or current is not sock:
             return  # closed since paho asked: nothing to write to, and its number may already be someone else's
         loop.add_writer(current.fileno(), writable, client)
 
-    def register(client: paho.Client, _userdata: Any, sock: Any) -> None:
+    def register(client: paho.Client, _userdata: Any, sock: paho.SocketLike) -> None:  # paho's userdata is Any
         if threading.get_ident() == loop_thread:
             add_writer(client, sock)
         else:
@@ -243,7 +243,7 @@ class MqttIngest:
         generation = self.generation
         deliver = self._on_message
 
-        def on_message(_client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+        def on_message(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             deliver(
                 Incoming(
                     generation=generation,
