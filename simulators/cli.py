@@ -16,14 +16,22 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from simulators.clock import DurationError, PacedClock, format_ms, parse_duration_ms, wall_ms
 from simulators.model import Community, ModelError, from_config, generate
 from simulators.scenarios import Scenario, ScenarioError, describe_all, load_file, parse_spec
+
+if TYPE_CHECKING:  # the MQTT client and the gateway's config load only for the commands that need them
+    from gateway.config import FiregridConfig
+    from simulators.publish import BrokerTarget, MqttPublisher
+    from simulators.record import Recorder
+
+Log = Callable[[str], None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,25 +188,15 @@ def run_length_ms(args: argparse.Namespace, scenarios: list[Scenario], file_dura
     return None
 
 
-def broker_target(args: argparse.Namespace, config: Any) -> Any:
+def broker_target(args: argparse.Namespace, config: FiregridConfig | None) -> BrokerTarget:
     from simulators.publish import BrokerTarget
 
     url = args.broker or (config.mqtt.url if config is not None else "mqtt://127.0.0.1:1883")
     password = args.password
     if password is None and config is not None and args.broker is None and config.mqtt.password is not None:
-        password = _secret(config.mqtt.password)
+        password = config.mqtt.password.get_secret_value()
     username = args.username or (config.mqtt.username if config is not None and args.broker is None else None)
     return BrokerTarget.from_url(url, username=username, password=password)
-
-
-def _secret(value: Any) -> str:
-    for attr in ("get_secret_value", "reveal", "value"):
-        got = getattr(value, attr, None)
-        if callable(got):
-            return str(got())
-        if isinstance(got, str):
-            return got
-    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 def _stop_on_signals() -> Iterator[threading.Event]:
     """SIGINT/SIGTERM end the run cleanly (devices say ``offline``, the summary is printed); handlers restored."""
     stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], object] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
@@ -233,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     scenarios, file_duration = load_scenarios(args.scenario, community)
     length_ms = run_length_ms(args, scenarios, file_duration)
     intervals = parse_intervals(args.interval)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    log: Log = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     if args.rate is not None:
         if scenarios:
             raise UsageError("--rate (load mode) does not play scenarios; run them separately")
@@ -244,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise UsageError("--speed must be positive")
 
-    publisher: Any = None
+    publisher: MqttPublisher | None = None
     if not args.dry_run:
         target = broker_target(args, config)
         try:
@@ -288,10 +286,10 @@ def _load(
     community: Community,
     start_ms: int,
     length_ms: int,
-    publisher: Any,
-    recorder: Any,
+    publisher: MqttPublisher | None,
+    recorder: Recorder | None,
     stop: threading.Event,
-    log: Any,
+    log: Log,
 ) -> int:
     from simulators.load import LoadGenerator, run_load
     from simulators.progress import Progress
@@ -321,10 +319,10 @@ def _simulate(
     length_ms: int | None,
     scenarios: list[Scenario],
     intervals: dict[str, float],
-    publisher: Any,
-    recorder: Any,
+    publisher: MqttPublisher | None,
+    recorder: Recorder | None,
     stop: threading.Event,
-    log: Any,
+    log: Log,
 ) -> int:
     from simulators.runner import drive
     from simulators.sim import Simulation
@@ -351,7 +349,7 @@ def _simulate(
         recorder=recorder,
         stop=stop,
     )
-    stats = getattr(publisher, "stats", None)
+    stats = None if publisher is None else publisher.stats
     print(
         f"published {result.messages:,} messages ({result.malformed} malformed on purpose) over "
         f"{format_ms(result.virtual_ms)} of simulated time"

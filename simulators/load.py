@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -23,6 +24,9 @@ from simulators.model import Community
 from simulators.progress import Progress
 from simulators.record import Recorder
 from simulators.sim import DeviceSim, Message
+
+if TYPE_CHECKING:  # paho loads only when there is a broker to publish to
+    from simulators.publish import MqttPublisher
 
 
 @dataclass
@@ -77,7 +81,7 @@ def run_load(
     generator: LoadGenerator,
     *,
     duration_s: float,
-    publisher: object | None,
+    publisher: MqttPublisher | None,
     recorder: Recorder | None = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
@@ -85,8 +89,8 @@ def run_load(
     rate = generator.rate
     total = int(rate * duration_s)
     result = LoadResult()
-    publish = getattr(publisher, "publish", None)
-    stats = getattr(publisher, "stats", None)
+    publish = None if publisher is None else publisher.publish
+    stats = None if publisher is None else publisher.stats
     batch: list[Message] = []
     t0 = started = time.monotonic()
     second_end = t0 + 1.0
@@ -130,7 +134,7 @@ def run_load(
     if recorder is not None:
         recorder.write(batch)
     result.sent = sent
-    if publisher is not None and hasattr(publisher, "flush"):
+    if publisher is not None:
         publisher.flush(timeout=30.0)
     if stats is not None:
         result.acked = stats.acked

@@ -9,9 +9,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rules.types import DeviceKind
+
+if TYPE_CHECKING:  # a generated community needs no gateway config
+    from gateway.config import FiregridConfig
 
 DEFAULT_HEARTBEAT_S = 300
 
@@ -87,7 +90,7 @@ class Community:
         return Community(buildings=buildings, devices=devices, prefix=self.prefix)
 
 
-def from_config(config: Any) -> Community:
+def from_config(config: FiregridConfig) -> Community:
     """The community of a firegrid config: its registry's ids, so a deployment recognises every device."""
     heartbeats = {str(k): int(v) for k, v in config.presence.heartbeat_s.items()}
     buildings = tuple(

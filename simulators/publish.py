@@ -25,8 +25,9 @@ import ssl
 import threading
 import time
 import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -182,8 +183,8 @@ class _Conn:
     def drop(self) -> None:
         """Lose the connection without a DISCONNECT packet (the broker then publishes the last will)."""
         self.client.loop_stop()
-        sock: Any = self.client.socket()
-        if sock is not None:
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):  # TLS sockets too; the simulator never speaks MQTT over WebSockets
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
@@ -204,7 +205,57 @@ class _Conn:
         self.client.loop_stop()
 
 
-class PooledPublisher:
+class MqttPublisher(ABC):
+    """A publisher over paho connections; what both kinds share: start the connections, wait for their
+    acknowledgements, stop them."""
+
+    def __init__(self, *, qos: int, max_inflight: int) -> None:
+        self.qos = qos
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._max_inflight = max_inflight
+
+    @abstractmethod
+    def _all(self) -> Iterable[_Conn]: ...
+
+    @abstractmethod
+    def start(self, *, timeout: float) -> None: ...
+
+    @abstractmethod
+    def publish(self, message: Message) -> bool: ...
+
+    @abstractmethod
+    def drop(self, device: str) -> None:
+        """Lose the device's connection without a DISCONNECT (where it has its own)."""
+
+    @abstractmethod
+    def restore(self, device: str) -> None: ...
+
+    def _start_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for conn in self._all():
+            conn.start()
+        for conn in self._all():
+            conn.wait_connected(deadline)
+
+    def outstanding(self) -> int:
+        return sum(c.outstanding(self._max_inflight) for c in self._all())
+
+    def flush(self, *, timeout: float = 10.0) -> bool:
+        """Wait until every QoS 1 publish is acknowledged (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while self.outstanding() > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def stop(self) -> None:
+        for conn in self._all():
+            conn.stop()
+
+
+class PooledPublisher(MqttPublisher):
     """Every device's traffic over a few connections."""
 
     def __init__(
@@ -216,21 +267,17 @@ class PooledPublisher:
         max_inflight: int = 1000,
         client_id: str = "firegrid-sim",
     ) -> None:
-        self.qos = qos
-        self.stats = Stats()
-        self._lock = threading.Lock()
-        self._max_inflight = max_inflight
+        super().__init__(qos=qos, max_inflight=max_inflight)
         self._conns = [
             _Conn(target, f"{client_id}-{i}", max_inflight=max_inflight, stats=self.stats, lock=self._lock)
             for i in range(max(1, connections))
         ]
 
+    def _all(self) -> Iterable[_Conn]:
+        return self._conns
+
     def start(self, *, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        for conn in self._conns:
-            conn.start()
-        for conn in self._conns:
-            conn.wait_connected(deadline)
+        self._start_all(timeout)
 
     def _conn(self, topic: str) -> _Conn:
         return self._conns[zlib.crc32(device_of(topic).encode()) % len(self._conns)]
@@ -241,30 +288,14 @@ class PooledPublisher:
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         return self._conn(topic).publish(topic, payload, qos=self.qos, retain=retain)
 
-    def outstanding(self) -> int:
-        return sum(c.outstanding(self._max_inflight) for c in self._conns)
-
-    def flush(self, *, timeout: float = 10.0) -> bool:
-        """Wait until every QoS 1 publish is acknowledged (True) or the timeout passes (False)."""
-        deadline = time.monotonic() + timeout
-        while self.outstanding() > 0:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
     def drop(self, device: str) -> None:  # pragma: no cover - pooled connections are shared
         pass
 
     def restore(self, device: str) -> None:  # pragma: no cover
         pass
 
-    def stop(self) -> None:
-        for conn in self._conns:
-            conn.stop()
 
-
-class DevicePublisher:
+class DevicePublisher(MqttPublisher):
     """One connection per device, each with a real retained ``offline`` last will."""
 
     LIMIT = 2000
@@ -284,10 +315,7 @@ class DevicePublisher:
                 f"--device-connections supports up to {self.LIMIT} devices ({len(devices)} given); use pooled "
                 "connections for larger communities"
             )
-        self.qos = qos
-        self.stats = Stats()
-        self._lock = threading.Lock()
-        self._max_inflight = max_inflight
+        super().__init__(qos=qos, max_inflight=max_inflight)
         self._conns = {
             device: _Conn(
                 target,
@@ -301,12 +329,11 @@ class DevicePublisher:
             for device, status_topic in devices.items()
         }
 
+    def _all(self) -> Iterable[_Conn]:
+        return self._conns.values()
+
     def start(self, *, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for conn in self._conns.values():
-            conn.start()
-        for conn in self._conns.values():
-            conn.wait_connected(deadline)
+        self._start_all(timeout)
 
     def publish(self, message: Message) -> bool:
         conn = self._conns.get(device_of(message.topic))
@@ -324,18 +351,3 @@ class DevicePublisher:
         if conn is not None:
             conn.restore()
             conn.wait_connected(time.monotonic() + 10)
-
-    def outstanding(self) -> int:
-        return sum(c.outstanding(self._max_inflight) for c in self._conns.values())
-
-    def flush(self, *, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.outstanding() > 0:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    def stop(self) -> None:
-        for conn in self._conns.values():
-            conn.stop()

@@ -70,6 +70,12 @@ def payload_for_record(payload: bytes) -> Any:
     return text
 
 
+class Installable(Protocol):
+    """A scenario, as the simulation sees it: it schedules its effects and actions once, at the start."""
+
+    def install(self, sim: Simulation) -> None: ...
+
+
 class Effect(Protocol):
     """Something a scenario does to a device's signal between ``start_ms`` and ``end_ms`` (+ ``tail_ms``)."""
 
@@ -208,7 +214,7 @@ class Simulation:
         drill: bool = False,
         statuses: bool = True,
         intervals: Mapping[str, float] | None = None,
-        scenarios: Iterable[Any] = (),
+        scenarios: Iterable[Installable] = (),
     ) -> None:
         self.community = community
         self.seed = seed

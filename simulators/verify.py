@@ -28,6 +28,7 @@ import functools
 import sys
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,9 +38,11 @@ import orjson
 from aiohttp import web
 
 from simulators.clock import DurationError, PacedClock, parse_duration_ms, wall_ms
-from simulators.model import Community, ModelError, format_floor, from_config
+from simulators.model import Community, ModelError, SimDevice, format_floor, from_config
+from simulators.runner import Publisher, RunResult, drive
+from simulators.scenario_kinds import Disconnect, Fire
 from simulators.scenarios import Expectation, Scenario, ScenarioError, build, load_file, parse_spec
-from simulators.sim import Simulation
+from simulators.sim import Message, Simulation
 
 RAISING = ("alert.raised", "alert.updated")
 
@@ -187,6 +190,12 @@ class Observer:
         if isinstance(alert, dict) and change.startswith("alert."):
             self.observations.append(Observation(channel, change, alert, wall_ms()))
             self.changed.set()
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        """Until the next observation, or ``timeout_s``."""
+        self.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout_s)
 
 
 async def follow_stream(api: str, token: str, observer: Observer, ready: asyncio.Future[None]) -> None:
@@ -431,7 +440,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Community, list[Scenario], lis
 async def verify(args: argparse.Namespace) -> Verdict:
     from simulators.cli import broker_target
     from simulators.publish import PooledPublisher, PublishError
-    from simulators.runner import drive
 
     if not args.api and not args.webhook_listen:
         raise VerifyError("give --api URL --token T (SSE stream) and/or --webhook-listen HOST:PORT")
@@ -487,63 +495,51 @@ async def verify(args: argparse.Namespace) -> Verdict:
             scenarios=[_rebind(s, small) for s in scenarios],
         )
         sent: list[int] = [0]
-        driver = asyncio.create_task(
-            asyncio.to_thread(
-                drive,
-                sim,
-                end_ms=start_ms + timeout_ms,
-                clock=PacedClock(start_ms=start_ms),
-                publisher=publisher,
-                on_messages=lambda m: sent.__setitem__(0, sent[0] + len(m)),
-                stop=stop,
-                final_statuses=False,
-            )
+        driver = _drive_in_background(
+            sim,
+            end_ms=start_ms + timeout_ms,
+            publisher=publisher,
+            stop=stop,
+            on_messages=lambda m: sent.__setitem__(0, sent[0] + len(m)),
         )
         tasks.append(driver)
-        decided_at: int | None = None
-        while True:
-            now = wall_ms()
-            rows, decided = judge(
-                expectations,
-                observer.observations,
-                start_ms=start_ms,
-                channels=channels,
-                driven_devices=driven,
-                buildings=buildings,
-                now_ms=now,
-            )
-            if decided and decided_at is None:
-                decided_at = now
-            if decided_at is not None and now >= decided_at + grace_ms:
-                break
-            if now >= start_ms + timeout_ms or driver.done():
-                break
-            observer.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(observer.changed.wait(), 0.25)
-        stop.set()
-        with contextlib.suppress(Exception):
-            await driver
-        rows, _ = judge(
+        judge_now = functools.partial(
+            judge,
             expectations,
             observer.observations,
             start_ms=start_ms,
             channels=channels,
             driven_devices=driven,
             buildings=buildings,
-            now_ms=wall_ms(),
         )
+        decided_at: int | None = None
+        while True:
+            now = wall_ms()
+            _, decided = judge_now(now_ms=now)
+            if decided and decided_at is None:
+                decided_at = now
+            if decided_at is not None and now >= decided_at + grace_ms:
+                break
+            if now >= start_ms + timeout_ms or driver.done():
+                break
+            await observer.wait_changed(0.25)
+        stop.set()
+        with contextlib.suppress(Exception):
+            await driver
+        rows, _ = judge_now(now_ms=wall_ms())
         verdict = Verdict(rows=rows, messages=sent[0], channels=channels)
         _print_verdict(args, verdict)  # before the cleanup phase, which may take a while
         if args.cleanup:
             await _safe_cleanup(
-                small,
-                observer,
-                publisher,
-                buildings=buildings,
-                expectations=expectations,
-                seed=args.seed,
-                timeout_ms=parse_duration_ms(args.cleanup_timeout),
+                cleanup(
+                    small,
+                    observer,
+                    publisher,
+                    buildings=buildings,
+                    expectations=expectations,
+                    seed=args.seed,
+                    timeout_ms=parse_duration_ms(args.cleanup_timeout),
+                )
             )
         return verdict
     finally:
@@ -559,10 +555,10 @@ async def verify(args: argparse.Namespace) -> Verdict:
             await runner.cleanup()
 
 
-async def _safe_cleanup(*args: Any, **kwargs: Any) -> None:
+async def _safe_cleanup(cleaning: Awaitable[None]) -> None:
     """The verdict is already printed: a failing cleanup is reported, never turned into a crash."""
     try:
-        await cleanup(*args, **kwargs)
+        await cleaning
     except Exception as exc:  # report whatever went wrong, keep the verdict's exit code
         print(f"cleanup: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
@@ -570,7 +566,7 @@ async def _safe_cleanup(*args: Any, **kwargs: Any) -> None:
 async def cleanup(
     community: Community,
     observer: Observer,
-    publisher: Any,
+    publisher: Publisher,
     *,
     buildings: set[str],
     expectations: list[Expectation],
@@ -583,8 +579,6 @@ async def cleanup(
     (an active alert is not raised again) and fail.  The devices report their normal signal every 2 s, with the
     ``drill`` flag, call points send ``reset``; we watch for ``alert.cleared`` of every drill alert left active.
     """
-    from simulators.runner import drive
-
     names: dict[Any, str] = {}
 
     required = [e for e in expectations if e.required and not e.absent]
@@ -619,23 +613,10 @@ async def cleanup(
         if device.spec.kind == "call_point":
             sim.at(start, functools.partial(sim.event, device, event_type="reset"))
     stop = threading.Event()
-    driver = asyncio.create_task(
-        asyncio.to_thread(
-            drive,
-            sim,
-            end_ms=start + timeout_ms,
-            clock=PacedClock(start_ms=start),
-            publisher=publisher,
-            stop=stop,
-            final_statuses=False,
-        )
-    )
-
+    driver = _drive_in_background(sim, end_ms=start + timeout_ms, publisher=publisher, stop=stop)
     try:
         while still_open() and not driver.done():
-            observer.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(observer.changed.wait(), 0.5)
+            await observer.wait_changed(0.5)
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -653,10 +634,33 @@ async def cleanup(
         print(f"cleanup: the {len(raised)} drill alerts left active have cleared ({took:.0f}s)", file=sys.stderr)
 
 
-def _driven(scenario: Scenario, community: Community) -> list[Any]:
-    """Devices whose traffic the scenario changes (the fire: its floor and the floor above; a disconnect: all)."""
-    from simulators.scenarios import Disconnect, Fire
+def _drive_in_background(
+    sim: Simulation,
+    *,
+    end_ms: int,
+    publisher: Publisher,
+    stop: threading.Event,
+    on_messages: Callable[[list[Message]], None] | None = None,
+) -> asyncio.Task[RunResult]:
+    """Drive ``sim`` in real time from its start, in a thread, until ``end_ms`` or ``stop``: the devices' statuses
+    are left as they are (the deployment's devices are not going anywhere)."""
+    clock = PacedClock(start_ms=sim.start_ms)
+    return asyncio.create_task(
+        asyncio.to_thread(
+            drive,
+            sim,
+            end_ms=end_ms,
+            clock=clock,
+            publisher=publisher,
+            on_messages=on_messages,
+            stop=stop,
+            final_statuses=False,
+        )
+    )
 
+
+def _driven(scenario: Scenario, community: Community) -> list[SimDevice]:
+    """Devices whose traffic the scenario changes (the fire: its floor and the floor above; a disconnect: all)."""
     if isinstance(scenario, Fire):
         _, plan = scenario._floor_plan(community)
         return [d for d, _, _ in plan]

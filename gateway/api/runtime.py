@@ -27,26 +27,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.config import FiregridConfig
 from gateway.metrics import Metrics
+
+# Named for the type checker only: the HTTP API imports this module, and the parts (the hub among them) import
+# nothing of it back, so the runtime stays cheap to import and free of cycles.
+if TYPE_CHECKING:
+    from alerts.delivery import Notifier
+    from alerts.store import AlertStore
+    from gateway.api.hub import Hub
+    from gateway.ingest.mqtt import MqttIngest
+    from gateway.ingest.pipeline import Pipeline
+    from gateway.ingest.rejections import Rejections
+    from gateway.storage.influx import DeadLetters, InfluxWriter
+    from gateway.storage.presence import Presence
+    from rules.engine import Engine
+    from rules.types import AlertTransition
 
 
 @dataclass
 class Runtime:
     config: FiregridConfig
     metrics: Metrics
-    store: Any | None = None
-    presence: Any | None = None
-    rejections: Any | None = None
-    influx: Any | None = None
-    engine: Any | None = None
+    store: AlertStore | None = None
+    presence: Presence | None = None
+    rejections: Rejections | None = None
+    influx: InfluxWriter | None = None
+    engine: Engine | None = None
     engine_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    hub: Any | None = None
-    notifier: Any | None = None
-    mqtt: Any | None = None
-    pipeline: Any | None = None
-    dead_letters: Any | None = None
-    apply_transitions: Callable[[list[Any]], Awaitable[None]] | None = None
+    hub: Hub | None = None
+    notifier: Notifier | None = None
+    mqtt: MqttIngest | None = None
+    pipeline: Pipeline | None = None
+    dead_letters: DeadLetters | None = None
+    apply_transitions: Callable[[list[AlertTransition]], Awaitable[None]] | None = None
     started_ms: int = 0

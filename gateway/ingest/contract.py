@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from gateway.config import FiregridConfig
 from rules.types import (
     DeviceEvent,
     DeviceKind,
@@ -31,7 +32,8 @@ from rules.types import (
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_BATCH = 1000
-CHANNELS = ("telemetry", "event", "status")
+Channel = Literal["telemetry", "event", "status"]
+CHANNELS: tuple[Channel, ...] = ("telemetry", "event", "status")
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _ID_RE = re.compile(rf"^{ID_PATTERN}$")
 
@@ -75,7 +77,7 @@ class Topic:
     prefix: str
     building: str
     device: str
-    channel: Literal["telemetry", "event", "status"]
+    channel: Channel
 
 
 def parse_topic(topic: str, prefix: str) -> Topic:
@@ -87,7 +89,7 @@ def parse_topic(topic: str, prefix: str) -> Topic:
         raise Rejected(Reason.BAD_TOPIC, f"ids must match {ID_PATTERN}: {topic[:200]!r}")
     if channel not in CHANNELS:
         raise Rejected(Reason.BAD_TOPIC, f"channel must be one of {', '.join(CHANNELS)}, got {channel[:64]!r}")
-    return Topic(prefix, building, device, channel)  # type: ignore[arg-type]
+    return Topic(prefix, building, device, channel)
 
 
 # --- payload models -------------------------------------------------------------------------------------------------
@@ -455,7 +457,7 @@ class Decoder:
         return Decoded(topic, (StatusChange(ref=ref, ts_ms=received_ms, online=text == b"online"),))
 
 
-def registry_from_config(config: Any) -> dict[str, DeviceRef]:
+def registry_from_config(config: FiregridConfig) -> dict[str, DeviceRef]:
     """The device registry as the decoder and the rules engine see it: id -> where the device is."""
     grids = {b.id: b.grid for b in config.buildings}
     return {
@@ -464,7 +466,7 @@ def registry_from_config(config: Any) -> dict[str, DeviceRef]:
     }
 
 
-def policy_from_config(config: Any) -> DecodePolicy:
+def policy_from_config(config: FiregridConfig) -> DecodePolicy:
     return DecodePolicy(
         allow_unregistered=config.contract.allow_unregistered,
         max_future_skew_ms=config.contract.max_future_skew_s * 1000,

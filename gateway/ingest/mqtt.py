@@ -2,11 +2,11 @@
 acknowledgement.
 
 aiomqtt 2.x acknowledges a QoS 1 message before the application sees it (and queues without bound), which would
-lose every message in flight when the gateway crashes.  Until aiomqtt exposes manual acknowledgement (aiomqtt issue
-#345) we reach the paho-mqtt client it wraps (``client._client``): ``manual_ack_set(True)`` before connecting, and
-``ack(mid, qos)`` once the message is durably handed off (see ``gateway/ingest/pipeline.py``).  For the same reason we
-install our own ``on_message`` on the paho client: it hands the raw message to the pipeline without aiomqtt's
-per-message ``Message``/``Topic`` objects (the measurable cost of aiomqtt, see FIELD-NOTES.md).
+lose every message in flight when the gateway crashes.  Until aiomqtt exposes manual acknowledgement we reach the
+paho-mqtt client it wraps (``client._client``): ``manual_ack_set(True)`` before connecting, and ``ack(mid, qos)`` once
+the message is durably handed off (see ``gateway/ingest/pipeline.py``).  For the same reason we install our own
+``on_message`` on the paho client: it hands the raw message to the pipeline without aiomqtt's per-message
+``Message``/``Topic`` objects (aiomqtt's measurable cost per message).
 
 Message ids are per connection.  Every connection gets a new *generation*; an acknowledgement for a message from an
 older generation is skipped (the broker redelivers it on the new connection; it is processed again, which is
@@ -79,7 +79,7 @@ def status_topic(config: MqttConfig) -> str:
     return f"{config.topic_prefix}/_gateway/{config.client_id}/status"
 
 
-def _write_registration(wrapper: aiomqtt.Client) -> Callable[[paho.Client, Any, Any], None]:
+def _write_registration(wrapper: aiomqtt.Client) -> paho.CallbackOnSocket:
     """paho's ``on_socket_register_write`` for ``wrapper``'s client, in place of aiomqtt's.
 
     aiomqtt 2.5 defers every registration: ``call_soon_threadsafe(loop.add_writer, sock.fileno(), ...)``, so the
@@ -101,13 +101,13 @@ def _write_registration(wrapper: aiomqtt.Client) -> Callable[[paho.Client, Any, 
             if not wrapper._disconnected.done():
                 wrapper._disconnected.set_exception(exc)
 
-    def add_writer(client: paho.Client, sock: Any) -> None:
+    def add_writer(client: paho.Client, sock: paho.SocketLike) -> None:
         current = client.socket()
         if current is None or current is not sock:
             return  # closed since paho asked: nothing to write to, and its number may already be someone else's
         loop.add_writer(current.fileno(), writable, client)
 
-    def register(client: paho.Client, _userdata: Any, sock: Any) -> None:
+    def register(client: paho.Client, _userdata: Any, sock: paho.SocketLike) -> None:  # paho's userdata is Any
         if threading.get_ident() == loop_thread:
             add_writer(client, sock)
         else:
@@ -182,9 +182,8 @@ class MqttIngest:
                 if self._stopping.is_set():
                     break
                 if self.connected:
-                    # The link was up: this is a new outage, so the backoff starts again from its base.  Carrying the
-                    # count over from earlier outages made every broker restart wait longer (up to the 30 s cap)
-                    # while alarms queued in the broker (the 20-minute soak: lag p99 up to 30 s).
+                    # The link was up: this is a new outage, so the backoff starts again from its base; carried
+                    # over, every broker restart waited longer while alarms queued there (docs/reliability.md).
                     attempt = 0
                 delay = min(self._backoff_max_s, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
                 attempt += 1
@@ -214,13 +213,13 @@ class MqttIngest:
         v5 = c.protocol == "v5"
         properties = None
         if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # unannotated in paho
             properties.SessionExpiryInterval = c.session_expiry_s
             # Receive Maximum: how many unacknowledged QoS 1 messages the broker may send us at once.  With late
             # acknowledgement this is the window a group commit can fill (docs/gateway.md).
             properties.ReceiveMaximum = c.max_inflight
         if v5:
-            paho_speedups.install()  # ~10 µs less per PUBLISH (gateway/ingest/paho_speedups.py)
+            paho_speedups.install()  # a cheaper decoding of each incoming PUBLISH's properties
         password = c.password.get_secret_value() if c.password is not None else None
         client = aiomqtt.Client(
             c.host,
@@ -244,7 +243,7 @@ class MqttIngest:
         generation = self.generation
         deliver = self._on_message
 
-        def on_message(_client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+        def on_message(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             deliver(
                 Incoming(
                     generation=generation,

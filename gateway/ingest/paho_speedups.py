@@ -3,8 +3,7 @@
 paho-mqtt 2.x decodes every incoming PUBLISH with ``_packet.decode_publish``, which builds a fresh
 ``Properties(PacketTypes.PUBLISH)``: its ``__init__`` rebuilds two 27-entry tables (calling ``list.index`` for every
 entry), and ``unpack`` then clears all 27 possible attributes with ``hasattr`` before reading a property length that
-is almost always zero.  That is about 11 µs per message on a 2-core machine, the largest single item left in the
-gateway's MQTT path (docs/performance.md).
+is almost always zero: the largest single item left in the gateway's MQTT path (docs/performance.md).
 
 :class:`PublishProperties` shares the tables of one template instance (paho reads them, never writes them) and,
 for a fresh object and an empty property block, skips the clear.  Anything else goes through paho's own ``unpack``.
@@ -17,15 +16,16 @@ another paho layout it does nothing and says so in the log, and paho works as sh
 
 from __future__ import annotations
 
+import importlib
 import logging
-from typing import Any
+from types import ModuleType
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 log = logging.getLogger("firegrid.mqtt")
 
-_TEMPLATE = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+_TEMPLATE = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho's Properties is unannotated
 _OWN = frozenset(("packetType", "types", "names", "properties"))
 
 
@@ -41,21 +41,22 @@ class PublishProperties(Properties):
     def unpack(self, buffer: bytes | bytearray) -> tuple[Properties, int]:
         if buffer[:1] == b"\x00" and self.__dict__.keys() <= _OWN:
             return self, 1  # no properties, nothing set before: what paho's unpack returns, without its clear()
-        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        result: tuple[Properties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]  # as above
         return result
 
 
 def install() -> bool:
     """Use :class:`PublishProperties` for incoming PUBLISH packets; True when installed."""
+    packet: ModuleType | None
     try:
-        from paho.mqtt import _packet
+        packet = importlib.import_module("paho.mqtt._packet")  # private: another paho-mqtt may not have it
     except ImportError:
-        _packet = None  # type: ignore[assignment]
-    target: Any = getattr(_packet, "Properties", None) if _packet is not None else None
+        packet = None
+    target = getattr(packet, "Properties", None)
     if target is PublishProperties:
         return True
-    if target is not Properties or not hasattr(_packet, "decode_publish"):
+    if packet is None or target is not Properties or not hasattr(packet, "decode_publish"):
         log.info("paho-mqtt layout not recognised: PUBLISH properties decoded by paho as shipped")
         return False
-    _packet.Properties = PublishProperties  # type: ignore[attr-defined]
+    setattr(packet, "Properties", PublishProperties)  # noqa: B010 - the module is known only at run time
     return True

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alerts.store import AlertStore
 from common.db import open_database
 from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
@@ -36,13 +37,14 @@ from gateway.metrics import Metrics
 from gateway.storage.influx import alert_line, reading_line
 from gateway.storage.presence import Presence
 from gateway.storage.spool import Spool
-from rules.types import AlertTransition, DeviceEvent, Reading, Severity, StatusChange
+from rules.engine import Engine
+from rules.types import ActiveAlert, AlertTransition, DeviceEvent, Reading, Severity, StatusChange
 
 log = logging.getLogger("firegrid.pipeline")
 
 MAX_BATCH = 2000  # messages per group commit; bigger amortizes the commit, smaller bounds what a fire waits behind
-# Engine timers per tick: a district whose deadlines coincide (100,000 devices silent at once: ~2 s of engine work,
-# measured) is judged in slices of ~40 ms, with MQTT intake (and any fire) in between.
+# Engine timers per tick: a district whose deadlines coincide is judged in slices, with MQTT intake (and any fire) in
+# between (docs/performance.md).
 TICK_SLICE = 2000
 
 
@@ -95,9 +97,9 @@ class Pipeline:
         rejections: Rejections,
         presence: Presence,
         metrics: Metrics,
-        engine: Any | None,
+        engine: Engine,
         engine_lock: asyncio.Lock,
-        alert_store: Any | None,
+        alert_store: AlertStore,
         engine_state: EngineState,
         spool: Spool | None,
         on_committed: Callable[[Job], None],
@@ -176,7 +178,7 @@ class Pipeline:
                     job = await self._tick()
                     if job is not None:
                         await self._commits.put(job)
-                    if self.engine is not None and self.engine.behind():
+                    if self.engine.behind():
                         # the next slice right after the messages that arrive meanwhile (nothing above yields to
                         # the event loop when it has nothing to wait for)
                         next_tick = time.monotonic()
@@ -254,13 +256,12 @@ class Pipeline:
                     presence.status(item)
                 elif isinstance(item, DeviceEvent):
                     presence.seen(item.ref, item.ts_ms)
-                if engine is not None:
-                    try:
-                        job.transitions.extend(engine.process(item))
-                    except Exception:
-                        # A rules bug must not turn one odd reading into a crash loop; the reading is still stored.
-                        self.metrics.engine_errors.inc()
-                        log.exception("rules engine failed on a reading of %s", item.ref.device)
+                try:
+                    job.transitions.extend(engine.process(item))
+                except Exception:
+                    # A rules bug must not turn one odd reading into a crash loop; the reading is still stored.
+                    self.metrics.engine_errors.inc()
+                    log.exception("rules engine failed on a reading of %s", item.ref.device)
             if duplicates:
                 self.rejections.record(
                     Rejected(
@@ -282,8 +283,6 @@ class Pipeline:
         return job
 
     async def _tick(self) -> Job | None:
-        if self.engine is None:
-            return None
         async with self.engine_lock:
             transitions = list(self.engine.tick(now_ms(), limit=TICK_SLICE))
             job = Job(transitions=transitions)
@@ -308,8 +307,7 @@ class Pipeline:
                     t.reason,
                     extra={"key": t.key, "device": t.device, "floor": t.floor, "transition": t.transition},
                 )
-        if self.engine is not None:
-            job.snapshots.update(self.engine.dirty_snapshots())
+        job.snapshots.update(self.engine.dirty_snapshots())
 
     # --- stage 2 -----------------------------------------------------------------------------------------------
 
@@ -350,14 +348,14 @@ class Pipeline:
             dropped = self.spool.append(telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at)
             if dropped:  # the oldest telemetry made room under spool_max_mb: count it, as /metrics promises
                 self.metrics.spool_dropped.inc(dropped)
-        if job.transitions and self.alert_store is not None:
+        if job.transitions:
             self.alert_store.apply(job.transitions, now_ms=at)
         if job.snapshots:
             self.engine_state.save(job.snapshots, at_ms=at)
 
 
 def restore_engine(
-    engine: Any, *, state: EngineState, alert_store: Any | None, owns: Callable[[str], bool] = lambda _: True
+    engine: Engine, *, state: EngineState, alert_store: AlertStore, owns: Callable[[str], bool] = lambda _: True
 ) -> tuple[int, int]:
     """Put the engine back where it was: per-building snapshots, then the store's open alerts (so an alarm that
     was raised is neither forgotten nor raised a second time).  Returns (buildings, active alerts).
@@ -375,29 +373,23 @@ def restore_engine(
             restored += 1
         except Exception:
             log.exception("could not restore the engine state of building %s; starting it fresh", building)
-    active = 0
-    seed = getattr(engine, "seed_active", None)
-    if alert_store is not None and seed is not None:
-        alerts = []
-        for alert in _active_alerts(alert_store.active_alerts()):
-            if owns(alert.building):
-                alerts.append(alert)
-            else:
-                foreign.add(alert.building)
-        seed(alerts)
-        active = len(alerts)
+    alerts = []
+    for alert in _active_alerts(alert_store.active_alerts()):
+        if owns(alert.building):
+            alerts.append(alert)
+        else:
+            foreign.add(alert.building)
+    engine.seed_active(alerts)
     if foreign:
         log.warning(
             "state of %d buildings this gateway no longer owns (mqtt.buildings) was not restored: %s",
             len(foreign),
             ", ".join(sorted(foreign)[:20]),
         )
-    return restored, active
+    return restored, len(alerts)
 
 
-def _active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[Any]:
-    from rules.types import ActiveAlert  # added by the rules engineer
-
+def _active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[ActiveAlert]:
     out = []
     for row in rows:
         if row.get("condition") == "cleared":

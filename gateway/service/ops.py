@@ -7,8 +7,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.api.runtime import Runtime
 
-def readiness(runtime: Any) -> tuple[bool, dict[str, Any]]:
+
+def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
     """Ready = MQTT connected, the store writable, and InfluxDB reachable or the spool taking the points."""
     checks: dict[str, Any] = {}
     mqtt = runtime.mqtt
@@ -35,7 +37,7 @@ def readiness(runtime: Any) -> tuple[bool, dict[str, Any]]:
     return ok, checks
 
 
-def add_ops_routes(app: web.Application, runtime: Any) -> None:
+def add_ops_routes(app: web.Application, runtime: Runtime) -> None:
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 

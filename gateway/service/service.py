@@ -29,7 +29,11 @@ from typing import Any
 
 from aiohttp import web
 
+from alerts.delivery import Notifier
+from alerts.store import AlertStore
 from common.gc_pause import gc_paused
+from gateway.api import create_api_app
+from gateway.api.hub import Hub
 from gateway.api.runtime import Runtime
 from gateway.config import ConfigError, FiregridConfig, load_config
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
@@ -41,7 +45,11 @@ from gateway.ingest.rejections import Rejections
 from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
+from gateway.storage.influx import DeadLetters, InfluxWriter
 from gateway.storage.presence import Presence
+from gateway.storage.spool import Spool
+from rules.engine import Engine
+from rules.loader import load_rule_set
 
 log = logging.getLogger("firegrid.service")
 
@@ -72,47 +80,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
-def build_engine(config: FiregridConfig, registry: dict[str, Any]) -> Any | None:
-    try:
-        from rules.engine import Engine
-        from rules.loader import load_rule_set
-    except ModuleNotFoundError as exc:
-        log.warning("rules engine not available (%s): no alerts will be raised", exc)
-        return None
-    return Engine(load_rule_set(config), registry=registry)
-
-
-def build_alerts(config: FiregridConfig) -> tuple[Any | None, Any | None]:
-    try:
-        from alerts.store import AlertStore
-    except ModuleNotFoundError as exc:
-        log.warning("alert store not available (%s): transitions are logged only", exc)
-        return None, None
-    store = AlertStore.from_config(config)
-    try:
-        from alerts.delivery import Notifier
-    except ModuleNotFoundError as exc:
-        log.warning("notifier not available (%s): nothing will be delivered", exc)
-        return store, None
-    return store, Notifier(store, config.notify)
-
-
-def build_hub() -> Any | None:
-    try:
-        from gateway.api.hub import Hub
-    except ModuleNotFoundError:
-        return None
-    return Hub()
-
-
 def build_http_app(runtime: Runtime) -> web.Application:
-    try:
-        from gateway.api import create_api_app
-    except ModuleNotFoundError as exc:
-        log.warning("HTTP API not available (%s): serving only /healthz, /readyz, /metrics", exc)
-        app = web.Application()
-    else:
-        app = create_api_app(runtime)
+    app = create_api_app(runtime)
     add_ops_routes(app, runtime)
     return app
 
@@ -133,17 +102,15 @@ class Service:
         decoder_registry = registry if district is config else registry_from_config(district)
         self.presence = Presence(config=config, db_path=db_path)
         self.rejections = Rejections(metrics=self.metrics)
-        self.engine = build_engine(config, registry)
-        self.store, self.notifier = build_alerts(config)
+        self.engine = Engine(load_rule_set(config), registry=registry)
+        self.store = AlertStore.from_config(config)
+        self.notifier = Notifier(self.store, config.notify)
         self.engine_state = EngineState(db_path)
-        self.hub = build_hub()
-        self.spool = None
-        self.writer = None
-        self.dead_letters = None
+        self.hub = Hub()
+        self.spool: Spool | None = None
+        self.writer: InfluxWriter | None = None
+        self.dead_letters: DeadLetters | None = None
         if config.influx.url:
-            from gateway.storage.influx import DeadLetters, InfluxWriter
-            from gateway.storage.spool import Spool
-
             self.spool = Spool(
                 config.resolve_path(config.influx.spool_dir), max_bytes=config.influx.spool_max_mb * 1_048_576
             )
@@ -193,20 +160,12 @@ class Service:
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
         self.runtime.apply_transitions = self.pipeline.submit_transitions
-        if self.hub is not None:
-            hub = self.hub
+        hub = self.hub
 
-            def device_changed(device: dict[str, Any]) -> None:
-                hub.publish(
-                    "device",
-                    {
-                        **device,
-                        "device": device["id"],
-                        "ts_ms": int(time.time() * 1000),
-                    },
-                )
+        def device_changed(device: dict[str, Any]) -> None:
+            hub.publish("device", {**device, "device": device["id"], "ts_ms": int(time.time() * 1000)})
 
-            self.presence.on_change = device_changed
+        self.presence.on_change = device_changed
         self._stop = asyncio.Event()
         self._http: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -214,11 +173,9 @@ class Service:
 
     def _restore_engine(self) -> None:
         """Part of start-up (``serve`` builds the service with the cyclic GC paused, then freezes what it built):
-        the engine's snapshots and open alerts, then every registered device's state.  Done lazily, that adoption
-        was the pipeline's first tick: a 1.5–1.9 s stall of the running event loop at 100,000 devices (measured
-        with py-spy), alarms included."""
-        if self.engine is None:
-            return
+        the engine's snapshots and open alerts, then every registered device's state.  Here, not on the pipeline's
+        first tick, where a district's adoption stalls the running event loop, alarms included (docs/performance.md).
+        """
         buildings, active = restore_engine(
             self.engine, state=self.engine_state, alert_store=self.store, owns=self.config.owns
         )
@@ -242,8 +199,6 @@ class Service:
 
         Called in the event loop thread, where the pipeline also runs the engine, so no lock is needed.
         """
-        if self.engine is None:
-            return
         now = int(time.time() * 1000)
         if connected:
             self.engine.resume_presence(now)
@@ -254,7 +209,7 @@ class Service:
     def _committed(self, job: Job) -> None:
         if self.writer is not None and (job.telemetry or job.alerts):
             self.writer.wake()
-        if self.notifier is not None and job.transitions:
+        if job.transitions:
             self.notifier.wake()
 
     def _flow_control(self, backlog: int) -> None:
@@ -302,15 +257,14 @@ class Service:
             log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
         await self.start_http()
         log.info("HTTP listening on %s:%s", self.config.http.host, self.http_port)
-        tasks: dict[str, asyncio.Task[Any]] = {
+        tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
             "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
             "housekeeping": asyncio.create_task(self._housekeeping(), name="housekeeping"),
         }
         if self.writer is not None:
             tasks["influx"] = asyncio.create_task(self.writer.run(), name="influx")
-        if self.notifier is not None:
-            tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
+        tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         exit_code = 0
         try:
@@ -326,7 +280,7 @@ class Service:
             await self._shutdown(tasks)
         return exit_code
 
-    async def _shutdown(self, tasks: dict[str, asyncio.Task[Any]]) -> None:
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         log.info("shutting down: committing and acknowledging what was taken in")
         self.mqtt.pause()  # take nothing more in
         self.pipeline.stop()
@@ -356,14 +310,12 @@ class Service:
                     await influx
             await self.writer.drain(timeout_s=SHUTDOWN_INFLUX_S)
             log.info("spool: %d points left for the next start", self.spool.pending_points if self.spool else 0)
-        if self.notifier is not None:
-            self.notifier.stop()
-            notifier = tasks.get("notifier")
-            if notifier is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(notifier), 5)
-                except (TimeoutError, Exception):
-                    notifier.cancel()
+        self.notifier.stop()
+        notifier = tasks["notifier"]
+        try:
+            await asyncio.wait_for(asyncio.shield(notifier), 5)
+        except (TimeoutError, Exception):
+            notifier.cancel()
         for name in ("housekeeping", "mqtt", "pipeline"):
             task = tasks[name]
             if not task.done():
@@ -384,17 +336,14 @@ class Service:
             self.spool.close()
         if self.dead_letters is not None:
             self.dead_letters.close()
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
 
 def _pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     """Fix glibc's mmap threshold at its default, which turns off its dynamic adjustment.
 
-    glibc raises the threshold the first time a large block is freed; from then on the InfluxDB writer's per-batch
-    buffers (a spool read of up to ~1.3 MB, the request body) come from the main heap, and the heap keeps their space
-    after each outage's backlog is drained: +8 MB of freed-but-kept memory in the 10-minute soak, which measured
-    +8.8 % RSS growth with the dynamic threshold and +1.5 % with it fixed (docs/reliability.md).  A no-op off glibc.
+    Otherwise the InfluxDB writer's large per-batch buffers move to the main heap, which keeps their space after each
+    outage's backlog is drained (the soak's memory growth, docs/reliability.md).  A no-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -412,8 +361,7 @@ async def serve(config: FiregridConfig) -> int:
     with gc_paused():
         service = Service(config)
     # What start-up built (config, registry, presence, engine) lives as long as the process: freeze it out of the
-    # cyclic GC, so that a full collection no longer walks it (100,000 devices: ~170 ms of event-loop stall per
-    # full collection before, ~0 after; measured).
+    # cyclic GC, so that a full collection no longer walks it and stalls the event loop (docs/performance.md).
     gc.collect()
     gc.freeze()
     loop = asyncio.get_running_loop()

@@ -34,7 +34,8 @@ import orjson
 
 from common.db import open_database
 from gateway.config import InfluxConfig
-from gateway.secrets import Secret
+from gateway.metrics import Metrics
+from gateway.secrets import reveal
 from gateway.storage.spool import Batch, Spool
 from rules.types import AlertTransition, DeviceRef, MetricValue, Reading
 
@@ -166,13 +167,6 @@ def _about_lines(result: WriteResult) -> bool:
     return any(marker in body for marker in _LINE_ERRORS)
 
 
-def _secret(value: Secret | None) -> str | None:
-    if value is None:
-        return None
-    reveal = getattr(value, "reveal", None) or getattr(value, "get_secret_value", None)
-    return str(reveal()) if callable(reveal) else str(value)
-
-
 class InfluxClient:
     """The HTTP side: one write, one query.  No retries here; the writer decides."""
 
@@ -183,7 +177,7 @@ class InfluxClient:
         self._headers: dict[str, str] = {"Content-Type": "text/plain; charset=utf-8"}
         if config.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        token = _secret(config.token)
+        token = reveal(config.token)
         self._auth_headers: dict[str, str] = {}
         if token:
             self._auth_headers["Authorization"] = f"Token {token}"
@@ -196,7 +190,7 @@ class InfluxClient:
             if config.retention_policy:
                 self.write_params["rp"] = config.retention_policy
         if config.username and "Authorization" not in self._auth_headers:
-            basic = base64.b64encode(f"{config.username}:{_secret(config.password) or ''}".encode()).decode()
+            basic = base64.b64encode(f"{config.username}:{reveal(config.password) or ''}".encode()).decode()
             self._auth_headers["Authorization"] = f"Basic {basic}"
 
     async def _http(self) -> aiohttp.ClientSession:
@@ -308,7 +302,7 @@ class InfluxWriter:
         config: InfluxConfig,
         spool: Spool,
         dead_letters: DeadLetters,
-        metrics: Any,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
         max_backoff_s: float = 30.0,
     ) -> None:

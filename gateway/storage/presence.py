@@ -176,8 +176,7 @@ class Presence:
         """Find state changes (a status message, a device falling silent); returns how many changed.
 
         With ``limit``, look at no more than that many devices, going on where the previous call stopped: a
-        district's devices in slices, so that no single call holds the event loop for long (100,000 devices: one
-        whole sweep is ~38 ms of event loop, measured with py-spy)."""
+        district's devices in slices, so that no single call holds the event loop for long (docs/performance.md)."""
         if limit is None:
             return self._sweep(self.devices.items(), now_ms)
         if self._round_at >= len(self._round):

@@ -23,6 +23,7 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass, replace
+from io import BufferedWriter
 from pathlib import Path
 
 log = logging.getLogger("firegrid.spool")
@@ -67,7 +68,7 @@ class _Stream:
         self.segments: list[_Segment] = []
         self.cursor: tuple[int, int] = (0, 0)
         self.pending_points = 0  # points after the cursor
-        self._fh: object | None = None
+        self._fh: BufferedWriter | None = None
         self._load()
 
     # --- opening ---------------------------------------------------------------------------------------------
@@ -135,10 +136,10 @@ class _Stream:
 
     # --- writing ---------------------------------------------------------------------------------------------
 
-    def _open_tail(self) -> object:
+    def _open_tail(self) -> BufferedWriter:
         if not self.segments or self.segments[-1].size >= self.segment_bytes:
             if self._fh is not None:
-                self._fh.close()  # type: ignore[attr-defined]
+                self._fh.close()
                 self._fh = None
             # After the cursor's segment, never at its number: when the writer has caught up with a full segment,
             # commit() deletes it and the cursor stays at its end, so a new file of the same number would be read
@@ -154,7 +155,7 @@ class _Stream:
         payload = b"\n".join(lines)
         fh = self._open_tail()
         record = _HEADER.pack(len(payload), len(lines), zlib.crc32(payload), first_ts_ms) + payload
-        fh.write(record)  # type: ignore[attr-defined]
+        fh.write(record)
         segment = self.segments[-1]
         if segment.points == 0:
             segment.first_ts_ms = first_ts_ms
@@ -165,9 +166,9 @@ class _Stream:
 
     def sync(self) -> None:
         if self._fh is not None:
-            self._fh.flush()  # type: ignore[attr-defined]
+            self._fh.flush()
             if self._fsync:
-                os.fdatasync(self._fh.fileno())  # type: ignore[attr-defined]
+                os.fdatasync(self._fh.fileno())
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class _Stream:
 
     def _delete(self, segment: _Segment) -> None:
         if self._fh is not None and not self.segments:
-            self._fh.close()  # type: ignore[attr-defined]  # it was the tail
+            self._fh.close()  # it was the tail
             self._fh = None
         segment.path.unlink(missing_ok=True)
 
@@ -303,7 +304,7 @@ class _Stream:
     def close(self) -> None:
         if self._fh is not None:
             self.sync()
-            self._fh.close()  # type: ignore[attr-defined]
+            self._fh.close()
             self._fh = None
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gateway.config import ConfigError, FiregridConfig, load_config
+from rules.loader import load_rule_set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,14 +31,10 @@ def summary(config: FiregridConfig) -> str:
 
 
 def validate_all(config: FiregridConfig) -> list[str]:
-    """Checks that need more than the model: the rules and notify sections validated by their owners."""
+    """Checks that need more than the model: the rules section, validated by the rules package."""
     problems: list[str] = []
     try:
-        from rules.loader import load_rule_set  # the rules package validates its own section
-    except ModuleNotFoundError:
-        return problems
-    try:
-        load_rule_set(config)
+        load_rule_set(config)  # the rules package validates its own section
     except ConfigError as exc:
         problems.extend(exc.problems)
     return problems

@@ -10,7 +10,19 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
+
+
+class Command(Protocol):
+    """What a subcommand's module provides."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load_command(module: str) -> Command:
+    return cast(Command, importlib.import_module(module))  # a module satisfies the protocol; the checker cannot tell
 
 
 class Subcommand(NamedTuple):
@@ -49,14 +61,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub_parser.set_defaults(_module=sub.module)
         if sub.name != command:
             continue
-        try:
-            module = importlib.import_module(sub.module)
-        except ModuleNotFoundError as exc:
-            if exc.name != sub.module:
-                raise
-            sub_parser.set_defaults(_missing=True)
-            continue
-        module.add_arguments(sub_parser)
+        _load_command(sub.module).add_arguments(sub_parser)
     return parser
 
 
@@ -68,12 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    if getattr(args, "_missing", False):
-        print(f"firegrid {args.command}: not available in this build", file=sys.stderr)
-        return 1
-    module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        return int(_load_command(args._module).run(args) or 0)
     except KeyboardInterrupt:
         return 130
 

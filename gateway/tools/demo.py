@@ -33,15 +33,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from gateway.config import ApiToken, ConfigError, FiregridConfig, load_config
+
+if TYPE_CHECKING:  # amqtt is imported when the demo starts its broker, not with the CLI
+    from amqtt.broker import Broker
 
 log = logging.getLogger("firegrid.demo")
 
@@ -191,7 +194,7 @@ def demo_config(
 # --- the embedded broker --------------------------------------------------------------------------------------------
 
 
-async def start_broker(port: int) -> Any:
+async def start_broker(port: int) -> Broker:
     """amqtt on 127.0.0.1 only (a demo is not reachable from the network), anonymous, no $SYS noise."""
     from amqtt.broker import Broker
     from amqtt.contexts import BrokerConfig
@@ -218,7 +221,7 @@ class WebhookReceiver:
 
     secret: str
     out: Callable[[str], None]
-    publish: Callable[[str, dict[str, Any]], None] | None = None
+    publish: Callable[[str, Mapping[str, Any]], object] | None = None
     deliveries: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=KEEP_DELIVERIES)
     )
@@ -431,7 +434,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    broker: Any = None
+    broker: Broker | None = None
     service: Service | None = None
     service_task: asyncio.Task[int] | None = None
     receiver_runner: web.AppRunner | None = None
@@ -443,10 +446,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         except OSError as exc:
             raise DemoError(f"cannot start the embedded MQTT broker on port {mqtt_port}: {exc}") from None
         service = Service(config)
-        hub = service.hub
-        receiver = WebhookReceiver(
-            secret=receiver_secret, out=console, publish=hub.publish if hub is not None else None
-        )
+        receiver = WebhookReceiver(secret=receiver_secret, out=console, publish=service.hub.publish)
         receiver_runner = web.AppRunner(receiver.app(), access_log=None)
         await receiver_runner.setup()
         await web.TCPSite(receiver_runner, "127.0.0.1", receiver_port).start()
