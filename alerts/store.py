@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,11 +26,19 @@ import orjson
 
 from alerts import routing
 from alerts.config import NotifyConfig, WebhookConfig
-from rules.types import AlertTransition, Severity
+from alerts.records import (
+    CAUSES,
+    OPEN_STATES,
+    AlertDetail,
+    AlertRecord,
+    AuditEntry,
+    IncidentRecord,
+    OutboxItem,
+    OutboxRecord,
+    iso,
+)
+from rules.types import AlertTransition, Evidence, Severity
 
-Cause = Literal["real_fire", "false_alarm", "test", "device_fault", "other"]
-CAUSES: tuple[str, ...] = ("real_fire", "false_alarm", "test", "device_fault", "other")
-OPEN_STATES = ("raised", "acknowledged", "dispatched")
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
 
 _SCHEMA = """
@@ -164,13 +171,15 @@ class InvalidTransition(AlertStoreError):
 @dataclass(frozen=True, slots=True)
 class AlertChange:
     """One thing that happened, as published to listeners and the SSE hub: ``type`` is the webhook event type
-    (``alert.raised`` ... ``incident.resolved``), ``data`` the webhook ``data`` object."""
+    (``alert.raised`` ... ``incident.resolved``), ``data`` the webhook ``data`` object, ``record`` the alert or
+    incident it was rendered from (None for notices that are not a stored change)."""
 
     type: str
     alert_id: int | None
     incident_id: int | None
     ts_ms: int
     data: Mapping[str, Any] = field(default_factory=dict)
+    record: AlertRecord | IncidentRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,29 +192,6 @@ class Outcome:
     error: str | None = None
     next_ms: int | None = None
     attempted: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    msg_id: str
-    channel: str  # "webhook" | "governance" | "sms"
-    target: str  # webhook URL, "governance" or "sms"
-    event: str
-    priority: int
-    alert_id: int | None
-    incident_id: int | None
-    recipient: str | None
-    phone: str | None
-    body: bytes
-    state: str
-    attempts: int
-    next_ms: int
-    created_ms: int
-
-
-def iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _json(value: Any) -> str:
@@ -467,67 +453,16 @@ class AlertStore:
         )
 
     # ------------------------------------------------------------------ events -> outbox
-    def _alert_data(self, row: Mapping[str, Any], code: str | None) -> dict[str, Any]:
-        severity = Severity(int(row["severity"]))
-        return {
-            "id": row["id"],
-            "key": row["key"],
-            "rule": row["rule"],
-            "severity": severity.label,
-            "state": row["state"],
-            "condition": row["condition"],
-            "building": row["building"],
-            "building_name": self.building_names.get(row["building"], row["building"]),
-            "floor": row["floor"],
-            "device": row["device"],
-            "grid": row["grid"],
-            "reason": row["reason"],
-            "value": None if row["value"] is None else orjson.loads(row["value"]),
-            "confirmed": None if row["confirmed"] is None else bool(row["confirmed"]),
-            "flapping": bool(row["flapping"]),
-            "test": bool(row["test"]),
-            "drill": bool(row["drill"]),
-            "incident_id": row["incident_id"],
-            "ack_code": code,
-            "count": row["count"],
-            "tier": row["tier"],
-            "raised_at": iso(int(row["raised_ms"])),
-            "updated_at": iso(int(row["updated_ms"])),
-            "cleared_at": None if row["cleared_ms"] is None else iso(int(row["cleared_ms"])),
-            "acknowledged_by": row["acknowledged_by"],
-            "dispatched_to": row["dispatched_to"],
-            "resolved_by": row["resolved_by"],
-            "cause": row["cause"],
-            "note": row["note"],
-            # Epoch-ms twins of the timestamps, for programs (the API, the engine restore).
-            "ts_ms": row["ts_ms"],
-            "raised_ms": row["raised_ms"],
-            "updated_ms": row["updated_ms"],
-            "cleared_ms": row["cleared_ms"],
-            "acknowledged_ms": row["acknowledged_ms"],
-            "dispatched_ms": row["dispatched_ms"],
-            "resolved_ms": row["resolved_ms"],
-        }
+    def _alert_record(self, row: sqlite3.Row) -> AlertRecord:
+        """``row``: an ``alerts`` row joined with its incident's ``code``."""
+        building = row["building"]
+        return AlertRecord.from_row(row, building_name=self.building_names.get(building, building))
 
-    def _incident_data(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "id": row["id"],
-            "building": row["building"],
-            "building_name": self.building_names.get(row["building"], row["building"]),
-            "grid": row["grid"],
-            "drill": bool(row["drill"]),
-            "severity": Severity(int(row["severity"])).label,
-            "ack_code": row["code"],
-            "state": "open" if row["closed_ms"] is None else "resolved",
-            "alert_count": row["alert_count"],
-            "open_count": row["open_count"],
-            "opened_at": iso(int(row["opened_ms"])),
-            "updated_at": iso(int(row["updated_ms"])),
-            "closed_at": None if row["closed_ms"] is None else iso(int(row["closed_ms"])),
-            "opened_ms": row["opened_ms"],
-            "updated_ms": row["updated_ms"],
-            "closed_ms": row["closed_ms"],
-        }
+    def _incident_record(self, row: sqlite3.Row, alert_ids: tuple[int, ...] = ()) -> IncidentRecord:
+        building = row["building"]
+        return IncidentRecord.from_row(
+            row, building_name=self.building_names.get(building, building), alert_ids=alert_ids
+        )
 
     def _event(
         self,
@@ -544,7 +479,8 @@ class AlertStore:
             "SELECT a.*, i.code AS code FROM alerts a JOIN incidents i ON i.id = a.incident_id WHERE a.id = ?",
             (alert_id,),
         ).fetchone()
-        data = self._alert_data(row, row["code"])
+        record = self._alert_record(row)
+        data = record.payload()
         if extra:
             data.update(extra)
         self._enqueue(
@@ -559,7 +495,7 @@ class AlertStore:
             now_ms=now_ms,
             news=news or event == "alert.escalated",
         )
-        out.append(AlertChange(event, alert_id, int(row["incident_id"]), now_ms, data))
+        out.append(AlertChange(event, alert_id, int(row["incident_id"]), now_ms, data, record))
 
     def _incident_event(
         self,
@@ -572,7 +508,8 @@ class AlertStore:
         test: bool = False,
     ) -> None:
         row = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        data = self._incident_data(row)
+        record = self._incident_record(row)
+        data = record.payload()
         self._enqueue(
             cur,
             event,
@@ -585,7 +522,7 @@ class AlertStore:
             now_ms=now_ms,
             news=event == "incident.opened",
         )
-        out.append(AlertChange(event, None, incident_id, now_ms, data))
+        out.append(AlertChange(event, None, incident_id, now_ms, data, record))
 
     def _disabled(self, cur: sqlite3.Cursor) -> set[str]:
         return {r[0] for r in cur.execute("SELECT target FROM endpoints")}
@@ -874,15 +811,15 @@ class AlertStore:
                 continue  # acknowledged meanwhile by someone else
         return out
 
-    def incident_by_code(self, code: str) -> dict[str, Any] | None:
+    def incident_by_code(self, code: str) -> IncidentRecord | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM incidents WHERE code = ? AND closed_ms IS NULL ORDER BY id DESC LIMIT 1", (code,)
             ).fetchone()
-        return None if row is None else self._incident_data(row)
+        return None if row is None else self._incident_record(row)
 
     # ------------------------------------------------------------------ queries
-    def get_alert(self, alert_id: int) -> dict[str, Any] | None:
+    def get_alert(self, alert_id: int) -> AlertDetail | None:
         """One alert with its audit trail and evidence."""
         with self._lock:
             row = self._db.execute(
@@ -894,19 +831,11 @@ class AlertStore:
             audit = self._db.execute(
                 "SELECT ts_ms, action, by, detail FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
             ).fetchall()
-        data = self._alert_data(row, row["code"])
-        data["evidence"] = orjson.loads(row["evidence"])
-        data["audit"] = [
-            {
-                "at": iso(int(a["ts_ms"])),
-                "ts_ms": a["ts_ms"],
-                "action": a["action"],
-                "by": a["by"],
-                "detail": orjson.loads(a["detail"]) if a["detail"] else None,
-            }
-            for a in audit
-        ]
-        return data
+        building = row["building"]
+        fields = AlertRecord.fields_from_row(row, building_name=self.building_names.get(building, building))
+        trail = tuple(AuditEntry.from_row(a) for a in audit)
+        evidence = tuple(Evidence(**e) for e in orjson.loads(row["evidence"]))
+        return AlertDetail(*(*fields, trail, evidence))
 
     def list_alerts(
         self,
@@ -919,7 +848,7 @@ class AlertStore:
         open_only: bool = False,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AlertRecord]:
         """Newest first.  ``severity`` is a minimum; list-valued filters match any of the values (so that the API
         can apply a token's grid/building scope)."""
         where: list[str] = []
@@ -954,7 +883,7 @@ class AlertStore:
         args += [max(0, min(limit, 10_000)), max(0, offset)]
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [self._alert_data(r, r["code"]) for r in rows]
+        return [self._alert_record(r) for r in rows]
 
     def list_incidents(
         self,
@@ -965,7 +894,7 @@ class AlertStore:
         since_ms: int | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> list[dict[str, Any]]:
+    ) -> list[IncidentRecord]:
         where: list[str] = []
         args: list[Any] = []
         if state == "open":
@@ -987,18 +916,17 @@ class AlertStore:
             rows = self._db.execute(sql, args).fetchall()
         out = []
         for r in rows:
-            data = self._incident_data(r)
             with self._lock:
-                data["alert_ids"] = [
+                ids = tuple(
                     x[0]
                     for x in self._db.execute(
                         "SELECT id FROM alerts WHERE incident_id = ? ORDER BY id LIMIT 1000", (r["id"],)
                     )
-                ]
-            out.append(data)
+                )
+            out.append(self._incident_record(r, ids))
         return out
 
-    def active_alerts(self) -> list[dict[str, Any]]:
+    def active_alerts(self) -> list[AlertRecord]:
         """Every open (not yet resolved) alert, fire first: for restoring the engine and the dashboard."""
         return self.list_alerts(open_only=True, limit=10_000)
 
@@ -1040,27 +968,7 @@ class AlertStore:
         args.append(limit + len(skip))
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [self._item(r) for r in rows if r["id"] not in skip][:limit]
-
-    @staticmethod
-    def _item(r: sqlite3.Row) -> OutboxItem:
-        return OutboxItem(
-            id=r["id"],
-            msg_id=r["msg_id"],
-            channel=r["channel"],
-            target=r["target"],
-            event=r["event"],
-            priority=r["priority"],
-            alert_id=r["alert_id"],
-            incident_id=r["incident_id"],
-            recipient=r["recipient"],
-            phone=r["phone"],
-            body=bytes(r["body"]),
-            state=r["state"],
-            attempts=r["attempts"],
-            next_ms=r["next_ms"],
-            created_ms=r["created_ms"],
-        )
+        return [OutboxItem.from_row(r) for r in rows if r["id"] not in skip][:limit]
 
     def next_due_ms(
         self, *, exclude: Iterable[int] = (), channels: Iterable[str] | None = None, _channel: str | None = None
@@ -1087,7 +995,7 @@ class AlertStore:
             row = self._db.execute(sql, args).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def outbox(self, *, state: str | None = None, channel: str | None = None) -> list[dict[str, Any]]:
+    def outbox(self, *, state: str | None = None, channel: str | None = None) -> list[OutboxRecord]:
         """Outbox rows (for tests, the API and operators reconciling ``unknown`` SMS)."""
         where, args = [], []
         if state:
@@ -1099,7 +1007,7 @@ class AlertStore:
         sql = "SELECT * FROM outbox" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [{k: (bytes(r[k]) if k == "body" else r[k]) for k in r.keys()} for r in rows]
+        return [OutboxRecord.from_row(r) for r in rows]
 
     def mark_attempting(self, item_id: int, *, now_ms: int) -> None:
         with self._tx() as cur:

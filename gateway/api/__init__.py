@@ -28,6 +28,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from alerts.records import AlertRecord, IncidentRecord
+from alerts.store import AlertChange
 from gateway.api import routes as _routes  # noqa: F401 - registers the operations
 from gateway.api import views
 from gateway.api.auth import TokenAuthenticator
@@ -152,7 +154,7 @@ async def _close_hub(app: web.Application) -> None:
     app[STATE_KEY].hub.close()
 
 
-def _store_listener(state: ApiState) -> Callable[[Any], None]:
+def _store_listener(state: ApiState) -> Callable[[AlertChange], None]:
     """Publish each alert-store change to the hub as an ``alert`` event.
 
     Called by the store, possibly inside its transaction or from a worker thread: it must never raise (that could
@@ -160,21 +162,19 @@ def _store_listener(state: ApiState) -> Callable[[Any], None]:
     """
     grids = state.building_grids
 
-    def on_change(change: Any) -> None:
+    def on_change(change: AlertChange) -> None:
         try:
-            fields = views.fields_of(change)
-            kind = views.as_str(fields.get("type"), 64) or "alert.changed"
-            payload = fields.get("data")
-            payload = payload if payload is not None else change
-            event: dict[str, Any] = {"change": kind, "ts_ms": views.as_int(fields.get("ts_ms"))}
+            kind = views.as_str(change.type, 64) or "alert.changed"
+            record = change.record
+            event: dict[str, Any] = {"change": kind, "ts_ms": change.ts_ms}
             if kind.startswith("incident."):
-                incident = views.incident_from(payload, building_grids=grids)
+                incident = views.incident(record, building_grids=grids) if isinstance(record, IncidentRecord) else None
                 event["building"] = incident.building if incident else None
                 event["incident"] = incident.model_dump(mode="json") if incident else None
                 state.hub.publish("incident", event)
                 return
-            alert = views.alert_from(payload, building_grids=grids)
-            event["building"] = alert.building if alert else views.as_str(views.fields_of(payload).get("building"))
+            alert = views.alert(record, building_grids=grids) if isinstance(record, AlertRecord) else None
+            event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
             event["alert"] = alert.model_dump(mode="json") if alert else None
             state.hub.publish("alert", event)
         except Exception:  # never let the dashboard break an alert write

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from alerts.store import AlertNotFound, InvalidTransition
+from alerts.store import AlertChange, AlertNotFound, AlertStore, InvalidTransition
 from gateway.api import models as m
 from gateway.api import views as v
 from gateway.api.auth import Principal
@@ -140,11 +140,12 @@ def _check_scope(who: Principal, *, building: str | None = None, grid: str | Non
 # --- alerts ------------------------------------------------------------------------------------------------------
 
 
-async def _store_call(call: Call, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call the alert store off the event loop: its writes fsync (synchronous=FULL) and its lock may be held by the
-    gateway's group commit; neither should stall every other request and the live stream."""
-    store = _dep(call, "store")
-    return await _maybe_await(await asyncio.to_thread(getattr(store, method), *args, **kwargs))
+def _store(call: Call) -> AlertStore:
+    """The alert store.  Call it off the event loop (``asyncio.to_thread``): its writes fsync (synchronous=FULL) and
+    its lock may be held by the gateway's group commit; neither should stall every other request and the live
+    stream."""
+    store: AlertStore = _dep(call, "store")
+    return store
 
 
 def _alert_filters(who: Principal, grids: Mapping[str, str], building: str | None, grid: str | None) -> dict[str, Any]:
@@ -188,8 +189,8 @@ async def list_alerts(call: Call) -> m.AlertPage:
         filters["severity"] = q.severity.value
     if q.since is not None:
         filters["since_ms"] = q.since
-    rows = await _store_call(call, "list_alerts", limit=q.limit + 1, offset=q.offset, **filters)
-    alerts = [a for a in (v.alert_from(r, building_grids=grids) for r in rows) if a is not None]
+    rows = await asyncio.to_thread(_store(call).list_alerts, limit=q.limit + 1, offset=q.offset, **filters)
+    alerts = [v.alert(r, building_grids=grids) for r in rows]
     # The store already filtered by scope; this second check means a store bug cannot leak another grid's alert.
     alerts = [a for a in alerts if who.sees_building(a.building)]
     more = len(rows) > q.limit
@@ -201,10 +202,10 @@ async def list_alerts(call: Call) -> m.AlertPage:
 async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
     if not raw_id.isdigit() or len(raw_id) > 18:
         raise ApiError(404, f"no alert {raw_id!r}")
-    row = await _store_call(call, "get_alert", int(raw_id))
-    alert = v.alert_detail_from(row, building_grids=state_of(call).building_grids) if row is not None else None
-    if alert is None:
+    row = await asyncio.to_thread(_store(call).get_alert, int(raw_id))
+    if row is None:
         raise ApiError(404, f"no alert {raw_id!r}")
+    alert = v.alert_detail(row, building_grids=state_of(call).building_grids)
     _check_scope(call.who, building=alert.building)
     return alert
 
@@ -221,12 +222,13 @@ async def get_alert(call: Call) -> m.AlertDetail:
     return await _get_alert(call, call.params["id"])
 
 
-async def _lifecycle(call: Call, action: str, **kwargs: Any) -> m.AlertDetail:
+async def _lifecycle(call: Call, step: Callable[[int, int], AlertChange]) -> m.AlertDetail:
+    """``step(alert_id, now_ms)``: one of the store's lifecycle methods, run off the event loop."""
     raw_id = call.params["id"]
     await _get_alert(call, raw_id)  # 404 / 403 before anything changes
     now_ms = state_of(call).clock_ms()
     try:
-        await _store_call(call, action, int(raw_id), now_ms=now_ms, **kwargs)
+        await asyncio.to_thread(step, int(raw_id), now_ms)
     except AlertNotFound:
         raise ApiError(404, f"no alert {raw_id!r}") from None
     except InvalidTransition as exc:  # e.g. acknowledging an alert someone already resolved
@@ -255,7 +257,8 @@ def _by(call: Call, given: str | None) -> str:
 )
 async def ack_alert(call: Call) -> m.AlertDetail:
     body: m.AckRequest = call.body
-    return await _lifecycle(call, "acknowledge", by=_by(call, body.by), note=body.note)
+    store, by = _store(call), _by(call, body.by)
+    return await _lifecycle(call, lambda alert_id, now: store.acknowledge(alert_id, by=by, note=body.note, now_ms=now))
 
 
 @operation(
@@ -271,7 +274,10 @@ async def ack_alert(call: Call) -> m.AlertDetail:
 )
 async def dispatch_alert(call: Call) -> m.AlertDetail:
     body: m.DispatchRequest = call.body
-    return await _lifecycle(call, "dispatch", by=_by(call, body.by), to=body.to, note=body.note)
+    store, by = _store(call), _by(call, body.by)
+    return await _lifecycle(
+        call, lambda alert_id, now: store.dispatch(alert_id, by=by, to=body.to, note=body.note, now_ms=now)
+    )
 
 
 @operation(
@@ -287,7 +293,10 @@ async def dispatch_alert(call: Call) -> m.AlertDetail:
 )
 async def resolve_alert(call: Call) -> m.AlertDetail:
     body: m.ResolveRequest = call.body
-    return await _lifecycle(call, "resolve", by=_by(call, body.by), cause=body.cause.value, note=body.note)
+    store, by, cause = _store(call), _by(call, body.by), body.cause.value
+    return await _lifecycle(
+        call, lambda alert_id, now: store.resolve(alert_id, by=by, cause=cause, note=body.note, now_ms=now)
+    )
 
 
 # --- incidents ---------------------------------------------------------------------------------------------------
@@ -314,8 +323,8 @@ async def list_incidents(call: Call) -> m.IncidentPage:
         filters["state"] = "open" if q.active else "resolved"
     if q.since is not None:
         filters["since_ms"] = q.since
-    rows = await _store_call(call, "list_incidents", limit=q.limit + 1, offset=q.offset, **filters)
-    items = [i for i in (v.incident_from(r, building_grids=grids) for r in rows) if i is not None]
+    rows = await asyncio.to_thread(_store(call).list_incidents, limit=q.limit + 1, offset=q.offset, **filters)
+    items = [v.incident(r, building_grids=grids) for r in rows]
     items = [i for i in items if who.sees_building(i.building)]
     more = len(rows) > q.limit
     return m.IncidentPage(
@@ -404,8 +413,8 @@ async def _active_alerts(call: Call) -> list[m.Alert]:
     if getattr(state_of(call).runtime, "store", None) is None:
         return []
     grids = state_of(call).building_grids
-    rows = await _store_call(call, "active_alerts")
-    alerts = [a for a in (v.alert_from(r, building_grids=grids) for r in rows or ()) if a is not None]
+    rows = await asyncio.to_thread(_store(call).active_alerts)
+    alerts = [v.alert(r, building_grids=grids) for r in rows]
     return [a for a in alerts if a.state != m.AlertState.resolved and call.who.sees_building(a.building)]
 
 
@@ -724,7 +733,7 @@ async def _engine_change(call: Call, change: Callable[[Any], list[AlertTransitio
     if apply is not None:
         await _maybe_await(apply(transitions))
     elif getattr(state.runtime, "store", None) is not None:
-        await _store_call(call, "apply", transitions, now_ms=state.clock_ms())
+        await asyncio.to_thread(_store(call).apply, transitions, now_ms=state.clock_ms())
 
 
 @operation(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alerts.records import AlertRecord
 from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.mqtt import Incoming
@@ -398,30 +399,26 @@ def restore_engine(
     return restored, active
 
 
-def _active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[Any]:
-    from rules.types import ActiveAlert  # added by the rules engineer
+def _active_alerts(rows: Iterable[AlertRecord]) -> list[Any]:
+    from rules.types import ActiveAlert
 
     out = []
     for row in rows:
-        if row.get("condition") == "cleared":
+        if row.condition == "cleared":
             continue  # open for the operator, but the condition itself is over: the engine must not hold it
-        try:
-            severity = Severity.parse(row.get("severity", "fire"))
-        except (KeyError, ValueError):
-            severity = Severity.FIRE
         out.append(
             ActiveAlert(
-                key=str(row["key"]),
-                rule=str(row.get("rule", "")),
-                building=str(row["building"]),
-                floor=row.get("floor"),
-                device=row.get("device"),
-                since_ms=int(row.get("raised_ms") or row.get("ts_ms") or 0),
-                severity=severity,
-                value=row.get("value"),
-                confirmed=row.get("confirmed"),
-                test=bool(row.get("test", False)),
-                drill=bool(row.get("drill", False)),
+                key=row.key,
+                rule=row.rule,
+                building=row.building,
+                floor=row.floor,
+                device=row.device,
+                since_ms=row.raised_ms or row.ts_ms,
+                severity=row.severity,
+                value=row.value,
+                confirmed=row.confirmed,
+                test=row.test,
+                drill=row.drill,
             )
         )
     return out
