@@ -9,8 +9,8 @@ and what the API shows come from one reading of a row.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -22,7 +22,15 @@ Cause = Literal["real_fire", "false_alarm", "test", "device_fault", "other"]
 CAUSES: Final[tuple[str, ...]] = ("real_fire", "false_alarm", "test", "device_fault", "other")
 # An alert is open (someone still has to act) in these states; ``resolved`` is the only closed one.
 OPEN_STATES: Final[tuple[str, ...]] = ("raised", "acknowledged", "dispatched")
-ALERT_STATES: Final[tuple[str, ...]] = (*OPEN_STATES, "resolved")
+
+
+# The columns of an alert joined with its incident (``a``, ``i``) in AlertRecord's field order (but building_name).
+ALERT_COLUMNS = (
+    "a.id, a.key, a.rule, a.severity, a.state, a.condition, a.building, a.floor, a.device, a.grid, a.reason,"
+    " a.value, a.confirmed, a.flapping, a.test, a.drill, a.incident_id, i.code, a.count, a.tier, a.ts_ms,"
+    " a.raised_ms, a.updated_ms, a.cleared_ms, a.acknowledged_ms, a.acknowledged_by, a.dispatched_ms,"
+    " a.dispatched_to, a.resolved_ms, a.resolved_by, a.cause, a.note"
+)
 
 
 def iso(ts_ms: int) -> str:
@@ -73,49 +81,53 @@ class AlertRecord:
     note: str | None
 
     @staticmethod
-    def fields_from_row(row: sqlite3.Row, *, building_name: str) -> tuple[Any, ...]:
-        """The constructor's arguments from an ``alerts`` row joined with its incident's ``code``, in field order
-        (positional: this runs for every event the store writes)."""
-        value = row["value"]
-        confirmed = row["confirmed"]
+    def fields_from_row(row: Sequence[Any], *, building_name: str) -> tuple[Any, ...]:
+        """The constructor's arguments, in field order, from a row of :data:`ALERT_COLUMNS` (read by position:
+        this runs for every event the store writes, and a named look-up in ``sqlite3.Row`` scans the columns)."""
+        (
+            id_,
+            key,
+            rule,
+            severity,
+            state,
+            condition,
+            building,
+            floor,
+            device,
+            grid,
+            reason,
+            value,
+            confirmed,
+            flapping,
+            test,
+            drill,
+            incident_id,
+            *rest,
+        ) = row
         return (
-            row["id"],
-            row["key"],
-            row["rule"],
-            Severity(row["severity"]),
-            row["state"],
-            row["condition"],
-            row["building"],
+            id_,
+            key,
+            rule,
+            Severity(severity),
+            state,
+            condition,
+            building,
             building_name,
-            row["floor"],
-            row["device"],
-            row["grid"],
-            row["reason"],
+            floor,
+            device,
+            grid,
+            reason,
             None if value is None else orjson.loads(value),
             None if confirmed is None else bool(confirmed),
-            bool(row["flapping"]),
-            bool(row["test"]),
-            bool(row["drill"]),
-            row["incident_id"],
-            row["code"],
-            row["count"],
-            row["tier"],
-            row["ts_ms"],
-            row["raised_ms"],
-            row["updated_ms"],
-            row["cleared_ms"],
-            row["acknowledged_ms"],
-            row["acknowledged_by"],
-            row["dispatched_ms"],
-            row["dispatched_to"],
-            row["resolved_ms"],
-            row["resolved_by"],
-            row["cause"],
-            row["note"],
+            bool(flapping),
+            bool(test),
+            bool(drill),
+            incident_id,
+            *rest,
         )
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, *, building_name: str) -> AlertRecord:
+    def from_row(cls, row: Sequence[Any], *, building_name: str) -> AlertRecord:
         return cls(*cls.fields_from_row(row, building_name=building_name))
 
     def payload(self) -> dict[str, Any]:
@@ -304,3 +316,29 @@ class OutboxRecord(OutboxItem):
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> OutboxRecord:
         return cls(*(*_item_fields(r), r["attempt_ms"], r["done_ms"], r["last_error"], r["dedup"]))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """One thing that happened, as published to listeners and the SSE hub: ``type`` is the webhook event type
+    (``alert.raised`` ... ``incident.resolved``), ``data`` the webhook ``data`` object, ``record`` the alert or
+    incident it was rendered from (None for notices that are not a stored change)."""
+
+    type: str
+    alert_id: int | None
+    incident_id: int | None
+    ts_ms: int
+    data: Mapping[str, Any] = field(default_factory=dict)
+    record: AlertRecord | IncidentRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery attempt, recorded in batches: ``state`` ``pending`` means retry at ``next_ms``."""
+
+    id: int
+    state: str
+    now_ms: int
+    error: str | None = None
+    next_ms: int | None = None
+    attempted: bool = True
