@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from alerts import fanout
-from alerts.records import AlertChange
+from alerts.records import AlertChange, AlertRecord, IncidentRecord
 from alerts.store.core import ALERT_WITH_CODE, Core
 
 
@@ -29,20 +29,8 @@ def alert_event(
     data = record.payload()
     if extra:
         data.update(extra)
-    fanout.enqueue(
-        cur,
-        core.notify,
-        event,
-        data,
-        severity=int(record.severity),
-        drill=record.drill,
-        test=record.test,
-        alert_id=alert_id,
-        incident_id=record.incident_id,
-        now_ms=now_ms,
-        news=news or event == "alert.escalated",
-    )
-    out.append(AlertChange(event, alert_id, record.incident_id, now_ms, data, record))
+    news = news or event == "alert.escalated"
+    _emit(core, cur, event, record, data, test=record.test, now_ms=now_ms, news=news, out=out)
 
 
 def incident_event(
@@ -55,9 +43,27 @@ def incident_event(
     *,
     test: bool = False,
 ) -> None:
+    """``test``: whether the alert behind the event is a test (an incident itself is never one)."""
     row = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
     record = core.incident_record(row)
-    data = record.payload()
+    news = event == "incident.opened"
+    _emit(core, cur, event, record, record.payload(), test=test, now_ms=now_ms, news=news, out=out)
+
+
+def _emit(
+    core: Core,
+    cur: sqlite3.Cursor,
+    event: str,
+    record: AlertRecord | IncidentRecord,
+    data: dict[str, Any],
+    *,
+    test: bool,
+    now_ms: int,
+    news: bool,
+    out: list[AlertChange],
+) -> None:
+    alert_id = record.id if isinstance(record, AlertRecord) else None
+    incident_id = record.incident_id if isinstance(record, AlertRecord) else record.id
     fanout.enqueue(
         cur,
         core.notify,
@@ -66,9 +72,9 @@ def incident_event(
         severity=int(record.severity),
         drill=record.drill,
         test=test,
-        alert_id=None,
+        alert_id=alert_id,
         incident_id=incident_id,
         now_ms=now_ms,
-        news=event == "incident.opened",
+        news=news,
     )
-    out.append(AlertChange(event, None, incident_id, now_ms, data, record))
+    out.append(AlertChange(event, alert_id, incident_id, now_ms, data, record))

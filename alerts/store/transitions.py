@@ -21,19 +21,69 @@ from alerts.store.events import alert_event, incident_event
 from rules.types import AlertTransition, Severity
 
 
-def apply(core: Core, transitions: Iterable[AlertTransition], *, now_ms: int) -> list[AlertChange]:
-    """Persist engine transitions, incident grouping and the outbox rows they cause, in ONE transaction."""
-    # Kept in the engine's order: a raise and a clear of one key in one batch must not swap.  Fire-first is the
-    # outbox's job (priority), not the order of rows in this transaction.
-    items = list(transitions)
-    if not items:
-        return []
-    changes: list[AlertChange] = []
-    with core.tx() as cur:
-        for t in items:
-            _apply_one(core, cur, t, now_ms, changes)
-    core.publish(changes)
-    return changes
+class Transitions:
+    """What the engine decided (a part of :class:`~alerts.store.AlertStore`)."""
+
+    _core: Core
+
+    def apply(self, transitions: Iterable[AlertTransition], *, now_ms: int) -> list[AlertChange]:
+        """Persist engine transitions, incident grouping and the outbox rows they cause, in ONE transaction."""
+        # Kept in the engine's order: a raise and a clear of one key in one batch must not swap.  Fire-first is the
+        # outbox's job (priority), not the order of rows in this transaction.
+        items = list(transitions)
+        if not items:
+            return []
+        changes: list[AlertChange] = []
+        with self._core.tx() as cur:
+            for t in items:
+                _apply_one(self._core, cur, t, now_ms, changes)
+        self._core.publish(changes)
+        return changes
+
+    def next_escalation_ms(self) -> int | None:
+        with self._core.lock:
+            row = self._core.db.execute(
+                "SELECT MIN(escalate_at_ms) FROM alerts WHERE escalate_at_ms IS NOT NULL AND open = 1"
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def escalate_due(self, *, now_ms: int) -> list[AlertChange]:
+        """Escalate every unacknowledged fire whose ack timeout has passed to its next tier."""
+        changes: list[AlertChange] = []
+        with self._core.tx() as cur:
+            due = cur.execute(
+                "SELECT * FROM alerts WHERE escalate_at_ms IS NOT NULL AND escalate_at_ms <= ? AND open = 1"
+                " ORDER BY severity DESC, escalate_at_ms",
+                (now_ms,),
+            ).fetchall()
+            for row in due:
+                if row["state"] != "raised":
+                    cur.execute("UPDATE alerts SET escalate_at_ms = NULL WHERE id = ?", (row["id"],))
+                    continue
+                tier = int(row["tier"]) + 1
+                nxt = fanout.escalate_at(
+                    self._core.notify,
+                    Severity(int(row["severity"])),
+                    test=bool(row["test"]),
+                    drill=bool(row["drill"]),
+                    grid=row["grid"],
+                    building=row["building"],
+                    tier=tier,
+                    now_ms=now_ms,
+                )
+                cur.execute(
+                    "UPDATE alerts SET tier = ?, escalate_at_ms = ?, updated_ms = ? WHERE id = ?",
+                    (tier, nxt, now_ms, row["id"]),
+                )
+                names = fanout.page(
+                    cur, self._core.notify, self._core.building_names, int(row["id"]), tier=tier, now_ms=now_ms
+                )
+                audit(cur, int(row["id"]), now_ms, "escalated", None, {"tier": tier, "to": names})
+                alert_event(
+                    self._core, cur, "alert.escalated", int(row["id"]), now_ms, changes, extra={"escalated_to": names}
+                )
+        self._core.publish(changes)
+        return changes
 
 
 def _apply_one(core: Core, cur: sqlite3.Cursor, t: AlertTransition, now_ms: int, out: list[AlertChange]) -> None:
@@ -168,46 +218,3 @@ def _new_code(cur: sqlite3.Cursor) -> str:
         if cur.execute("SELECT 1 FROM incidents WHERE code = ? AND closed_ms IS NULL", (code,)).fetchone() is None:
             return code
     return uuid.uuid4().hex[:10]
-
-
-def next_escalation_ms(core: Core) -> int | None:
-    with core.lock:
-        row = core.db.execute(
-            "SELECT MIN(escalate_at_ms) FROM alerts WHERE escalate_at_ms IS NOT NULL AND open = 1"
-        ).fetchone()
-    return None if row[0] is None else int(row[0])
-
-
-def escalate_due(core: Core, *, now_ms: int) -> list[AlertChange]:
-    """Escalate every unacknowledged fire whose ack timeout has passed to its next tier."""
-    changes: list[AlertChange] = []
-    with core.tx() as cur:
-        due = cur.execute(
-            "SELECT * FROM alerts WHERE escalate_at_ms IS NOT NULL AND escalate_at_ms <= ? AND open = 1"
-            " ORDER BY severity DESC, escalate_at_ms",
-            (now_ms,),
-        ).fetchall()
-        for row in due:
-            if row["state"] != "raised":
-                cur.execute("UPDATE alerts SET escalate_at_ms = NULL WHERE id = ?", (row["id"],))
-                continue
-            tier = int(row["tier"]) + 1
-            nxt = fanout.escalate_at(
-                core.notify,
-                Severity(int(row["severity"])),
-                test=bool(row["test"]),
-                drill=bool(row["drill"]),
-                grid=row["grid"],
-                building=row["building"],
-                tier=tier,
-                now_ms=now_ms,
-            )
-            cur.execute(
-                "UPDATE alerts SET tier = ?, escalate_at_ms = ?, updated_ms = ? WHERE id = ?",
-                (tier, nxt, now_ms, row["id"]),
-            )
-            names = fanout.page(cur, core.notify, core.building_names, int(row["id"]), tier=tier, now_ms=now_ms)
-            audit(cur, int(row["id"]), now_ms, "escalated", None, {"tier": tier, "to": names})
-            alert_event(core, cur, "alert.escalated", int(row["id"]), now_ms, changes, extra={"escalated_to": names})
-    core.publish(changes)
-    return changes
