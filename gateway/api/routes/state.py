@@ -18,6 +18,7 @@ from gateway.api import views as v
 from gateway.api.auth import Principal
 from gateway.api.deps import ApiRuntime
 from gateway.api.framework import ApiError, Call
+from gateway.api.hub import Hub
 from gateway.config import FiregridConfig
 from gateway.storage.presence import DeviceState, Presence
 
@@ -77,7 +78,7 @@ class DeviceIndex:
 @dataclass
 class ApiState:
     runtime: ApiRuntime
-    hub: Any
+    hub: Hub
     clock_ms: Callable[[], int]
     maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
     _grids: tuple[FiregridConfig, dict[str, str]] | None = field(default=None, init=False, repr=False)
