@@ -1,11 +1,11 @@
-"""Turning the gateway's records (alert store rows, presence entries, rejections) into the API's response models.
+"""Turning the gateway's records into the API's response models.
 
-The store, presence registry and rejection log are owned by other modules and may return dataclasses, pydantic
-models, mappings or sqlite rows.  :func:`fields_of` reads any of them, and the ``*_from`` functions accept the few
-spellings a field may reasonably have, so the API does not break when a record gains a field.  Nothing here raises on
-odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
+Alerts, incidents, their audit trails and evidence come from the alert store as typed records
+(:mod:`alerts.records`) and are read by their fields; what the API adds is its own limits (text cut to length, a
+grid taken from the building when the alert has none).  Presence entries may come from the gateway's presence
+registry or any object with its methods, as dataclasses, mappings or sqlite rows: :func:`fields_of` reads any of
+them.  Nothing here raises on odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -573,13 +573,14 @@ def extinguisher_out_of_service(values: Mapping[str, Any]) -> bool:
 
 
 def rejection_from(obj: Any) -> m.Rejection | None:
+    """A rejection as ``gateway.ingest.rejections.Rejections.recent`` gives it (a dict of its ``Rejection``)."""
     data = fields_of(obj)
     reason = as_str(data.get("reason"), 64)
     if reason is None:
         return None
-    payload = first(data, "payload", "payload_preview", "excerpt")
+    payload = data.get("payload")
     return m.Rejection(
-        ts_ms=as_int(first(data, "ts_ms", "received_ms", "at_ms")),
+        ts_ms=as_int(data.get("ts_ms")),
         topic=as_str(data.get("topic"), 300),
         reason=reason,
         detail=as_str(data.get("detail"), 500),

@@ -198,7 +198,7 @@ async def _history(
         out: list[m.HistoryPoint] = []
         for row in rows or ():
             data = v.fields_of(row)
-            ts = v.as_int(v.first(data, "ts_ms", "time"))
+            ts = v.as_int(data.get("ts_ms"))
             if ts is None or ts < since:
                 continue
             vals = {str(k)[:64]: v.metric(x) for k, x in data.items() if k not in ("ts_ms", "time")}
