@@ -6,6 +6,7 @@ grid taken from the building when the alert has none).  Presence entries may com
 registry or any object with its methods, as dataclasses, mappings or sqlite rows: :func:`fields_of` reads any of
 them.  Nothing here raises on odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
 """
+
 from __future__ import annotations
 
 import dataclasses
