@@ -38,8 +38,9 @@ import orjson
 
 from alerts import governance, webhook
 from alerts.config import NotifyConfig, WebhookConfig
+from alerts.records import OutboxItem
 from alerts.sms import SmsMessage, sender_for
-from alerts.store import AlertChange, AlertStore, OutboxItem, Outcome
+from alerts.store import AlertChange, AlertStore, Outcome
 from alerts.webhook import SendResult
 
 log = logging.getLogger("firegrid.alerts.delivery")

@@ -96,7 +96,7 @@ def handle_inbound_sms(
     if incident is None:
         return InboundResult(404, f"no open incident with code {match.group(0)}")
     changes = store.acknowledge_incident(
-        int(incident["id"]), by=f"sms:{member}", note="acknowledged by SMS reply", now_ms=now_ms
+        incident.id, by=f"sms:{member}", note="acknowledged by SMS reply", now_ms=now_ms
     )
     ids = tuple(int(c.alert_id) for c in changes if c.alert_id is not None)
-    return InboundResult(200, f"acknowledged {len(ids)} alert(s)", ids, int(incident["id"]))
+    return InboundResult(200, f"acknowledged {len(ids)} alert(s)", ids, incident.id)

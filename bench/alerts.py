@@ -173,7 +173,7 @@ async def _store_to_webhook(url: str, secret: str, *, quick: bool, workdir: Path
     deadline = time.monotonic() + 30
     fire_prio = int(Severity.FIRE) * 10
     while time.monotonic() < deadline and any(  # noqa: ASYNC110 - rows in SQLite, no event to await
-        r["priority"] >= fire_prio for r in store.outbox(state="pending")
+        r.priority >= fire_prio for r in store.outbox(state="pending")
     ):
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.1)  # let the last outcomes be recorded

@@ -98,7 +98,7 @@ async def test_fire_reaches_webhook_governance_and_sms_with_valid_signatures(
     assert by_phone["13800000001"]["params"]["code"] == code
     assert by_phone["13800000001"]["params"]["severity"] == "火警"
     assert by_phone["13800000001"]["params"]["location"].startswith("3F")
-    assert {r["state"] for r in store.outbox()} == {"sent"}
+    assert {r.state for r in store.outbox()} == {"sent"}
 
 
 async def test_receiver_failing_three_times_gets_it_exactly_once_more_with_same_id(
@@ -121,7 +121,7 @@ async def test_receiver_failing_three_times_gets_it_exactly_once_more_with_same_
     assert [d.status for d in hook.attempts if d.status != 599] == [500, 429, 200]
     assert len(hook.accepted) == 1
     (row,) = store.outbox()
-    assert row["state"] == "sent" and row["attempts"] == 4
+    assert row.state == "sent" and row.attempts == 4
 
 
 async def test_410_disables_endpoint_and_4xx_is_not_retried(tmp_path: Path, hook: WebhookReceiver) -> None:
@@ -132,7 +132,7 @@ async def test_410_disables_endpoint_and_4xx_is_not_retried(tmp_path: Path, hook
     hook.script = [400]
     async with running(notifier):
         store.apply([alarm("yg01-sd-001")], now_ms=notifier.clock())
-        await wait_until(lambda: store.outbox()[0]["state"] == "failed")
+        await wait_until(lambda: store.outbox()[0].state == "failed")
         hook.script = [410]
         store.apply([alarm("yg01-sd-002")], now_ms=notifier.clock())
         await wait_until(lambda: len(store.disabled_endpoints()) == 1)
@@ -151,9 +151,9 @@ async def test_redirect_is_not_followed(tmp_path: Path, hook: WebhookReceiver) -
         notifier = Notifier(store)
         async with running(notifier):
             store.apply([alarm("yg01-sd-001")], now_ms=notifier.clock())
-            await wait_until(lambda: store.outbox()[0]["state"] == "failed")
+            await wait_until(lambda: store.outbox()[0].state == "failed")
         assert other.requests == 0
-        assert "redirect" in (store.outbox()[0]["last_error"] or "")
+        assert "redirect" in (store.outbox()[0].last_error or "")
 
 
 async def test_private_destination_refused_unless_allowed(tmp_path: Path, hook: WebhookReceiver) -> None:
@@ -163,9 +163,9 @@ async def test_private_destination_refused_unless_allowed(tmp_path: Path, hook: 
     notifier = Notifier(store)
     async with running(notifier):
         store.apply([alarm("yg01-sd-001")], now_ms=notifier.clock())
-        await wait_until(lambda: all(r["state"] == "failed" for r in store.outbox()))
+        await wait_until(lambda: all(r.state == "failed" for r in store.outbox()))
     assert hook.requests == 0
-    assert "private" in (store.outbox()[0]["last_error"] or "")
+    assert "private" in (store.outbox()[0].last_error or "")
 
 
 async def test_unacknowledged_fire_escalates_on_time(tmp_path: Path, hook: WebhookReceiver, aliyun: AliyunSms) -> None:
@@ -247,16 +247,16 @@ async def test_crash_mid_delivery_resends_nothing_acknowledged_and_loses_nothing
     async with running(notifier2):
         await wait_until(lambda: settled(notifier2, store2), within=20)
     rows = store2.outbox()
-    webhook_ids = {r["msg_id"] for r in rows if r["channel"] == "webhook"}
+    webhook_ids = {r.msg_id for r in rows if r.channel == "webhook"}
     accepted = hook.accepted_ids()
     assert len(accepted) == len(set(accepted)), "a webhook acknowledged by the receiver was sent again"
     assert set(accepted) == webhook_ids, "a webhook was lost"
-    states = [r["state"] for r in rows if r["channel"] == "sms"]
+    states = [r.state for r in rows if r.channel == "sms"]
     assert states.count("unknown") == 1 and states.count("sent") == len(states) - 1
     # The provider finishes the hung request (it did send that SMS): exactly one message per outbox row.
     await aliyun.wait_for(lambda: len(aliyun.messages) >= len(states), within=10)
     out_ids = [m["out_id"] for m in aliyun.messages]
-    assert sorted(out_ids) == sorted(r["msg_id"] for r in rows if r["channel"] == "sms"), "an SMS resent or lost"
+    assert sorted(out_ids) == sorted(r.msg_id for r in rows if r.channel == "sms"), "an SMS resent or lost"
 
 
 async def test_two_hundred_detectors_one_sms_per_recipient(
@@ -287,16 +287,16 @@ async def test_sms_timeout_becomes_unknown_never_resent(
     notifier = Notifier(store, workers=1)
     async with running(notifier):
         store.apply([alarm("yg01-sd-001")], now_ms=notifier.clock())
-        await wait_until(lambda: any(r["state"] == "unknown" for r in store.outbox(channel="sms")))
+        await wait_until(lambda: any(r.state == "unknown" for r in store.outbox(channel="sms")))
         await wait_until(lambda: settled(notifier, store))
         await aliyun.wait_for(lambda: len(aliyun.messages) == 2)
-    states = sorted(r["state"] for r in store.outbox(channel="sms"))
+    states = sorted(r.state for r in store.outbox(channel="sms"))
     assert states == ["sent", "unknown"]
     assert aliyun.requests == 2  # one per recipient, no resend of the one that timed out
     # The operator checks with the provider: delivered (it was: the emulator processed it) -> sent, no resend.
     (unknown,) = store.outbox(state="unknown")
-    store.reconcile_sms(unknown["id"], delivered=True, now_ms=notifier.clock())
-    assert sorted(r["state"] for r in store.outbox(channel="sms")) == ["sent", "sent"]
+    store.reconcile_sms(unknown.id, delivered=True, now_ms=notifier.clock())
+    assert sorted(r.state for r in store.outbox(channel="sms")) == ["sent", "sent"]
 
 
 async def test_daily_budget_and_warning(tmp_path: Path, hook: WebhookReceiver, aliyun: AliyunSms) -> None:
@@ -311,9 +311,9 @@ async def test_daily_budget_and_warning(tmp_path: Path, hook: WebhookReceiver, a
     async with running(notifier):
         for b in ["yg01", "yg02", "yg03", "hp01", "hp02"]:  # five incidents: five pages wanted
             store.apply([alarm(f"{b}-sd-1", building=b, severity=Severity.TROUBLE)], now_ms=notifier.clock())
-        await wait_until(lambda: len([r for r in store.outbox(channel="sms") if r["state"] == "pending"]) == 0)
+        await wait_until(lambda: len([r for r in store.outbox(channel="sms") if r.state == "pending"]) == 0)
         await wait_until(lambda: settled(notifier, store))
-    states = [r["state"] for r in store.outbox(channel="sms")]
+    states = [r.state for r in store.outbox(channel="sms")]
     assert states.count("sent") == 3 and states.count("suppressed") == 2
     assert len(aliyun.messages) == 3
     assert len(warnings) == 1 and warnings[0].data["sent_today"] == 2
@@ -330,7 +330,7 @@ async def test_rate_limit_delays_never_drops(tmp_path: Path, hook: WebhookReceiv
         for b in ["yg01", "yg02"]:
             store.apply([alarm(f"{b}-sd-1", building=b)], now_ms=now[0])
         await aliyun.wait_for(lambda: len(aliyun.messages) == 1)
-        await wait_until(lambda: any(r["last_error"] == "rate limited" for r in store.outbox(channel="sms")))
+        await wait_until(lambda: any(r.last_error == "rate limited" for r in store.outbox(channel="sms")))
         assert len(aliyun.messages) == 1
         now[0] += 61_000
         notifier.wake()
@@ -354,4 +354,4 @@ async def test_sms_provider_failing_then_recovering_sends_once(
         await wait_until(lambda: settled(notifier, store))
     assert aliyun.requests == 4 and aliyun.errors == []
     (row,) = store.outbox(channel="sms")
-    assert row["state"] == "sent" and row["attempts"] == 4
+    assert row.state == "sent" and row.attempts == 4

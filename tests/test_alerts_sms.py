@@ -134,7 +134,7 @@ def test_inbound_generic_signed_reply_acknowledges_incident(tmp_path: Path) -> N
     headers["webhook-signature"] = Webhook(INBOUND_SECRET).sign("msg_in1", _dt(now), body.decode())
     result = handle_inbound_sms(store, headers=headers, body=body, url="http://x/api/v1/sms/inbound", now_ms=now)
     assert result.status == 200 and len(result.acknowledged) == 2
-    assert {a["acknowledged_by"] for a in store.list_alerts()} == {"sms:王网格"}
+    assert {a.acknowledged_by for a in store.list_alerts()} == {"sms:王网格"}
     # Tampered, unsigned, unknown sender, unknown code:
     bad = dict(headers, **{"webhook-signature": "v1,AAAA"})
     assert handle_inbound_sms(store, headers=bad, body=body, url="x", now_ms=now).status == 401

@@ -35,12 +35,12 @@ def test_lifecycle_with_audit_trail(tmp_path: Path) -> None:
     assert change.type == "alert.resolved"
     alert = store.get_alert(alert_id)
     assert alert is not None
-    assert alert["state"] == "resolved" and alert["cause"] == "false_alarm"
-    assert [a["action"] for a in alert["audit"]] == ["raised", "acknowledged", "dispatched", "resolved"]
-    assert alert["audit"][2]["detail"]["to"] == "微型消防站一队"
-    assert alert["evidence"][0]["device"] == "yg01-sd-03a"
+    assert alert.state == "resolved" and alert.cause == "false_alarm"
+    assert [a.action for a in alert.audit] == ["raised", "acknowledged", "dispatched", "resolved"]
+    assert alert.audit[2].detail is not None and alert.audit[2].detail["to"] == "微型消防站一队"
+    assert alert.evidence[0].device == "yg01-sd-03a"
     assert store.active_alerts() == []
-    assert store.list_incidents(state="resolved")[0]["alert_ids"] == [alert_id]
+    assert store.list_incidents(state="resolved")[0].alert_ids == (alert_id,)
     with pytest.raises(InvalidTransition):
         store.acknowledge(alert_id, by="x", now_ms=T0 + 10_000)
     with pytest.raises(AlertNotFound):
@@ -56,8 +56,8 @@ def test_clearing_is_recorded_but_does_not_close(tmp_path: Path) -> None:
     changes = store.apply([alarm("yg01-sd-03a", transition="cleared")], now_ms=T0 + 5000)
     assert [c.type for c in changes] == ["alert.cleared"]
     alert = store.get_alert(alert_id)
-    assert alert is not None and alert["state"] == "raised" and alert["condition"] == "cleared"
-    assert [a["id"] for a in store.active_alerts()] == [alert_id]
+    assert alert is not None and alert.state == "raised" and alert.condition == "cleared"
+    assert [a.id for a in store.active_alerts()] == [alert_id]
 
 
 def test_retrigger_updates_never_duplicates(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_retrigger_updates_never_duplicates(tmp_path: Path) -> None:
     assert again[0].type == "alert.updated" and again[0].alert_id == first.alert_id
     alerts = store.list_alerts()
     assert len(alerts) == 1
-    assert alerts[0]["count"] == 2 and alerts[0]["severity"] == "fire" and alerts[0]["condition"] == "active"
+    assert alerts[0].count == 2 and alerts[0].severity.label == "fire" and alerts[0].condition == "active"
     # After a person resolves it, the same condition is a NEW alert.
     assert first.alert_id is not None
     store.resolve(first.alert_id, by="x", cause="test", now_ms=T0 + 3000)
@@ -80,12 +80,12 @@ def test_outbox_rows_are_written_with_the_transition(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.apply([alarm("yg01-sd-03a")], now_ms=T0)
     rows = store.outbox()
-    channels = sorted({(r["channel"], r["event"]) for r in rows})
+    channels = sorted({(r.channel, r.event) for r in rows})
     assert ("webhook", "alert.raised") in channels and ("governance", "incident.opened") in channels
-    sms = [r for r in rows if r["channel"] == "sms"]
+    sms = [r for r in rows if r.channel == "sms"]
     # Tier 0 of the fire route: the grid worker and the volunteer of g01, not the station leader yet.
-    assert sorted(r["recipient"] for r in sms) == ["李志愿", "王网格"]
-    assert all(r["state"] == "pending" for r in rows)
+    assert sorted(r.recipient for r in sms) == ["李志愿", "王网格"]
+    assert all(r.state == "pending" for r in rows)
     store.close()
     # Durable: a new store on the same file sees the same pending outbox.
     reopened = make_store(tmp_path)
@@ -108,7 +108,7 @@ def test_two_hundred_detectors_one_incident_one_sms_per_recipient(tmp_path: Path
     assert sum(c.type == "alert.raised" for c in changes) == 200
     assert len(store.list_incidents()) == 1
     sms = store.outbox(channel="sms")
-    assert sorted(r["recipient"] for r in sms) == ["李志愿", "王网格"]
+    assert sorted(r.recipient for r in sms) == ["李志愿", "王网格"]
     # More alarms a bit later in the same building join the incident and coalesce into the waiting SMS.
     store.apply([alarm(f"yg01-hd-{i:03d}") for i in range(50)], now_ms=T0 + 10_000)
     assert len(store.list_incidents()) == 1
@@ -125,15 +125,15 @@ def test_grouping_window_and_drills_apart(tmp_path: Path) -> None:
     store.apply([alarm("yg01-sd-003")], now_ms=T0 + 200_000)  # long after: a new incident
     store.apply([alarm("yg01-sd-004", drill=True, key="drill:yg01-sd-004")], now_ms=T0 + 200_000)
     incidents = store.list_incidents()
-    assert [len(i["alert_ids"]) for i in incidents] == [1, 1, 2]
-    assert incidents[0]["drill"] is True
+    assert [len(i.alert_ids) for i in incidents] == [1, 1, 2]
+    assert incidents[0].drill is True
 
 
 def test_drill_never_pages_the_roster(tmp_path: Path) -> None:
     store = make_store(tmp_path, drill_receivers={"members": [{"name": "演练", "phone": "+8613900000009"}]})
     store.apply([alarm("yg01-sd-001", drill=True, key="drill:x")], now_ms=T0)
     sms = store.outbox(channel="sms")
-    assert [r["phone"] for r in sms] == ["+8613900000009"]
+    assert [r.phone for r in sms] == ["+8613900000009"]
     assert store.outbox(channel="webhook") == []  # the real webhooks hear nothing of a drill
     assert store.next_escalation_ms() is None
 
@@ -142,7 +142,7 @@ def test_test_alerts_are_recorded_not_paged(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.apply([alarm("yg01-sd-001", test=True)], now_ms=T0)
     assert len(store.list_alerts()) == 1
-    assert {r["channel"] for r in store.outbox()} == {"governance"}
+    assert {r.channel for r in store.outbox()} == {"governance"}
 
 
 def test_filters_and_paging(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_batch_keeps_engine_order_per_key(tmp_path: Path) -> None:
         now_ms=T0 + 1000,
     )
     (alert,) = store.list_alerts()
-    assert alert["condition"] == "active" and alert["severity"] == "fire"
+    assert alert.condition == "active" and alert.severity.label == "fire"
 
 
 def test_prune_keeps_pending_and_recent_sms(tmp_path: Path) -> None:
@@ -199,12 +199,12 @@ def test_prune_keeps_pending_and_recent_sms(tmp_path: Path) -> None:
     store.apply([alarm("d1")], now_ms=T0)
     rows = store.outbox()
     for row in rows:
-        store.mark_done(row["id"], state="sent", now_ms=T0 + 1)
+        store.mark_done(row.id, state="sent", now_ms=T0 + 1)
     store.apply([alarm("d2", building="yg02")], now_ms=T0 + 2)  # still pending: never pruned
     pruned = store.prune_outbox(before_ms=T0 + 86_400_000)  # one day later: webhooks go, SMS stay (budget)
-    assert pruned == len([r for r in rows if r["channel"] != "sms"])
-    assert {r["channel"] for r in store.outbox(state="sent")} == {"sms"}
-    assert store.prune_outbox(before_ms=T0 + 3 * 86_400_000) == len([r for r in rows if r["channel"] == "sms"])
+    assert pruned == len([r for r in rows if r.channel != "sms"])
+    assert {r.channel for r in store.outbox(state="sent")} == {"sms"}
+    assert store.prune_outbox(before_ms=T0 + 3 * 86_400_000) == len([r for r in rows if r.channel == "sms"])
     assert store.outbox(state="pending")
 
 

@@ -69,7 +69,7 @@ async def test_viewer_cannot_acknowledge_operator_can(client: TestClient, runtim
     alert_id = fire(runtime, "yg01-sd-01a")
     doc = await problem(await client.post(f"/api/v1/alerts/{alert_id}/ack", headers=VIEWER, json={}), 403)
     assert "operator" in doc["detail"]
-    assert runtime.store.get_alert(alert_id)["state"] == "raised"  # nothing changed
+    assert runtime.store.get_alert(alert_id).state == "raised"  # nothing changed
 
     response = await client.post(
         f"/api/v1/alerts/{alert_id}/ack", headers=OPERATOR, json={"by": "张三", "note": "到场"}
@@ -79,7 +79,7 @@ async def test_viewer_cannot_acknowledge_operator_can(client: TestClient, runtim
     assert body["state"] == "acknowledged" and body["acknowledged_by"] == "张三"
     assert [a["action"] for a in body["audit"]] == ["raised", "acknowledged"]
     assert body["audit"][1]["by"] == "张三" and body["audit"][1]["note"] == "到场"
-    assert runtime.store.get_alert(alert_id)["state"] == "acknowledged"
+    assert runtime.store.get_alert(alert_id).state == "acknowledged"
 
 
 async def test_grid_scoped_token_sees_only_its_grid(client: TestClient, runtime: Any) -> None:
@@ -90,7 +90,7 @@ async def test_grid_scoped_token_sees_only_its_grid(client: TestClient, runtime:
     await problem(await client.get("/api/v1/buildings/nosuch", headers=G01), 403)  # no existence oracle
     await problem(await client.get(f"/api/v1/alerts/{other}", headers=G01), 403)
     await problem(await client.post(f"/api/v1/alerts/{other}/ack", headers=G01, json={}), 403)
-    assert runtime.store.get_alert(other)["state"] == "raised"
+    assert runtime.store.get_alert(other).state == "raised"
     await problem(await client.get("/api/v1/alerts?grid=g02", headers=G01), 403)
     await problem(await client.get("/api/v1/devices?building=hp02", headers=G01), 403)
 
@@ -197,7 +197,7 @@ async def test_every_error_is_a_problem_document(client: TestClient, runtime: An
             yield b" " * 4096
 
     await problem(await client.post(url, headers={**OPERATOR, "Content-Type": "application/json"}, data=chunks()), 413)
-    assert runtime.store.get_alert(alert_id)["state"] == "raised"
+    assert runtime.store.get_alert(alert_id).state == "raised"
     # a lifecycle step the alert's state does not allow is a conflict
     assert (await client.post(url, headers=OPERATOR, json={"cause": "false_alarm"})).status == 200
     doc = await problem(await client.post(f"/api/v1/alerts/{alert_id}/ack", headers=OPERATOR, json={}), 409)

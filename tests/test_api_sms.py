@@ -49,19 +49,19 @@ def signed(runtime: Any, document: dict[str, Any]) -> tuple[bytes, dict[str, str
 async def test_signed_reply_acknowledges(client: TestClient, runtime: Any) -> None:
     changes = inject(runtime, "yg01-sd-01a", {"alarm": True})
     alert_id = next(c.alert_id for c in changes if c.type == "alert.raised")
-    code = runtime.store.get_alert(alert_id)["ack_code"]
+    code = runtime.store.get_alert(alert_id).ack_code
     body, headers = signed(runtime, {"from": "+8613800000001", "text": f"{code} 收到"})
     response = await client.post("/api/v1/sms/inbound", data=body, headers=headers)
     assert response.status == 200, await response.text()
     assert (await response.json())["acknowledged"] == [alert_id]
     alert = runtime.store.get_alert(alert_id)
-    assert alert["state"] == "acknowledged" and alert["acknowledged_by"] == "sms:王建国"
+    assert alert.state == "acknowledged" and alert.acknowledged_by == "sms:王建国"
 
 
 async def test_unsigned_or_forged_replies_are_refused(client: TestClient, runtime: Any) -> None:
     changes = inject(runtime, "yg01-sd-01a", {"alarm": True})
     alert_id = next(c.alert_id for c in changes if c.type == "alert.raised")
-    code = runtime.store.get_alert(alert_id)["ack_code"]
+    code = runtime.store.get_alert(alert_id).ack_code
     response = await client.post("/api/v1/sms/inbound", json={"from": "+8613800000001", "text": code})
     assert response.status == 401 and response.content_type == "application/problem+json"
     body, headers = signed(runtime, {"from": "+8613800000001", "text": code})
@@ -73,4 +73,4 @@ async def test_unsigned_or_forged_replies_are_refused(client: TestClient, runtim
     big = b"x" * (runtime.config.http.max_body_kb * 1024 + 1)
     response = await client.post("/api/v1/sms/inbound", data=big, headers=headers)
     assert response.status == 413 and response.content_type == "application/problem+json"
-    assert runtime.store.get_alert(alert_id)["state"] == "raised"
+    assert runtime.store.get_alert(alert_id).state == "raised"

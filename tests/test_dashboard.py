@@ -125,7 +125,7 @@ def test_fire_appears_live_and_is_acknowledged_and_dispatched(browser: Any, serv
 
     item.locator(".act-ack").click()
     expect(item).to_have_attribute("data-state", "acknowledged")
-    assert runtime.store.get_alert(alert_id)["acknowledged_by"] == "micro-station"
+    assert runtime.store.get_alert(alert_id).acknowledged_by == "micro-station"
 
     item.locator(".act-dispatch").click()
     item.locator(".form-to").fill("微型消防站一队")
@@ -134,7 +134,7 @@ def test_fire_appears_live_and_is_acknowledged_and_dispatched(browser: Any, serv
     expect(item).to_have_attribute("data-state", "dispatched")
     expect(item.locator(".alert-meta")).to_contain_text("微型消防站一队")
     stored = runtime.store.get_alert(alert_id)
-    assert stored["state"] == "dispatched" and stored["dispatched_to"] == "微型消防站一队"
+    assert stored.state == "dispatched" and stored.dispatched_to == "微型消防站一队"
 
     # the heat detector's trend
     page.locator("#trend-building").select_option("yg01")
@@ -158,7 +158,7 @@ def test_fire_appears_live_and_is_acknowledged_and_dispatched(browser: Any, serv
     item.locator(".form-cause").select_option("real_fire")
     item.locator(".form-ok").click()
     expect(page.locator(f".alert[data-alert-id='{alert_id}']")).to_have_count(0)
-    assert runtime.store.get_alert(alert_id)["cause"] == "real_fire"
+    assert runtime.store.get_alert(alert_id).cause == "real_fire"
     assert errors == [], errors
 
 

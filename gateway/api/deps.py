@@ -1,71 +1,51 @@
-"""What the HTTP API needs from the rest of the gateway, as structural types.
+"""What the HTTP API needs from the running gateway: :class:`ApiRuntime`.
 
-The API is written against these Protocols rather than the concrete classes so that it does not import the MQTT
-pipeline, and so that the alert store, presence registry and engine can evolve without touching routes.  The concrete
-objects are assembled by ``gateway/api/runtime.py`` (``Runtime``) and handed to :func:`gateway.api.create_api_app`.
-
-Every member except ``config`` is optional on the runtime: a route whose dependency is missing answers
+The gateway's ``gateway.api.runtime.Runtime`` is one; the API reads it through this Protocol so that it never
+imports the MQTT pipeline.  Every member except ``config`` may be None: a route whose dependency is missing answers
 ``503 Service Unavailable`` as a problem document instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
+from alerts.store import AlertStore
 from gateway.config import FiregridConfig
+from rules.types import AlertTransition
 
 
-@runtime_checkable
-class AlertStoreLike(Protocol):
-    def get_alert(self, alert_id: Any) -> Any: ...
+class ApiRuntime(Protocol):
+    @property
+    def config(self) -> FiregridConfig: ...
 
-    def list_alerts(self, **filters: Any) -> Sequence[Any]: ...
+    @property
+    def store(self) -> AlertStore | None: ...
 
-    def list_incidents(self, **filters: Any) -> Sequence[Any]: ...
+    # The gateway's ``gateway.storage.presence.Presence`` (read straight from its records), or anything with
+    # ``list_devices(*, now_ms)``, ``get_device(id, *, now_ms)`` and optionally ``history(id, *, limit)``.
+    @property
+    def presence(self) -> Any: ...
 
-    def active_alerts(self) -> Iterable[Any]: ...
+    # ``recent(limit)``: the newest rejected payloads first.
+    @property
+    def rejections(self) -> Any: ...
 
-    def acknowledge(self, alert_id: Any, *, by: str, note: str | None, now_ms: int) -> Any: ...
+    # ``async query(influxql) -> list[dict]``.
+    @property
+    def influx(self) -> Any: ...
 
-    def dispatch(self, alert_id: Any, *, by: str, to: str, note: str | None, now_ms: int) -> Any: ...
+    # The rules engine: ``set_maintenance``, ``clear_maintenance``, ``maintenance()``.
+    @property
+    def engine(self) -> Any: ...
 
-    def resolve(self, alert_id: Any, *, by: str, cause: str, note: str | None, now_ms: int) -> Any: ...
+    @property
+    def engine_lock(self) -> asyncio.Lock | None: ...
 
-    def add_listener(self, callback: Any) -> Any: ...
+    # Persists transitions the API caused through the gateway's commit sequence (store, InfluxDB, notifier).
+    @property
+    def apply_transitions(self) -> Callable[[list[AlertTransition]], Awaitable[None]] | None: ...
 
-
-class PresenceLike(Protocol):
-    def list_devices(self, *args: Any, **kwargs: Any) -> Iterable[Any]: ...
-
-    def get_device(self, device_id: str) -> Any: ...
-
-
-class RejectionsLike(Protocol):
-    def recent(self, limit: int) -> Sequence[Any]: ...
-
-
-class InfluxLike(Protocol):
-    async def query(self, influxql: str) -> list[dict[str, Any]]: ...
-
-
-class EngineLike(Protocol):
-    def set_maintenance(self, window: Any) -> Any: ...
-
-    def clear_maintenance(self, window_id: str) -> Any: ...
-
-
-class HubLike(Protocol):
-    def publish(self, event_type: str, data: Mapping[str, Any]) -> Any: ...
-
-
-class RuntimeLike(Protocol):
-    config: FiregridConfig
-    store: AlertStoreLike | None
-    presence: PresenceLike | None
-    rejections: RejectionsLike | None
-    influx: InfluxLike | None
-    engine: EngineLike | None
-    engine_lock: asyncio.Lock | None
+    # Set by the API when the gateway gave none.
     hub: Any

@@ -12,7 +12,7 @@ Publishers (the alert store's listener, the presence tracker) call :meth:`Hub.pu
   loop); ``publish`` then hands the event to the loop with ``call_soon_threadsafe``.
 * **Resumable.**  Event ids are a monotonic counter; the last ``history`` events are kept for ``Last-Event-ID``,
   each with a right-sized copy of its JSON: orjson 3.12+ returns its working buffer unshrunk (16 KiB for a
-  650-byte alert event), which made a full ring about 35 MB instead of about 4 MB (issue 9, the soak's growth).
+  650-byte alert event), which made a full ring about 35 MB instead of about 4 MB (the memory the soak saw growing).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Turning the gateway's records (alert store rows, presence entries, rejections) into the API's response models.
+"""Turning the gateway's records into the API's response models.
 
-The store, presence registry and rejection log are owned by other modules and may return dataclasses, pydantic
-models, mappings or sqlite rows.  :func:`fields_of` reads any of them, and the ``*_from`` functions accept the few
-spellings a field may reasonably have, so the API does not break when a record gains a field.  Nothing here raises on
-odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
+Alerts, incidents, their audit trails and evidence come from the alert store as typed records
+(:mod:`alerts.records`) and are read by their fields; what the API adds is its own limits (text cut to length, a
+grid taken from the building when the alert has none).  Presence entries may come from the gateway's presence
+registry or any object with its methods, as dataclasses, mappings or sqlite rows: :func:`fields_of` reads any of
+them.  Nothing here raises on odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from alerts.records import AlertDetail, AlertRecord, AuditEntry, IncidentRecord
 from gateway.api import models as m
 from gateway.storage.presence import DeviceState
-from rules.types import Severity
+from rules.types import Evidence, Severity
 
 _A = TypeVar("_A", bound=m.Alert)
 
@@ -163,137 +165,93 @@ def _enum(enum: type[Enum], value: Any) -> Any:
         return None
 
 
-def alert_id(data: Mapping[str, Any]) -> int | str | None:
-    value = first(data, "id", "alert_id")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return as_str(value, 64)
+def alert(record: AlertRecord, *, building_grids: Mapping[str, str]) -> m.Alert:
+    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none)."""
+    return _alert(m.Alert, record, building_grids)
 
 
-def alert_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.Alert | None:
-    data = fields_of(obj)
-    if isinstance(data.get("alert"), object) and not first(data, "rule") and data.get("alert") is not None:
-        data = {**fields_of(data["alert"]), **{k: v for k, v in data.items() if k != "alert"}}
-    return _alert(m.Alert, data, building_grids)
-
-
-def alert_detail_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.AlertDetail | None:
-    data = fields_of(obj)
-    detail = _alert(m.AlertDetail, data, building_grids)
-    if detail is None:
-        return None
-    audit = [a for a in (audit_from(x) for x in (first(data, "audit", "audit_trail", "history") or [])) if a]
-    evidence = [e for e in (evidence_from(x) for x in (first(data, "evidence", "readings") or [])) if e]
-    return detail.model_copy(update={"audit": audit, "evidence": evidence})
-
-
-def _alert(model: type[_A], data: Mapping[str, Any], building_grids: Mapping[str, str]) -> _A | None:
-    identifier = alert_id(data)
-    severity = severity_name(data.get("severity"))
-    building = as_str(data.get("building"), 64)
-    if identifier is None or severity is None or building is None:
-        return None
-    state = _enum(m.AlertState, first(data, "state", "status")) or m.AlertState.raised
-    cleared = as_bool(first(data, "condition_cleared", "cleared"))
-    if cleared is None:
-        condition = as_str(first(data, "condition", "condition_state"))
-        cleared = condition == "cleared" if condition else first(data, "cleared_ms", "cleared_at") is not None
+def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, str]) -> _A:
+    building = as_str(record.building, 64) or ""
+    cause = record.cause
     return model(
-        id=identifier,
-        key=as_str(data.get("key"), 300),
-        rule=as_str(data.get("rule"), 200) or "?",
-        severity=severity,
-        state=state,
+        id=record.id,
+        key=as_str(record.key, 300),
+        rule=as_str(record.rule, 200) or "?",
+        severity=m.SeverityName(record.severity.label),
+        state=m.AlertState(record.state),
         building=building,
-        grid=as_str(data.get("grid"), 64) or building_grids.get(building),
-        floor=as_int(data.get("floor")),
-        device=as_str(data.get("device"), 64),
-        reason=as_str(data.get("reason"), 2000),
-        value=metric(data.get("value")),
-        confirmed=as_bool(data.get("confirmed")),
-        flapping=bool(as_bool(data.get("flapping"))),
-        test=bool(as_bool(data.get("test"))),
-        condition_cleared=bool(cleared),
-        incident_id=_id_or_none(first(data, "incident_id", "incident")),
-        raised_ms=as_int(first(data, "raised_ms", "raised_at", "created_ms", "ts_ms")),
-        updated_ms=as_int(first(data, "updated_ms", "updated_at")),
-        acknowledged_by=as_str(data.get("acknowledged_by"), 100),
-        acknowledged_ms=as_int(first(data, "acknowledged_ms", "acknowledged_at")),
-        dispatched_to=as_str(data.get("dispatched_to"), 100),
-        dispatched_ms=as_int(first(data, "dispatched_ms", "dispatched_at")),
-        resolved_by=as_str(data.get("resolved_by"), 100),
-        resolved_ms=as_int(first(data, "resolved_ms", "resolved_at")),
-        cleared_ms=as_int(first(data, "cleared_ms", "cleared_at")),
-        building_name=as_str(data.get("building_name"), 200),
-        drill=bool(as_bool(data.get("drill"))),
-        count=as_int(data.get("count")),
-        cause=_enum(m.Cause, data.get("cause")) if data.get("cause") is not None else None,
-        note=as_str(data.get("note"), 2000),
+        grid=as_str(record.grid, 64) or building_grids.get(building),
+        floor=record.floor,
+        device=as_str(record.device, 64),
+        reason=as_str(record.reason, 2000),
+        value=metric(record.value),
+        confirmed=record.confirmed,
+        flapping=record.flapping,
+        test=record.test,
+        condition_cleared=record.condition == "cleared",
+        incident_id=record.incident_id,
+        raised_ms=record.raised_ms,
+        updated_ms=record.updated_ms,
+        acknowledged_by=as_str(record.acknowledged_by, 100),
+        acknowledged_ms=record.acknowledged_ms,
+        dispatched_to=as_str(record.dispatched_to, 100),
+        dispatched_ms=record.dispatched_ms,
+        resolved_by=as_str(record.resolved_by, 100),
+        resolved_ms=record.resolved_ms,
+        cleared_ms=record.cleared_ms,
+        building_name=as_str(record.building_name, 200),
+        drill=record.drill,
+        count=record.count,
+        cause=_enum(m.Cause, cause) if cause is not None else None,
+        note=as_str(record.note, 2000),
     )
 
 
-def _id_or_none(value: Any) -> int | str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str | bytes):
-        return as_str(value, 64)
-    return _id_or_none(first(fields_of(value), "id"))
+def alert_detail(record: AlertDetail, *, building_grids: Mapping[str, str]) -> m.AlertDetail:
+    detail = _alert(m.AlertDetail, record, building_grids)
+    audit = [audit_entry(a) for a in record.audit]
+    return detail.model_copy(update={"audit": audit, "evidence": [evidence(e) for e in record.evidence]})
 
 
-def audit_from(obj: Any) -> m.AuditEntry | None:
-    data = fields_of(obj)
-    ts = as_int(first(data, "ts_ms", "at_ms", "time_ms", "ts"))
-    action = as_str(first(data, "action", "event", "kind", "transition"), 64)
-    if ts is None or action is None:
-        return None
-    known = {"ts_ms", "at_ms", "at", "time_ms", "ts", "action", "event", "kind", "transition", "by", "actor", "note"}
-    extra = data.get("detail") if isinstance(data.get("detail"), Mapping) else None
-    source = dict(extra) if extra is not None else {k: v for k, v in data.items() if k not in known}
-    note = data.get("note") if data.get("note") is not None else source.pop("note", None)
-    detail = {str(k)[:64]: metric(v) for k, v in list(source.items())[:32]}
+def audit_entry(entry: AuditEntry) -> m.AuditEntry:
+    """The ``note`` an action carried is shown on its own; the rest of what it said (``to``, ``cause``, ``tier``
+    ...) as ``detail``, at most 32 values, each a metric value."""
+    source = dict(entry.detail) if isinstance(entry.detail, Mapping) else {}
+    note = source.pop("note", None)
+    values = {str(k)[:64]: metric(x) for k, x in list(source.items())[:32]}
     return m.AuditEntry(
-        ts_ms=ts,
-        action=action,
-        by=as_str(first(data, "by", "actor"), 100),
+        ts_ms=entry.ts_ms,
+        action=as_str(entry.action, 64) or "",
+        by=as_str(entry.by, 100),
         note=as_str(note, 2000),
-        detail={k: v for k, v in detail.items() if v is not None} or None,
+        detail={k: x for k, x in values.items() if x is not None} or None,
     )
 
 
-def evidence_from(obj: Any) -> m.Evidence | None:
-    data = fields_of(obj)
-    ts = as_int(first(data, "ts_ms", "ts"))
-    device = as_str(data.get("device"), 64)
-    name = as_str(first(data, "metric", "field"), 64)
-    if ts is None or device is None or name is None:
-        return None
-    return m.Evidence(ts_ms=ts, device=device, metric=name, value=metric(data.get("value")))
+def evidence(sample: Evidence) -> m.Evidence:
+    return m.Evidence(
+        ts_ms=sample.ts_ms,
+        device=as_str(sample.device, 64) or "",
+        metric=as_str(sample.metric, 64) or "",
+        value=metric(sample.value),
+    )
 
 
-def incident_from(obj: Any, *, building_grids: Mapping[str, str]) -> m.Incident | None:
-    data = fields_of(obj)
-    identifier = _id_or_none(first(data, "id", "incident_id"))
-    building = as_str(data.get("building"), 64)
-    if identifier is None or building is None:
-        return None
-    raw_ids = first(data, "alert_ids", "alerts") or []
-    ids = [i for i in (_id_or_none(x) for x in raw_ids) if i is not None] if isinstance(raw_ids, list | tuple) else []
-    count = as_int(first(data, "alert_count", "count", "size"))
+def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.Incident:
+    building = as_str(record.building, 64) or ""
     return m.Incident(
-        id=identifier,
+        id=record.id,
         building=building,
-        grid=as_str(data.get("grid"), 64) or building_grids.get(building),
-        severity=severity_name(first(data, "severity", "worst_severity")),
-        state=as_str(first(data, "state", "status"), 32),
-        alert_ids=ids,
-        alert_count=count if count is not None else len(ids),
-        opened_ms=as_int(first(data, "opened_ms", "opened_at")),
-        updated_ms=as_int(first(data, "updated_ms", "updated_at")),
-        closed_ms=as_int(first(data, "closed_ms", "closed_at")),
-        open_count=as_int(data.get("open_count")),
-        drill=bool(as_bool(data.get("drill"))),
+        grid=as_str(record.grid, 64) or building_grids.get(building),
+        severity=m.SeverityName(record.severity.label),
+        state=record.state,
+        alert_ids=list(record.alert_ids),
+        alert_count=record.alert_count,
+        opened_ms=record.opened_ms,
+        updated_ms=record.updated_ms,
+        closed_ms=record.closed_ms,
+        open_count=record.open_count,
+        drill=record.drill,
     )
 
 
@@ -616,13 +574,14 @@ def extinguisher_out_of_service(values: Mapping[str, Any]) -> bool:
 
 
 def rejection_from(obj: Any) -> m.Rejection | None:
+    """A rejection as ``gateway.ingest.rejections.Rejections.recent`` gives it (a dict of its ``Rejection``)."""
     data = fields_of(obj)
     reason = as_str(data.get("reason"), 64)
     if reason is None:
         return None
-    payload = first(data, "payload", "payload_preview", "excerpt")
+    payload = data.get("payload")
     return m.Rejection(
-        ts_ms=as_int(first(data, "ts_ms", "received_ms", "at_ms")),
+        ts_ms=as_int(data.get("ts_ms")),
         topic=as_str(data.get("topic"), 300),
         reason=reason,
         detail=as_str(data.get("detail"), 500),

@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from alerts.records import AlertRecord
 from alerts.store import AlertStore
 from common.db import open_database
 from gateway.ingest.contract import Decoder, Reason, Rejected
@@ -389,28 +389,24 @@ def restore_engine(
     return restored, len(alerts)
 
 
-def _active_alerts(rows: Iterable[Mapping[str, Any]]) -> list[ActiveAlert]:
+def _active_alerts(rows: Iterable[AlertRecord]) -> list[ActiveAlert]:
     out = []
     for row in rows:
-        if row.get("condition") == "cleared":
+        if row.condition == "cleared":
             continue  # open for the operator, but the condition itself is over: the engine must not hold it
-        try:
-            severity = Severity.parse(row.get("severity", "fire"))
-        except (KeyError, ValueError):
-            severity = Severity.FIRE
         out.append(
             ActiveAlert(
-                key=str(row["key"]),
-                rule=str(row.get("rule", "")),
-                building=str(row["building"]),
-                floor=row.get("floor"),
-                device=row.get("device"),
-                since_ms=int(row.get("raised_ms") or row.get("ts_ms") or 0),
-                severity=severity,
-                value=row.get("value"),
-                confirmed=row.get("confirmed"),
-                test=bool(row.get("test", False)),
-                drill=bool(row.get("drill", False)),
+                key=row.key,
+                rule=row.rule,
+                building=row.building,
+                floor=row.floor,
+                device=row.device,
+                since_ms=row.raised_ms or row.ts_ms,
+                severity=row.severity,
+                value=row.value,
+                confirmed=row.confirmed,
+                test=row.test,
+                drill=row.drill,
             )
         )
     return out

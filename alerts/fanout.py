@@ -1,0 +1,232 @@
+"""Who gets told about what, and when: the webhooks and the governance platform an event goes to (``enqueue``), the
+people an alert pages by SMS at each escalation tier (``page``), and when an unacknowledged fire escalates
+(``escalate_at``).  The roster, routes and duty windows are read through :mod:`alerts.routing`.
+
+``enqueue`` and ``page`` write outbox rows with the cursor of the store's transaction, so the notifications an
+alert causes are durable together with the alert.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from alerts.config import NotifyConfig, WebhookConfig
+from alerts.records import iso
+from alerts.routing import Recipient, recipients, tier_count
+from rules.types import Severity
+
+SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
+
+
+def priority(severity: int, channel: str, *, news: bool = False) -> int:
+    # Severity dominates (fire first, always).  Within a severity, news first: the first alert of a new incident
+    # (and an escalation) overtakes the 199 followers of a smoky stairwell already reported.
+    return severity * 10 + (5 if news else 0) + {"sms": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+
+
+def _matches(pattern: str, event: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event.startswith(pattern[:-1])
+    return pattern == event
+
+
+def _location(row: sqlite3.Row) -> str:
+    floor = row["floor"]
+    parts = []
+    if floor is not None:
+        parts.append(f"B{-floor}" if floor < 0 else f"{floor}F")
+    if row["device"]:
+        parts.append(str(row["device"]))
+    return " ".join(parts)
+
+
+def escalate_at(
+    notify: NotifyConfig,
+    severity: Severity,
+    *,
+    test: bool,
+    drill: bool,
+    grid: str | None,
+    building: str,
+    tier: int,
+    now_ms: int,
+) -> int | None:
+    """When an unacknowledged alert at escalation tier ``tier`` goes to the next tier, or None: never."""
+    # Only fire escalates, and only when there is a next tier to go to.  Drills and test alerts never do:
+    # a drill must not wake the station leader at 3 am.
+    if severity < Severity.FIRE or test or drill:
+        return None
+    tiers = tier_count(notify, severity=severity, grid=grid, building=building)
+    if tier + 1 >= tiers:
+        return None
+    return now_ms + int(notify.ack_timeout_s * 1000)
+
+
+def enqueue(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    event: str,
+    data: Mapping[str, Any],
+    *,
+    severity: int,
+    drill: bool,
+    test: bool,
+    alert_id: int | None,
+    incident_id: int | None,
+    now_ms: int,
+    news: bool = False,
+) -> None:
+    """Queue event ``event`` (webhook body ``data``) for the webhooks subscribed to it and the governance platform.
+    Test alerts reach only the governance platform; drills only the drill webhooks (and governance if it wants
+    them)."""
+    body = orjson.dumps({"type": event, "timestamp": iso(now_ms), "data": data})
+    rows: list[tuple[Any, ...]] = []
+    endpoints: list[WebhookConfig] = []
+    if not test:  # test alerts are recorded, never paged; only the governance platform mirrors them
+        endpoints = notify.drill_receivers.webhooks if drill else notify.webhooks
+    disabled = {r[0] for r in cur.execute("SELECT target FROM endpoints")} if endpoints else set()
+    for hook in endpoints:
+        if hook.url in disabled or severity < Severity.parse(hook.min_severity):
+            continue
+        if not any(_matches(p, event) for p in hook.events):
+            continue
+        rows.append(("webhook", hook.url, priority(severity, "webhook", news=news), None, None))
+    gov = notify.governance
+    if gov is not None and (not drill or gov.include_drills):
+        rows.append(("governance", "governance", priority(severity, "governance", news=news), None, None))
+    subject = alert_id if event == "alert.updated" else incident_id if event == "incident.updated" else None
+    if subject is not None:
+        # An incident that grows by 200 detectors is one update, not 200, and an alarm re-triggered every second
+        # is one update per delivery, not a queue of them: coalesce into the update still waiting.
+        fresh = []
+        for row in rows:
+            dedup = f"{event}:{subject}:{row[1]}"
+            cur.execute(
+                "UPDATE outbox SET body = ?, priority = MAX(priority, ?) WHERE dedup = ? AND state = 'pending'",
+                (body, row[2], dedup),
+            )
+            if cur.rowcount == 0:
+                fresh.append((*row, dedup))
+        rows_d = fresh
+    else:
+        rows_d = [(*row, None) for row in rows]
+    if rows_d:
+        cur.executemany(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            [
+                (
+                    f"msg_{uuid.uuid4().hex}",
+                    ch,
+                    target,
+                    event,
+                    prio,
+                    alert_id,
+                    incident_id,
+                    rcp,
+                    phone,
+                    body,
+                    now_ms,
+                    now_ms,
+                    dedup,
+                )
+                for ch, target, prio, rcp, phone, dedup in rows_d
+            ],
+        )
+
+
+def page(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    alert_id: int,
+    *,
+    tier: int,
+    now_ms: int,
+) -> list[str]:
+    """Queue SMS for the alert's incident to the members of ``tier``: at most one per (incident, recipient) per
+    update interval; a newer page for the same pair coalesces into the one still waiting."""
+    sms = notify.sms
+    row = cur.execute(
+        "SELECT a.*, i.code AS code, i.alert_count AS incident_count FROM alerts a"
+        " JOIN incidents i ON i.id = a.incident_id WHERE a.id = ?",
+        (alert_id,),
+    ).fetchone()
+    severity = Severity(int(row["severity"]))
+    people: list[Recipient]
+    if row["drill"]:
+        people = [
+            Recipient(name=m.name, phone=m.phone, lang=m.lang, role="drill")
+            for m in notify.drill_receivers.members
+            if m.phone and tier == 0
+        ]
+    else:
+        people = recipients(
+            notify, tier=tier, severity=severity, grid=row["grid"], building=row["building"], now_ms=now_ms
+        )
+    if sms is None or not people:
+        return [p.name for p in people]
+    interval_ms = sms.update_interval_s * 1000
+    incident_id = int(row["incident_id"])
+    for person in people:
+        params = {
+            "building": building_names.get(row["building"], row["building"])[:20],
+            "location": _location(row)[:20],
+            "severity": SEVERITY_ZH[severity.label] if person.lang == "zh" else severity.label.upper(),
+            "code": row["code"],
+            "count": str(row["incident_count"]),
+        }
+        body = orjson.dumps({"lang": person.lang, "params": params, "tier": tier, "drill": bool(row["drill"])})
+        dedup = f"sms:{incident_id}:{person.phone}"
+        prio = priority(int(severity), "sms")
+        page = cur.execute(
+            "SELECT severity, last_ms FROM pages WHERE incident_id = ? AND phone = ?", (incident_id, person.phone)
+        ).fetchone()
+        waiting = cur.execute("SELECT id FROM outbox WHERE dedup = ? AND state = 'pending'", (dedup,)).fetchone()
+        if waiting is not None:
+            # Coalesce: the SMS not yet sent carries the newest picture (severity, count).
+            cur.execute(
+                "UPDATE outbox SET body = ?, priority = MAX(priority, ?), alert_id = ? WHERE id = ?",
+                (body, prio, alert_id, waiting["id"]),
+            )
+            cur.execute(
+                "UPDATE pages SET severity = MAX(severity, ?) WHERE incident_id = ? AND phone = ?",
+                (int(severity), incident_id, person.phone),
+            )
+            continue
+        if page is not None and int(page["severity"]) >= int(severity):
+            continue  # this person already has this incident at this severity
+        send_at = now_ms if page is None else max(now_ms, int(page["last_ms"]) + interval_ms)
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                f"sms_{uuid.uuid4().hex}",
+                "sms",
+                "sms",
+                "sms.page",
+                prio,
+                alert_id,
+                incident_id,
+                person.name,
+                person.phone,
+                body,
+                send_at,
+                now_ms,
+                dedup,
+            ),
+        )
+        cur.execute(
+            "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
+            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            " last_ms = excluded.last_ms",
+            (incident_id, person.phone, int(severity), send_at),
+        )
+    return [p.name for p in people]

@@ -1,0 +1,112 @@
+"""What operators do to an alert: acknowledge (stops escalation), dispatch someone, resolve with a cause; and
+acknowledging a whole incident by SMS reply.  Each step is one transaction with its audit entry and the events it
+causes; resolving the last open alert of an incident closes it and cancels the pages still waiting."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from alerts.records import CAUSES, OPEN_STATES, AlertChange
+from alerts.store.core import Core, audit
+from alerts.store.errors import AlertNotFound, InvalidTransition
+from alerts.store.events import alert_event, incident_event
+
+
+class Commands:
+    """What operators do (a part of :class:`~alerts.store.AlertStore`)."""
+
+    _core: Core
+
+    def acknowledge(self, alert_id: int, *, by: str, note: str | None = None, now_ms: int) -> AlertChange:
+        changes: list[AlertChange] = []
+        with self._core.tx() as cur:
+            row = _load(cur, alert_id)
+            if row["state"] != "raised":
+                raise InvalidTransition(alert_id, row["state"], "acknowledge")
+            cur.execute(
+                "UPDATE alerts SET state = 'acknowledged', acknowledged_ms = ?, acknowledged_by = ?, updated_ms = ?,"
+                " escalate_at_ms = NULL, note = COALESCE(?, note) WHERE id = ?",
+                (now_ms, by, now_ms, note, alert_id),
+            )
+            audit(cur, alert_id, now_ms, "acknowledged", by, {"note": note})
+            alert_event(self._core, cur, "alert.acknowledged", alert_id, now_ms, changes)
+        self._core.publish(changes)
+        return changes[0]
+
+    def dispatch(self, alert_id: int, *, by: str, to: str, note: str | None = None, now_ms: int) -> AlertChange:
+        changes: list[AlertChange] = []
+        with self._core.tx() as cur:
+            row = _load(cur, alert_id)
+            if row["state"] not in OPEN_STATES or not row["open"]:
+                raise InvalidTransition(alert_id, row["state"], "dispatch")
+            # Dispatching implies acknowledging: someone is on it, so escalation stops.
+            cur.execute(
+                "UPDATE alerts SET state = 'dispatched', dispatched_ms = ?, dispatched_to = ?, updated_ms = ?,"
+                " acknowledged_ms = COALESCE(acknowledged_ms, ?), acknowledged_by = COALESCE(acknowledged_by, ?),"
+                " escalate_at_ms = NULL, note = COALESCE(?, note) WHERE id = ?",
+                (now_ms, to, now_ms, now_ms, by, note, alert_id),
+            )
+            audit(cur, alert_id, now_ms, "dispatched", by, {"to": to, "note": note})
+            alert_event(self._core, cur, "alert.dispatched", alert_id, now_ms, changes)
+        self._core.publish(changes)
+        return changes[0]
+
+    def resolve(self, alert_id: int, *, by: str, cause: str, note: str | None = None, now_ms: int) -> AlertChange:
+        if cause not in CAUSES:
+            raise ValueError(f"cause must be one of {', '.join(CAUSES)}")
+        changes: list[AlertChange] = []
+        with self._core.tx() as cur:
+            row = _load(cur, alert_id)
+            if not row["open"]:
+                raise InvalidTransition(alert_id, row["state"], "resolve")
+            cur.execute(
+                "UPDATE alerts SET state = 'resolved', open = 0, resolved_ms = ?, resolved_by = ?, cause = ?,"
+                " note = COALESCE(?, note), updated_ms = ?, escalate_at_ms = NULL WHERE id = ?",
+                (now_ms, by, cause, note, now_ms, alert_id),
+            )
+            audit(cur, alert_id, now_ms, "resolved", by, {"cause": cause, "note": note})
+            alert_event(self._core, cur, "alert.resolved", alert_id, now_ms, changes)
+            incident_id = int(row["incident_id"])
+            cur.execute(
+                "UPDATE incidents SET open_count = open_count - 1, updated_ms = ? WHERE id = ?", (now_ms, incident_id)
+            )
+            left = cur.execute("SELECT open_count FROM incidents WHERE id = ?", (incident_id,)).fetchone()[0]
+            if left <= 0:
+                cur.execute("UPDATE incidents SET closed_ms = ? WHERE id = ?", (now_ms, incident_id))
+                # Nobody needs a page about an incident that is over.
+                cur.execute(
+                    "UPDATE outbox SET state = 'cancelled', done_ms = ?, last_error = 'incident resolved'"
+                    " WHERE incident_id = ? AND channel = 'sms' AND state = 'pending'",
+                    (now_ms, incident_id),
+                )
+                incident_event(
+                    self._core, cur, "incident.resolved", incident_id, now_ms, changes, test=bool(row["test"])
+                )
+        self._core.publish(changes)
+        return changes[0]
+
+    def acknowledge_incident(
+        self, incident_id: int, *, by: str, note: str | None = None, now_ms: int
+    ) -> list[AlertChange]:
+        """Acknowledge every still-``raised`` alert of an incident (an SMS reply acknowledges what it paged)."""
+        with self._core.lock:
+            ids = [
+                r[0]
+                for r in self._core.db.execute(
+                    "SELECT id FROM alerts WHERE incident_id = ? AND state = 'raised' AND open = 1", (incident_id,)
+                )
+            ]
+        out = []
+        for alert_id in ids:
+            try:
+                out.append(self.acknowledge(alert_id, by=by, note=note, now_ms=now_ms))
+            except InvalidTransition:
+                continue  # acknowledged meanwhile by someone else
+        return out
+
+
+def _load(cur: sqlite3.Cursor, alert_id: int) -> sqlite3.Row:
+    row = cur.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+    if row is None:
+        raise AlertNotFound(alert_id)
+    return row  # type: ignore[no-any-return]

@@ -1,0 +1,24 @@
+"""The store's exceptions: one type per failure a caller handles differently."""
+
+from __future__ import annotations
+
+
+class AlertStoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class AlertNotFound(AlertStoreError):
+    def __init__(self, alert_id: int) -> None:
+        super().__init__(f"no alert {alert_id}")
+        self.alert_id = alert_id
+
+
+class InvalidTransition(AlertStoreError):
+    """The requested lifecycle step is not allowed from the alert's current state (e.g. acknowledging a resolved
+    alert)."""
+
+    def __init__(self, alert_id: int, state: str, action: str) -> None:
+        super().__init__(f"alert {alert_id} is {state}: cannot {action}")
+        self.alert_id = alert_id
+        self.state = state
+        self.action = action

@@ -1,0 +1,79 @@
+"""The alert store: alerts with their audit trail, incidents, and the notification outbox, in one SQLite file.
+
+Lifecycle: ``raised`` -> ``acknowledged`` -> ``dispatched`` -> ``resolved`` (with a cause).  Nothing is sent from
+here: ``alerts.delivery.Notifier`` drains the outbox.
+
+:class:`AlertStore` is the one door.  Its methods live with their part of the store, each a module over the shared
+:class:`~alerts.store.core.Core` (the connection, its lock and the listeners): :mod:`~alerts.store.transitions` (what
+the engine decided), :mod:`~alerts.store.commands` (what operators do), :mod:`~alerts.store.queries`,
+:mod:`~alerts.store.outbox` (the notifier's side); :mod:`alerts.fanout` decides who hears of what.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from alerts.config import NotifyConfig
+from alerts.records import AlertChange
+from alerts.store.commands import Commands
+from alerts.store.core import Core
+from alerts.store.outbox import Outbox
+from alerts.store.queries import Queries
+from alerts.store.transitions import Transitions
+from common.db import open_database
+
+
+class AlertStore(Transitions, Commands, Queries, Outbox):
+    """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
+    its commit thread while the notifier and the API use the event loop."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        notify: NotifyConfig | None = None,
+        building_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._core = Core(
+            open_database(self.path, row_factory=sqlite3.Row),
+            notify=notify or NotifyConfig(),
+            building_names=dict(building_names or {}),
+        )
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> AlertStore:
+        """From a ``FiregridConfig`` (duck-typed: the alerts package does not import the gateway)."""
+        path = config.resolve_path(config.store.path)
+        names = {b.id: b.name for b in config.buildings}
+        return cls(path, notify=config.notify, building_names=names)
+
+    @property
+    def notify(self) -> NotifyConfig:
+        return self._core.notify
+
+    @property
+    def building_names(self) -> dict[str, str]:
+        return self._core.building_names
+
+    def close(self) -> None:
+        with self._core.lock:
+            if not self._closed:
+                self._closed = True
+                self._core.db.close()
+
+    def add_listener(self, callback: Callable[[AlertChange], None]) -> None:
+        """``callback(change)`` after each committed change, in the thread that made it.  Keep it quick."""
+        self._core.listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[AlertChange], None]) -> None:
+        if callback in self._core.listeners:
+            self._core.listeners.remove(callback)
+
+    def publish(self, change: AlertChange) -> None:
+        """Tell listeners about something that is not a stored change (e.g. an SMS budget warning)."""
+        self._core.publish([change])
