@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,16 +25,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import NotifyConfig
+from common.config import Section
+from common.ids import Ident
 from gateway.secrets import Secret
 from rules.loader import load_yaml
 from rules.model import RuleConfig
 from rules.types import DeviceKind
-
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TlsConfig(Section):
