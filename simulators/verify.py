@@ -406,12 +406,9 @@ def _print_verdict(args: argparse.Namespace, verdict: Verdict) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Community, list[Scenario], list[Expectation] | None]:
-    from gateway.config import ConfigError, load_config
+    from gateway.tools.configfile import load_or_exit
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise VerifyError("\n".join(exc.problems)) from None
+    config = load_or_exit(args.config, prog="verify")
     community = from_config(config)
     scenarios: list[Scenario] = []
     explicit: list[Expectation] | None = None

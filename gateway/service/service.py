@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.config import ConfigError, FiregridConfig
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.filter_ledger import FilterLedger
@@ -42,6 +42,7 @@ from gateway.service.metrics import Metrics
 from gateway.service.ops import add_ops_routes
 from gateway.service.runtime import Runtime
 from gateway.storage.presence import Presence
+from gateway.tools.configfile import exit_with_problems, load_or_exit
 
 log = logging.getLogger("firegrid.service")
 
@@ -54,20 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with gc_paused():
-            config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    with gc_paused():
+        config = load_or_exit(args.config)
     setup_logging(level=config.log.level, fmt=config.log.format)
     try:
         return asyncio.run(serve(config))
     except ConfigError as exc:  # the rules or notify sections, validated by their owners at start-up
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        exit_with_problems(exc.problems)
     except KeyboardInterrupt:
         return 130
 

@@ -74,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
+    except SystemExit as exc:  # a command that cannot start (gateway.tools.configfile) exits as argparse does
+        if isinstance(exc.code, int):
+            return exc.code
+        raise
     except KeyboardInterrupt:
         return 130
 

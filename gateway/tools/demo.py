@@ -41,7 +41,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.config import ApiToken, ConfigError, FiregridConfig, load_config
+from gateway.config import ApiToken, FiregridConfig
+from gateway.tools.configfile import load_or_exit
 
 log = logging.getLogger("firegrid.demo")
 
@@ -541,12 +542,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    config = load_or_exit(args.config)
     from gateway.service.logs import setup_logging
 
     # Human-readable logs on the console (the banner and notifications are the demo's output); warnings and up.
