@@ -192,12 +192,12 @@ async def _store_to_webhook(url: str, secret: str, *, quick: bool, workdir: Path
 
 
 class ThreadedAliyun:
-    """The Aliyun SMS emulator of tests/emulators (it verifies every ACS3-HMAC-SHA256 signature) in its own thread."""
+    """The Aliyun SMS emulator of testkit/emulators (it verifies every ACS3-HMAC-SHA256 signature) in its own thread."""
 
     KEYS = {"access_key_id": "LTAI5tBench", "access_key_secret": "bench-secret", "sign_name": "东风社区"}
 
     def __init__(self) -> None:
-        from tests.emulators.aliyun import AliyunSms
+        from testkit.emulators.aliyun import AliyunSms
 
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None

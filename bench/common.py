@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/x.py` as well as `python -m bench.x`
     sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
+from testkit.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
 
 __all__ = [
     "ROOT",

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import MosquittoServer  # noqa: E402
+from testkit.services import MosquittoServer  # noqa: E402
 
 
 class Counter:

@@ -36,7 +36,7 @@ from gateway.tools.acl import (
     write_bundle,
 )
 from rules.types import Reading
-from tests.harness.services import MosquittoServer
+from testkit.services import MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -335,7 +335,7 @@ def gateway_run(tmp_path: Path, broker: MosquittoServer, influx) -> Iterator[str
     """``firegrid run`` as the ACL's gateway user (MQTT v5) against the ACL broker, writing to a real InfluxDB."""
     import urllib.request
 
-    from tests.harness.services import free_port
+    from testkit.services import free_port
 
     port = free_port()
     config = {

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import (
+from testkit.faults import (
     FAST_RULES,
     WEBHOOK_SECRET,
     WebhookCounter,
@@ -36,8 +36,8 @@ from tests.harness.faults import (
     stack_config,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher
+from testkit.services import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,5 +1,5 @@
 """Notifications across a gateway crash, end to end: ``firegrid run`` as a subprocess, a Standard Webhooks receiver,
-and the Aliyun SMS emulator of tests/emulators (which verifies the ACS3-HMAC-SHA256 signature of every request).
+and the Aliyun SMS emulator of testkit/emulators (which verifies the ACS3-HMAC-SHA256 signature of every request).
 
 The alerts engineer's tests (tests/test_alerts_delivery.py) drive the notifier in-process: 500/hang/429 then 200
 with one webhook id, 410, 302, SMS timeout -> ``unknown``.  What only a real crash shows is added here:
@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from tests.emulators.aliyun import AliyunSms
-from tests.emulators.scenario import ALIYUN
-from tests.harness.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.scenario import ALIYUN
+from testkit.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher
+from testkit.services import MosquittoServer
 
 pytestmark = pytest.mark.timeout(90)
 

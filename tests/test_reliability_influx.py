@@ -1,5 +1,5 @@
 """InfluxDB outages and refusals end to end: ``firegrid run`` as a subprocess, real Mosquitto, a real InfluxDB behind
-the fault proxy of ``tests/harness/faults.py`` (which logs every write attempt, so order and waits can be checked).
+the fault proxy of ``testkit/faults.py`` (which logs every write attempt, so order and waits can be checked).
 
 Already covered by the gateway engineer (tests/test_gateway_influx.py, in-process writer): one 503 with
 ``Retry-After: 1`` and one 429 are retried; a real InfluxDB's "400 partial write" dead-letters only the bad lines;
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import (
+from testkit.faults import (
     FAST_RULES,
     WEBHOOK_SECRET,
     Fault,
@@ -34,8 +34,8 @@ from tests.harness.faults import (
     start_influx,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher
+from testkit.services import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,9 +30,9 @@ import yaml
 from pydantic import ValidationError
 
 from alerts.config import NotifyConfig
-from tests.harness.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
-from tests.harness.services import InfluxServer, MosquittoServer, free_port
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher
+from testkit.services import InfluxServer, MosquittoServer, free_port
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent

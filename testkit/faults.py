@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.harness.services import free_port
+from testkit.services import free_port
 
 
 async def _cancel_others() -> None:
@@ -384,7 +384,7 @@ def start_influx(influx: Any) -> None:
         try:
             influx.start()
             return
-        except Exception as exc:  # ServiceError from tests/harness/services.py
+        except Exception as exc:  # ServiceError from testkit/services.py
             if "address already in use" not in str(exc) or attempt == 59:
                 raise
             if f":{influx.rpc_port}:" in str(exc):
@@ -426,7 +426,7 @@ def stack_config(
 ) -> tuple[Any, int]:
     """A ``firegrid run`` config for the whole stack: MQTT, InfluxDB, the rules engine, the alert store and (with
     ``webhook_url``) a signed webhook for every event; retries fast so tests stay short."""
-    from tests.test_gateway_helpers import write_config
+    from testkit.gateway import write_config
 
     sections: dict[str, Any] = {}
     if rules is not None:

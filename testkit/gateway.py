@@ -1,5 +1,5 @@
-"""Helpers for the gateway tests: a config writer, the gateway as a real subprocess, a QoS 1 load publisher, and
-deadline polling (no fixed sleeps).  No tests in here."""
+"""The gateway as the tests and the soak bench drive it: a config writer, ``firegrid run`` as a real subprocess, a
+QoS 1 load publisher, and deadline polling (no fixed sleeps)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from tests.harness.services import free_port
+from testkit.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

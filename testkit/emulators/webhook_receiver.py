@@ -10,7 +10,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.emulators.base import Emulator
+from testkit.emulators.base import Emulator
 
 
 @dataclass
