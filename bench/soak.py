@@ -50,13 +50,13 @@ if str(ROOT) not in sys.path:
 from testkit.faults import (  # noqa: E402
     FAST_RULES,
     WEBHOOK_SECRET,
-    WebhookCounter,
     stack_config,
     start_influx,
     wait_until,
 )
 from testkit.gateway import Gateway, Publisher  # noqa: E402
 from testkit.services import InfluxServer, MosquittoServer  # noqa: E402
+from testkit.webhooks import WebhookCounter  # noqa: E402
 
 DEVICES = 200
 BUILDINGS = 10

@@ -30,7 +30,6 @@ import pytest
 from testkit.faults import (
     FAST_RULES,
     WEBHOOK_SECRET,
-    WebhookCounter,
     alerts_rows,
     outbox_rows,
     stack_config,
@@ -38,6 +37,7 @@ from testkit.faults import (
 )
 from testkit.gateway import Gateway, Publisher
 from testkit.services import InfluxServer, MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(120)
 

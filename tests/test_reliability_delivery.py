@@ -26,9 +26,10 @@ import pytest
 
 from testkit.emulators.aliyun import AliyunSms
 from testkit.emulators.scenario import ALIYUN
-from testkit.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
+from testkit.faults import WEBHOOK_SECRET, stack_config, wait_until
 from testkit.gateway import Gateway, Publisher
 from testkit.services import MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -27,7 +27,6 @@ from testkit.faults import (
     WEBHOOK_SECRET,
     Fault,
     InfluxFaultProxy,
-    WebhookCounter,
     line_tag,
     line_ts,
     stack_config,
@@ -36,6 +35,7 @@ from testkit.faults import (
 )
 from testkit.gateway import Gateway, Publisher
 from testkit.services import InfluxServer, MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(120)
 

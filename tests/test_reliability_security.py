@@ -30,9 +30,10 @@ import yaml
 from pydantic import ValidationError
 
 from alerts.config import NotifyConfig
-from testkit.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
+from testkit.faults import WEBHOOK_SECRET, stack_config, wait_until
 from testkit.gateway import Gateway, Publisher
 from testkit.services import InfluxServer, MosquittoServer, free_port
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
