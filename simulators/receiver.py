@@ -21,6 +21,18 @@ Answer = Callable[["Arrival"], Awaitable[web.StreamResponse | None]]
 """Chooses the response to one request; None answers as usual (204, or 401 when the check refused it)."""
 
 
+async def serve(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (port 0: a free one): the runner to clean up, and the port it listens on."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])
+
+
 @dataclass(frozen=True, slots=True)
 class Arrival:
     """One request, as it arrived."""
@@ -64,15 +76,7 @@ class WebhookReceiver:
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> WebhookReceiver:
         """Listen on ``host:port`` (port 0: a free one, then in :attr:`port`); OSError when it cannot."""
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await serve(self.app, host=host, port=port)
         return self
 
     async def stop(self) -> None:

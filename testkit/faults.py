@@ -20,13 +20,14 @@ import asyncio
 import gzip
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from testkit.gateway import wait_for as wait_until  # noqa: F401  (the reliability tests and soak poll with it)
+from testkit.gateway import write_config
 from testkit.services import free_port
 
 
@@ -264,18 +265,6 @@ def line_tag(line: bytes, tag: str) -> str | None:
     return None
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll with a deadline (no fixed sleeps); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def start_influx(influx: Any) -> None:
     """Start InfluxDB again on the same HTTP port.  During a long outage another process may have been given one of
     its ports as an ephemeral port: move the RPC port (nobody connects to it), wait for the HTTP port to be free."""
@@ -325,8 +314,6 @@ def stack_config(
 ) -> tuple[Any, int]:
     """A ``firegrid run`` config for the whole stack: MQTT, InfluxDB, the rules engine, the alert store and (with
     ``webhook_url``) a signed webhook for every event; retries fast so tests stay short."""
-    from testkit.gateway import write_config
-
     sections: dict[str, Any] = {}
     if rules is not None:
         sections["rules"] = rules
