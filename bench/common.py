@@ -324,7 +324,8 @@ class Services:
 def services(
     workdir: Path | None = None, *, influx: bool = True, broker_persistence: bool = False
 ) -> Iterator[Services]:
-    """A private Mosquitto (queues and in-flight raised, see FIELD-NOTES) and InfluxDB for one bench run.
+    """A private Mosquitto (queues and in-flight raised so that a backlog queues instead of being dropped) and
+    InfluxDB for one bench run.
 
     Broker persistence is off by default: a bench measures the gateway, and an autosave of a million queued messages
     every second would measure the broker's disk instead.  Persistent sessions still queue in memory.
@@ -375,7 +376,7 @@ class Publisher:
     """A paho-mqtt client that publishes QoS 1 with at most ``max_outstanding`` unacknowledged messages.
 
     The bound matters: paho refuses more than 65,535 unacknowledged publishes (ERR_QUEUE_SIZE) and a load generator
-    that outruns the broker must slow down, not drop (FIELD-NOTES).  ``publish`` records ``time.monotonic_ns()`` of
+    that outruns the broker must slow down, not drop.  ``publish`` records ``time.monotonic_ns()`` of
     each call for latency measurements (:attr:`sent_at`, keyed by caller-chosen ``mark``).
     """
 

@@ -1,8 +1,9 @@
 """``firegrid acl``: the files it writes are accepted by a real Mosquitto, and they stop a device spoofing another.
 
-A publish denied by an ACL is still PUBACKed to an MQTT 3.1.1 client (FIELD-NOTES), so "denied" is proven the only
-honest way: a subscriber logged in as the gateway user sees the legitimate message and never the spoofed one, which
-the broker handled first.  With MQTT v5 the broker also says so in the PUBACK reason code (0x87 not authorized).
+A publish denied by an ACL is still PUBACKed to an MQTT 3.1.1 client (3.1.1 has no way to say no), so "denied" is
+proven the only honest way: a subscriber logged in as the gateway user sees the legitimate message and never the
+spoofed one, which the broker handled first.  With MQTT v5 the broker also says so in the PUBACK reason code (0x87
+not authorized).
 """
 
 from __future__ import annotations

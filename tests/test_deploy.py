@@ -232,7 +232,7 @@ def test_each_container_can_load_the_config_with_its_own_environment(
     # The gateway listens where the healthcheck asks.
     assert f":{gateway.http.port}/readyz" in " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
 
-    # Broker settings persistent sessions and late acknowledgement need (FIELD-NOTES, docs/deploy.md).
+    # Broker settings persistent sessions and late acknowledgement need (docs/deploy.md).
     directives = dict(
         line.split(None, 1) for line in MOSQUITTO_CONF.read_text().splitlines() if line and not line.startswith("#")
     )

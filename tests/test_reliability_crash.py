@@ -12,7 +12,7 @@ verifies every Standard Webhooks signature.  After the last restart:
   same id.  Any other repeat fails the test;
 * nothing lost: every outbox row ends ``sent`` and its id reached the receiver.
 
-Twenty kills at random moments (issue 9); the long version, with broker and InfluxDB faults too, is
+Twenty kills at random moments; the long version, with broker and InfluxDB faults too, is
 ``bench/soak.py``.
 """
 
@@ -41,7 +41,7 @@ from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(120)
 
-KILLS = 20  # issue 9: twenty SIGKILLs at random moments
+KILLS = 20  # SIGKILLs at random moments: enough to land in every phase of a delivery
 DEVICES = 20
 ALARM_DEVICES = (1, 2, 3, 4)  # these toggle alarm on and off: raised/cleared transitions and notifications
 # A 2xx answered this long before a SIGKILL may legitimately be resent (its outcome was not yet committed).

@@ -1,7 +1,7 @@
 """Notifications across a gateway crash, end to end: ``firegrid run`` as a subprocess, a Standard Webhooks receiver,
 and the Aliyun SMS emulator of testkit/emulators (which verifies the ACS3-HMAC-SHA256 signature of every request).
 
-The alerts engineer's tests (tests/test_alerts_delivery.py) drive the notifier in-process: 500/hang/429 then 200
+The in-process tests (tests/test_alerts_delivery.py) drive the notifier in-process: 500/hang/429 then 200
 with one webhook id, 410, 302, SMS timeout -> ``unknown``.  What only a real crash shows is added here:
 
 * a webhook whose receiver hangs past ``timeout_s`` while the gateway is SIGKILLed: after the restart it is sent

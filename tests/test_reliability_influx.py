@@ -1,7 +1,7 @@
 """InfluxDB outages and refusals end to end: ``firegrid run`` as a subprocess, real Mosquitto, a real InfluxDB behind
 the fault proxy of ``testkit/faults.py`` (which logs every write attempt, so order and waits can be checked).
 
-Already covered by the gateway engineer (tests/test_gateway_influx.py, in-process writer): one 503 with
+Already covered in-process (tests/test_gateway_influx.py, the writer alone): one 503 with
 ``Retry-After: 1`` and one 429 are retried; a real InfluxDB's "400 partial write" dead-letters only the bad lines;
 (tests/test_gateway_ingest.py) an outage loses no reading.  Added here, through the running service:
 
