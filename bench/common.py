@@ -767,8 +767,8 @@ class FiregridProcess(ManagedProcess):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
 
-    def stop(self, *, timeout: float = 20.0) -> None:
-        super().stop(timeout=timeout)  # a gateway under load takes longer than a test server to finish its batch
+    def stop(self, *, timeout: float = 20.0) -> int | None:
+        return super().stop(timeout=timeout)  # a gateway under load takes longer than a test server to finish its batch
 
     def __enter__(self) -> FiregridProcess:
         return self.start()

@@ -7,8 +7,6 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from testkit.services import free_port
+from testkit.services import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,26 +78,18 @@ def write_config(
     return path, port
 
 
-class Gateway:
+class Gateway(ManagedProcess):
     """``python -m gateway.tools.cli run --config FILE`` as a real process (so it can be SIGKILLed)."""
 
     def __init__(self, config_path: Path, http_port: int, log_path: Path) -> None:
+        super().__init__(workdir=config_path.parent)
         self.config_path = config_path
         self.http_port = http_port
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, ready_timeout: float = 20.0) -> Gateway:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        argv = [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)]
+        self._spawn(argv, self.log_path, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         wait_for(self._mqtt_ready, timeout=ready_timeout, what="the gateway to connect to MQTT")
         return self
 
@@ -137,22 +127,8 @@ class Gateway:
                 total += float(match.group(3))
         return total
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
     def stop(self, *, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return super().stop(timeout=timeout)  # a gateway finishes its InfluxDB batch and closes the store first
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):

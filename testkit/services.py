@@ -86,11 +86,11 @@ class ManagedProcess:
                 argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
 
-    def stop(self, *, timeout: float = 10.0) -> None:
+    def stop(self, *, timeout: float = 10.0) -> int | None:
         """Graceful stop (SIGTERM): Mosquitto saves its persistence file, InfluxDB closes its shards, the gateway
-        finishes its batch; SIGKILL after ``timeout`` seconds."""
+        finishes its batch; SIGKILL after ``timeout`` seconds.  The exit status, None when nothing was running."""
         if self.proc is None:
-            return
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -98,7 +98,9 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        code = self.proc.returncode
         self.proc = None
+        return code
 
     def kill(self) -> None:
         """SIGKILL: no chance to save anything."""
