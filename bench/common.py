@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/x.py` as well as `python -m bench.x`
     sys.path.insert(0, str(ROOT))
 
+from testkit.gateway import wait_for  # noqa: E402
 from testkit.services import InfluxServer, ManagedProcess, MosquittoServer, free_port  # noqa: E402
 from testkit.webhooks import Arrival, ThreadedReceiver  # noqa: E402
 
@@ -234,14 +235,8 @@ def median(values: Sequence[float]) -> float:
 def wait_until(
     predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it holds; BenchError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it holds; BenchError (a failed run, not a failed test) after ``timeout`` seconds."""
+    wait_for(predicate, timeout=timeout, what=what, interval=interval, error=BenchError)
 
 
 # --------------------------------------------------------------------------------------------------------------------

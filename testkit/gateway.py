@@ -24,16 +24,25 @@ from testkit.services import ManagedProcess, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    error: type[Exception] = AssertionError,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that; ``error`` naming ``what`` once
+    ``timeout`` seconds have passed (the predicate is asked once more at the deadline, so a slow poll never fails a
+    condition that holds)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:
         last = predicate()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def write_config(
