@@ -33,16 +33,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from gateway.config import ApiToken, FiregridConfig
 from gateway.tools.configfile import load_or_exit
+
+if TYPE_CHECKING:
+    from simulators.receiver import Arrival
 
 log = logging.getLogger("firegrid.demo")
 
@@ -226,22 +229,24 @@ class WebhookReceiver:
     seen: set[str] = field(default_factory=set)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
-        app.router.add_post(RECEIVER_PATH, self.receive)
-        app.router.add_get("/deliveries", self.list)
-        return app
+        from simulators.receiver import WebhookReceiver as Receiver
 
-    async def receive(self, request: web.Request) -> web.Response:
+        receiver = Receiver(path=RECEIVER_PATH, check=self.check, answer=self.answer)
+        receiver.app.router.add_get("/deliveries", self.list)
+        return receiver.app
+
+    def check(self, headers: Mapping[str, str], body: bytes) -> str | None:
         from alerts.webhook import verify
 
-        body = await request.read()
-        headers = dict(request.headers)
-        if not verify(self.secret, headers, body, now_s=time.time()):
+        return None if verify(self.secret, dict(headers), body, now_s=time.time()) else "bad signature"
+
+    async def answer(self, arrival: Arrival) -> web.Response:
+        if arrival.problem is not None:
             self.out("webhook: REJECTED a delivery with a bad signature")
             return web.json_response({"error": "bad signature"}, status=401)
-        msg_id = headers.get("webhook-id") or headers.get("Webhook-Id") or ""
+        msg_id = arrival.msg_id
         try:
-            document = orjson.loads(body)
+            document = orjson.loads(arrival.body)
         except orjson.JSONDecodeError:
             return web.json_response({"error": "not JSON"}, status=400)
         duplicate = msg_id in self.seen  # a retry after a lost response: same id, printed once
