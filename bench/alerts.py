@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alerts.webhook import sign
 from bench.common import (
     BenchError,
     Community,
@@ -48,6 +47,7 @@ from bench.common import (
     services,
     wait_until,
 )
+from common.webhooks import sign
 from testkit.webhooks import ThreadedReceiver
 
 

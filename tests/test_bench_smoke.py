@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from alerts.webhook import sign
 from bench import backlog, latency, peer_nodered, run, scale
 from bench.common import (
     Community,
@@ -30,6 +29,7 @@ from bench.common import (
     goal_met,
     percentile,
 )
+from common.webhooks import sign
 from gateway.config import parse_config
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 from testkit.webhooks import Arrival, ThreadedReceiver, new_whsec, verify_signature

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from common.webhooks import verify
 from gateway.config import ApiToken, FiregridConfig
 from gateway.tools.configfile import load_or_exit
 
@@ -236,9 +237,7 @@ class WebhookReceiver:
         return receiver.app
 
     def check(self, headers: Mapping[str, str], body: bytes) -> str | None:
-        from alerts.webhook import verify
-
-        return None if verify(self.secret, dict(headers), body, now_s=time.time()) else "bad signature"
+        return None if verify(self.secret, headers, body, now_s=time.time()) else "bad signature"
 
     async def answer(self, arrival: Arrival) -> web.Response:
         if arrival.problem is not None:
