@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from testkit.gateway import store_rows, write_config
 from testkit.gateway import wait_for as wait_until  # noqa: F401  (the reliability tests and soak poll with it)
-from testkit.gateway import write_config
 from testkit.services import free_port
 
 
@@ -337,23 +337,9 @@ def stack_config(
 
 
 def alerts_rows(db: Any, *, key_like: str = "%") -> list[dict[str, Any]]:
-    """Alert rows straight from the SQLite store (read-only connection)."""
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM alerts WHERE key LIKE ? ORDER BY id", (key_like,))]
-    finally:
-        conn.close()
+    """Alert rows straight from the SQLite store."""
+    return store_rows(db, "SELECT * FROM alerts WHERE key LIKE ? ORDER BY id", (key_like,))
 
 
 def outbox_rows(db: Any) -> list[dict[str, Any]]:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT id, msg_id, channel, event, state, alert_id FROM outbox")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT id, msg_id, channel, event, state, alert_id FROM outbox")

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -85,6 +86,17 @@ def write_config(
     path = tmp_path / "firegrid.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
     return path, port
+
+
+def store_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows straight from the gateway's SQLite store, as dicts.  Read-only, so a test looking cannot take a lock
+    the gateway is waiting for or change what it checks."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
 
 
 class Gateway(ManagedProcess):

@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from testkit.emulators.aliyun import AliyunSms
 from testkit.emulators.scenario import ALIYUN
 from testkit.faults import WEBHOOK_SECRET, stack_config, wait_until
-from testkit.gateway import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher, store_rows
 from testkit.services import MosquittoServer
 from testkit.webhooks import WebhookCounter
 
@@ -72,12 +71,7 @@ def aliyun() -> Iterator[AliyunSms]:
 
 
 def _outbox(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT msg_id, channel, event, state, attempts FROM outbox")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT msg_id, channel, event, state, attempts FROM outbox")
 
 
 def test_crash_during_hung_webhook_and_slow_sms(tmp_path: Path, mosquitto: MosquittoServer, aliyun: AliyunSms) -> None:

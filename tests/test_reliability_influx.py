@@ -14,7 +14,6 @@ Already covered in-process (tests/test_gateway_influx.py, the writer alone): one
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +32,7 @@ from testkit.faults import (
     start_influx,
     wait_until,
 )
-from testkit.gateway import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher, store_rows
 from testkit.services import InfluxServer, MosquittoServer
 from testkit.webhooks import WebhookCounter
 
@@ -139,12 +138,7 @@ def test_influx_outage_at_steady_load(tmp_path: Path, mosquitto: MosquittoServer
 
 
 def _dead_letters(db: Path) -> list[dict[str, object]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT status, error, line FROM gateway_influx_dead_letters")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT status, error, line FROM gateway_influx_dead_letters")
 
 
 def test_influx_refusals_retry_after_and_dead_letters(
