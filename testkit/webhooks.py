@@ -16,7 +16,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,7 @@ class ThreadedReceiver:
     def rejected(self) -> list[str]:
         return self.receiver.rejected
 
-    def on_arrival(self, callback: Any) -> None:
+    def on_arrival(self, callback: Callable[[Arrival], None]) -> None:
         """Called in the receiver's thread for each valid request (keep it cheap)."""
         self.receiver.on_arrival(callback)
 
