@@ -5,6 +5,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY common ./common
 COPY gateway ./gateway
 COPY rules ./rules
 COPY alerts ./alerts

@@ -14,11 +14,12 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import Field, SecretStr, StringConstraints, field_validator, model_validator
 
 from alerts.secrets import Secret
+from common.config import Section
+from common.ids import Ident
 
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]  # E.164
 SeverityName = Literal["warning", "trouble", "supervisory", "fire"]
 Lang = Literal["zh", "en"]
@@ -37,10 +38,6 @@ EVENT_TYPES = (
     "incident.updated",
     "incident.resolved",
 )
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _timezone(value: str) -> str:

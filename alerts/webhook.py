@@ -2,8 +2,8 @@
 
 * ``webhook-id``: the outbox row's ``msg_id``, identical on every retry so the receiver can deduplicate;
 * ``webhook-timestamp``: integer Unix seconds of *this* attempt;
-* ``webhook-signature``: ``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`` where ``key`` is the
-  base64-decoded part of the ``whsec_<base64>`` secret.
+* ``webhook-signature``: ``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>``, made by
+  :func:`common.webhooks.sign`.
 
 Outcome classes (Alertmanager style, the notifier decides what to do with them): 2xx delivered; connection errors,
 timeouts, 5xx and 429 retryable (``Retry-After`` honoured); 410 disables the endpoint; any other 4xx and every 3xx
@@ -13,9 +13,6 @@ timeouts, 5xx and 429 retryable (``Retry-After`` honoured); 410 disables the end
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import ipaddress
 import socket
 import time
@@ -27,6 +24,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from alerts.config import is_private_address, is_private_host
+from common.webhooks import sign
+from common.webhooks import verify as verify  # re-exported: inbound SMS replies are verified through this module
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,29 +41,6 @@ class SendResult:
     disable: bool = False
     unknown: bool = False
     provider_id: str | None = None
-
-
-def secret_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix("whsec_"))
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def verify(secret: str, headers: dict[str, str], body: bytes, *, now_s: float, tolerance_s: int = 300) -> bool:
-    """Check a Standard Webhooks signature (used for signed inbound SMS replies)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    msg_id = lower.get("webhook-id")
-    stamp = lower.get("webhook-timestamp")
-    sigs = lower.get("webhook-signature")
-    if not msg_id or not stamp or not sigs or not stamp.isdigit():
-        return False
-    if abs(now_s - int(stamp)) > tolerance_s:
-        return False
-    expected = sign(secret, msg_id, int(stamp), body).encode()
-    return any(hmac.compare_digest(expected, s.encode()) for s in sigs.split())
 
 
 def parse_retry_after(value: str | None, *, now_s: float) -> float | None:

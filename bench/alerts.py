@@ -37,7 +37,6 @@ from bench.common import (
     Figure,
     FiregridProcess,
     Publisher,
-    WebhookReceiver,
     bench_parser,
     emit,
     firegrid_available,
@@ -46,9 +45,10 @@ from bench.common import (
     paced_in_thread,
     percentile,
     services,
-    sign,
     wait_until,
 )
+from common.webhooks import sign
+from testkit.webhooks import ThreadedReceiver
 
 
 def _transition(device: str, building: str, severity: Any, ts_ms: int) -> Any:
@@ -192,12 +192,12 @@ async def _store_to_webhook(url: str, secret: str, *, quick: bool, workdir: Path
 
 
 class ThreadedAliyun:
-    """The Aliyun SMS emulator of tests/emulators (it verifies every ACS3-HMAC-SHA256 signature) in its own thread."""
+    """The Aliyun SMS emulator of testkit/emulators (it verifies every ACS3-HMAC-SHA256 signature) in its own thread."""
 
     KEYS = {"access_key_id": "LTAI5tBench", "access_key_secret": "bench-secret", "sign_name": "东风社区"}
 
     def __init__(self) -> None:
-        from tests.emulators.aliyun import AliyunSms
+        from testkit.emulators.aliyun import AliyunSms
 
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -259,7 +259,7 @@ def _store_phase(url: str, secret: str, quick: bool, workdir: Path) -> dict[str,
 
 
 def _end_to_end(
-    receiver: WebhookReceiver, sms: ThreadedAliyun, *, quick: bool, rate: int, workdir: Path
+    receiver: ThreadedReceiver, sms: ThreadedAliyun, *, quick: bool, rate: int, workdir: Path
 ) -> dict[str, Any]:
     community = Community(
         n_devices=200 if quick else 1000, n_buildings=20 if quick else 50, n_alarms=30 if quick else 100
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     notes: list[str] = []
     conditions: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="firegrid-bench-alerts-") as tmp, WebhookReceiver() as receiver:
+    with tempfile.TemporaryDirectory(prefix="firegrid-bench-alerts-") as tmp, ThreadedReceiver() as receiver:
         workdir = Path(tmp)
         baseline = asyncio.run(_baseline(receiver.url, receiver.secret, 100 if quick else 500))
         base50, base99 = percentile(baseline, 50), percentile(baseline, 99)

@@ -31,7 +31,6 @@ from bench.common import (
     Publisher,
     RawPublisher,
     RssSampler,
-    WebhookReceiver,
     bench_parser,
     emit,
     firegrid_available,
@@ -41,6 +40,7 @@ from bench.common import (
     services,
     wait_until,
 )
+from testkit.webhooks import ThreadedReceiver
 
 RUNS = 1  # one full run publishes and drains 600,000 readings; three would not fit in make bench's 15 minutes
 TIMEOUT_S = 420
@@ -84,7 +84,7 @@ def _run(
     base: Path, *, community: Community, backlog: int, live_rate: float, alarms: int
 ) -> tuple[list[Figure], list[str]]:
     notes: list[str] = []
-    with services(base / "services") as svc, WebhookReceiver() as receiver:
+    with services(base / "services") as svc, ThreadedReceiver() as receiver:
         config = firegrid_config(
             broker_port=svc.broker.port,
             influx_url=svc.influx.url,

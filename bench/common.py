@@ -12,26 +12,20 @@ Each bench script is a module with ``main(argv) -> int`` that accepts ``--quick`
 ``bench/run.py`` runs each script three times, takes the median of every figure (with min–max) and writes them into
 docs/performance.md.  Build figures with :class:`Figure` so the names stay stable across runs.
 
-Also here: real Mosquitto + InfluxDB for a bench (:func:`services`), a paced paho-mqtt QoS 1 publisher with a bound
-on unacknowledged messages (:class:`Publisher`), a real aiohttp receiver that verifies Standard Webhooks signatures
-and timestamps each arrival (:class:`WebhookReceiver`), percentiles, RSS sampling from /proc, and ``firegrid run``
-as a subprocess (:class:`FiregridProcess`).
+Also here: real Mosquitto + InfluxDB set up for a bench (:func:`services`), a paced paho-mqtt QoS 1 publisher with a
+bound on unacknowledged messages (:class:`Publisher`), the first arrival of each alarm's webhook
+(:func:`first_arrival_by_key`; the receiver is :class:`testkit.webhooks.ThreadedReceiver`), percentiles, RSS
+sampling from /proc, and ``firegrid run`` as a subprocess (:class:`FiregridProcess`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/x.py` as well as `python -m bench.x`
     sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
+from testkit.gateway import wait_for  # noqa: E402
+from testkit.services import InfluxServer, ManagedProcess, MosquittoServer, free_port  # noqa: E402
+from testkit.webhooks import Arrival, ThreadedReceiver  # noqa: E402
 
 __all__ = [
     "ROOT",
@@ -57,7 +53,6 @@ __all__ = [
     "Publisher",
     "RawPublisher",
     "RssSampler",
-    "WebhookReceiver",
     "bench_parser",
     "emit",
     "free_port",
@@ -240,14 +235,8 @@ def median(values: Sequence[float]) -> float:
 def wait_until(
     predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` until it holds; BenchError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it holds; BenchError (a failed run, not a failed test) after ``timeout`` seconds."""
+    wait_for(predicate, timeout=timeout, what=what, interval=interval, error=BenchError)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -330,7 +319,8 @@ class Services:
 def services(
     workdir: Path | None = None, *, influx: bool = True, broker_persistence: bool = False
 ) -> Iterator[Services]:
-    """A private Mosquitto (queues and in-flight raised, see FIELD-NOTES) and InfluxDB for one bench run.
+    """A private Mosquitto (queues and in-flight raised so that a backlog queues instead of being dropped) and
+    InfluxDB for one bench run.
 
     Broker persistence is off by default: a bench measures the gateway, and an autosave of a million queued messages
     every second would measure the broker's disk instead.  Persistent sessions still queue in memory.
@@ -381,7 +371,7 @@ class Publisher:
     """A paho-mqtt client that publishes QoS 1 with at most ``max_outstanding`` unacknowledged messages.
 
     The bound matters: paho refuses more than 65,535 unacknowledged publishes (ERR_QUEUE_SIZE) and a load generator
-    that outruns the broker must slow down, not drop (FIELD-NOTES).  ``publish`` records ``time.monotonic_ns()`` of
+    that outruns the broker must slow down, not drop.  ``publish`` records ``time.monotonic_ns()`` of
     each call for latency measurements (:attr:`sent_at`, keyed by caller-chosen ``mark``).
     """
 
@@ -677,122 +667,7 @@ def paced_in_thread(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# A real webhook receiver that checks Standard Webhooks signatures
-
-
-def new_whsec(seed: str = "firegrid-bench") -> str:
-    """A deterministic Standard Webhooks secret ``whsec_<base64 of 32 bytes>``."""
-    return "whsec_" + base64.b64encode(hashlib.sha256(seed.encode()).digest()).decode()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def verify_signature(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> str | None:
-    """None when the request carries a valid Standard Webhooks signature, else the reason it does not."""
-    msg_id = headers.get("webhook-id")
-    stamp = headers.get("webhook-timestamp")
-    signatures = headers.get("webhook-signature")
-    if not msg_id or not stamp or not signatures:
-        return "missing webhook-id/-timestamp/-signature"
-    try:
-        ts = int(stamp)
-    except ValueError:
-        return "webhook-timestamp is not an integer"
-    if abs(time.time() - ts) > tolerance_s:
-        return "webhook-timestamp outside tolerance"
-    expected = sign(secret, msg_id, ts, body).split(",", 1)[1]
-    for candidate in signatures.split():
-        version, _, value = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(value, expected):
-            return None
-    return "no matching v1 signature"
-
-
-@dataclass(frozen=True)
-class Arrival:
-    at_ns: int  # time.monotonic_ns() when the body had been read
-    msg_id: str
-    body: bytes
-    wall_ms: int = 0  # time.time() in ms at the same moment, to compare with timestamps inside the body
-
-
-@dataclass
-class WebhookReceiver:
-    """An aiohttp server on a free loopback port, in its own thread and loop; verifies every request's signature.
-
-    Valid requests are answered 204 and kept in :attr:`arrivals`; invalid ones 401 and counted in :attr:`rejected`.
-    """
-
-    secret: str = field(default_factory=new_whsec)
-    port: int = field(default_factory=free_port)
-    path: str = "/hook"
-    arrivals: list[Arrival] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
-    _ready: threading.Event = field(default_factory=threading.Event, init=False)
-    _stop: asyncio.Event | None = field(default=None, init=False)
-    _listeners: list[Callable[[Arrival], None]] = field(default_factory=list, init=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
-
-    def on_arrival(self, callback: Callable[[Arrival], None]) -> None:
-        """Called in the receiver's thread for each valid request (keep it cheap)."""
-        self._listeners.append(callback)
-
-    async def _handle(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.read()
-        at = time.monotonic_ns()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        problem = verify_signature(self.secret, headers, body)
-        if problem is not None:
-            self.rejected.append(problem)
-            return web.Response(status=401, text=problem)
-        arrival = Arrival(at_ns=at, msg_id=headers["webhook-id"], body=body, wall_ms=int(time.time() * 1000))
-        self.arrivals.append(arrival)
-        for callback in self._listeners:
-            callback(arrival)
-        return web.Response(status=204)
-
-    async def _serve(self) -> None:
-        from aiohttp import web
-
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        app.router.add_post(self.path, self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024)
-        await site.start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> WebhookReceiver:
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="webhook-receiver", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise BenchError("webhook receiver did not start")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+# Webhook arrivals (the receiver is testkit.webhooks.ThreadedReceiver)
 
 
 def first_arrival_by_key(arrivals: Iterable[Arrival], keys: Iterable[str]) -> dict[str, int]:
@@ -822,13 +697,11 @@ def firegrid_available() -> str | None:
 
 
 @dataclass
-class FiregridProcess:
+class FiregridProcess(ManagedProcess):
     """``firegrid run --config FILE`` in its own process group; ready when ``/readyz`` answers 200."""
 
     config: dict[str, Any]
-    workdir: Path
     env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     started_at: float = field(default=0.0, init=False)
     ready_after_s: float = field(default=math.nan, init=False)
 
@@ -854,12 +727,8 @@ class FiregridProcess:
         exe = Path(sys.executable).parent / "firegrid"
         if exe.exists():
             argv = [str(exe), "run", "--config", str(self.config_path)]
-        env = {**os.environ, **self.env}
         self.started_at = time.monotonic()
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                argv, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self._spawn(argv, self.log_path, cwd=self.workdir, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -893,23 +762,8 @@ class FiregridProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
 
-    def stop(self, *, timeout: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+    def stop(self, *, timeout: float = 20.0) -> int | None:
+        return super().stop(timeout=timeout)  # a gateway under load takes longer than a test server to finish its batch
 
     def __enter__(self) -> FiregridProcess:
         return self.start()
@@ -925,7 +779,7 @@ def firegrid_config(
     workdir: Path,
     buildings: list[dict[str, Any]],
     devices: list[dict[str, Any]],
-    webhook: WebhookReceiver | None = None,
+    webhook: ThreadedReceiver | None = None,
     http_port: int | None = None,
     client_id: str = "firegrid-bench",
     tokens: list[dict[str, Any]] | None = None,

@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
+from testkit.services import InfluxServer, MosquittoServer, free_port  # noqa: E402
 
 DEVICES = 200
 TIMEOUT_S = 300  # for bench/run.py: one run preloads the broker, then drains twice

@@ -41,7 +41,6 @@ from bench.common import (
     RawPublisher,
     RssSampler,
     Services,
-    WebhookReceiver,
     bench_parser,
     emit,
     firegrid_available,
@@ -52,6 +51,7 @@ from bench.common import (
     services,
     wait_until,
 )
+from testkit.webhooks import ThreadedReceiver
 
 RUNS = 3
 TIMEOUT_S = 240
@@ -62,7 +62,7 @@ class System(Protocol):
 
     label: str
 
-    def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None: ...
+    def start(self, *, svc: Services, receiver: ThreadedReceiver, community: Community, workdir: Path) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -85,7 +85,7 @@ class FiregridSystem:
     processes: list[FiregridProcess] = field(default_factory=list)
     ready_s: float = math.nan
 
-    def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None:
+    def start(self, *, svc: Services, receiver: ThreadedReceiver, community: Community, workdir: Path) -> None:
         why = firegrid_available()
         if why is not None:
             raise BenchError(f"firegrid run is not available yet ({why})")
@@ -216,7 +216,7 @@ def _stored(svc: Services) -> int:
     return -1
 
 
-def _wait_alarms(receiver: WebhookReceiver, keys: Sequence[str], timeout: float) -> None:
+def _wait_alarms(receiver: ThreadedReceiver, keys: Sequence[str], timeout: float) -> None:
     wanted = set(keys)
     needles = {k: f'"{k}"'.encode() for k in wanted}
 
@@ -228,12 +228,12 @@ def _wait_alarms(receiver: WebhookReceiver, keys: Sequence[str], timeout: float)
         wait_until(all_in, timeout=timeout, interval=0.1, what="alarm webhooks")
 
 
-def _latencies(receiver: WebhookReceiver, alarms: Publisher, keys: Sequence[str]) -> list[float]:
+def _latencies(receiver: ThreadedReceiver, alarms: Publisher, keys: Sequence[str]) -> list[float]:
     arrived = first_arrival_by_key(list(receiver.arrivals), keys)
     return [(arrived[k] - alarms.sent_at[k]) / 1e6 for k in keys if k in arrived and k in alarms.sent_at]
 
 
-def _splits(receiver: WebhookReceiver, keys: Sequence[str]) -> list[tuple[float, float]]:
+def _splits(receiver: ThreadedReceiver, keys: Sequence[str]) -> list[tuple[float, float]]:
     """Where the time went, for a system whose webhook body carries ``data.ts_ms`` (the device's timestamp) and
     ``data.raised_ms`` (when the alert was stored): (device → alert stored, stored → webhook received) in ms, all
     three wall-clock readings taken on this machine."""
@@ -329,7 +329,7 @@ def run_plan(
         next_alarm += n
         return out
 
-    with services(workdir / "services") as svc, WebhookReceiver() as receiver:
+    with services(workdir / "services") as svc, ThreadedReceiver() as receiver:
         system.start(svc=svc, receiver=receiver, community=community, workdir=workdir / system.label)
         try:
             result.ready_s = float(getattr(system, "ready_s", math.nan))

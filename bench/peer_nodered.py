@@ -39,12 +39,12 @@ from bench.common import (
     Community,
     Figure,
     Services,
-    WebhookReceiver,
     bench_parser,
     emit,
     firegrid_available,
 )
 from bench.latency import FiregridSystem, Plan, PlanResult, plan_figures, run_plan
+from testkit.webhooks import ThreadedReceiver
 
 RUNS = 3
 TIMEOUT_S = 300
@@ -111,7 +111,7 @@ class NodeRedSystem:
     _env: dict[str, str] = field(default_factory=dict)
     _cwd: Path = Path(".")
 
-    def start(self, *, svc: Services, receiver: WebhookReceiver, community: Community, workdir: Path) -> None:
+    def start(self, *, svc: Services, receiver: ThreadedReceiver, community: Community, workdir: Path) -> None:
         self.node = ensure_installed()
         workdir.mkdir(parents=True, exist_ok=True)
         flows = render_flows(

@@ -3,7 +3,7 @@
 Starts a private Mosquitto, a counting paho subscriber (in this process) and the load generator as a separate
 process (``firegrid simulate --rate 2000 --duration 60`` over 100,000 generated devices), then prints the rate the
 generator reports, the rate the subscriber saw, the per-second spread and the deviation from the target.
-Nothing is asserted: the figures are printed (issue 10 collects them).
+Nothing is asserted: the figures are printed.
 
     .venv/bin/python bench/simulate.py            # 2,000 msg/s for 60 s, QoS 1
     .venv/bin/python bench/simulate.py --quick    # 5 s
@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import MosquittoServer  # noqa: E402
+from testkit.services import MosquittoServer  # noqa: E402
 
 
 class Counter:

@@ -4,7 +4,7 @@
                          [--quick] [--json] [--out FILE] [--mem-trace DIR [--mem-trace-frames N]]
 
 Stack: real Mosquitto (persistence on), real InfluxDB 1.x, ``firegrid run`` as a subprocess, a Standard Webhooks
-receiver counting ``webhook-id``s (tests/harness/faults.py).  Load: ``--rate`` QoS 1 readings/s from 200 smoke
+receiver counting ``webhook-id``s (testkit/faults.py).  Load: ``--rate`` QoS 1 readings/s from 200 smoke
 detectors in 10 buildings; 8 of them toggle in and out of alarm (raised/cleared transitions, notifications).
 
 Faults, one every ``--fault-every`` seconds, in rotation:
@@ -47,16 +47,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.harness.faults import (  # noqa: E402
+from testkit.faults import (  # noqa: E402
     FAST_RULES,
     WEBHOOK_SECRET,
-    WebhookCounter,
     stack_config,
     start_influx,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer  # noqa: E402
-from tests.test_gateway_helpers import Gateway, Publisher  # noqa: E402
+from testkit.gateway import Gateway, Publisher  # noqa: E402
+from testkit.services import InfluxServer, MosquittoServer  # noqa: E402
+from testkit.webhooks import WebhookCounter  # noqa: E402
 
 DEVICES = 200
 BUILDINGS = 10

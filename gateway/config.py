@@ -11,15 +11,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,17 +26,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import NotifyConfig
+from common.config import Section
 from common.errors import ConfigError as ConfigError  # re-exported: gateway callers catch it from here
+from common.ids import Ident
 from common.yamlio import read_yaml_file
 from gateway.secrets import Secret
 from rules.model import RuleConfig
 from rules.types import DeviceKind
-
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TlsConfig(Section):
@@ -412,3 +407,28 @@ def load_config(path: str | os.PathLike[str] | None) -> FiregridConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     return parse_config(data, base_dir=path.parent)
+
+
+# A config file a command cannot start with is the same kind of mistake as a command line argparse refuses, so every
+# ``firegrid`` command reports it the same way: one ``path: message`` line per problem on stderr, exit status 2.
+# ``gateway.tools.cli.main`` returns the code of such an exit, so in-process callers (the tests) see a return value.
+EXIT_CONFIG = 2
+
+
+def exit_with_problems(problems: Iterable[str], *, prog: str | None = None) -> NoReturn:
+    """Print each problem on its own line on stderr and exit 2.  ``prog`` (``"verify"``) prefixes the first line
+    with ``firegrid verify:``, for commands whose other errors carry that prefix too."""
+    lines = list(problems)
+    if prog is not None and lines:
+        lines[0] = f"firegrid {prog}: {lines[0]}"
+    for line in lines:
+        print(line, file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def load_or_exit(path: str | os.PathLike[str] | None, *, prog: str | None = None) -> FiregridConfig:
+    """:func:`load_config`, or :func:`exit_with_problems` with what is wrong with the file."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        exit_with_problems(exc.problems, prog=prog)

@@ -136,12 +136,9 @@ def load_community(args: argparse.Namespace) -> tuple[Community, Any]:
     """The community, and the config it came from (None when generated)."""
     config = None
     if args.config:
-        from gateway.config import ConfigError, load_config
+        from gateway.config import load_or_exit
 
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            raise UsageError("\n".join(exc.problems)) from None
+        config = load_or_exit(args.config, prog="simulate")
     if args.buildings is not None:
         community = generate(
             buildings=args.buildings,

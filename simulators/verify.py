@@ -35,10 +35,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from simulators.clock import DurationError, PacedClock, parse_duration_ms, wall_ms
 from simulators.model import Community, ModelError, SimDevice, format_floor, from_config
+from simulators.receiver import Arrival, WebhookReceiver
 from simulators.runner import Publisher, RunResult, drive
 from simulators.scenario_kinds import Disconnect, Fire
 from simulators.scenarios import Expectation, Scenario, ScenarioError, build, load_file, parse_spec
@@ -248,31 +248,25 @@ def _dispatch(event: str, data: str, observer: Observer, ready: asyncio.Future[N
         observer.add("sse", str(document.get("change") or "alert.changed"), document.get("alert"))
 
 
-async def start_webhook_receiver(listen: str, observer: Observer) -> web.AppRunner:
-    """Accept the deployment's (drill receiver) webhooks: ``{"type": "alert.raised", "data": {...alert...}}``."""
+async def start_webhook_receiver(listen: str, observer: Observer) -> WebhookReceiver:
+    """Accept the deployment's (drill receiver) webhooks: ``{"type": "alert.raised", "data": {...alert...}}``, on any
+    path.  Signatures are not checked: a drill receiver's secret is the deployment's, not this command's."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise VerifyError(f"--webhook-listen {listen!r}: expected HOST:PORT")
 
-    async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
+    def observe(arrival: Arrival) -> None:
         with contextlib.suppress(orjson.JSONDecodeError):
-            document = orjson.loads(body)
+            document = orjson.loads(arrival.body)
             if isinstance(document, dict):
                 observer.add("webhook", str(document.get("type") or ""), document.get("data"))
-        return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))
+    receiver = WebhookReceiver()
+    receiver.on_arrival(observe)
     try:
-        await site.start()
+        return await receiver.start(host=host.strip("[]") or "0.0.0.0", port=int(port))
     except OSError as exc:
-        await runner.cleanup()
         raise VerifyError(f"--webhook-listen {listen}: {exc}") from None
-    return runner
 
 
 # --- judging --------------------------------------------------------------------------------------------------------
@@ -415,12 +409,9 @@ def _print_verdict(args: argparse.Namespace, verdict: Verdict) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Community, list[Scenario], list[Expectation] | None]:
-    from gateway.config import ConfigError, load_config
+    from gateway.config import load_or_exit
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        raise VerifyError("\n".join(exc.problems)) from None
+    config = load_or_exit(args.config, prog="verify")
     community = from_config(config)
     scenarios: list[Scenario] = []
     explicit: list[Expectation] | None = None
@@ -463,12 +454,12 @@ async def verify(args: argparse.Namespace) -> Verdict:
 
     observer = Observer()
     tasks: list[asyncio.Task[Any]] = []
-    runner: web.AppRunner | None = None
+    receiver: WebhookReceiver | None = None
     publisher: PooledPublisher | None = None
     stop = threading.Event()
     try:
         if args.webhook_listen:
-            runner = await start_webhook_receiver(args.webhook_listen, observer)
+            receiver = await start_webhook_receiver(args.webhook_listen, observer)
         if args.api:
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             stream = asyncio.create_task(follow_stream(args.api, args.token, observer, ready))
@@ -551,8 +542,8 @@ async def verify(args: argparse.Namespace) -> Verdict:
         if publisher is not None:
             publisher.flush(timeout=5)
             publisher.stop()
-        if runner is not None:
-            await runner.cleanup()
+        if receiver is not None:
+            await receiver.stop()
 
 
 async def _safe_cleanup(cleaning: Awaitable[None]) -> None:

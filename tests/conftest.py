@@ -1,4 +1,4 @@
-"""Shared fixtures: real Mosquitto and InfluxDB servers on free loopback ports (see tests/harness/services.py)."""
+"""Shared fixtures: real Mosquitto and InfluxDB servers on free loopback ports (see testkit/services.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.services import InfluxServer, MosquittoServer
+from testkit.services import InfluxServer, MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

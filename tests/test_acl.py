@@ -1,9 +1,9 @@
 """``firegrid acl``: the files it writes are accepted by a real Mosquitto, and they stop a device spoofing another.
 
-A publish denied by an ACL is still PUBACKed to an MQTT 3.1.1 client (Mosquitto 2.0, measured), so "denied" is proven
-the only honest way: a subscriber logged in as the gateway user sees the legitimate message and never the spoofed
-one, which the broker handled first.  With MQTT v5 the broker also says so in the PUBACK reason code
-(0x87 not authorized).
+A publish denied by an ACL is still PUBACKed to an MQTT 3.1.1 client (3.1.1 has no way to say no), so "denied" is
+proven the only honest way: a subscriber logged in as the gateway user sees the legitimate message and never the
+spoofed one, which the broker handled first.  With MQTT v5 the broker also says so in the PUBACK reason code (0x87
+not authorized).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gateway.tools.acl import (
     write_bundle,
 )
 from rules.types import Reading
-from tests.harness.services import MosquittoServer
+from testkit.services import MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -336,7 +336,7 @@ def gateway_run(tmp_path: Path, broker: MosquittoServer, influx) -> Iterator[str
     """``firegrid run`` as the ACL's gateway user (MQTT v5) against the ACL broker, writing to a real InfluxDB."""
     import urllib.request
 
-    from tests.harness.services import free_port
+    from testkit.services import free_port
 
     port = free_port()
     config = {

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from alerts import routing
 from alerts.config import NotifyConfig
 from rules.types import Severity
-from tests.emulators.scenario import ROSTER, ROUTES, WEBHOOK_SECRET, notify_config
+from testkit.emulators.scenario import ROSTER, ROUTES, WEBHOOK_SECRET, notify_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

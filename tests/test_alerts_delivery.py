@@ -16,9 +16,9 @@ from alerts.config import NotifyConfig
 from alerts.delivery import Notifier
 from alerts.store import AlertChange, AlertStore
 from rules.types import Severity
-from tests.emulators.aliyun import AliyunSms
-from tests.emulators.scenario import ALIYUN, GOV_SECRET, WEBHOOK_SECRET, alarm, notify_config, sms_section, wait_until
-from tests.emulators.webhook_receiver import WebhookReceiver
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.scenario import ALIYUN, GOV_SECRET, WEBHOOK_SECRET, alarm, notify_config, sms_section, wait_until
+from testkit.emulators.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(60)
 

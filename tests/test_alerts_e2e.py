@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from tests.emulators.aliyun import AliyunSms
-from tests.emulators.scenario import ALIYUN, INBOUND_SECRET, WEBHOOK_SECRET, sms_section
-from tests.emulators.webhook_receiver import WebhookReceiver
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, write_config
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.scenario import ALIYUN, INBOUND_SECRET, WEBHOOK_SECRET, sms_section
+from testkit.emulators.webhook_receiver import WebhookReceiver
+from testkit.gateway import Gateway, Publisher, write_config
+from testkit.services import MosquittoServer
 
 pytestmark = pytest.mark.timeout(90)
 

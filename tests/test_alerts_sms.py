@@ -20,10 +20,10 @@ from alerts.config import SmsConfig, SmsTemplate
 from alerts.inbound import handle_inbound_sms
 from alerts.sms import SmsMessage, sender_for
 from alerts.store import AlertStore
-from tests.emulators.aliyun import AliyunSms
-from tests.emulators.base import Emulator
-from tests.emulators.http_sms import HttpSms
-from tests.emulators.scenario import (
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.base import Emulator
+from testkit.emulators.http_sms import HttpSms
+from testkit.emulators.scenario import (
     ALIYUN,
     HTTP_SMS,
     INBOUND_SECRET,
@@ -33,8 +33,8 @@ from tests.emulators.scenario import (
     notify_config,
     sms_section,
 )
-from tests.emulators.tencent import TencentSms
-from tests.emulators.twilio import TwilioSms
+from testkit.emulators.tencent import TencentSms
+from testkit.emulators.twilio import TwilioSms
 
 pytestmark = pytest.mark.timeout(30)
 PARAMS = {"building": "阳光花园1号楼", "location": "3F yg01-sd-03a", "severity": "火警", "code": "4821", "count": "1"}

@@ -8,7 +8,7 @@ import pytest
 
 from alerts.store import AlertNotFound, AlertStore, InvalidTransition
 from rules.types import Severity
-from tests.emulators.scenario import alarm, notify_config, sms_section
+from testkit.emulators.scenario import alarm, notify_config, sms_section
 
 T0 = 1_700_000_000_000
 

@@ -21,21 +21,18 @@ import standardwebhooks
 
 from bench import backlog, latency, peer_nodered, run, scale
 from bench.common import (
-    Arrival,
     Community,
     Figure,
     Publisher,
-    WebhookReceiver,
     firegrid_config,
     first_arrival_by_key,
     goal_met,
-    new_whsec,
     percentile,
-    sign,
-    verify_signature,
 )
+from common.webhooks import sign
 from gateway.config import parse_config
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
+from testkit.webhooks import Arrival, ThreadedReceiver, new_whsec, verify_signature
 
 
 def test_every_bench_of_this_suite_declares_quick_and_json() -> None:
@@ -64,7 +61,7 @@ def test_signature_matches_the_standard_webhooks_library() -> None:
 
 
 def test_receiver_accepts_signed_and_rejects_forged_requests() -> None:
-    with WebhookReceiver() as receiver:
+    with ThreadedReceiver() as receiver:
         body = b'{"data":{"device":"alarm00007"}}'
         now = int(time.time())
         good = {
@@ -170,7 +167,7 @@ def test_discover_lists_benches_not_helpers() -> None:
 
 def test_bench_configs_are_valid_firegrid_configs(tmp_path: Path) -> None:
     community = Community(n_devices=20, n_buildings=4, n_alarms=3)
-    with WebhookReceiver() as receiver:
+    with ThreadedReceiver() as receiver:
         data = firegrid_config(
             broker_port=1234,
             influx_url="http://127.0.0.1:9",

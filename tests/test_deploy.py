@@ -34,7 +34,7 @@ import yaml
 
 from gateway.config import load_config
 from gateway.tools.acl import derive_password
-from tests.harness.services import InfluxServer, free_port
+from testkit.services import InfluxServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

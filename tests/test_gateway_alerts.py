@@ -9,8 +9,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
+from testkit.gateway import Gateway, Publisher, wait_for, write_config
+from testkit.services import InfluxServer, MosquittoServer
 
 
 def _alerts(db: Path, key_like: str) -> list[tuple[str, str, int]]:

@@ -16,7 +16,7 @@ from gateway.metrics import Metrics
 from gateway.storage.influx import DeadLetters, InfluxWriter, alert_line, reading_line
 from gateway.storage.spool import Spool
 from rules.types import AlertTransition, DeviceRef, Reading, Severity
-from tests.harness.services import InfluxServer, free_port
+from testkit.services import InfluxServer, free_port
 
 REF = DeviceRef(building="b01", device="d001", kind="smoke", floor=3, grid="g1")
 

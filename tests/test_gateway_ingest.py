@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import (
+from testkit.gateway import (
     Gateway,
     Publisher,
     publish_all,
@@ -15,6 +14,7 @@ from tests.test_gateway_helpers import (
     wait_for,
     write_config,
 )
+from testkit.services import InfluxServer, MosquittoServer
 
 TOTAL = 10_000
 STATUS = "firegrid/_gateway/gw-test/status"

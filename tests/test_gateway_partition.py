@@ -15,8 +15,8 @@ from gateway.config import ConfigError, FiregridConfig, load_config
 from gateway.ingest.filter_ledger import FilterLedger
 from gateway.ingest.mqtt import subscriptions
 from gateway.tools.check_config import summary
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
+from testkit.gateway import Gateway, Publisher, wait_for, write_config
+from testkit.services import MosquittoServer
 
 TOKEN = "test-admin"
 

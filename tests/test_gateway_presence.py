@@ -8,8 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
+from testkit.gateway import Gateway, Publisher, wait_for, write_config
+from testkit.services import MosquittoServer
 
 TOKEN = "test-admin"
 

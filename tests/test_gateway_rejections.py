@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from gateway.ingest.contract import Reason
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher, wait_for, write_config
+from testkit.gateway import Gateway, Publisher, wait_for, write_config
+from testkit.services import InfluxServer, MosquittoServer
 
 P = "firegrid"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from tests.harness.services import InfluxServer, MosquittoServer, free_port
-from tests.test_gateway_helpers import Gateway, wait_for, write_config
+from testkit.gateway import Gateway, wait_for, write_config
+from testkit.services import InfluxServer, MosquittoServer, free_port
 
 
 def _openssl(*args: str) -> None:

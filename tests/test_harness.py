@@ -7,7 +7,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.harness.services import InfluxServer, MosquittoServer, ServiceError
+from testkit.services import InfluxServer, MosquittoServer, ServiceError
 
 
 def _roundtrip(port: int, topic: str, payload: bytes, *, retain: bool = False) -> None:

@@ -23,8 +23,8 @@ import pytest
 from gateway.config import MqttConfig
 from gateway.ingest.mqtt import Incoming, MqttIngest
 from gateway.metrics import Metrics
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Publisher
+from testkit.gateway import Publisher
+from testkit.services import MosquittoServer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.harness.faults import FAST_RULES, alerts_rows, stack_config, wait_until
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway
+from testkit.faults import FAST_RULES, alerts_rows, stack_config, wait_until
+from testkit.gateway import Gateway
+from testkit.services import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.timeout(120)
 

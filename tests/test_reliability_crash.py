@@ -27,17 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import (
+from testkit.faults import (
     FAST_RULES,
     WEBHOOK_SECRET,
-    WebhookCounter,
     alerts_rows,
     outbox_rows,
     stack_config,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher
+from testkit.services import InfluxServer, MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(120)
 

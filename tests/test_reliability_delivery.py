@@ -1,5 +1,5 @@
 """Notifications across a gateway crash, end to end: ``firegrid run`` as a subprocess, a Standard Webhooks receiver,
-and the Aliyun SMS emulator of tests/emulators (which verifies the ACS3-HMAC-SHA256 signature of every request).
+and the Aliyun SMS emulator of testkit/emulators (which verifies the ACS3-HMAC-SHA256 signature of every request).
 
 tests/test_alerts_delivery.py drives the notifier in-process: 500/hang/429 then 200
 with one webhook id, 410, 302, SMS timeout -> ``unknown``.  What only a real crash shows is added here:
@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.emulators.aliyun import AliyunSms
-from tests.emulators.scenario import ALIYUN
-from tests.harness.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.scenario import ALIYUN
+from testkit.faults import WEBHOOK_SECRET, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher, store_rows
+from testkit.services import MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,12 +71,7 @@ def aliyun() -> Iterator[AliyunSms]:
 
 
 def _outbox(db: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT msg_id, channel, event, state, attempts FROM outbox")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT msg_id, channel, event, state, attempts FROM outbox")
 
 
 def test_crash_during_hung_webhook_and_slow_sms(tmp_path: Path, mosquitto: MosquittoServer, aliyun: AliyunSms) -> None:

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.ingest.contract import Reason
-from tests.harness.faults import FAST_RULES, alerts_rows, stack_config, wait_until
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.faults import FAST_RULES, alerts_rows, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher
+from testkit.services import InfluxServer, MosquittoServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,5 +1,5 @@
 """InfluxDB outages and refusals end to end: ``firegrid run`` as a subprocess, real Mosquitto, a real InfluxDB behind
-the fault proxy of ``tests/harness/faults.py`` (which logs every write attempt, so order and waits can be checked).
+the fault proxy of ``testkit/faults.py`` (which logs every write attempt, so order and waits can be checked).
 
 Already covered in-process (tests/test_gateway_influx.py, the writer alone): one 503 with
 ``Retry-After: 1`` and one 429 are retried; a real InfluxDB's "400 partial write" dead-letters only the bad lines;
@@ -14,7 +14,6 @@ Already covered in-process (tests/test_gateway_influx.py, the writer alone): one
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -22,20 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import (
+from testkit.faults import (
     FAST_RULES,
     WEBHOOK_SECRET,
     Fault,
     InfluxFaultProxy,
-    WebhookCounter,
     line_tag,
     line_ts,
     stack_config,
     start_influx,
     wait_until,
 )
-from tests.harness.services import InfluxServer, MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.gateway import Gateway, Publisher, store_rows
+from testkit.services import InfluxServer, MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,12 +138,7 @@ def test_influx_outage_at_steady_load(tmp_path: Path, mosquitto: MosquittoServer
 
 
 def _dead_letters(db: Path) -> list[dict[str, object]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT status, error, line FROM gateway_influx_dead_letters")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT status, error, line FROM gateway_influx_dead_letters")
 
 
 def test_influx_refusals_retry_after_and_dead_letters(

@@ -30,23 +30,17 @@ import yaml
 from pydantic import ValidationError
 
 from alerts.config import NotifyConfig
-from tests.harness.faults import WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
-from tests.harness.services import InfluxServer, MosquittoServer, free_port
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.faults import WEBHOOK_SECRET, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher, store_rows
+from testkit.services import InfluxServer, MosquittoServer, free_port
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _outbox(db: Path) -> list[dict[str, Any]]:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT target, state, last_error FROM outbox WHERE channel='webhook'")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT target, state, last_error FROM outbox WHERE channel='webhook'")
 
 
 def test_loopback_in_disguise_is_refused(tmp_path: Path, mosquitto: MosquittoServer) -> None:
@@ -190,14 +184,8 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
         db = tmp_path / "firegrid.sqlite"
 
         def failing() -> bool:
-            import sqlite3
-
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-            try:
-                rows = conn.execute("SELECT channel, attempts FROM outbox WHERE last_error IS NOT NULL").fetchall()
-            finally:
-                conn.close()
-            return {"webhook", "governance", "sms"} <= {channel for channel, attempts in rows if attempts >= 2}
+            rows = store_rows(db, "SELECT channel, attempts FROM outbox WHERE last_error IS NOT NULL")
+            return {"webhook", "governance", "sms"} <= {r["channel"] for r in rows if r["attempts"] >= 2}
 
         wait_until(failing, timeout=20, what="the unreachable webhook, governance and SMS endpoints to fail twice")
         status, body = call("GET", "/api/v1/alerts")

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.faults import FAST_RULES, WEBHOOK_SECRET, WebhookCounter, stack_config, wait_until
-from tests.harness.services import MosquittoServer
-from tests.test_gateway_helpers import Gateway, Publisher
+from testkit.faults import FAST_RULES, WEBHOOK_SECRET, stack_config, wait_until
+from testkit.gateway import Gateway, Publisher
+from testkit.services import MosquittoServer
+from testkit.webhooks import WebhookCounter
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -169,7 +169,7 @@ def test_load_mode_cli_sends_exactly_rate_times_duration(mosquitto, tmp_path, ca
 
 
 def test_unreachable_broker_exits_1(capsys, community_config_path):
-    from tests.harness.services import free_port
+    from testkit.services import free_port
 
     code = firegrid(
         [

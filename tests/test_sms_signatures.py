@@ -1,6 +1,6 @@
 """Known-answer tests: each provider signer against the worked example its provider publishes.
 
-The SMS emulators in ``tests/emulators`` verify signatures with code written by the same team as the signers, so a
+The SMS emulators in ``testkit/emulators`` verify signatures with code written by the same team as the signers, so a
 misreading of a provider's document could pass both.  These vectors come from the providers' own documentation
 (Alibaba Cloud "V3版本请求体&签名机制", Tencent Cloud API 3.0 "签名方法 v3", Twilio "Webhooks security" and the
 twilio-php RequestValidator tests), so a signer that passes them signs the way the real service checks.

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gateway.tools.cli import main as firegrid
-from tests.harness.services import free_port
+from testkit.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"verify-test-secret-0123456789").decode()

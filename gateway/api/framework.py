@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from common.ids import ID_SCHEMA
 from gateway.api.auth import AuthError, Principal, Role, TokenAuthenticator
 from gateway.api.models import FieldError, NoQuery, Problem, Query
 
@@ -151,12 +152,11 @@ class Operation:
 
 OPERATIONS: list[Operation] = []
 
-_ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(str)
 
 
 def id_param(name: str, description: str) -> PathParam:
-    return PathParam(name=name, adapter=_ID_ADAPTER, schema=dict(_ID_SCHEMA), description=description)
+    return PathParam(name=name, adapter=_ID_ADAPTER, schema=dict(ID_SCHEMA), description=description)
 
 
 def operation(

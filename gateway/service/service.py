@@ -35,7 +35,7 @@ from common.gc_pause import gc_paused
 from gateway.api import create_api_app
 from gateway.api.hub import Hub
 from gateway.api.runtime import Runtime
-from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.filter_ledger import FilterLedger
@@ -62,20 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with gc_paused():
-            config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    with gc_paused():
+        config = load_or_exit(args.config)
     setup_logging(level=config.log.level, fmt=config.log.format)
     try:
         return asyncio.run(serve(config))
     except ConfigError as exc:  # the rules or notify sections, validated by their owners at start-up
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        exit_with_problems(exc.problems)
     except KeyboardInterrupt:
         return 130
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.config import FiregridConfig, load_or_exit
 from gateway.secrets import reveal
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 uses; the broker reads the count from each line
@@ -204,12 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    config = load_or_exit(args.config)
     if args.no_credentials and config.acl.device_secret is None:
         print("--no-credentials needs acl.device_secret: random passwords would be lost", file=sys.stderr)
         return 2

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from rules.loader import load_rule_set
 
 
@@ -41,16 +40,9 @@ def validate_all(config: FiregridConfig) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    config = load_or_exit(args.file)
     problems = validate_all(config)
     if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 2
+        exit_with_problems(problems)
     print(summary(config))
     return 0

@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(_load_command(args._module).run(args) or 0)
+    except SystemExit as exc:  # a command that cannot start (gateway.config.load_or_exit) exits as argparse does
+        if isinstance(exc.code, int):
+            return exc.code
+        raise
     except KeyboardInterrupt:
         return 130
 

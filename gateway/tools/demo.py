@@ -41,7 +41,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from gateway.config import ApiToken, ConfigError, FiregridConfig, load_config
+from common.webhooks import verify
+from gateway.config import ApiToken, FiregridConfig, load_or_exit
+
+if TYPE_CHECKING:
+    from simulators.receiver import Arrival
 
 if TYPE_CHECKING:  # amqtt is imported when the demo starts its broker, not with the CLI
     from amqtt.broker import Broker
@@ -228,22 +232,22 @@ class WebhookReceiver:
     seen: set[str] = field(default_factory=set)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
-        app.router.add_post(RECEIVER_PATH, self.receive)
-        app.router.add_get("/deliveries", self.list)
-        return app
+        from simulators.receiver import WebhookReceiver as Receiver
 
-    async def receive(self, request: web.Request) -> web.Response:
-        from alerts.webhook import verify
+        receiver = Receiver(path=RECEIVER_PATH, check=self.check, answer=self.answer)
+        receiver.app.router.add_get("/deliveries", self.list)
+        return receiver.app
 
-        body = await request.read()
-        headers = dict(request.headers)
-        if not verify(self.secret, headers, body, now_s=time.time()):
+    def check(self, headers: Mapping[str, str], body: bytes) -> str | None:
+        return None if verify(self.secret, headers, body, now_s=time.time()) else "bad signature"
+
+    async def answer(self, arrival: Arrival) -> web.Response:
+        if arrival.problem is not None:
             self.out("webhook: REJECTED a delivery with a bad signature")
             return web.json_response({"error": "bad signature"}, status=401)
-        msg_id = headers.get("webhook-id") or headers.get("Webhook-Id") or ""
+        msg_id = arrival.msg_id
         try:
-            document = orjson.loads(body)
+            document = orjson.loads(arrival.body)
         except orjson.JSONDecodeError:
             return web.json_response({"error": "not JSON"}, status=400)
         duplicate = msg_id in self.seen  # a retry after a lost response: same id, printed once
@@ -541,12 +545,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+    config = load_or_exit(args.config)
     from gateway.service.logs import setup_logging
 
     # Human-readable logs on the console (the banner and notifications are the demo's output); warnings and up.

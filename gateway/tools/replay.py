@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.config import ConfigError, FiregridConfig, load_config
+from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from gateway.ingest.contract import Decoder, Rejected, policy_from_config, registry_from_config
 from gateway.ingest.dedup import Dedup
 from rules.engine import Engine
@@ -191,14 +191,12 @@ def _load_other(path: Path, config: FiregridConfig) -> RuleSet:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = load_or_exit(args.config)
     try:
-        config = load_config(args.config)
         rule_set = load_rule_set(config)
         other = _load_other(Path(args.rules), config) if args.rules else None
     except (ConfigError, RulesError) as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        exit_with_problems(exc.problems)
     path = Path(args.file)
     try:
         base = replay(path, config=config, rule_set=rule_set)

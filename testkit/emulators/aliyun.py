@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
-from tests.emulators.base import Emulator
+from testkit.emulators.base import Emulator
 
 
 def _pct(value: str) -> str:

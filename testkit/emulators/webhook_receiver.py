@@ -1,4 +1,5 @@
-"""A Standard Webhooks receiver that verifies every request with the ``standardwebhooks`` reference library."""
+"""The webhook receiver on the test's own event loop, with the emulators' scripted answers; every request's signature
+is checked with the ``standardwebhooks`` reference library (see :mod:`testkit.webhooks`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.emulators.base import Emulator
+from simulators.receiver import Arrival
+from simulators.receiver import WebhookReceiver as Receiver
+from testkit.emulators.base import Emulator
+from testkit.webhooks import standard_webhooks_check
 
 
 @dataclass
@@ -26,9 +28,9 @@ class WebhookReceiver(Emulator):
         super().__init__()
         self.secret = secret
         self.path = path
-        self.verifier = Webhook(secret)
-        self.attempts: list[Delivery] = []  # every request, including failed ones
-        self.app.router.add_post(path, self._handle)
+        self.attempts: list[Delivery] = []  # every request with a valid signature, including failed ones
+        self.receiver = Receiver(path=path, check=standard_webhooks_check(secret), answer=self._answer)
+        self.app = self.receiver.app
 
     @property
     def endpoint(self) -> str:
@@ -44,22 +46,18 @@ class WebhookReceiver(Emulator):
     def of_type(self, event: str) -> list[Delivery]:
         return [d for d in self.accepted if d.body["type"] == event]
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _answer(self, arrival: Arrival) -> web.StreamResponse:
         self.requests += 1
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            self.verifier.verify(body, headers)
-        except WebhookVerificationError as exc:
-            self.errors.append(f"signature: {exc}")
+        if arrival.problem is not None:
+            self.errors.append(f"signature: {arrival.problem}")
             self.changed()
             return web.json_response({"error": "bad signature"}, status=400)
-        data = json.loads(body)
+        data = json.loads(arrival.body)
         for key in ("type", "timestamp", "data"):
             if key not in data:
                 self.errors.append(f"body lacks {key!r}")
         response = await self.scripted()
         status = 200 if response is None else response.status
-        self.attempts.append(Delivery(headers["webhook-id"], headers["webhook-timestamp"], data, status))
+        self.attempts.append(Delivery(arrival.msg_id, arrival.headers["webhook-timestamp"], data, status))
         self.changed()
         return response or web.json_response({"ok": True})

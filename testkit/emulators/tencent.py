@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.base import Emulator
+from testkit.emulators.base import Emulator
 
 
 def _hmac(key: bytes, msg: str) -> bytes:

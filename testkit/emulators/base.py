@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from simulators.receiver import serve
+
 
 class Emulator:
     def __init__(self) -> None:
@@ -26,13 +28,7 @@ class Emulator:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> Emulator:
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.runner, self.port = await serve(self.app, host="127.0.0.1", port=0)
         return self
 
     async def stop(self) -> None:

@@ -70,7 +70,9 @@ def _port_open(port: int) -> bool:
 
 
 @dataclass
-class _Process:
+class ManagedProcess:
+    """A server process in its own session (a signal to it reaches none of ours), its output appended to a log."""
+
     workdir: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -78,14 +80,17 @@ class _Process:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _spawn(self, argv: list[str], log: Path) -> None:
+    def _spawn(self, argv: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
-    def stop(self, *, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM): Mosquitto saves its persistence file, InfluxDB closes its shards."""
+    def stop(self, *, timeout: float = 10.0) -> int | None:
+        """Graceful stop (SIGTERM): Mosquitto saves its persistence file, InfluxDB closes its shards, the gateway
+        finishes its batch; SIGKILL after ``timeout`` seconds.  The exit status, None when nothing was running."""
         if self.proc is None:
-            return
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -93,7 +98,9 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        code = self.proc.returncode
         self.proc = None
+        return code
 
     def kill(self) -> None:
         """SIGKILL: no chance to save anything."""
@@ -106,7 +113,7 @@ class _Process:
 
 
 @dataclass
-class MosquittoServer(_Process):
+class MosquittoServer(ManagedProcess):
     """A private Mosquitto 2 broker.
 
     Defaults are the settings firegrid needs (docs/deploy.md): queues large enough that a slow subscriber loses no
@@ -183,7 +190,7 @@ class MosquittoServer(_Process):
 
 
 @dataclass
-class InfluxServer(_Process):
+class InfluxServer(ManagedProcess):
     """A private InfluxDB 1.x (Debian's ``influxd``), HTTP on a free loopback port, no auth."""
 
     port: int = field(default_factory=free_port)
@@ -287,7 +294,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         return out
 
 
-def stop_all(servers: Iterable[_Process]) -> None:
+def stop_all(servers: Iterable[ManagedProcess]) -> None:
     for server in servers:
         with contextlib.suppress(Exception):
             server.stop(timeout=5)

@@ -8,8 +8,8 @@
   lines ARE stored, like InfluxDB 1.6) or ``422`` (nothing stored).  Every attempt is logged with its time, answer
   and lines, so a test can check waits, order and what was dead-lettered.  When the upstream InfluxDB is down the
   proxy drops the client's connection (what a client sees from a dead server), rather than inventing a 502.
-* :class:`WebhookCounter` is a Standard Webhooks receiver that verifies every signature with the ``standardwebhooks``
-  reference library and records, per attempt, the ``webhook-id``, the time and what it answered.
+
+The Standard Webhooks receiver that counts deliveries is :class:`testkit.webhooks.WebhookCounter`.
 
 No mocks: the gateway under test talks HTTP to these servers exactly as it would to the real ones.
 """
@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from tests.harness.services import free_port
+from testkit.gateway import store_rows, write_config
+from testkit.gateway import wait_for as wait_until  # noqa: F401  (the reliability tests and soak poll with it)
+from testkit.services import free_port
 
 
 async def _cancel_others() -> None:
@@ -265,118 +265,6 @@ def line_tag(line: bytes, tag: str) -> str | None:
     return None
 
 
-# --- Standard Webhooks receiver -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    msg_id: str
-    at: float  # time.monotonic() when the answer was sent (or the hang began)
-    wall_ms: int
-    status: int  # what we answered; 0 = hung until the client gave up
-    type: str
-    data: dict[str, Any]
-    signature_ok: bool
-
-
-class WebhookCounter:
-    """Counts webhook deliveries by ``webhook-id``; every signature is verified with ``standardwebhooks``.
-
-    ``script`` holds answers for the next requests: an int status, or ``("hang", seconds)``.  ``delay_s`` delays
-    every 2xx answer (to widen the window in which a crash can land mid-delivery)."""
-
-    def __init__(self, secret: str, *, path: str = "/hook", delay_s: float = 0.0) -> None:
-        from standardwebhooks import Webhook
-
-        self._verifier = Webhook(secret)
-        self.path = path
-        self.delay_s = delay_s
-        self.script: list[int | tuple[str, float]] = []
-        self.hits: list[Hit] = []
-        self._lock = threading.Lock()
-        app = web.Application()
-        app.router.add_post(path, self._handle)
-        self._server = ThreadedApp(app)
-
-    @property
-    def url(self) -> str:
-        return self._server.url + self.path
-
-    def start(self) -> WebhookCounter:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def snapshot(self) -> list[Hit]:
-        with self._lock:
-            return list(self.hits)
-
-    def accepted(self) -> list[Hit]:
-        return [h for h in self.snapshot() if 200 <= h.status < 300]
-
-    def accepted_ids(self) -> list[str]:
-        return [h.msg_id for h in self.accepted()]
-
-    def of_type(self, event: str) -> list[Hit]:
-        return [h for h in self.accepted() if h.type == event]
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        try:
-            self._verifier.verify(body, headers)
-            signature_ok = True
-        except Exception:
-            signature_ok = False
-        try:
-            document = json.loads(body)
-        except ValueError:
-            document = {}
-        with self._lock:
-            answer = self.script.pop(0) if self.script else 200
-        msg_id = headers.get("webhook-id", "")
-
-        def record(status: int) -> None:
-            with self._lock:
-                self.hits.append(
-                    Hit(
-                        msg_id=msg_id,
-                        at=time.monotonic(),
-                        wall_ms=int(time.time() * 1000),
-                        status=status,
-                        type=str(document.get("type", "")),
-                        data=document.get("data") or {},
-                        signature_ok=signature_ok,
-                    )
-                )
-
-        if isinstance(answer, tuple):
-            record(0)
-            await asyncio.sleep(answer[1])
-            return web.Response(status=200)  # too late: the client has given up
-        if not signature_ok:
-            record(400)
-            return web.json_response({"error": "bad signature"}, status=400)
-        if 200 <= answer < 300 and self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        record(answer)
-        return web.json_response({"ok": answer < 300}, status=answer)
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll with a deadline (no fixed sleeps); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def start_influx(influx: Any) -> None:
     """Start InfluxDB again on the same HTTP port.  During a long outage another process may have been given one of
     its ports as an ephemeral port: move the RPC port (nobody connects to it), wait for the HTTP port to be free."""
@@ -384,7 +272,7 @@ def start_influx(influx: Any) -> None:
         try:
             influx.start()
             return
-        except Exception as exc:  # ServiceError from tests/harness/services.py
+        except Exception as exc:  # ServiceError from testkit/services.py
             if "address already in use" not in str(exc) or attempt == 59:
                 raise
             if f":{influx.rpc_port}:" in str(exc):
@@ -426,8 +314,6 @@ def stack_config(
 ) -> tuple[Any, int]:
     """A ``firegrid run`` config for the whole stack: MQTT, InfluxDB, the rules engine, the alert store and (with
     ``webhook_url``) a signed webhook for every event; retries fast so tests stay short."""
-    from tests.test_gateway_helpers import write_config
-
     sections: dict[str, Any] = {}
     if rules is not None:
         sections["rules"] = rules
@@ -451,23 +337,9 @@ def stack_config(
 
 
 def alerts_rows(db: Any, *, key_like: str = "%") -> list[dict[str, Any]]:
-    """Alert rows straight from the SQLite store (read-only connection)."""
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM alerts WHERE key LIKE ? ORDER BY id", (key_like,))]
-    finally:
-        conn.close()
+    """Alert rows straight from the SQLite store."""
+    return store_rows(db, "SELECT * FROM alerts WHERE key LIKE ? ORDER BY id", (key_like,))
 
 
 def outbox_rows(db: Any) -> list[dict[str, Any]]:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT id, msg_id, channel, event, state, alert_id FROM outbox")]
-    finally:
-        conn.close()
+    return store_rows(db, "SELECT id, msg_id, channel, event, state, alert_id FROM outbox")

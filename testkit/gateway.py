@@ -1,5 +1,5 @@
-"""Helpers for the gateway tests: a config writer, the gateway as a real subprocess, a QoS 1 load publisher, and
-deadline polling (no fixed sleeps).  No tests in here."""
+"""The gateway as the tests and the soak bench drive it: a config writer, ``firegrid run`` as a real subprocess, a
+QoS 1 load publisher, and deadline polling (no fixed sleeps)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
+import sqlite3
 import sys
 import threading
 import time
@@ -21,21 +20,30 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import yaml
 
-from tests.harness.services import free_port
+from testkit.services import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    error: type[Exception] = AssertionError,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that; ``error`` naming ``what`` once
+    ``timeout`` seconds have passed (the predicate is asked once more at the deadline, so a slow poll never fails a
+    condition that holds)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:
         last = predicate()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            raise error(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def write_config(
@@ -80,26 +88,29 @@ def write_config(
     return path, port
 
 
-class Gateway:
+def store_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows straight from the gateway's SQLite store, as dicts.  Read-only, so a test looking cannot take a lock
+    the gateway is waiting for or change what it checks."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+class Gateway(ManagedProcess):
     """``python -m gateway.tools.cli run --config FILE`` as a real process (so it can be SIGKILLed)."""
 
     def __init__(self, config_path: Path, http_port: int, log_path: Path) -> None:
+        super().__init__(workdir=config_path.parent)
         self.config_path = config_path
         self.http_port = http_port
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, ready_timeout: float = 20.0) -> Gateway:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        argv = [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(self.config_path)]
+        self._spawn(argv, self.log_path, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         wait_for(self._mqtt_ready, timeout=ready_timeout, what="the gateway to connect to MQTT")
         return self
 
@@ -137,22 +148,8 @@ class Gateway:
                 total += float(match.group(3))
         return total
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
     def stop(self, *, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return super().stop(timeout=timeout)  # a gateway finishes its InfluxDB batch and closes the store first
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.base import Emulator
+from testkit.emulators.base import Emulator
 
 
 class TwilioSms(Emulator):
