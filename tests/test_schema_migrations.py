@@ -134,28 +134,29 @@ def test_a_file_from_the_release_before_versions_is_adopted_with_every_row(v0: P
 
 def test_every_owner_reads_its_rows_from_the_adopted_file(owners: dict[str, Any]) -> None:
     store: AlertStore = owners["store"]
-    alerts = {a["device"]: a for a in store.list_alerts()}
-    assert {device: a["state"] for device, a in alerts.items()} == {
+    alerts = {a.device: a for a in store.list_alerts()}
+    assert {device: a.state for device, a in alerts.items()} == {
         "yg01-sd-01": "dispatched",
         "yg01-sd-02": "acknowledged",
         "yg02-ht-01": "resolved",
     }
-    first = store.get_alert(alerts["yg01-sd-01"]["id"])
+    first = store.get_alert(alerts["yg01-sd-01"].id)
     assert first is not None
-    assert [a["action"] for a in first["audit"]] == ["raised", "acknowledged", "dispatched"]
-    assert first["audit"][1]["by"] == "王网格" and first["audit"][2]["detail"]["to"] == "微型消防站一队"
-    third = store.get_alert(alerts["yg02-ht-01"]["id"])
-    assert third is not None and third["cause"] == "device_fault" and third["note"] == "sensor replaced"
+    assert [a.action for a in first.audit] == ["raised", "acknowledged", "dispatched"]
+    detail = first.audit[2].detail
+    assert first.audit[1].by == "王网格" and detail is not None and detail["to"] == "微型消防站一队"
+    third = store.get_alert(alerts["yg02-ht-01"].id)
+    assert third is not None and third.cause == "device_fault" and third.note == "sensor replaced"
     assert len(store.list_incidents()) == 2
     [open_incident] = store.list_incidents(state="open")
-    assert sorted(open_incident["alert_ids"]) == sorted([alerts["yg01-sd-01"]["id"], alerts["yg01-sd-02"]["id"]])
-    by_code = store.incident_by_code(open_incident["ack_code"])
-    assert by_code is not None and by_code["id"] == open_incident["id"] and by_code["open_count"] == 2
-    assert store.list_incidents(state="resolved")[0]["alert_ids"] == [alerts["yg02-ht-01"]["id"]]
+    assert sorted(open_incident.alert_ids) == sorted([alerts["yg01-sd-01"].id, alerts["yg01-sd-02"].id])
+    by_code = store.incident_by_code(open_incident.ack_code)
+    assert by_code is not None and by_code.id == open_incident.id and by_code.open_count == 2
+    assert store.list_incidents(state="resolved")[0].alert_ids == (alerts["yg02-ht-01"].id,)
     outbox = store.outbox()
     assert len(outbox) == 25
-    assert {o["channel"] for o in outbox} == {"webhook", "sms", "governance"}
-    assert [o["state"] for o in store.outbox(channel="webhook") if o["state"] != "pending"] == ["sent"]
+    assert {o.channel for o in outbox} == {"webhook", "sms", "governance"}
+    assert [o.state for o in store.outbox(channel="webhook") if o.state != "pending"] == ["sent"]
     assert store.disabled_endpoints() == {"http://127.0.0.1:9/gov": "410 Gone"}
 
     presence: Presence = owners["presence"]
@@ -244,7 +245,7 @@ def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypa
     store = AlertStore(v0)
     ledger = FilterLedger(v0)
     try:
-        assert sorted(a["state"] for a in store.list_alerts()) == ["acknowledged", "dispatched", "resolved"]
+        assert sorted(a.state for a in store.list_alerts()) == ["acknowledged", "dispatched", "resolved"]
         assert ledger.held() == sorted(FILTERS)
     finally:
         ledger.close()
