@@ -3,8 +3,11 @@ add to it without losing anything, a newer file is refused, and a failed migrati
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -377,3 +380,23 @@ def test_statements_split_where_sqlite_says_a_statement_ends() -> None:
     assert parts[1].endswith("END;")
     with pytest.raises(ValueError, match="unterminated"):
         statements("CREATE TABLE u (a TEXT); CREATE TABLE v (a")
+
+
+def test_firegrid_run_on_a_newer_store_exits_2_naming_both_versions(v0: Path, tmp_path: Path) -> None:
+    """An operator who rolls back the release sees what is wrong, not a traceback, and the file is left as it was."""
+    with closing(raw(v0)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = dump(v0)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "FIREGRID_STORE__PATH": str(v0), "FIREGRID_MQTT__URL": "mqtt://127.0.0.1:9"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.tools.cli", "run", "--config", str(root / "examples" / "community.yaml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"schema version {SCHEMA_VERSION + 1}" in proc.stderr and "Traceback" not in proc.stderr
+    assert version_of(v0) == SCHEMA_VERSION + 1 and dump(v0) == before

@@ -32,6 +32,7 @@ from aiohttp import web
 from alerts.delivery import Notifier
 from alerts.store import AlertStore
 from common.gc_pause import gc_paused
+from common.migrations import SchemaError
 from gateway.api import create_api_app
 from gateway.api.hub import Hub
 from gateway.api.runtime import Runtime
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(config))
     except ConfigError as exc:  # the rules or notify sections, validated by their owners at start-up
         exit_with_problems(exc.problems)
+    except SchemaError as exc:  # a store from a newer release, or a migration that failed: nothing was changed
+        exit_with_problems([str(exc)])
     except KeyboardInterrupt:
         return 130
 
