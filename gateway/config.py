@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from alerts.config import NotifyConfig
 from common.config import Section
 from common.errors import ConfigError as ConfigError  # re-exported: gateway callers catch it from here
+from common.errors import validation_problems
 from common.ids import Ident
 from common.yamlio import read_yaml_file
 from gateway.secrets import Secret
@@ -357,41 +358,11 @@ class FiregridConfig(BaseSettings):
         return path if path.is_absolute() else self._base_dir / path
 
 
-def format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(p for p in error["loc"] if p not in ("function-after", "function-before"))
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not loc:
-            problems.extend(message.splitlines())
-            continue
-        path = format_loc(loc)
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (not allowed here; check the spelling)"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        if "\n" in message:
-            problems.extend(f"{path}: {line}" for line in message.splitlines())
-        else:
-            problems.append(f"{path}: {message}")
-    return problems
-
-
 def parse_config(data: dict[str, Any], *, base_dir: Path = Path(".")) -> FiregridConfig:
     try:
         config = FiregridConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(validation_problems(exc)) from None
     config._base_dir = base_dir
     return config
 

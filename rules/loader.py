@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from common.errors import ConfigError
+from common.errors import ConfigError, validation_problems
 from common.yamlio import read_yaml_file
 from rules.model import _KIND_KEYS, ALERTING_KINDS, LEVEL_KINDS, TUNABLE_KEYS, RuleConfig, check_threshold
 from rules.ruleset import RuleSet
@@ -89,23 +89,6 @@ def read_rules_file(path: Path, *, label: str | None = None) -> tuple[RuleConfig
         return tuple(_ADAPTER.validate_python(data))
     except ValidationError as exc:
         raise RulesError(validation_problems(exc, prefix=f"{label}rules")) from None
-
-
-def validation_problems(exc: ValidationError, *, prefix: str) -> list[str]:
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        path = prefix
-        for part in error["loc"]:
-            if part in ("function-after", "function-before"):
-                continue
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (not allowed here; check the spelling)"
-        elif error["type"] == "missing":
-            message = "required key is missing"
-        problems.append(f"{path}: {message}")
-    return problems
 
 
 def check_rules(rules: Sequence[RuleConfig], *, prefix: str) -> list[str]:
