@@ -687,15 +687,6 @@ def first_arrival_by_key(arrivals: Iterable[Arrival], keys: Iterable[str]) -> di
 # firegrid run as a subprocess
 
 
-def firegrid_available() -> str | None:
-    """None when ``firegrid run`` can be started here, else why not (the gateway service has not landed yet)."""
-    try:
-        import gateway.service.service  # noqa: F401
-    except Exception as exc:  # any import failure means there is nothing to bench
-        return f"gateway.service.service not importable: {type(exc).__name__}: {exc}"
-    return None
-
-
 @dataclass
 class FiregridProcess(ManagedProcess):
     """``firegrid run --config FILE`` in its own process group; ready when ``/readyz`` answers 200."""

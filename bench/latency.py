@@ -43,7 +43,6 @@ from bench.common import (
     Services,
     bench_parser,
     emit,
-    firegrid_available,
     firegrid_config,
     first_arrival_by_key,
     paced_in_thread,
@@ -86,9 +85,6 @@ class FiregridSystem:
     ready_s: float = math.nan
 
     def start(self, *, svc: Services, receiver: ThreadedReceiver, community: Community, workdir: Path) -> None:
-        why = firegrid_available()
-        if why is not None:
-            raise BenchError(f"firegrid run is not available yet ({why})")
         buildings = community.buildings()
         for i in range(self.gateways):
             where = workdir if self.gateways == 1 else workdir / f"gw{i}"

@@ -41,7 +41,6 @@ from bench.common import (
     Services,
     bench_parser,
     emit,
-    firegrid_available,
 )
 from bench.latency import FiregridSystem, Plan, PlanResult, plan_figures, run_plan
 from testkit.webhooks import ThreadedReceiver
@@ -271,12 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "nodered"):
         systems.append(NodeRedSystem(write_mode=args.write_mode))
     if args.only in (None, "firegrid"):
-        why = firegrid_available()
-        if why is None:
-            systems.append(FiregridSystem(mqtt_protocol=args.mqtt_protocol))
-        else:
-            comparison.pending["firegrid"] = why
-            notes.append(f"firegrid column pending: {why}")
+        systems.append(FiregridSystem(mqtt_protocol=args.mqtt_protocol))
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
         base = args.workdir or Path(tmp)
         for system in systems:
