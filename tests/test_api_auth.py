@@ -1,7 +1,7 @@
 """API access control on real parts: bearer tokens, roles, grid/building scopes, and errors as problem documents.
 
 The runtime is assembled from the real alert store (SQLite in tmp_path), presence, rejections and rules engine
-(``gateway.api.testing.build_runtime``); alarms go through the real engine and store (``inject``).
+(``testkit.api.build_runtime``); alarms go through the real engine and store (``inject``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api import create_api_app
-from gateway.api.testing import build_runtime, config_for_tests, inject
 from gateway.ingest.contract import Reason, Rejected
+from testkit.api import build_runtime, config_for_tests, inject
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}

@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.api import create_api_app
-from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms, tick
 from gateway.config import Device
 from gateway.ingest.contract import registry_from_config
 from gateway.storage.presence import DeviceState
 from rules.types import DeviceKind, Reading, StatusChange
+from testkit.api import build_runtime, config_for_tests, inject, now_ms, tick
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}
@@ -258,14 +258,18 @@ def interleaved_config(tmp_path: Path) -> Any:
 
 
 def every_device(runtime: Any) -> list[Any]:
-    """The oracle: each device built on its own, as the API did before it kept an index (every device, filtered)."""
+    """The oracle: each device built on its own from presence's whole list, as the API did before it kept an index
+    (every device, filtered)."""
     from gateway.api import views
 
     grids = {b.id: b.grid for b in runtime.config.buildings}
-    now = now_ms()
+    reader = views.DeviceReader(now_ms=now_ms(), building_grids=grids, registry=runtime.config.device)
     out = []
-    for record in runtime.presence.list_devices(now_ms=now):
-        out.append(views.device_from(record, building_grids=grids, config_device=runtime.config.device(record["id"])))
+    for listed in runtime.presence.list_devices(now_ms=reader.now_ms):
+        record = runtime.presence.devices[listed["id"]]
+        facts = reader.facts(listed["id"], record)
+        assert facts is not None
+        out.append(reader.row(listed["id"], record, facts).model())
     return out
 
 
@@ -351,52 +355,6 @@ _VALUES = st.fixed_dictionaries(
         "fault": st.one_of(_maybe("", "valve"), _ODD),
     },
 )
-_RECORD = st.fixed_dictionaries(
-    {},
-    optional={
-        "id": _maybe("d1", None, "", 7),
-        "device": _maybe("d2", None),
-        "device_id": _maybe("d3", None),
-        "building": _maybe("b1", "b2", None, ""),
-        "kind": st.one_of(_maybe("extinguisher", "smoke", "extinguisher"), _ODD),
-        "state": st.one_of(_maybe("online", "offline", "unknown"), _ODD),
-        "status": st.one_of(_maybe("online", "offline"), _ODD),
-        "online": _ODD,
-        "battery": st.one_of(_maybe(5.0, 75.0, 10), _ODD),
-        "registered": _ODD,
-        "last_values": _VALUES,
-        "values": _VALUES,
-        "ref": st.fixed_dictionaries({}, optional={"building": _maybe("b3", None), "kind": _maybe("extinguisher")}),
-    },
-)
-_REGISTERED = st.one_of(
-    st.none(),
-    st.fixed_dictionaries({"id": _maybe("r1", None), "building": _maybe("b1", None), "kind": _maybe("extinguisher")}),
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(record=_RECORD, registered=_REGISTERED)
-def test_rollup_facts_agree_with_the_device_row(record: dict[str, Any], registered: dict[str, Any] | None) -> None:
-    """``GET /buildings`` counts with ``device_facts``; what it counts must be what the device list shows."""
-    from gateway.api import views
-
-    row = views.device_row(record, building_grids={"b1": "g1"}, config_device=registered)
-    facts = views.device_facts(record, config_device=registered)
-    if row is None:
-        assert facts is None
-        return
-    assert facts is not None
-    assert (facts.id, facts.building, facts.kind, facts.status, facts.low_battery, facts.out_of_service) == (
-        row.id,
-        row.building,
-        row.kind,
-        row.status,
-        row.low_battery,
-        row.out_of_service,
-    )
-
-
 _TEXT = _maybe("", "x", "extinguisher", "smoke", "b1", "online")
 _STATE = st.builds(
     DeviceState,
@@ -429,11 +387,12 @@ _ENTRY = st.one_of(
 
 @settings(max_examples=600, deadline=None)
 @given(state=_STATE, entry=_ENTRY, now=_maybe(1_000_000, 1_200_000, 2_000_000), supervised=st.booleans())
-def test_reading_presence_records_directly_agrees_with_the_generic_path(
+def test_a_device_row_is_its_presence_record_over_its_registry_entry(
     state: DeviceState, entry: Device | None, now: int, supervised: bool
 ) -> None:
-    """``GET /buildings`` and ``/devices`` read presence's records directly (``DeviceReader``); what they read must be
-    what ``device_facts`` and ``device_row`` make of the record's ``as_dict`` (what ``GET /devices/{id}`` shows)."""
+    """``GET /buildings`` counts a device's facts and ``/devices`` shows its row: the two agree, each field is the
+    record's own (the registry fills only what the record leaves empty), and a registry device presence does not know
+    is its registry entry, status unknown."""
     from gateway.api import views
 
     grids = {"b1": "g1", "b3": "g3"}
@@ -444,24 +403,49 @@ def test_reading_presence_records_directly_agrees_with_the_generic_path(
         return entry
 
     reader = views.DeviceReader(now_ms=now, building_grids=grids, registry=registry)
-    record = state.as_dict(now)
-    row = views.device_row(record, building_grids=grids, config_device=entry)
     facts = reader.facts("d1", state)
-    assert facts == views.device_facts(record, config_device=entry)
-    if row is None:
+    fallback = entry if entry is not None else None
+    own_id = state.device or (fallback.id if fallback else None)
+    own_building = state.building or (fallback.building if fallback else None)
+    if not own_id or not own_building:
         assert facts is None
         return
     assert facts is not None
     if supervised:  # an open supervisory alert: the route sets it on the facts, and the row must keep it
-        facts.out_of_service = row.out_of_service = True
-    assert reader.row("d1", state, facts) == row
+        facts.out_of_service = True
+    row = reader.row("d1", state, facts)
+    assert (row.id, row.building, row.kind, row.status, row.low_battery, row.out_of_service) == (
+        facts.id,
+        facts.building,
+        facts.kind,
+        facts.status,
+        facts.low_battery,
+        facts.out_of_service,
+    )
+    assert (row.id, row.building) == (own_id[:64], own_building[:64])
+    assert row.status.value == state.state(now)
+    assert row.registered == state.registered and row.last_seen_ms == state.last_seen_ms
+    assert row.grid == ((state.grid or None) or grids.get(row.building))
+    assert row.floor == (state.floor if state.floor is not None else (entry.floor if entry else None))
+    low = row.battery is not None and row.battery < views.LOW_BATTERY_PERCENT
+    assert row.low_battery == low
     assert set(asked) <= {"d1"}
-    # A registry device presence does not know (no record) is read the generic way, as an empty record.
+    # A registry device presence does not know (no record): its entry alone.
     unknown = reader.facts("d1", None)
-    assert unknown == views.device_facts({}, config_device=entry)
-    if unknown is not None:
-        unknown.out_of_service = supervised
-        expected = views.device_row({}, building_grids=grids, config_device=entry)
-        assert expected is not None
-        expected.out_of_service = supervised
-        assert reader.row("d1", None, unknown) == expected
+    if entry is None:
+        assert unknown is None
+        return
+    assert unknown is not None and unknown.status == views.m.DeviceStatus.unknown
+    assert (unknown.id, unknown.building, unknown.low_battery, unknown.out_of_service) == (
+        entry.id,
+        entry.building,
+        False,
+        False,
+    )
+    listed = reader.row("d1", None, unknown)
+    assert (listed.floor, listed.registered, listed.values, listed.grid) == (
+        entry.floor,
+        True,
+        {},
+        grids.get(entry.building),
+    )

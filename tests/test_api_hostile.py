@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.api import create_api_app
-from gateway.api.testing import ServerThread, build_runtime, config_for_tests, inject
+from testkit.api import ServerThread, build_runtime, config_for_tests, inject
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 OPERATOR = {"Authorization": "Bearer demo-operator-token"}

@@ -24,7 +24,7 @@ from schemathesis.checks import (
 )
 
 from gateway.api import create_api_app
-from gateway.api.testing import ServerThread, build_runtime, config_for_tests, inject
+from testkit.api import ServerThread, build_runtime, config_for_tests, inject
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 TOKENS = {

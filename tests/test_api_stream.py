@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api import create_api_app
 from gateway.api.hub import Hub, ResumeGap, SubscriberLagged
-from gateway.api.testing import build_runtime, config_for_tests, inject, now_ms
 from gateway.ingest.contract import registry_from_config
 from rules.types import StatusChange
+from testkit.api import build_runtime, config_for_tests, inject, now_ms
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}

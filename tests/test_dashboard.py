@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from gateway.api import create_api_app
-from gateway.api.testing import ServerThread, build_runtime, config_for_tests, inject, now_ms
 from gateway.ingest.contract import registry_from_config
 from rules.types import Reading, StatusChange
+from testkit.api import ServerThread, build_runtime, config_for_tests, inject, now_ms
 
 pytestmark = pytest.mark.browser
 
@@ -203,7 +203,7 @@ def test_fire_published_over_mqtt_reaches_the_dashboard_of_a_running_gateway(
     import paho.mqtt.publish as mqtt_publish
     import yaml
 
-    from gateway.api.testing import free_port
+    from testkit.api import free_port
 
     expect = playwright_sync.expect
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))

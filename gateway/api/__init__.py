@@ -9,7 +9,7 @@ or add everything to an application you already built (before it starts)::
 
     setup_api(app, runtime)
 
-``runtime`` is a :class:`gateway.api.deps.ApiRuntime` (the gateway's ``Runtime`` is one).  ``runtime.hub`` should be a
+``runtime`` is the gateway's :class:`gateway.api.runtime.Runtime`.  ``runtime.hub`` should be a
 :class:`gateway.api.hub.Hub` that the gateway also publishes device status changes to
 (``hub.publish("device", {"building": ..., "device": ..., "online": ..., "ts_ms": ...})``); when the runtime has no
 hub, one is created and set as ``runtime.hub``.  Alert lifecycle changes reach the hub through
@@ -29,7 +29,6 @@ from aiohttp import web
 
 from gateway.api import routes as _routes  # noqa: F401 - registers the operations
 from gateway.api.auth import TokenAuthenticator
-from gateway.api.deps import ApiRuntime
 from gateway.api.framework import (
     API_PREFIX,
     AUTH_KEY,
@@ -42,6 +41,7 @@ from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
 from gateway.api.routes.stream import store_listener
+from gateway.api.runtime import Runtime
 
 __all__ = ["STATIC_DIR", "Hub", "create_api_app", "setup_api"]
 
@@ -55,7 +55,7 @@ _CSP = (
 )
 
 
-def create_api_app(runtime: ApiRuntime, *, clock_ms: Callable[[], int] | None = None) -> web.Application:
+def create_api_app(runtime: Runtime, *, clock_ms: Callable[[], int] | None = None) -> web.Application:
     """A new aiohttp application serving the API, ``/openapi.json``, ``/docs`` and the dashboard at ``/``."""
     limit = _body_limit(runtime)
     # aiohttp's own limit is a backstop for handlers that read bodies themselves (the inbound SMS webhook).
@@ -64,13 +64,13 @@ def create_api_app(runtime: ApiRuntime, *, clock_ms: Callable[[], int] | None = 
     return app
 
 
-def setup_api(app: web.Application, runtime: ApiRuntime, *, clock_ms: Callable[[], int] | None = None) -> None:
+def setup_api(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], int] | None = None) -> None:
     """Add the API, docs and dashboard to an existing application (call before it starts)."""
     app.middlewares.append(problem_middleware)
     _install(app, runtime, clock_ms=clock_ms, limit=_body_limit(runtime))
 
 
-def _body_limit(runtime: ApiRuntime) -> int:
+def _body_limit(runtime: Runtime) -> int:
     return int(runtime.config.http.max_body_kb) * 1024
 
 
@@ -78,7 +78,7 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _install(app: web.Application, runtime: ApiRuntime, *, clock_ms: Callable[[], int] | None, limit: int) -> None:
+def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], int] | None, limit: int) -> None:
     hub = getattr(runtime, "hub", None)
     if hub is None:
         hub = Hub()

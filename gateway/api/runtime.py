@@ -1,24 +1,17 @@
 """The running gateway's parts, as handed to the HTTP API (``gateway.api.create_api_app(runtime)``).
 
-Members (see also ``gateway/api/deps.py``):
+Each member is the real class (go to its definition); every one but ``config`` and ``metrics`` may be None, and a
+route whose dependency is missing answers ``503 Service Unavailable`` as a problem document instead of failing.
+Notes the types do not say:
 
-* ``config``: the :class:`~gateway.config.FiregridConfig`.
-* ``store``: the :class:`alerts.store.AlertStore` (alerts, incidents, lifecycle), or None if unavailable.
-* ``presence``: :class:`gateway.storage.presence.Presence`: ``list_devices(*, now_ms, building=, grid=, kind=, state=,
-  registered=, buildings=)`` and ``get_device(id, *, now_ms)`` -> dicts with ``id, building, kind, floor, grid,
-  location, registered, last_seen_ms, last_values, battery, status, state ('online'|'offline'|'unknown'), online,
-  heartbeat_s``; ``history(device, limit=)`` when there is no InfluxDB.
-* ``rejections``: :class:`gateway.ingest.rejections.Rejections`: ``recent(limit)`` -> newest first, dicts with ``ts_ms,
-  reason, detail, topic, building, device``; ``counts`` by reason.
-* ``influx``: :class:`gateway.storage.influx.InfluxWriter` with ``async query(influxql) -> list[dict]`` (rows with the
-  series' tags merged in, ``time`` in epoch ms), or None when ``influx.url`` is null (demo).
-* ``engine`` and ``engine_lock``: the rules engine; hold the lock (``async with runtime.engine_lock``) around
-  ``set_maintenance`` / ``clear_maintenance`` so a change never interleaves with a batch.
-* ``hub``: the SSE hub (``gateway.api.hub.Hub``); the gateway publishes ``device`` events (presence changes).
-* ``metrics``: :class:`gateway.metrics.Metrics` (Prometheus registry).
+* ``presence``: routes read its records (``presence.devices``) directly, never across an ``await``.
+* ``influx``: None when ``influx.url`` is null (the demo): device history then comes from ``presence.history``.
+* ``engine`` and ``engine_lock``: hold the lock (``async with runtime.engine_lock``) around ``set_maintenance`` /
+  ``clear_maintenance`` so a change never interleaves with a batch.
+* ``hub``: the gateway publishes ``device`` events (presence changes) to it; the API creates one when it is None.
 * ``apply_transitions``: ``await runtime.apply_transitions(transitions)`` persists transitions the API caused
-  (``engine.set_maintenance`` / ``clear_maintenance`` return some) through the gateway's commit sequence, so they
-  reach the store, InfluxDB and the notifier like any other.
+  (maintenance windows) through the gateway's commit sequence, so they reach the store, InfluxDB and the notifier
+  like any other.
 * ``mqtt``, ``pipeline``, ``dead_letters``, ``started_ms``: for ``/readyz`` and diagnostics.
 """
 

@@ -2,9 +2,9 @@
 
 Alerts, incidents, their audit trails and evidence come from the alert store as typed records
 (:mod:`alerts.records`) and are read by their fields; what the API adds is its own limits (text cut to length, a
-grid taken from the building when the alert has none).  Presence entries may come from the gateway's presence
-registry or any object with its methods, as dataclasses, mappings or sqlite rows: :func:`fields_of` reads any of
-them.  Nothing here raises on odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
+grid taken from the building when the alert has none).  Devices are presence's own records
+(:class:`gateway.storage.presence.DeviceState`) over their registry entries, read by :class:`DeviceReader`.  Nothing
+here raises on odd data: a value of the wrong type is dropped (``None``), never turned into a 500.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from alerts.records import AlertDetail, AlertRecord, AuditEntry, IncidentRecord
 from gateway.api import models as m
+from gateway.config import Device
+from gateway.ingest.rejections import Rejection
 from gateway.storage.presence import DeviceState
 from rules.types import Evidence, Severity
 
@@ -27,38 +29,6 @@ _A = TypeVar("_A", bound=m.Alert)
 LOW_BATTERY_PERCENT = 20.0
 # The gauge's green zone (the same band as the shipped rule ``extinguisher-pressure`` in rules/defaults.yaml).
 EXTINGUISHER_MPA = (1.0, 1.4)
-
-
-def fields_of(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if hasattr(obj, "model_dump"):
-        try:
-            return dict(obj.model_dump())
-        except Exception:  # pragma: no cover - a broken model: fall back to attributes
-            pass
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "keys"):  # sqlite3.Row
-        try:
-            return {k: obj[k] for k in obj.keys()}
-        except Exception:  # pragma: no cover
-            return {}
-    if hasattr(obj, "__dict__"):
-        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    if hasattr(obj, "__slots__"):
-        return {k: getattr(obj, k) for k in obj.__slots__ if hasattr(obj, k)}
-    return {}
-
-
-def first(data: Mapping[str, Any], *names: str) -> Any:
-    for name in names:
-        value = data.get(name)
-        if value is not None:
-            return value
-    return None
 
 
 def as_str(value: Any, limit: int = 2000) -> str | None:
@@ -299,54 +269,7 @@ class DeviceRow:
 _STATUS_BY_TEXT = {s.value: s for s in m.DeviceStatus}
 
 
-def _in_registry(config_device: Any) -> bool:
-    if config_device is None:
-        return False
-    return bool(config_device) if isinstance(config_device, Mapping) else True
-
-
-# device_row and device_facts read a record through the same helpers below, so a building's rollup counts exactly
-# what its device list shows.
-
-
-def _merged(obj: Any) -> dict[str, Any]:
-    data: dict[str, Any] = obj if type(obj) is dict else fields_of(obj)
-    ref = data.get("ref")
-    if ref is None:
-        return data  # a None value reads as missing everywhere below, as if it had been dropped
-    return {**fields_of(ref), **{k: v for k, v in data.items() if v is not None}}
-
-
-def _registry(config_device: Any) -> tuple[Any, Any, Any, Any, Any]:
-    """The registry entry's id, building, kind, floor and location."""
-    if config_device is None:
-        return None, None, None, None, None
-    if isinstance(config_device, Mapping):
-        get = config_device.get
-        return get("id"), get("building"), get("kind"), get("floor"), get("location")
-    c = config_device
-    return (
-        getattr(c, "id", None),
-        getattr(c, "building", None),
-        getattr(c, "kind", None),
-        getattr(c, "floor", None),
-        getattr(c, "location", None),
-    )
-
-
-def _identity(merged: Mapping[str, Any], cfg_id: Any, cfg_building: Any) -> tuple[str | None, str | None]:
-    identifier = as_str(first(merged, "device", "device_id", "id") or cfg_id, 64)
-    return identifier, as_str(merged.get("building") or cfg_building, 64)
-
-
-_VALUE_FIELDS = ("values", "last_values", "metrics")
-
-
-def _values(merged: Mapping[str, Any]) -> dict[str, m.MetricValue | None]:
-    return _metric_values(first(merged, *_VALUE_FIELDS))
-
-
-def _metric_values(raw: Any) -> dict[str, m.MetricValue | None]:
+def _metric_values(raw: Mapping[str, Any] | None) -> dict[str, m.MetricValue | None]:
     """A device's last values as the API shows them (at most 64, a ``{"value": x}`` record read as ``x``)."""
     values: dict[str, m.MetricValue | None] = {}
     if raw and isinstance(raw, Mapping):
@@ -357,24 +280,28 @@ def _metric_values(raw: Any) -> dict[str, m.MetricValue | None]:
 
 
 def _metric_value(value: Any) -> m.MetricValue | None:
-    return metric(fields_of(value).get("value") if _is_record(value) else value)
+    if isinstance(value, Mapping):  # a value sent as a record (``{"value": 1.2, "unit": "MPa"}``)
+        return metric(value.get("value"))
+    return metric(value)
 
 
 # The last values _upkeep reads (extinguisher_out_of_service: present, obstructed, pressure_mpa, fault).
 _UPKEEP_VALUES = ("battery", "present", "obstructed", "pressure_mpa", "fault")
 
 
-def _upkeep_values(raw: Any) -> dict[str, m.MetricValue | None]:
+def _upkeep_values(raw: Mapping[str, Any]) -> dict[str, m.MetricValue | None]:
     """Of :func:`_metric_values`, only the values :func:`_upkeep` reads, without reading the others.  The same
-    values: a dict's keys are text (a device's values are a JSON object), and ``name`` is the only text key that
-    :func:`_metric_values` would name ``name``."""
-    if not raw or type(raw) is not dict or len(raw) > 64:  # over 64: which are kept depends on all of them
+    values: a device's values are a JSON object (text keys), so a key is kept exactly when it is one of these."""
+    if len(raw) > 64:  # over 64: which are kept depends on all of them
         return _metric_values(raw)
     return {name: _metric_value(raw[name]) for name in _UPKEEP_VALUES if name in raw}
 
 
 def _upkeep(
-    kind: str | None, own_battery: Any, raw_values: Any, values: Mapping[str, Any] | None = None
+    kind: str | None,
+    own_battery: float | None,
+    raw_values: Mapping[str, Any] | None,
+    values: Mapping[str, Any] | None = None,
 ) -> tuple[float | None, bool, bool]:
     """A device's battery (its own ``battery`` field, else its last ``battery`` value), whether that is low, and
     whether it is an extinguisher out of service by its last values.  ``values``: ``raw_values`` already read by
@@ -400,51 +327,6 @@ def _upkeep(
 _NO_VALUES: Mapping[str, Any] = MappingProxyType({})
 
 
-def _status(merged: Mapping[str, Any]) -> m.DeviceStatus:
-    # Presence's "state" judges heartbeats too; "status" is only what the device last said about itself.
-    text = first(merged, "state", "status")
-    status = _STATUS_BY_TEXT.get(text) if type(text) is str else None
-    if status is not None:
-        return status
-    text = as_str(text, 16)
-    if text in _STATUS_BY_TEXT:
-        return _STATUS_BY_TEXT[text]
-    online = as_bool(merged.get("online"))
-    if online is None:
-        return m.DeviceStatus.unknown
-    return m.DeviceStatus.online if online else m.DeviceStatus.offline
-
-
-def device_row(obj: Any, *, building_grids: Mapping[str, str], config_device: Any = None) -> DeviceRow | None:
-    """A presence record (dict, dataclass, model, row) over the registry entry ``config_device``; None when the
-    record names no device or building."""
-    merged = _merged(obj)
-    cfg_id, cfg_building, cfg_kind, cfg_floor, cfg_location = _registry(config_device)
-    identifier, building = _identity(merged, cfg_id, cfg_building)
-    if identifier is None or building is None:
-        return None
-    values = _values(merged)
-    kind = as_str(merged.get("kind") or cfg_kind, 32)
-    battery, low_battery, out_of_service = _upkeep(kind, merged.get("battery"), None, values)
-    registered = as_bool(merged.get("registered"))
-    floor = merged.get("floor")
-    return DeviceRow(
-        id=identifier,
-        building=building,
-        grid=as_str(merged.get("grid"), 64) or building_grids.get(building),
-        kind=kind,
-        floor=as_int(floor if floor is not None else cfg_floor),
-        location=as_str(merged.get("location") or cfg_location, 200),
-        registered=registered if registered is not None else _in_registry(config_device),
-        status=_status(merged),
-        last_seen_ms=as_int(first(merged, "last_seen_ms", "last_seen", "seen_ms")),
-        battery=battery,
-        low_battery=low_battery,
-        out_of_service=out_of_service,
-        values=values,
-    )
-
-
 @dataclasses.dataclass(slots=True)
 class DeviceFacts:
     """What a building's rollup counts of one device: the fields of its :class:`DeviceRow` of the same names."""
@@ -457,38 +339,26 @@ class DeviceFacts:
     out_of_service: bool
 
 
-def device_facts(obj: Any, *, config_device: Any = None) -> DeviceFacts | None:
-    """:func:`device_row` cut to what a rollup needs, at a fraction of its cost (``GET /api/v1/buildings`` reads
-    every device)."""
-    merged = _merged(obj)
-    cfg_id, cfg_building, cfg_kind, _floor, _location = _registry(config_device)
-    identifier, building = _identity(merged, cfg_id, cfg_building)
-    if identifier is None or building is None:
-        return None
-    kind = as_str(merged.get("kind") or cfg_kind, 32)
-    _battery, low_battery, out_of_service = _upkeep(kind, merged.get("battery"), first(merged, *_VALUE_FIELDS))
-    # positional: measurably cheaper, 100,000 times per request
-    return DeviceFacts(identifier, building, kind, _status(merged), low_battery, out_of_service)
-
-
 class DeviceReader:
-    """One request's reading of presence's own records (:class:`gateway.storage.presence.DeviceState`) straight from
-    their attributes: the same :class:`DeviceFacts` and :class:`DeviceRow` that :func:`device_facts` and
-    :func:`device_row` make of the record's ``as_dict``, without building that dict (and the generic path's
-    merging and spelling look-ups) for each of a district's 100,000 devices.  Any other record, or none (a
-    registry device presence does not know), is read the generic way.  ``registry`` (device id -> registry entry)
-    is asked only when a record leaves a field to the registry."""
+    """One request's reading of devices: presence's own records (:class:`gateway.storage.presence.DeviceState`) read
+    straight from their attributes over the registry entry (:class:`gateway.config.Device`), and a registry device
+    presence has no record of read from its entry alone.  ``facts`` is what a rollup counts, at a fraction of a row's
+    cost (``GET /api/v1/buildings`` reads each of a district's 100,000 devices); ``row`` the full device, built only
+    for the devices a request returns.  ``registry`` (device id -> entry) is asked only when a record leaves a field
+    to the registry."""
 
     __slots__ = ("building_grids", "now_ms", "registry")
 
-    def __init__(self, *, now_ms: int, building_grids: Mapping[str, str], registry: Callable[[str], Any]) -> None:
+    def __init__(
+        self, *, now_ms: int, building_grids: Mapping[str, str], registry: Callable[[str], Device | None]
+    ) -> None:
         self.now_ms = now_ms
         self.building_grids = building_grids
         self.registry = registry
 
-    def facts(self, device_id: str, record: Any) -> DeviceFacts | None:
-        if type(record) is not DeviceState:
-            return device_facts(record or {}, config_device=self.registry(device_id))
+    def facts(self, device_id: str, record: DeviceState | None) -> DeviceFacts | None:
+        if record is None:
+            return self._registered_facts(self.registry(device_id))
         identifier: str | None = record.device
         building: str | None = record.building
         kind: str | None = record.kind
@@ -504,30 +374,54 @@ class DeviceReader:
             identifier, building, kind = self._identity(device_id, record)
             if identifier is None or building is None:
                 return None
-        status = _STATUS_BY_TEXT.get(record.state(self.now_ms))
+        status = _STATUS_BY_TEXT[record.state(self.now_ms)]
         _battery, low_battery, out_of_service = _upkeep(kind, record.battery, record.last_values)
-        status = status or self._status(record)
         return DeviceFacts(identifier, building, kind, status, low_battery, out_of_service)  # positional: cheaper
 
+    @staticmethod
+    def _registered_facts(entry: Device | None) -> DeviceFacts | None:
+        """A registry device presence has not heard from: its entry's identity, status unknown, nothing to judge."""
+        if entry is None:
+            return None
+        identifier, building = as_str(entry.id, 64), as_str(entry.building, 64)
+        if identifier is None or building is None:
+            return None
+        return DeviceFacts(identifier, building, as_str(entry.kind, 32), m.DeviceStatus.unknown, False, False)
+
     def _identity(self, device_id: str, record: DeviceState) -> tuple[str | None, str | None, str | None]:
-        """As device_facts reads them: an empty field falls back to the registry; text is cut to its limit."""
-        own_id, own_building, own_kind = record.device, record.building, record.kind
+        """An empty field falls back to the registry; text is cut to its limit."""
+        own_id: str | None = record.device
+        own_building: str | None = record.building
+        own_kind: str | None = record.kind
         if not (own_id and own_building and own_kind):
-            cfg_id, cfg_building, cfg_kind, _floor, _location = _registry(self.registry(device_id))
-            own_id, own_building, own_kind = own_id or cfg_id, own_building or cfg_building, own_kind or cfg_kind
+            entry = self.registry(device_id)
+            own_id = own_id or (entry.id if entry is not None else None)
+            own_building = own_building or (entry.building if entry is not None else None)
+            own_kind = own_kind or (entry.kind if entry is not None else None)
         return as_str(own_id, 64), as_str(own_building, 64), as_str(own_kind, 32)
 
-    def row(self, device_id: str, record: Any, facts: DeviceFacts) -> DeviceRow | None:
+    def row(self, device_id: str, record: DeviceState | None, facts: DeviceFacts) -> DeviceRow:
         """The full row of a device whose ``facts`` this reader gave (their ``out_of_service`` may have been set by
         an open supervisory alert since: the row keeps it)."""
-        if type(record) is not DeviceState:
-            row = device_row(record or {}, building_grids=self.building_grids, config_device=self.registry(device_id))
-            if row is not None:
-                row.out_of_service = facts.out_of_service
-            return row
-        floor, location, registered = record.floor, record.location, as_bool(record.registered)
-        entry = self.registry(device_id) if floor is None or not location or registered is None else None
-        _id, _building, _kind, cfg_floor, cfg_location = _registry(entry)
+        if record is None:
+            entry = self.registry(device_id)
+            return DeviceRow(
+                id=facts.id,
+                building=facts.building,
+                grid=self.building_grids.get(facts.building),
+                kind=facts.kind,
+                floor=entry.floor if entry is not None else None,
+                location=as_str(entry.location, 200) if entry is not None else None,
+                registered=entry is not None,
+                status=facts.status,
+                last_seen_ms=None,
+                battery=None,
+                low_battery=facts.low_battery,
+                out_of_service=facts.out_of_service,
+                values={},
+            )
+        floor, location = record.floor, record.location
+        entry = self.registry(device_id) if floor is None or not location else None
         values = _metric_values(record.last_values)
         battery, _low, _out = _upkeep(facts.kind, record.battery, None, values)
         return DeviceRow(
@@ -535,32 +429,16 @@ class DeviceReader:
             building=facts.building,
             grid=as_str(record.grid, 64) or self.building_grids.get(facts.building),
             kind=facts.kind,
-            floor=as_int(floor if floor is not None else cfg_floor),
-            location=as_str(location or cfg_location, 200),
-            registered=registered if registered is not None else _in_registry(entry),
+            floor=floor if floor is not None else (entry.floor if entry is not None else None),
+            location=as_str(location or (entry.location if entry is not None else None), 200),
+            registered=record.registered,
             status=facts.status,
-            last_seen_ms=as_int(record.last_seen_ms),
+            last_seen_ms=record.last_seen_ms,
             battery=battery,
             low_battery=facts.low_battery,
             out_of_service=facts.out_of_service,
             values=values,
         )
-
-    def _status(self, record: DeviceState) -> m.DeviceStatus:
-        text = record.state(self.now_ms)
-        status = _STATUS_BY_TEXT.get(text) if type(text) is str else None
-        if status is None:  # not one of presence's three states: read as the generic path reads as_dict
-            status = _status({"state": text, "status": record.status, "online": text == "online"})
-        return status
-
-
-def device_from(obj: Any, *, building_grids: Mapping[str, str], config_device: Any = None) -> m.Device | None:
-    row = device_row(obj, building_grids=building_grids, config_device=config_device)
-    return row.model() if row is not None else None
-
-
-def _is_record(value: Any) -> bool:
-    return not isinstance(value, bool | int | float | str) and value is not None
 
 
 def extinguisher_out_of_service(values: Mapping[str, Any]) -> bool:
@@ -573,21 +451,17 @@ def extinguisher_out_of_service(values: Mapping[str, Any]) -> bool:
     return isinstance(fault, str) and bool(fault)
 
 
-def rejection_from(obj: Any) -> m.Rejection | None:
-    """A rejection as ``gateway.ingest.rejections.Rejections.recent`` gives it (a dict of its ``Rejection``)."""
-    data = fields_of(obj)
-    reason = as_str(data.get("reason"), 64)
-    if reason is None:
-        return None
-    payload = data.get("payload")
+def rejection_from(item: Rejection) -> m.Rejection:
+    """A rejected message as :class:`gateway.ingest.rejections.Rejections` keeps it (the payload itself is never
+    kept: it may be hostile, and it is counted, not stored)."""
     return m.Rejection(
-        ts_ms=as_int(data.get("ts_ms")),
-        topic=as_str(data.get("topic"), 300),
-        reason=reason,
-        detail=as_str(data.get("detail"), 500),
-        building=as_str(data.get("building"), 64),
-        device=as_str(data.get("device"), 64),
-        payload=as_str(payload, 512),
+        ts_ms=item.ts_ms,
+        topic=as_str(item.topic, 300),
+        reason=item.reason,
+        detail=as_str(item.detail, 500),
+        building=as_str(item.building, 64),
+        device=as_str(item.device, 64),
+        payload=None,
     )
 
 
@@ -604,23 +478,3 @@ def history_from_rows(rows: list[dict[str, Any]], *, tags: set[str]) -> list[m.H
             points.append(m.HistoryPoint(ts_ms=ts, values=values))
     points.sort(key=lambda p: p.ts_ms)
     return points
-
-
-def json_safe(value: Any, depth: int = 0) -> Any:
-    """A JSON-encodable copy of a record, for live events (enums as their names, severities as labels)."""
-    if depth > 6:
-        return None
-    if isinstance(value, Severity):
-        return value.label
-    if isinstance(value, Enum):
-        return value.value
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v, depth + 1) for v in list(value)[:200]]
-    data = value if isinstance(value, Mapping) else fields_of(value)
-    return {str(k): json_safe(v, depth + 1) for k, v in data.items()}

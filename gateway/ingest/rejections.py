@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from gateway.ingest.contract import Rejected
 from gateway.metrics import Metrics
@@ -65,7 +64,7 @@ class Rejections:
             )
         return item
 
-    def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 100) -> list[Rejection]:
         """Newest first."""
         items = list(self._recent)[-limit:] if limit > 0 else []
-        return [asdict(i) for i in reversed(items)]
+        return items[::-1]

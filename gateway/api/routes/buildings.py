@@ -88,7 +88,7 @@ async def list_buildings(call: Call) -> m.BuildingList:
     # One pass over the listed buildings' devices, each counted into its own building's tally (nothing of a whole
     # district is held at once); alerts grouped by building once.
     tallies = {b.id: _Tally() for b in listed}
-    sources, reader = await device_sources(call, set(tallies))
+    sources, reader = device_sources(call, set(tallies))
     with gc_paused():
         for device_id, record in sources:
             device = reader.facts(device_id, record)

@@ -15,40 +15,30 @@ from gateway.api import models as m
 from gateway.api import views as v
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.routes.alerts import active_alerts
-from gateway.api.routes.state import check_scope, maybe_await, state_of
+from gateway.api.routes.state import check_scope, state_of
+from gateway.storage.presence import DeviceState
 
 
-async def device_sources(call: Call, wanted: set[str] | None) -> tuple[Iterable[tuple[str, Any]], v.DeviceReader]:
+def device_sources(
+    call: Call, wanted: set[str] | None
+) -> tuple[Iterable[tuple[str, DeviceState | None]], v.DeviceReader]:
     """(device id, presence record or None) of each device of the ``wanted`` buildings (of every building when None):
     the registry from the config overlaid with what presence knows, and the reader that turns them into facts and
-    rows.  With the gateway's presence, only the devices of those buildings are read, one at a time as the caller
-    iterates (never across an ``await``), each record as presence keeps it (no per-device copy); the caller still
-    checks each device's own building and scope."""
+    rows.  Only the devices of those buildings are read, one at a time as the caller iterates (never across an
+    ``await``), each record as presence keeps it (no per-device copy); the caller still checks each device's own
+    building and scope."""
     state = state_of(call)
-    config = state.config
-    now = state.clock_ms()
-    reader = v.DeviceReader(now_ms=now, building_grids=state.building_grids, registry=config.device)
+    reader = v.DeviceReader(now_ms=state.clock_ms(), building_grids=state.building_grids, registry=state.config.device)
     index = state.device_index()
-    if index.follows_presence:
-        index.refresh()
-        records = index.presence.devices
-        who = call.who
-        return (
-            (device_id, records.get(device_id))
-            for building in (index.buildings() if wanted is None else wanted)
-            if who.sees_building(building)
-            for device_id in index.ids(building)
-        ), reader
-    by_id: dict[str, Any] = {
-        device.id: None for device in config.devices if wanted is None or device.building in wanted
-    }
-    presence = state.runtime.presence
-    if presence is not None:
-        for record in await maybe_await(presence.list_devices(now_ms=now)) or ():
-            named = v.as_str(v.first(v.fields_of(record), "device", "device_id", "id"), 64)
-            if named is not None:
-                by_id[named] = record
-    return list(by_id.items()), reader
+    index.refresh()
+    records = index.records()
+    who = call.who
+    return (
+        (device_id, records.get(device_id))
+        for building in (index.buildings() if wanted is None else wanted)
+        if who.sees_building(building)
+        for device_id in index.ids(building)
+    ), reader
 
 
 def supervised_devices(active: Sequence[m.Alert]) -> set[str]:
@@ -73,7 +63,7 @@ async def device_rows(
     wanted = None if buildings is None else set(buildings)
     supervised = supervised_devices(active)
     rows: list[v.DeviceRow] = []
-    sources, reader = await device_sources(call, wanted)
+    sources, reader = device_sources(call, wanted)
     with gc_paused():
         for device_id, record in sources:
             facts = reader.facts(device_id, record)
@@ -147,17 +137,12 @@ async def get_device(call: Call) -> m.DeviceDetail:
     device_id: str = call.params["id"]
     state = state_of(call)
     presence = state.runtime.presence
-    record = (
-        await maybe_await(presence.get_device(device_id, now_ms=state.clock_ms())) if presence is not None else None
-    )
-    registered = state.config.device(device_id)
-    row = (
-        v.device_row(record or {}, building_grids=state.building_grids, config_device=registered)
-        if record is not None or registered is not None
-        else None
-    )
-    if row is None or row.id != device_id:
+    record = presence.devices.get(device_id) if presence is not None else None
+    reader = v.DeviceReader(now_ms=state.clock_ms(), building_grids=state.building_grids, registry=state.config.device)
+    facts = reader.facts(device_id, record)
+    if facts is None or facts.id != device_id:
         raise ApiError(404, f"no device {device_id!r}")
+    row = reader.row(device_id, record, facts)
     check_scope(call.who, building=row.building)
     active = [a for a in await active_alerts(call) if a.device == row.id]
     if row.kind == "extinguisher" and any(a.severity == m.SeverityName.supervisory for a in active):
@@ -177,7 +162,7 @@ async def _history(
 ) -> tuple[list[m.HistoryPoint], Any, str | None]:
     runtime = state_of(call).runtime
     influx = runtime.influx
-    if influx is not None and hasattr(influx, "query") and device.kind:
+    if influx is not None and device.kind:
         # gateway/storage/influx.py: measurement = device kind, tag "device".  Both matched ^[A-Za-z0-9_-]{1,64}$
         # (the id on the way in, the kind from the registry), so quoting them cannot break out of the statement.
         kind = "".join(ch for ch in device.kind if ch.isalnum() or ch in "_-")
@@ -191,13 +176,11 @@ async def _history(
             return [], "influxdb", f"InfluxDB query failed: {type(exc).__name__}"
         return v.history_from_rows(list(rows or []), tags=_INFLUX_TAGS), "influxdb", None
     presence = runtime.presence
-    history_fn = getattr(presence, "history", None)
-    if history_fn is not None:
+    if presence is not None:
         since = state_of(call).clock_ms() - minutes * 60_000
-        rows = await asyncio.to_thread(history_fn, device.id, limit=points)
+        rows = await asyncio.to_thread(presence.history, device.id, limit=points)
         out: list[m.HistoryPoint] = []
-        for row in rows or ():
-            data = v.fields_of(row)
+        for data in rows:
             ts = v.as_int(data.get("ts_ms"))
             if ts is None or ts < since:
                 continue

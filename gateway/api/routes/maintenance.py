@@ -7,11 +7,11 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from gateway.api import models as m
 from gateway.api.framework import ApiError, Call, id_param, operation
-from gateway.api.routes.state import ApiState, check_scope, maybe_await, required, state_of
+from gateway.api.routes.state import ApiState, check_scope, required, state_of
+from rules.engine import Engine
 from rules.types import AlertTransition, MaintenanceWindow
 
 log = logging.getLogger("firegrid.api")
@@ -34,13 +34,13 @@ def _live_windows(state: ApiState) -> list[m.MaintenanceWindowOut]:
     """The engine's windows (it is the authority: windows from the config and restored snapshots count too)."""
     now = state.clock_ms()
     engine = state.runtime.engine
-    listed = engine.maintenance() if engine is not None and hasattr(engine, "maintenance") else []
+    listed = engine.maintenance() if engine is not None else []
     created = {w.id: w.created_by for w in state.maintenance.values()}
     out = [_window_out(w, created.get(w.id)) for w in listed if w.end_ms > now]
     return sorted(out, key=lambda w: (w.start_ms, w.id))
 
 
-async def _engine_change(call: Call, change: Callable[[Any], list[AlertTransition]]) -> None:
+async def _engine_change(call: Call, change: Callable[[Engine], list[AlertTransition]]) -> None:
     """Change the engine under its lock, then commit what the change caused (test alerts cleared when a window
     closes) through the gateway's own commit path, so the store, outbox and engine snapshot stay consistent."""
     state = state_of(call)
@@ -56,7 +56,7 @@ async def _engine_change(call: Call, change: Callable[[Any], list[AlertTransitio
     apply = state.runtime.apply_transitions
     store = state.runtime.store
     if apply is not None:
-        await maybe_await(apply(transitions))
+        await apply(transitions)
     elif store is not None:
         await asyncio.to_thread(store.apply, transitions, now_ms=state.clock_ms())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway.api import models as m
 from gateway.api import views as v
 from gateway.api.framework import Call, operation
-from gateway.api.routes.state import check_scope, maybe_await, required, state_of
+from gateway.api.routes.state import check_scope, required, state_of
 
 
 @operation(
@@ -21,11 +21,10 @@ async def list_rejections(call: Call) -> m.RejectionList:
     q: m.RejectionQuery = call.query
     check_scope(call.who, building=q.building)
     rejections = required(state_of(call).runtime.rejections, "rejections")
-    rows = await maybe_await(rejections.recent(1000))
     items: list[m.Rejection] = []
-    for row in rows or ():
+    for row in rejections.recent(1000):
         rejection = v.rejection_from(row)
-        if rejection is None or not call.who.sees_building(rejection.building):
+        if not call.who.sees_building(rejection.building):
             continue
         if (q.reason is not None and rejection.reason != q.reason) or (
             q.building is not None and rejection.building != q.building

@@ -7,12 +7,12 @@ import asyncio
 from aiohttp import web
 
 from alerts.inbound import handle_inbound_sms
-from gateway.api.deps import ApiRuntime
 from gateway.api.framework import API_PREFIX, BODY_LIMIT_KEY, problem_response
 from gateway.api.routes.state import STATE_KEY
+from gateway.api.runtime import Runtime
 
 
-def add_sms_inbound(app: web.Application, runtime: ApiRuntime) -> None:
+def add_sms_inbound(app: web.Application, runtime: Runtime) -> None:
     """``POST /api/v1/sms/inbound``: acknowledge by SMS reply (``alerts.inbound.handle_inbound_sms``).
 
     It authenticates by the provider's signature, not by bearer token, so it is not part of the bearer-token

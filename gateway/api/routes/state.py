@@ -4,11 +4,11 @@ token-scope check.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -16,13 +16,14 @@ from alerts.store import AlertStore
 from gateway.api import models as m
 from gateway.api import views as v
 from gateway.api.auth import Principal
-from gateway.api.deps import ApiRuntime
 from gateway.api.framework import ApiError, Call
 from gateway.api.hub import Hub
+from gateway.api.runtime import Runtime
 from gateway.config import FiregridConfig
 from gateway.storage.presence import DeviceState, Presence
 
 _T = TypeVar("_T")
+_NO_RECORDS: Mapping[str, DeviceState] = MappingProxyType({})
 
 
 class DeviceIndex:
@@ -31,7 +32,7 @@ class DeviceIndex:
     devices, so a request about one building reads only that building's devices, and one about every building
     reads each device once (a district may have 2,000 buildings and 100,000 devices)."""
 
-    def __init__(self, config: FiregridConfig, presence: Any) -> None:
+    def __init__(self, config: FiregridConfig, presence: Presence | None) -> None:
         self.config = config
         self.presence = presence
         self._building_of: dict[str, str] = {}
@@ -40,12 +41,9 @@ class DeviceIndex:
             self._add(device.id, device.building)
         self._looked_at = 0  # how many of presence's devices were indexed
 
-    @property
-    def follows_presence(self) -> bool:
-        """The gateway's presence (``gateway.storage.presence.Presence``) keeps its devices in a dict this index can
-        follow, and the API reads their records directly; with anything else, every request asks presence for its whole
-        list."""
-        return isinstance(self.presence, Presence)
+    def records(self) -> Mapping[str, DeviceState]:
+        """Presence's own records by device id (none without presence: every device is then its registry entry)."""
+        return self.presence.devices if self.presence is not None else _NO_RECORDS
 
     def _add(self, device_id: str, building: str) -> None:
         if device_id not in self._building_of:
@@ -53,7 +51,9 @@ class DeviceIndex:
             self._by_building.setdefault(building, []).append(device_id)
 
     def refresh(self) -> None:
-        devices: dict[str, DeviceState] = self.presence.devices
+        if self.presence is None:
+            return
+        devices = self.presence.devices
         count = len(devices)
         if count == self._looked_at:
             return
@@ -77,7 +77,7 @@ class DeviceIndex:
 
 @dataclass
 class ApiState:
-    runtime: ApiRuntime
+    runtime: Runtime
     hub: Hub
     clock_ms: Callable[[], int]
     maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
@@ -130,8 +130,3 @@ def check_scope(who: Principal, *, building: str | None = None, grid: str | None
         raise ApiError(403, f"building {building!r} is outside this token's scope", type="urn:firegrid:problem:scope")
     if grid is not None and not who.sees_grid(grid):
         raise ApiError(403, f"grid {grid!r} is outside this token's scope", type="urn:firegrid:problem:scope")
-
-
-async def maybe_await(value: Any) -> Any:
-    """A presence or rejection log may answer directly or with an awaitable."""
-    return await value if inspect.isawaitable(value) else value

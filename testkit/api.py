@@ -1,5 +1,5 @@
 """Helpers to run the HTTP API on real parts outside ``firegrid run``: used by the API and dashboard tests and handy
-for poking at the dashboard by hand (``python -m gateway.api.testing examples/community.yaml``).
+for poking at the dashboard by hand (``python -m testkit.api examples/community.yaml``).
 
 :func:`build_runtime` assembles the same components the gateway service uses — a real :class:`AlertStore` on
 SQLite, real :class:`Presence`, :class:`Rejections`, the rules :class:`Engine` and an SSE :class:`Hub` — without
@@ -19,7 +19,18 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from alerts.records import AlertChange
+from alerts.store import AlertStore
+from gateway.api.hub import Hub
+from gateway.api.runtime import Runtime
 from gateway.config import FiregridConfig, parse_config
+from gateway.ingest.contract import registry_from_config
+from gateway.ingest.rejections import Rejections
+from gateway.metrics import Metrics
+from gateway.storage.influx import InfluxWriter
+from gateway.storage.presence import Presence
+from rules.engine import Engine
+from rules.loader import load_rule_set
 
 
 def config_for_tests(source: Path, workdir: Path, **overrides: Any) -> FiregridConfig:
@@ -31,17 +42,7 @@ def config_for_tests(source: Path, workdir: Path, **overrides: Any) -> FiregridC
     return parse_config(data, base_dir=workdir)
 
 
-def build_runtime(config: FiregridConfig, *, influx: Any = None) -> Any:
-    from alerts.store import AlertStore
-    from gateway.api.hub import Hub
-    from gateway.api.runtime import Runtime
-    from gateway.ingest.contract import registry_from_config
-    from gateway.ingest.rejections import Rejections
-    from gateway.metrics import Metrics
-    from gateway.storage.presence import Presence
-    from rules.engine import Engine
-    from rules.loader import load_rule_set
-
+def build_runtime(config: FiregridConfig, *, influx: InfluxWriter | None = None) -> Runtime:
     metrics = Metrics()
     presence = Presence(config=config, db_path=config.resolve_path(config.store.path))
     if influx is None:
@@ -72,7 +73,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def inject(runtime: Any, device: str, values: dict[str, Any], *, ts_ms: int | None = None) -> list[Any]:
+def inject(runtime: Runtime, device: str, values: dict[str, Any], *, ts_ms: int | None = None) -> list[AlertChange]:
     """Feed one reading through presence, the real rules engine and the real alert store, as the pipeline does.
     Returns the store's changes (their listeners — the SSE hub — have been called)."""
     from gateway.ingest.contract import registry_from_config
@@ -81,14 +82,20 @@ def inject(runtime: Any, device: str, values: dict[str, Any], *, ts_ms: int | No
     ts = now_ms() if ts_ms is None else ts_ms
     ref = registry_from_config(runtime.config)[device]
     reading = Reading(ref=ref, ts_ms=ts, values=values)
-    runtime.presence.reading(reading)
-    transitions = runtime.engine.process(reading)
-    return list(runtime.store.apply(transitions, now_ms=ts))
+    presence, engine, store = _parts(runtime)
+    presence.reading(reading)
+    return list(store.apply(engine.process(reading), now_ms=ts))
 
 
-def tick(runtime: Any, at_ms: int) -> list[Any]:
+def tick(runtime: Runtime, at_ms: int) -> list[AlertChange]:
     """Advance the engine's timers (``for:``, absence, clear_after) to ``at_ms`` and store what they decide."""
-    return list(runtime.store.apply(runtime.engine.tick(at_ms), now_ms=at_ms))
+    _presence, engine, store = _parts(runtime)
+    return list(store.apply(engine.tick(at_ms), now_ms=at_ms))
+
+
+def _parts(runtime: Runtime) -> tuple[Presence, Engine, AlertStore]:
+    assert runtime.presence is not None and runtime.engine is not None and runtime.store is not None
+    return runtime.presence, runtime.engine, runtime.store
 
 
 def free_port() -> int:
