@@ -176,8 +176,8 @@ async def test_events_arrive_in_id_order_from_many_threads_without_duplicates() 
 
 def test_replay_ring_holds_right_sized_payloads() -> None:
     """The ring keeps ``history`` events for ``Last-Event-ID``; each must cost about its JSON, not orjson's working
-    buffer (orjson 3.12+ returns it unshrunk: 16 KiB for a 1 KiB alert event, 32 MB for a full ring of 2,000 — the
-    soak's memory growth, issue 9)."""
+    buffer (orjson 3.12+ returns it unshrunk: 16 KiB for a 1 KiB alert event, 32 MB for a full ring of 2,000 — what
+    the soak saw grow)."""
     import gateway.api.hub as hub_module
 
     alert = {
