@@ -439,6 +439,7 @@ class Building(Model):
     floors: int
     basements: int
     status: BuildingStatus
+    location: GeoPoint | None = Field(default=None, description="WGS-84, for the district map and dispatch")
 
 
 class BuildingDetail(Building):
