@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
 from gateway.api import create_api_app
-from gateway.api.testing import build_runtime, config_for_tests, inject
+from testkit.api import build_runtime, config_for_tests, inject
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 OPERATOR = {"Authorization": "Bearer demo-operator-token"}

@@ -43,6 +43,10 @@ TABLES = (
     "gateway_influx_dead_letters",
 )
 
+# The schema of the first versioned release: how a file from the release before versions is adopted, and the base
+# the migration machinery is tested on (the real later migrations are proven by the owners reading the fixture).
+V1 = MIGRATIONS[:1]
+
 
 @pytest.fixture
 def v0(tmp_path: Path) -> Path:
@@ -129,9 +133,9 @@ def test_the_fixture_is_an_unversioned_file_with_rows_of_every_owner() -> None:
 
 def test_a_file_from_the_release_before_versions_is_adopted_with_every_row(v0: Path) -> None:
     before = dump(v0)
-    with closing(open_database(v0)):
+    with closing(open_database(v0, migrations=V1)):
         pass
-    assert version_of(v0) == SCHEMA_VERSION == 1
+    assert version_of(v0) == 1
     assert dump(v0) == before
 
 
@@ -189,7 +193,10 @@ def test_a_new_file_has_every_owners_tables_as_the_release_before_versions_made_
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
     assert version_of(fresh) == SCHEMA_VERSION
-    assert shape(fresh) == shape(FIXTURE)
+    first = tmp_path / "first.sqlite"
+    with closing(open_database(first, migrations=V1)):
+        pass
+    assert shape(first) == shape(FIXTURE)
 
 
 def test_the_owners_open_one_policy(tmp_path: Path) -> None:
@@ -229,12 +236,14 @@ def _backfill(db: sqlite3.Connection) -> None:
 BACKFILL = Migration(version=3, name="gateway_devices.seen_count", apply=_backfill)
 
 
-def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_migration_adds_its_column_with_nothing_lost(
+    v0: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = dump(v0)
-    with closing(open_database(v0)):
+    with closing(open_database(v0, migrations=V1)):
         pass
     assert version_of(v0) == 1
-    with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))) as db:
+    with closing(open_database(v0, migrations=(*V1, ADD_SOURCE))) as db:
         assert db.execute("SELECT DISTINCT source FROM alerts").fetchall() == [("mqtt",)]
     assert version_of(v0) == 2
     assert columns(v0, "alerts")[-1] == "source"
@@ -243,25 +252,29 @@ def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypa
     assert {t: rows for t, rows in after.items() if t != "alerts"} == {
         t: rows for t, rows in before.items() if t != "alerts"
     }
-    # a release that knows version 2: its owners read the file, the new column notwithstanding
-    monkeypatch.setattr(common.db, "MIGRATIONS", (*MIGRATIONS, ADD_SOURCE))
-    store = AlertStore(v0)
-    ledger = FilterLedger(v0)
+    # a release that knows one more migration than this one: its owners read the file, the new column notwithstanding
+    later = Migration(version=SCHEMA_VERSION + 1, name=ADD_SOURCE.name, apply=ADD_SOURCE.apply)
+    copy = tmp_path / "later.sqlite"
+    shutil.copyfile(FIXTURE, copy)
+    monkeypatch.setattr(common.db, "MIGRATIONS", (*MIGRATIONS, later))
+    store = AlertStore(copy)
+    ledger = FilterLedger(copy)
     try:
         assert sorted(a.state for a in store.list_alerts()) == ["acknowledged", "dispatched", "resolved"]
         assert ledger.held() == sorted(FILTERS)
     finally:
         ledger.close()
         store.close()
+    assert version_of(copy) == SCHEMA_VERSION + 1 and columns(copy, "alerts")[-1] == "source"
     # opening it again with the same list runs nothing
-    with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))):
+    with closing(open_database(v0, migrations=(*V1, ADD_SOURCE))):
         pass
     assert version_of(v0) == 2
 
 
 def test_an_unversioned_file_runs_every_migration_in_order(v0: Path) -> None:
     before = dump(v0)
-    with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE, BACKFILL))) as db:
+    with closing(open_database(v0, migrations=(*V1, ADD_SOURCE, BACKFILL))) as db:
         seen = dict(db.execute("SELECT device, seen_count FROM gateway_devices").fetchall())
     assert version_of(v0) == 3
     # yg02-ht-01 only ever sent its offline status: never seen
@@ -300,12 +313,12 @@ def _half_then_fail(db: sqlite3.Connection) -> None:
 
 
 def test_a_failed_migration_leaves_the_file_at_its_old_version(v0: Path) -> None:
-    with closing(open_database(v0)):
+    with closing(open_database(v0, migrations=V1)):
         pass
     before = dump(v0)
     failing = Migration(version=2, name="half done", apply=_half_then_fail)
     with pytest.raises(MigrationFailed) as failed:
-        open_database(v0, migrations=(*MIGRATIONS, failing))
+        open_database(v0, migrations=(*V1, failing))
     assert failed.value.version == 2 and failed.value.from_version == 1
     assert "disk on fire" in str(failed.value) and isinstance(failed.value.__cause__, RuntimeError)
     assert version_of(v0) == 1
@@ -316,12 +329,12 @@ def test_a_failed_migration_leaves_the_file_at_its_old_version(v0: Path) -> None
         version=2, name="broken", apply="CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1);"
     )
     with pytest.raises(MigrationFailed):
-        open_database(v0, migrations=(*MIGRATIONS, broken))
+        open_database(v0, migrations=(*V1, broken))
     with closing(raw(v0)) as db:
         assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
     assert version_of(v0) == 1
     # and once fixed, it applies
-    with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))):
+    with closing(open_database(v0, migrations=(*V1, ADD_SOURCE))):
         pass
     assert version_of(v0) == 2
 
@@ -330,14 +343,14 @@ def test_a_failure_in_a_later_migration_keeps_the_earlier_ones(v0: Path) -> None
     """Each migration is its own transaction: an unversioned file that fails at 2 is left adopted at 1."""
     failing = Migration(version=2, name="half done", apply=_half_then_fail)
     with pytest.raises(MigrationFailed):
-        open_database(v0, migrations=(*MIGRATIONS, failing))
+        open_database(v0, migrations=(*V1, failing))
     assert version_of(v0) == 1
 
 
 def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
     gap = Migration(version=3, name="gap", apply="SELECT 1;")
     with pytest.raises(ValueError, match="expected 2"):
-        open_database(tmp_path / "f.sqlite", migrations=(*MIGRATIONS, gap))
+        open_database(tmp_path / "f.sqlite", migrations=(*V1, gap))
 
 
 def test_connections_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
@@ -348,7 +361,7 @@ def test_connections_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) 
         runs.append(1)
         db.execute("CREATE TABLE once (x INTEGER)")  # a second run would fail: no IF NOT EXISTS
 
-    migrations = (*MIGRATIONS, Migration(version=2, name="once", apply=counted))
+    migrations = (*V1, Migration(version=2, name="once", apply=counted))
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 

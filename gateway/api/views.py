@@ -537,3 +537,25 @@ def history_from_rows(rows: list[dict[str, Any]], *, tags: set[str]) -> list[m.H
             points.append(m.HistoryPoint(ts_ms=ts, values=values))
     points.sort(key=lambda p: p.ts_ms)
     return points
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A JSON-encodable copy of a record's free-form detail (enums as their names, severities as labels, non-finite
+    numbers as null, at most 200 items and 6 levels deep)."""
+    if depth > 6:
+        return None
+    if isinstance(value, Severity):
+        return value.label
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, depth + 1) for k, v in list(value.items())[:200]}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v, depth + 1) for v in list(value)[:200]]
+    return str(value)
