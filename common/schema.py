@@ -172,6 +172,35 @@ CREATE TABLE IF NOT EXISTS gateway_influx_dead_letters (
 );
 """
 
+# The incident lifecycle (acknowledged, dispatched, on scene, resolved; the station sent) and its event trail, as
+# agreed for the response figures and the incident workflow: adding columns and a table only.
+INCIDENT_LIFECYCLE = """
+ALTER TABLE incidents ADD COLUMN state TEXT NOT NULL DEFAULT 'open';
+ALTER TABLE incidents ADD COLUMN station TEXT;
+ALTER TABLE incidents ADD COLUMN cause TEXT;
+ALTER TABLE incidents ADD COLUMN note TEXT;
+ALTER TABLE incidents ADD COLUMN external_ref TEXT;
+CREATE TABLE IF NOT EXISTS incident_events (
+    id INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT,
+    by_name TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident_id, id);
+CREATE INDEX IF NOT EXISTS incident_events_ts ON incident_events(ts_ms);
+"""
+
+# What the retention sweep and the period reports select by: the audit trail and the outbox by time.
+REPORT_INDEXES = """
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
+CREATE INDEX IF NOT EXISTS incidents_opened ON incidents(opened_ms);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox(done_ms) WHERE done_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gateway_readings_ts ON gateway_readings(ts_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
     # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this
@@ -181,6 +210,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="tables of the unversioned releases",
         apply=ALERTS + PRESENCE + ENGINE_STATE + FILTER_LEDGER + DEAD_LETTERS,
     ),
+    Migration(version=2, name="incident lifecycle and its events", apply=INCIDENT_LIFECYCLE),
+    Migration(version=3, name="indexes for reports and retention", apply=REPORT_INDEXES),
 )
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

@@ -6,7 +6,8 @@ here: ``alerts.delivery.Notifier`` drains the outbox.
 :class:`AlertStore` is the one door.  Its methods live with their part of the store, each a module over the shared
 :class:`~alerts.store.core.Core` (the connection, its lock and the listeners): :mod:`~alerts.store.transitions` (what
 the engine decided), :mod:`~alerts.store.commands` (what operators do), :mod:`~alerts.store.queries`,
-:mod:`~alerts.store.outbox` (the notifier's side); :mod:`alerts.fanout` decides who hears of what.
+:mod:`~alerts.store.outbox` (the notifier's side), :mod:`~alerts.store.reports` (a period's facts for the
+figures, the audit export); :mod:`alerts.fanout` decides who hears of what.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from alerts.store.commands import Commands
 from alerts.store.core import Core
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
+from alerts.store.reports import Reports
 from alerts.store.transitions import Transitions
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, Queries, Outbox):
+class AlertStore(Transitions, Commands, Queries, Reports, Outbox):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 
