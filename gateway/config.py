@@ -101,6 +101,9 @@ class InfluxConfig(Section):
     api: Literal["v1", "v2"] = "v1"
     database: str = "firegrid"
     retention_policy: str | None = None
+    # v1: create the database (and its retention policy, retention.influx_days, named retention_policy or
+    # "firegrid") when the gateway starts; off when an administrator manages InfluxDB.
+    create_database: bool = False
     org: str | None = None
     bucket: str | None = None
     token: Secret | None = None
