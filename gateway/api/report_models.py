@@ -139,3 +139,20 @@ class DeviceReport(Model):
     period: PeriodOut
     figures: DeviceFiguresOut
     groups: list[DeviceGroup] = Field(default_factory=list)
+
+
+class DayCount(Model):
+    day: str
+    incidents: int
+
+
+class MonthlySummary(Model):
+    month: str
+    grid: str | None
+    lang: Literal["zh", "en"]
+    period: PeriodOut
+    figures: dict[str, float | int | None] = Field(
+        description="the summary page's figures by key (shares as fractions)"
+    )
+    response: ResponseFiguresOut
+    per_day: list[DayCount]

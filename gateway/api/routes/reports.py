@@ -19,6 +19,8 @@ from aiohttp import web
 
 from alerts import figures as f
 from alerts.records import iso
+from alerts.reports.monthly import Lang, MonthlyReport, build_monthly
+from alerts.store import AlertStore
 from alerts.store.reports import PeriodFacts
 from gateway.api import report_models as r
 from gateway.api.framework import ApiError, Call, operation
@@ -329,3 +331,89 @@ def _csv_line(values: Sequence[object]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerow(["" if v is None else v for v in values])
     return buffer.getvalue().encode()
+
+
+def monthly_report(
+    config: FiregridConfig,
+    store: AlertStore,
+    *,
+    month: str,
+    grid: str | None,
+    buildings: Sequence[str] | None,
+    lang: Lang,
+    now_ms: int,
+) -> MonthlyReport:
+    """The month's report from the store (blocking: run it off the event loop).  ``buildings``: the scope's
+    buildings (None: every one)."""
+    zone = config.notify.timezone
+    period = f.Period.month(month, timezone=zone)
+    read = store.period_facts(start_ms=period.start_ms, end_ms=period.end_ms, buildings=buildings, grid=grid)
+    return build_monthly(
+        month=month,
+        incidents=read.incidents,
+        alerts=read.alerts,
+        devices=devices_of(config, buildings, grid),
+        targets=targets_of(config),
+        building_names={b.id: b.name for b in config.buildings},
+        grid=grid,
+        lang=lang,
+        timezone=zone,
+        generated_ms=now_ms,
+    )
+
+
+@operation(
+    "GET",
+    "/reports/monthly",
+    summary="The monthly report: JSON figures, or a document to file (HTML, PDF, XLSX, CSV)",
+    tag="reports",
+    query=r.MonthlyQuery,
+    response=r.MonthlySummary,
+    errors=(403,),
+)
+async def monthly(call: Call) -> r.MonthlySummary | web.StreamResponse:
+    """Chinese by default (`lang=en` for English). `format=json` gives the summary figures (the same as the
+    summary page, the XLSX summary sheet and the CSV); the documents carry the charts (incidents per day,
+    time to be on scene against the target, false alarms by building, availability by grid) and their tables."""
+    q: r.MonthlyQuery = call.query
+    state = state_of(call)
+    where = scope(call, building=None, grid=q.grid)
+    buildings = (
+        None
+        if where.building is None
+        else [where.building]
+        if isinstance(where.building, str)
+        else list(where.building)
+    )
+    store = alert_store(call)
+    report = await asyncio.to_thread(
+        monthly_report,
+        state.config,
+        store,
+        month=q.month,
+        grid=where.grid,
+        buildings=buildings,
+        lang=q.lang,
+        now_ms=state.clock_ms(),
+    )
+    if q.format == "json":
+        return r.MonthlySummary(
+            month=report.month,
+            grid=q.grid,
+            lang=q.lang,
+            period=period_out(report.period),
+            figures={key: value for key, value in report.summary_rows()},  # type: ignore[misc]
+            response=response_out(report.response),
+            per_day=[r.DayCount(day=d, incidents=n) for d, n in report.per_day],
+        )
+    from alerts.reports.render import CONTENT_TYPES, ReportError, render
+
+    try:
+        body = await asyncio.to_thread(render, report, q.format)
+    except ReportError as exc:
+        raise ApiError(503, str(exc), type="urn:firegrid:problem:unavailable") from None
+    name = f"firegrid-{q.month}{'-' + q.grid if q.grid else ''}.{q.format}"
+    return web.Response(
+        body=body,
+        headers={"Content-Type": CONTENT_TYPES[q.format], "Content-Disposition": f'attachment; filename="{name}"'},
+    )
