@@ -9,7 +9,7 @@ from pydantic import Field, StringConstraints
 from common.ids import Ident
 from gateway.api.models import Model, Query, Since
 
-Month = Annotated[str, StringConstraints(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str, StringConstraints(pattern=r"^2\d{3}-(0[1-9]|1[0-2])$")]  # 2000-01 .. 2999-12
 
 
 class ReportQuery(Query):
@@ -156,3 +156,23 @@ class MonthlySummary(Model):
     )
     response: ResponseFiguresOut
     per_day: list[DayCount]
+
+
+class StripFigures(Model):
+    from_ms: int
+    to_ms: int
+    incidents: int
+    ack_median_s: float | None
+    on_scene_within_target: float | None
+    on_scene_counted: int
+    false_alarm_rate: float | None = Field(description="false alarms per 100 devices per month")
+    false_alarms: int
+    availability: float | None
+    extinguishers_in_service: float | None
+
+
+class FiguresStrip(Model):
+    today: StripFigures
+    month: StripFigures
+    devices_online: int = Field(description="devices online now (presence)")
+    devices_total: int

@@ -18,7 +18,7 @@ from gateway.config import load_or_exit
 
 
 def _month(value: str) -> str:
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+    if not re.fullmatch(r"2\d{3}-(0[1-9]|1[0-2])", value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a month like 2026-11")
     return value
 

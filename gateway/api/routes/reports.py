@@ -270,6 +270,68 @@ async def device_report(call: Call) -> r.DeviceReport:
     )
 
 
+def _strip(read: PeriodFacts, period: f.Period, targets: f.Targets, devices: list[f.DeviceFacts]) -> r.StripFigures:
+    response = f.response(read.incidents, period, targets)
+    false = f.false_alarms(read.alerts, devices, period)
+    health = f.device_health(read.alerts, devices, period)
+    return r.StripFigures(
+        from_ms=period.start_ms,
+        to_ms=period.end_ms,
+        incidents=response.incidents,
+        ack_median_s=response.acknowledge.median_s,
+        on_scene_within_target=response.on_scene_within_target.ratio,
+        on_scene_counted=response.on_scene_within_target.of,
+        false_alarm_rate=false.rate_per_100_per_month,
+        false_alarms=false.false_alarms,
+        availability=health.availability,
+        extinguishers_in_service=health.extinguishers_in_service_ratio,
+    )
+
+
+@operation(
+    "GET",
+    "/reports/strip",
+    summary="The dashboard's figures strip: today and this month so far, and devices online now",
+    tag="reports",
+    response=r.FiguresStrip,
+)
+async def figures_strip(call: Call) -> r.FiguresStrip:
+    """Today and this month are cut in `notify.timezone`, each up to now; one read of the month serves both."""
+    state = state_of(call)
+    config = state.config
+    now = state.clock_ms()
+    zone = config.notify.timezone
+    month = f.Period(start_ms=f.bucket_start(now, "month", zone), end_ms=now + 1, timezone=zone)
+    today = f.Period(start_ms=f.bucket_start(now, "day", zone), end_ms=now + 1, timezone=zone)
+    sel = select(call, r.ReportQuery.model_validate({"from": month.start_ms, "to": month.end_ms}))
+    read = await facts(call, sel)
+    devices = devices_of(config, sel.buildings, sel.grid)
+    targets = targets_of(config)
+    who = call.who
+    index = state.device_index()
+    presence = state.runtime.presence
+    online = 0
+    total = 0
+    if presence is not None and index.follows_presence:
+        index.refresh()
+        known = presence.devices
+        for building in index.buildings():
+            if not who.sees_building(building):
+                continue
+            for device_id in index.ids(building):
+                total += 1
+                record = known.get(device_id)
+                online += bool(record is not None and record.state(now) == "online")
+    else:
+        total = len(devices)
+    return r.FiguresStrip(
+        today=_strip(read, today, targets, devices),
+        month=_strip(read, month, targets, devices),
+        devices_online=online,
+        devices_total=total,
+    )
+
+
 AUDIT_COLUMNS = ("time", "ts_ms", "kind", "id", "incident_id", "building", "grid", "action", "by", "detail")
 
 
@@ -280,6 +342,7 @@ AUDIT_COLUMNS = ("time", "ts_ms", "kind", "id", "incident_id", "building", "grid
     tag="reports",
     query=r.AuditQuery,
     errors=(403,),
+    files=("text/csv", "application/x-ndjson"),
 )
 async def audit_export(call: Call) -> web.StreamResponse:
     """Every step (raised, acknowledged, dispatched, on scene, resolved, escalated ...) with who took it, oldest
@@ -370,6 +433,12 @@ def monthly_report(
     query=r.MonthlyQuery,
     response=r.MonthlySummary,
     errors=(403,),
+    files=(
+        "text/html",
+        "application/pdf",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "text/csv",
+    ),
 )
 async def monthly(call: Call) -> r.MonthlySummary | web.StreamResponse:
     """Chinese by default (`lang=en` for English). `format=json` gives the summary figures (the same as the
