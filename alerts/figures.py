@@ -520,6 +520,59 @@ def device_health_by(
     return out
 
 
+def sub_periods(period: Period, bucket: Bucket) -> list[tuple[str, Period]]:
+    """The days, weeks or months of ``period`` (the first and last cut to it), each with its label."""
+    out = []
+    start = bucket_start(period.start_ms, bucket, period.timezone)
+    while start < period.end_ms:
+        end = _next_bucket(start, bucket, period.timezone)
+        part = Period(start_ms=max(start, period.start_ms), end_ms=min(end, period.end_ms), timezone=period.timezone)
+        out.append((bucket_label(start, bucket, period.timezone), part))
+        start = end
+    return out
+
+
+def false_alarms_by(
+    alerts: Sequence[AlertFacts], devices: Sequence[DeviceFacts], period: Period, by: GroupBy
+) -> list[Group[FalseAlarmFigures]]:
+    """False alarms of each day, week or month (every one of the period, with all ``devices``), or of each grid or
+    building (its own devices and alerts); ``station`` groups nothing here (a station's buildings are config)."""
+    if by in ("day", "week", "month"):
+        return [Group(key=k, figures=false_alarms(alerts, devices, p)) for k, p in sub_periods(period, by)]
+    if by not in ("grid", "building"):
+        return []
+    return [
+        Group(key=key, figures=false_alarms(alerts_of, devices_of, period))
+        for key, devices_of, alerts_of in _by_place(alerts, devices, by)
+    ]
+
+
+def device_health_over(
+    alerts: Sequence[AlertFacts], devices: Sequence[DeviceFacts], period: Period, by: GroupBy
+) -> list[Group[DeviceHealthFigures]]:
+    """Device health of each day, week or month of the period, or of each grid or building."""
+    if by in ("day", "week", "month"):
+        return [Group(key=k, figures=device_health(alerts, devices, p)) for k, p in sub_periods(period, by)]
+    if by in ("grid", "building"):
+        return device_health_by(alerts, devices, period, by)
+    return []
+
+
+def _by_place(
+    alerts: Sequence[AlertFacts], devices: Sequence[DeviceFacts], by: Literal["grid", "building"]
+) -> list[tuple[str, list[DeviceFacts], list[AlertFacts]]]:
+    def place_of_device(d: DeviceFacts) -> str:
+        return (d.grid or "-") if by == "grid" else d.building
+
+    def place_of_alert(a: AlertFacts) -> str:
+        return (a.grid or "-") if by == "grid" else a.building
+
+    devices_at = _split(devices, place_of_device)
+    alerts_at = _split(alerts, place_of_alert)
+    keys = sorted(set(devices_at) | set(alerts_at))
+    return [(k, devices_at.get(k, []), alerts_at.get(k, [])) for k in keys]
+
+
 def counts_by_day(incidents: Sequence[IncidentFacts], period: Period) -> list[tuple[str, int]]:
     """Real incidents of each day of the period (every day, zero included): the report's first chart."""
     per_day = Counter(

@@ -179,3 +179,22 @@ def test_firegrid_report_writes_the_month_from_the_store(tmp_path: Path, capsys:
     assert (
         main(["report", "--config", str(config_path), "--month", "2026-11", "--grid", "nope", "--out", str(out)]) == 2
     )
+
+
+def test_the_report_bench_fills_the_real_schema(tmp_path: Path) -> None:
+    """bench/reports.py writes rows as the store does: its config loads, and the store reads its month back."""
+    from alerts.store import AlertStore
+    from bench.reports import END, START, fill, write_config
+    from gateway.config import load_config
+
+    config = load_config(write_config(tmp_path, 3))
+    assert len(config.buildings) == 3 and len(config.devices) == 75
+    fill(tmp_path / "firegrid.sqlite", buildings=3, incidents=40)
+    store = AlertStore(tmp_path / "firegrid.sqlite")
+    try:
+        read = store.period_facts(start_ms=START, end_ms=END)
+    finally:
+        store.close()
+    fires = [i for i in read.incidents if i.severity.label == "fire"]
+    assert len(fires) == 40 and all(i.on_scene_ms is not None and i.station for i in fires)
+    assert all(i.acknowledged_ms is not None and i.resolved_ms is not None for i in fires)

@@ -311,6 +311,20 @@ async def test_a_month_of_incidents_gives_the_figures_computed_from_its_timings(
     names = {b.id: b.name for b in runtime.config.buildings}
     assert all(b["building_name"] == names[b["key"]] for b in fa["by_building"])
     assert fa["drills"] == sum(1 for p in plans if MONTH_START <= p.raised < MONTH_END and p.kind == "drill")
+    # ... by day (each day's rate over that day) and by grid (each grid's own devices).
+    fa_days = await get(client, f"/api/v1/reports/false-alarms?{q(by='day')}")
+    assert len(fa_days["groups"]) == 30
+    false_days = Counter(datetime.fromtimestamp(p.raised / 1000, tz=ZONE).strftime("%Y-%m-%d") for p in false)
+    assert {g["key"]: g["false_alarms"] for g in fa_days["groups"] if g["false_alarms"]} == dict(false_days)
+    first = fa_days["groups"][0]
+    assert first["rate_per_100_per_month"] == pytest.approx(first["false_alarms"] * 100 / devices * 30)
+    fa_grids = await get(client, f"/api/v1/reports/false-alarms?{q(by='grid')}")
+    grid_of = {b.id: b.grid for b in runtime.config.buildings}
+    grid_devices = Counter(grid_of[d.building] for d in runtime.config.devices)
+    for g in fa_grids["groups"]:
+        assert g["false_alarms"] == sum(1 for p in false if p.grid == g["key"]), g["key"]
+        assert g["devices"] == grid_devices[g["key"]]
+        assert g["rate_per_100_per_month"] == pytest.approx(g["false_alarms"] * 100 / grid_devices[g["key"]])
 
     # The audit export: every step of the month, as CSV an inspector's spreadsheet opens.
     response = await client.get(f"/api/v1/reports/audit?{q(format='csv')}", headers=VIEWER)
@@ -404,6 +418,13 @@ async def test_device_health_from_absence_fault_battery_and_extinguisher_alerts(
     offline_grid = grids[building_of[smoke[0]]]
     down = (2 * DAY if grids[building_of[smoke[1]]] != offline_grid else 3 * DAY) / month_ms
     assert groups[offline_grid]["availability"] == pytest.approx(1 - down / per_grid[offline_grid])
+    # By week (Monday first): each week's availability over its own days; November 2026 has six weeks in part.
+    weeks = {g["key"]: g["figures"] for g in (await get(client, f"/api/v1/reports/devices?{q(by='week')}"))["groups"]}
+    assert list(weeks) == ["2026-W44", "2026-W45", "2026-W46", "2026-W47", "2026-W48", "2026-W49"]
+    assert weeks["2026-W44"]["availability"] == pytest.approx(1 - 1 / n)  # Sunday 1 November, smoke[1] all day
+    assert weeks["2026-W46"]["availability"] == pytest.approx(1 - (2 / 7) / n)  # 9-15 November, smoke[0] two days
+    assert weeks["2026-W45"]["availability"] == 1.0 and weeks["2026-W46"]["offline_events"] == 1
+    assert weeks["2026-W49"]["extinguishers_in_service"] == len(ext) - 1
 
 
 def test_pure_figures_edges() -> None:

@@ -102,6 +102,15 @@ class CountRateOut(Model):
     rule: str | None = None
 
 
+class FalseAlarmGroup(Model):
+    key: str
+    false_alarms: int
+    alarms: int
+    devices: int
+    rate_per_100_per_month: float | None
+    by_cause: dict[str, int]
+
+
 class FalseAlarmReport(Model):
     period: PeriodOut
     alarms: int
@@ -115,6 +124,7 @@ class FalseAlarmReport(Model):
     top_detectors: list[CountRateOut]
     drills: int
     tests: int
+    groups: list[FalseAlarmGroup] = Field(default_factory=list)
 
 
 class DeviceFiguresOut(Model):

@@ -209,7 +209,8 @@ async def response_report(call: Call) -> r.ResponseReport:
 )
 async def false_alarm_report(call: Call) -> r.FalseAlarmReport:
     """Alarms are the fire and supervisory alerts raised in the period; `top_detectors` are the devices with the
-    most false alarms (candidates for cleaning or replacement)."""
+    most false alarms (candidates for cleaning or replacement). `by` (`day`, `week`, `month`, `grid`, `building`)
+    adds the groups, each rate over its own days and devices."""
     q: r.ReportQuery = call.query
     sel = select(call, q)
     read = await facts(call, sel)
@@ -218,8 +219,22 @@ async def false_alarm_report(call: Call) -> r.FalseAlarmReport:
     if sel.station is not None:
         covered = _station_buildings(config, sel.station)
         buildings = sorted(covered if buildings is None else covered & set(buildings))
-    x = f.false_alarms(read.alerts, devices_of(config, buildings, sel.grid), sel.period)
+    devices = devices_of(config, buildings, sel.grid)
+    x = f.false_alarms(read.alerts, devices, sel.period)
     names = {b.id: b.name for b in config.buildings}
+    groups = []
+    if q.by is not None:
+        groups = [
+            r.FalseAlarmGroup(
+                key=g.key,
+                false_alarms=g.figures.false_alarms,
+                alarms=g.figures.alarms,
+                devices=g.figures.devices,
+                rate_per_100_per_month=g.figures.rate_per_100_per_month,
+                by_cause=dict(g.figures.by_cause),
+            )
+            for g in f.false_alarms_by(read.alerts, devices, sel.period, q.by)
+        ]
     return r.FalseAlarmReport(
         period=period_out(sel.period),
         alarms=x.alarms,
@@ -233,6 +248,7 @@ async def false_alarm_report(call: Call) -> r.FalseAlarmReport:
         top_detectors=[count_rate_out(c, names) for c in x.top_detectors],
         drills=x.drills,
         tests=x.tests,
+        groups=groups,
     )
 
 
@@ -246,8 +262,8 @@ async def false_alarm_report(call: Call) -> r.FalseAlarmReport:
     errors=(403,),
 )
 async def device_report(call: Call) -> r.DeviceReport:
-    """Availability is the share of the period devices were not under an absence alert; `by` may be `grid` or
-    `building`."""
+    """Availability is the share of the period devices were not under an absence alert; `by` may be `day`, `week`,
+    `month`, `grid` or `building`."""
     q: r.ReportQuery = call.query
     sel = select(call, q)
     read = await facts(call, sel)
@@ -258,10 +274,10 @@ async def device_report(call: Call) -> r.DeviceReport:
         buildings = sorted(covered if buildings is None else covered & set(buildings))
     devices = devices_of(config, buildings, sel.grid)
     groups = []
-    if q.by in ("grid", "building"):
+    if q.by is not None:
         groups = [
             r.DeviceGroup(key=g.key, figures=devices_out(g.figures))
-            for g in f.device_health_by(read.alerts, devices, sel.period, q.by)
+            for g in f.device_health_over(read.alerts, devices, sel.period, q.by)
         ]
     return r.DeviceReport(
         period=period_out(sel.period),
