@@ -279,6 +279,14 @@ async def test_a_month_of_incidents_gives_the_figures_computed_from_its_timings(
     scoped = await get(client, f"/api/v1/reports/response?{q()}", headers=G01)
     assert scoped["figures"] == expected_response(plans, grid="g01")
     assert (await client.get(f"/api/v1/reports/response?{q(grid='g02')}", headers=G01)).status == 403
+    # Bad periods are refused with a reason: backwards, or more work than a report may ask for.
+    for bad in (
+        f"from={MONTH_END}&to={MONTH_START}",
+        f"from=0&to={MONTH_END}",
+        f"from={MONTH_START - 500 * DAY}&by=day",
+    ):
+        refused = await client.get(f"/api/v1/reports/response?{bad}", headers=VIEWER)
+        assert refused.status == 400 and (await refused.json())["detail"], bad
 
     # By station and by day: the groups partition the real incidents.
     by_station = await get(client, f"/api/v1/reports/response?{q(by='station')}")

@@ -28,6 +28,9 @@ from gateway.api.routes.listing import scope
 from gateway.api.routes.state import alert_store, state_of
 from gateway.config import FiregridConfig
 
+MAX_PERIOD_DAYS = 1_100  # three years: what retention keeps, and more
+MAX_DAYS_BY_DAY = 400
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:
@@ -80,6 +83,14 @@ def select(call: Call, q: r.ReportQuery) -> Selection:
     end = q.to if q.to is not None else max(now, start + 1)
     if end <= start:
         raise ApiError(400, "`to` must be after `from`", type="urn:firegrid:problem:invalid-query")
+    # Bounds on the work one request may ask for: a figure is computed per group, and a day is a group.
+    days = (end - start) / 86_400_000
+    if days > MAX_PERIOD_DAYS or (q.by == "day" and days > MAX_DAYS_BY_DAY):
+        raise ApiError(
+            400,
+            f"a report covers at most {MAX_PERIOD_DAYS} days, and at most {MAX_DAYS_BY_DAY} when grouped by day",
+            type="urn:firegrid:problem:invalid-query",
+        )
     where = scope(call, building=q.building, grid=q.grid)
     building = where.building
     buildings = None if building is None else [building] if isinstance(building, str) else list(building)
