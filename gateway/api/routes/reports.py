@@ -487,7 +487,7 @@ async def monthly(call: Call) -> r.MonthlySummary | web.StreamResponse:
         state.config,
         store,
         month=q.month,
-        grid=where.grid,
+        grid=q.grid,  # the scoped list already keeps to it; the title names it
         buildings=buildings,
         lang=q.lang,
         now_ms=state.clock_ms(),
