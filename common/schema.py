@@ -201,6 +201,14 @@ CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident_
 CREATE INDEX IF NOT EXISTS incident_events_ts ON incident_events(ts_ms);
 """
 
+# What the retention sweep and the period reports select by: the audit trail and the outbox by time.
+REPORT_INDEXES = """
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
+CREATE INDEX IF NOT EXISTS incidents_opened ON incidents(opened_ms);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox(done_ms) WHERE done_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS gateway_readings_ts ON gateway_readings(ts_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
     # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this

@@ -103,6 +103,9 @@ class InfluxConfig(Section):
     api: Literal["v1", "v2"] = "v1"
     database: str = "firegrid"
     retention_policy: str | None = None
+    # v1: create the database (and its retention policy, retention.influx_days, named retention_policy or
+    # "firegrid") when the gateway starts; off when an administrator manages InfluxDB.
+    create_database: bool = False
     org: str | None = None
     bucket: str | None = None
     token: Secret | None = None
@@ -266,6 +269,26 @@ class AclConfig(Section):
     simulator_password: Secret | None = None
 
 
+class RetentionConfig(Section):
+    """How long records are kept.  GB 50440 asks a monitoring centre to keep alarm and handling records for at least
+    a year, so alerts, incidents and their audit trails default to 400 days; the local copy of telemetry (InfluxDB
+    holds the real one) and InfluxDB's refused lines are working data and go sooner.  0 keeps a kind forever.
+    (Delivered notifications are pruned by the notifier after ``notify.retry.keep_done_s``, 30 days.)"""
+
+    alerts_days: int = Field(default=400, ge=0)  # alerts, their audit trail, incidents and their events
+    readings_days: int = Field(default=30, ge=0)  # gateway_readings, the local telemetry kept without InfluxDB
+    dead_letters_days: int = Field(default=90, ge=0)  # lines InfluxDB refused
+    influx_days: int = Field(default=400, ge=0)  # the retention policy firegrid gives the database it creates
+    interval_s: float = Field(default=3600.0, ge=1, le=86_400)  # how often the sweep runs
+    batch_rows: int = Field(default=500, ge=1, le=100_000)  # rows per delete transaction
+
+    @model_validator(mode="after")
+    def _alerts_at_least_a_year(self) -> RetentionConfig:
+        if 0 < self.alerts_days < 365:
+            raise ValueError("alerts_days: alarm and handling records must be kept at least 365 days (GB 50440)")
+        return self
+
+
 class FiregridConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -289,6 +312,7 @@ class FiregridConfig(BaseSettings):
     stations: list[StationConfig] = Field(default_factory=list)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     acl: AclConfig = Field(default_factory=AclConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
     _base_dir: Path = Path(".")

@@ -181,6 +181,12 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
     assert incident["station"] == sent.group(2)
     assert [t["action"] for t in incident["timeline"]][:2] == ["opened", "dispatched"]
 
+    # The month's figures count the drill's fire, at the report endpoint the banner names.
+    monthly = demo.wait_for(r"monthly report:\s+(http://\S+)", timeout=5).group(1)
+    assert "format=pdf" in monthly
+    summary = get(monthly.replace("format=pdf", "format=json"), viewer)
+    assert summary["response"]["by_severity"]["fire"] >= 1 and summary["month"] in monthly
+
     stream.close()
     demo.proc.send_signal(signal.SIGTERM)
     assert demo.proc.wait(timeout=45) == 0, demo.output()

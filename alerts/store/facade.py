@@ -6,8 +6,9 @@ here: ``alerts.delivery.Notifier`` drains the outbox.
 :class:`AlertStore` is the one door.  Its methods live with their part of the store, each a module over the shared
 :class:`~alerts.store.core.Core` (the connection, its lock and the listeners): :mod:`~alerts.store.transitions` (what
 the engine decided), :mod:`~alerts.store.commands` (what operators do to an alert), :mod:`~alerts.store.incidents`
-(what they do to an incident: the closed loop), :mod:`~alerts.store.queries`,
-:mod:`~alerts.store.outbox` (the notifier's side); :mod:`alerts.fanout` decides who hears of what.
+(what they do to an incident: the closed loop), :mod:`~alerts.store.queries`, :mod:`~alerts.store.outbox` (the
+notifier's side), :mod:`~alerts.store.reports` (a period's facts for the figures, the audit export);
+:mod:`alerts.fanout` decides who hears of what.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from alerts.store.core import Core
 from alerts.store.incidents import IncidentCommands
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
+from alerts.store.reports import Reports
 from alerts.store.transitions import Transitions
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, IncidentCommands, Queries, Outbox):
+class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outbox):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 

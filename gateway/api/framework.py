@@ -144,6 +144,8 @@ class Operation:
     path_params: tuple[PathParam, ...]
     stream: bool = False
     operation_id: str = ""
+    # Media types the 200 answer may have besides JSON (a report as PDF, an export as CSV), when the query asks.
+    files: tuple[str, ...] = ()
 
     @property
     def full_path(self) -> str:
@@ -173,6 +175,7 @@ def operation(
     errors: tuple[int, ...] = (),
     path_params: tuple[PathParam, ...] = (),
     stream: bool = False,
+    files: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare an API operation (see the module docstring)."""
 
@@ -201,6 +204,7 @@ def operation(
                 path_params=path_params,
                 stream=stream,
                 operation_id=handler.__name__.strip("_"),
+                files=files,
             )
         )
         return handler

@@ -131,6 +131,10 @@ def _responses(op: Operation, ref: Any) -> dict[str, Any]:
             "description": "OK" if op.status == 200 else "Created",
             "content": {"application/json": {"schema": ref(op.response, "serialization")}},
         }
+    if op.files:
+        ok = out.setdefault(str(op.status), {"description": "OK", "content": {}})
+        for media in op.files:
+            ok["content"][media] = {"schema": {"type": "string", "format": "binary"}}
     messages = {
         400: "invalid query or path parameter, or malformed JSON",
         401: "no token, or an unknown one",

@@ -46,8 +46,9 @@ from gateway.ingest.rejections import Rejections
 from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
-from gateway.storage.influx import DeadLetters, InfluxWriter
+from gateway.storage.influx import DeadLetters, InfluxError, InfluxWriter
 from gateway.storage.presence import Presence
+from gateway.storage.retention import Retention
 from gateway.storage.spool import Spool
 from rules.engine import Engine
 from rules.loader import load_rule_set
@@ -102,6 +103,10 @@ class Service:
         self.store = AlertStore.from_config(config)
         self.notifier = Notifier(self.store, config.notify)
         self.engine_state = EngineState(db_path)
+        self.retention = Retention(db_path, config=config.retention)
+        # Side work that must never stop the gateway (retention, creating the InfluxDB database): cancelled at
+        # shutdown, and its ending is not a reason to stop.
+        self._side_tasks: list[asyncio.Task[None]] = []
         self.hub = Hub()
         self.spool: Spool | None = None
         self.writer: InfluxWriter | None = None
@@ -261,6 +266,9 @@ class Service:
         if self.writer is not None:
             tasks["influx"] = asyncio.create_task(self.writer.run(), name="influx")
         tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
+        self._side_tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
+        if self.writer is not None and self.config.influx.create_database:
+            self._side_tasks.append(asyncio.create_task(self._ensure_influx_database(), name="influx-database"))
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         exit_code = 0
         try:
@@ -276,8 +284,36 @@ class Service:
             await self._shutdown(tasks)
         return exit_code
 
+    async def _ensure_influx_database(self) -> None:
+        """Create the InfluxDB database with its retention policy (retention.influx_days), retrying while InfluxDB
+        is unreachable; the writer's points wait in the spool meanwhile."""
+        assert self.writer is not None
+        delay = 1.0
+        while True:
+            try:
+                policy = await self.writer.client.ensure_database(retention_days=self.config.retention.influx_days)
+            except InfluxError as exc:
+                if not exc.retryable:
+                    log.error("could not create the InfluxDB database: %s", exc)
+                    return
+                log.warning("InfluxDB database not created yet (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            log.info(
+                "InfluxDB database %r ready, retention policy %r keeps %s",
+                self.config.influx.database,
+                policy,
+                f"{self.config.retention.influx_days} days" if self.config.retention.influx_days else "forever",
+            )
+            return
+
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         log.info("shutting down: committing and acknowledging what was taken in")
+        for side in self._side_tasks:
+            side.cancel()
+            with contextlib.suppress(BaseException):
+                await side
         self.mqtt.pause()  # take nothing more in
         self.pipeline.stop()
         pipeline = tasks["pipeline"]
@@ -328,6 +364,7 @@ class Service:
             await self.writer.close()
         self.presence.close()
         self.engine_state.close()
+        self.retention.close()
         if self.spool is not None:
             self.spool.close()
         if self.dead_letters is not None:

@@ -223,6 +223,35 @@ class InfluxClient:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
+    async def ensure_database(self, *, retention_days: int) -> str:
+        """InfluxDB 1.x: create the database if it is missing, and make its default retention policy keep points
+        ``retention_days`` (0: forever).  Idempotent: an existing policy is altered to the configured duration.
+        Returns the policy's name."""
+        if self.config.api != "v1":
+            raise InfluxError("creating the database is for InfluxDB 1.x (api: v1)", retryable=False)
+        db = _quote_ident(self.config.database)
+        name = self.config.retention_policy or "firegrid"
+        rp = _quote_ident(name)
+        duration = "INF" if retention_days <= 0 else f"{retention_days}d"
+        await self._post_query(f"CREATE DATABASE {db}")
+        policies = await self.query(f"SHOW RETENTION POLICIES ON {db}")
+        verb = "ALTER" if any(p.get("name") == name for p in policies) else "CREATE"
+        await self._post_query(f"{verb} RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1 DEFAULT")
+        return name
+
+    async def _post_query(self, influxql: str) -> None:
+        session = await self._http()
+        try:
+            async with session.post(f"{self.config.url}/query", params={"q": influxql}) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise InfluxError(f"InfluxDB unreachable: {exc}") from exc
+        if response.status >= 400:
+            raise InfluxError(f"{influxql[:60]}: {response.status} {raw[:300]!r}", retryable=response.status >= 500)
+        for result in orjson.loads(raw).get("results", []):
+            if "error" in result:
+                raise InfluxError(f"{influxql[:60]}: {result['error']}", retryable=False)
+
     async def query(self, influxql: str) -> list[dict[str, Any]]:
         """Run InfluxQL (1.x ``/query``; InfluxDB 2 serves the same endpoint for compatibility).  Rows as dicts, with
         the series' tags merged in, times in epoch ms."""
@@ -262,6 +291,10 @@ class InfluxClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- dead letters ---------------------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("replay", "gateway.tools.replay", "run recorded traffic through the rules and print the alert timeline"),
     Subcommand("verify", "simulators.verify", "drive a scenario against a live deployment and judge the alerts"),
     Subcommand("acl", "gateway.tools.acl", "generate Mosquitto password and ACL files from the device registry"),
+    Subcommand("backup", "gateway.tools.backup", "a consistent copy of the store, safe while the gateway runs"),
+    Subcommand("report", "gateway.tools.report", "the monthly report of a month as HTML, PDF, XLSX or CSV"),
 )
 
 

@@ -35,8 +35,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
@@ -538,6 +540,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         devices = len(config.devices)
         grids = len({b.grid for b in config.buildings})
         drills = f"a fire drill every {args.drill_every:g} s, the first in {args.first_drill:g} s"
+        month = datetime.now(ZoneInfo(config.notify.timezone)).strftime("%Y-%m")
         banner = [
             "",
             "firegrid demo: a simulated community on this machine (nothing leaves it, nobody is paged)",
@@ -549,6 +552,12 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  MQTT broker:      mqtt://127.0.0.1:{mqtt_port} (embedded amqtt, MQTT 3.1.1)",
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
             "  telemetry:        local store only (no InfluxDB configured)",
+            f"  figures:          http://127.0.0.1:{service.http_port}/api/v1/reports/response"
+            " (also /false-alarms, /devices; the strip on the dashboard; viewer token)",
+            f"  monthly report:   http://127.0.0.1:{service.http_port}/api/v1/reports/monthly?month={month}&format=pdf"
+            " (html, xlsx, csv, json; lang=en)",
+            "  records:          firegrid report --config FILE --month YYYY-MM --out report.pdf;"
+            " firegrid backup --config FILE --out backup.sqlite (docs/reports.md)",
             "Press Ctrl-C to stop.",
             "",
         ]

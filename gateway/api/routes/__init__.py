@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # The import order is the order of the OpenAPI document's paths.
 # isort: off
-from gateway.api.routes import alerts, incidents, stations, devices, buildings, rejections, maintenance, stream
+from gateway.api.routes import alerts, incidents, stations, devices, buildings, rejections, maintenance, reports, stream
 
 # isort: on
 from gateway.api.routes.state import STATE_KEY, ApiState, DeviceIndex
@@ -25,6 +25,7 @@ __all__ = [
     "incidents",
     "maintenance",
     "rejections",
+    "reports",
     "stations",
     "stream",
 ]
