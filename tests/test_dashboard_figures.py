@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.api.testing import ServerThread, build_runtime, config_for_tests
 
 from gateway.api import create_api_app
 from rules.types import AlertTransition, Severity
+from testkit.api import ServerThread, build_runtime, config_for_tests
 from tests.test_dashboard import ARGS, ARTIFACTS, CHROMIUM, UI_TIMEOUT_MS
 from tests.test_reports import EXAMPLE, HOUR, MONTH_START, ZONE, median, month_plan, run_month
 

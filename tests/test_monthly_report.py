@@ -17,10 +17,10 @@ import openpyxl
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
-from gateway.api.testing import build_runtime, config_for_tests
 
 from gateway.api import create_api_app
 from gateway.tools.cli import main
+from testkit.api import build_runtime, config_for_tests
 from tests.test_reports import (
     DAY,
     EXAMPLE,

@@ -21,12 +21,12 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from gateway.api.testing import build_runtime, config_for_tests
 
 from alerts import figures as f
 from alerts.store import AlertStore
 from gateway.api import create_api_app
 from rules.types import AlertTransition, Severity
+from testkit.api import build_runtime, config_for_tests
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "community.yaml"
 VIEWER = {"Authorization": "Bearer demo-viewer-token"}
