@@ -12,7 +12,6 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -42,16 +41,10 @@ class Selection:
     station: str | None
 
 
-def stations_of(config: FiregridConfig) -> list[Any]:
-    """The configured micro fire stations (``stations:``, each with ``id``, ``buildings``, ``grids`` and
-    ``on_scene_target_s``); none in a config without them."""
-    return list(getattr(config, "stations", None) or [])
-
-
 def targets_of(config: FiregridConfig) -> f.Targets:
     return f.Targets(
         ack_timeout_s=config.notify.ack_timeout_s,
-        on_scene_target_s={s.id: float(s.on_scene_target_s) for s in stations_of(config)},
+        on_scene_target_s={s.id: float(s.on_scene_target_s) for s in config.stations},
     )
 
 
@@ -67,11 +60,9 @@ def devices_of(config: FiregridConfig, buildings: Sequence[str] | None, grid: st
 
 def _station_buildings(config: FiregridConfig, station: str) -> set[str]:
     grids = {b.id: b.grid for b in config.buildings}
-    for s in stations_of(config):
+    for s in config.stations:
         if s.id == station:
-            covered = set(getattr(s, "buildings", None) or [])
-            covered |= {b for b, g in grids.items() if g in set(getattr(s, "grids", None) or [])}
-            return covered
+            return set(s.buildings) | {b for b, g in grids.items() if g in set(s.grids)}
     return set()
 
 
