@@ -40,6 +40,9 @@ TABLES = (
     "gateway_influx_dead_letters",
 )
 
+# The shipped schema's version: the migrations these tests add come after it.
+N = SCHEMA_VERSION
+
 
 @pytest.fixture
 def v0(tmp_path: Path) -> Path:
@@ -128,7 +131,7 @@ def test_a_file_from_the_release_before_versions_is_adopted_with_every_row(v0: P
     before = dump(v0)
     with closing(open_database(v0)):
         pass
-    assert version_of(v0) == SCHEMA_VERSION == 1
+    assert version_of(v0) == SCHEMA_VERSION
     assert dump(v0) == before
 
 
@@ -186,7 +189,15 @@ def test_a_new_file_has_every_owners_tables_as_the_release_before_versions_made_
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
     assert version_of(fresh) == SCHEMA_VERSION
-    assert shape(fresh) == shape(FIXTURE)
+    # the release before versions' tables exactly as it made them, and the later migrations' tables as an upgraded
+    # file has them
+    before = shape(FIXTURE)
+    assert {name: s for name, s in shape(fresh).items() if name in before} == before
+    upgraded = tmp_path / "upgraded.sqlite"
+    shutil.copyfile(FIXTURE, upgraded)
+    with closing(open_database(upgraded)):
+        pass
+    assert shape(fresh) == shape(upgraded)
 
 
 def test_the_owners_open_one_policy(tmp_path: Path) -> None:
@@ -209,7 +220,7 @@ def test_a_row_factory_is_a_named_choice(tmp_path: Path) -> None:
 
 
 ADD_SOURCE = Migration(
-    version=2,
+    version=N + 1,
     name="alerts.source",
     apply="""
         ALTER TABLE alerts ADD COLUMN source TEXT NOT NULL DEFAULT 'mqtt';
@@ -223,17 +234,17 @@ def _backfill(db: sqlite3.Connection) -> None:
     db.execute("UPDATE gateway_devices SET seen_count = CASE WHEN last_seen_ms IS NULL THEN 0 ELSE 1 END")
 
 
-BACKFILL = Migration(version=3, name="gateway_devices.seen_count", apply=_backfill)
+BACKFILL = Migration(version=N + 2, name="gateway_devices.seen_count", apply=_backfill)
 
 
 def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = dump(v0)
     with closing(open_database(v0)):
         pass
-    assert version_of(v0) == 1
+    assert version_of(v0) == N
     with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))) as db:
         assert db.execute("SELECT DISTINCT source FROM alerts").fetchall() == [("mqtt",)]
-    assert version_of(v0) == 2
+    assert version_of(v0) == N + 1
     assert columns(v0, "alerts")[-1] == "source"
     after = dump(v0)
     assert after["alerts"] == [(*row, "mqtt") for row in before["alerts"]]
@@ -253,14 +264,14 @@ def test_a_second_migration_adds_its_column_with_nothing_lost(v0: Path, monkeypa
     # opening it again with the same list runs nothing
     with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))):
         pass
-    assert version_of(v0) == 2
+    assert version_of(v0) == N + 1
 
 
 def test_an_unversioned_file_runs_every_migration_in_order(v0: Path) -> None:
     before = dump(v0)
     with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE, BACKFILL))) as db:
         seen = dict(db.execute("SELECT device, seen_count FROM gateway_devices").fetchall())
-    assert version_of(v0) == 3
+    assert version_of(v0) == N + 2
     # yg02-ht-01 only ever sent its offline status: never seen
     assert seen == {"yg01-sd-01": 1, "yg01-sd-02": 1, "yg02-ht-01": 0, "zz-stray-9": 1}
     after = dump(v0)
@@ -300,40 +311,40 @@ def test_a_failed_migration_leaves_the_file_at_its_old_version(v0: Path) -> None
     with closing(open_database(v0)):
         pass
     before = dump(v0)
-    failing = Migration(version=2, name="half done", apply=_half_then_fail)
+    failing = Migration(version=N + 1, name="half done", apply=_half_then_fail)
     with pytest.raises(MigrationFailed) as failed:
         open_database(v0, migrations=(*MIGRATIONS, failing))
-    assert failed.value.version == 2 and failed.value.from_version == 1
+    assert failed.value.version == N + 1 and failed.value.from_version == N
     assert "disk on fire" in str(failed.value) and isinstance(failed.value.__cause__, RuntimeError)
-    assert version_of(v0) == 1
+    assert version_of(v0) == N
     assert "source" not in columns(v0, "alerts")
     assert dump(v0) == before
     # a script whose second statement fails takes its first one back too
     broken = Migration(
-        version=2, name="broken", apply="CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1);"
+        version=N + 1, name="broken", apply="CREATE TABLE extra (x INTEGER); INSERT INTO nowhere VALUES (1);"
     )
     with pytest.raises(MigrationFailed):
         open_database(v0, migrations=(*MIGRATIONS, broken))
     with closing(raw(v0)) as db:
         assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
-    assert version_of(v0) == 1
+    assert version_of(v0) == N
     # and once fixed, it applies
     with closing(open_database(v0, migrations=(*MIGRATIONS, ADD_SOURCE))):
         pass
-    assert version_of(v0) == 2
+    assert version_of(v0) == N + 1
 
 
 def test_a_failure_in_a_later_migration_keeps_the_earlier_ones(v0: Path) -> None:
     """Each migration is its own transaction: an unversioned file that fails at 2 is left adopted at 1."""
-    failing = Migration(version=2, name="half done", apply=_half_then_fail)
+    failing = Migration(version=N + 1, name="half done", apply=_half_then_fail)
     with pytest.raises(MigrationFailed):
         open_database(v0, migrations=(*MIGRATIONS, failing))
-    assert version_of(v0) == 1
+    assert version_of(v0) == N
 
 
 def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
-    gap = Migration(version=3, name="gap", apply="SELECT 1;")
-    with pytest.raises(ValueError, match="expected 2"):
+    gap = Migration(version=N + 2, name="gap", apply="SELECT 1;")
+    with pytest.raises(ValueError, match=f"expected {N + 1}"):
         open_database(tmp_path / "f.sqlite", migrations=(*MIGRATIONS, gap))
 
 
@@ -345,7 +356,7 @@ def test_connections_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) 
         runs.append(1)
         db.execute("CREATE TABLE once (x INTEGER)")  # a second run would fail: no IF NOT EXISTS
 
-    migrations = (*MIGRATIONS, Migration(version=2, name="once", apply=counted))
+    migrations = (*MIGRATIONS, Migration(version=N + 1, name="once", apply=counted))
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
@@ -362,7 +373,7 @@ def test_connections_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) 
     for t in threads:
         t.join()
     assert errors == [] and runs == [1]
-    assert version_of(path) == 2
+    assert version_of(path) == N + 1
 
 
 def test_statements_split_where_sqlite_says_a_statement_ends() -> None:

@@ -53,6 +53,12 @@ class AlertStore(Transitions, Commands, Queries, Outbox):
         return cls(path, notify=config.notify, building_names=names)
 
     @property
+    def core(self) -> Core:
+        """The connection, lock and outbox writers, for a store that keeps its tables beside the alerts' and must
+        commit its notifications in the same transactions (``alerts.inspections.store``)."""
+        return self._core
+
+    @property
     def notify(self) -> NotifyConfig:
         return self._core.notify
 

@@ -144,6 +144,10 @@ class Operation:
     path_params: tuple[PathParam, ...]
     stream: bool = False
     operation_id: str = ""
+    # Operations whose request or response is not JSON (a photo): the media types, documented as binary.  A handler
+    # with ``request_media`` reads ``call.request`` itself, under its own size limit.
+    request_media: tuple[str, ...] = ()
+    response_media: tuple[str, ...] = ()
 
     @property
     def full_path(self) -> str:
@@ -173,6 +177,8 @@ def operation(
     errors: tuple[int, ...] = (),
     path_params: tuple[PathParam, ...] = (),
     stream: bool = False,
+    request_media: tuple[str, ...] = (),
+    response_media: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare an API operation (see the module docstring)."""
 
@@ -180,7 +186,7 @@ def operation(
         base_errors = {400, 503}
         if role is not None:
             base_errors |= {401, 403}
-        if body is not None:
+        if body is not None or request_media:
             base_errors |= {413, 415, 422}
         if path_params:
             base_errors.add(404)
@@ -201,6 +207,8 @@ def operation(
                 path_params=path_params,
                 stream=stream,
                 operation_id=handler.__name__.strip("_"),
+                request_media=request_media,
+                response_media=response_media,
             )
         )
         return handler
