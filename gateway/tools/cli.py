@@ -43,6 +43,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("replay", "gateway.tools.replay", "run recorded traffic through the rules and print the alert timeline"),
     Subcommand("verify", "simulators.verify", "drive a scenario against a live deployment and judge the alerts"),
     Subcommand("acl", "gateway.tools.acl", "generate Mosquitto password and ACL files from the device registry"),
+    Subcommand("qr", "gateway.tools.qr", "print a PDF sheet of inspection points' QR codes for a building or grid"),
 )
 
 
