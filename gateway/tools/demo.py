@@ -190,6 +190,13 @@ def demo_config(
             "store": config.store.model_copy(update={"path": data_dir / "firegrid.sqlite"}),
             "http": config.http.model_copy(update={"listen": f"127.0.0.1:{http_port}", "tokens": tokens}),
             "notify": notify,
+            # The QR links point at this run's port; a community without a secret gets one for this run.
+            "inspections": config.inspections.model_copy(
+                update={
+                    "public_url": f"http://127.0.0.1:{http_port}",
+                    "secret": config.inspections.secret or SecretStr(secrets.token_urlsafe(24)),
+                }
+            ),
         }
     )
     return updated, DemoTokens(viewer=picked["viewer"], operator=picked["operator"])
@@ -408,6 +415,21 @@ def console(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
+def _inspection_lines(config: FiregridConfig) -> list[str]:
+    """The QR page of the community's first inspection point (what scanning its sticker opens on a phone)."""
+    from alerts.inspections.links import point_url
+
+    secret = config.inspections.secret_value()
+    points = config.inspection_points
+    if secret is None or not points:
+        return []
+    first = points[0]
+    return [
+        f"  inspection page:  {point_url(config.inspections.public_url, secret, first.id)} (QR of {first.id};"
+        f" {len(points)} points, sheet: firegrid qr --config FILE --building {first.building} --out qr.pdf)",
+    ]
+
+
 async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     from gateway.service.service import Service
 
@@ -493,6 +515,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  MQTT broker:      mqtt://127.0.0.1:{mqtt_port} (embedded amqtt, MQTT 3.1.1)",
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
             "  telemetry:        local store only (no InfluxDB configured)",
+            *_inspection_lines(config),
             "Press Ctrl-C to stop.",
             "",
         ]
