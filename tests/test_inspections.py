@@ -395,3 +395,36 @@ def test_submitting_from_the_mobile_page_records_the_inspection_and_its_hazard(
     figures = requests.get(f"{srv.url}/api/v1/inspections/compliance", headers=OPERATOR, timeout=10).json()
     g03 = next(g for g in figures["grids"] if g["grid"] == "g03")
     assert g03["inspected"] == 1 and g03["points"] == 3 and figures["open_hazards"] == 2
+
+
+async def test_the_service_commits_overdue_alerts_through_its_pipeline(tmp_path: Path) -> None:
+    """As ``firegrid run`` wires it: the deadline check hands its transitions to the pipeline's commit (the same path
+    as the engine's), and a restarted engine does not adopt the overdue alert as one of its own."""
+    import asyncio
+
+    from gateway.service.service import Service
+
+    config = small_config(tmp_path)
+    service = Service(config)
+    loop = asyncio.get_running_loop()
+    committed = asyncio.Event()
+    service.store.add_listener(
+        lambda change: loop.call_soon_threadsafe(committed.set) if change.type == "alert.raised" else None
+    )
+    pipeline = asyncio.create_task(service.pipeline.run())
+    try:
+        assert await service.deadlines.check(now_ms=T0) == []
+        raised = await service.deadlines.check(now_ms=T0 + 34 * DAY)
+        assert {t.key for t in raised} == {point_key("p-exit"), point_key("p-ext")}
+        await asyncio.wait_for(committed.wait(), 10)
+        assert set(overdue_alerts(service.store)) == {point_key("p-exit"), point_key("p-ext")}
+    finally:
+        service.pipeline.stop()
+        await pipeline
+        await service.close()
+    again = Service(config)
+    try:
+        held = {a.key for a in again.engine.active()}
+        assert not held & {point_key("p-exit"), point_key("p-ext")}
+    finally:
+        await again.close()
