@@ -308,6 +308,12 @@ def test_a_qr_link_cannot_submit_for_another_point(server: tuple[ServerThread, A
     assert requests.post(f"{srv.url}/m/p/{other.id}?t=", data=_form(other), timeout=10).status_code == 403
     assert requests.post(f"{srv.url}/m/p/{other.id}/hazard?t={token}", timeout=10).status_code == 403
     assert _rows(runtime, "inspections") == 0 and _rows(runtime, "hazards") == 0
+    assert refusals(runtime, "token") == 4
+
+
+def refusals(runtime: Any, reason: str) -> float:
+    value = runtime.metrics.registry.get_sample_value("firegrid_inspection_refusals_total", {"reason": reason})
+    return float(value or 0)
 
 
 HOSTILE = [
@@ -337,11 +343,13 @@ def test_hostile_uploads_are_refused_and_leave_nothing_on_disk(
     photos = _photo_dir(runtime)
     assert not photos.exists() or list(photos.iterdir()) == []
     assert _rows(runtime, "photos") == 0 and _rows(runtime, "inspections") == 0 and _rows(runtime, "hazards") == 0
+    assert refusals(runtime, "photo") == 1  # counted
     api = requests.post(f"{srv.url}/api/v1/photos", data=data, headers=OPERATOR, timeout=30)
     if name.startswith(".."):  # the API takes no file name; the bytes themselves are a fine photo
         assert api.status_code == 201
         return
     assert api.status_code in (413, 422) and reason.split(" ")[0] in api.text
+    assert refusals(runtime, "photo") == 2
     assert not photos.exists() or list(photos.iterdir()) == []
 
 

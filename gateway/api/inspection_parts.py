@@ -15,6 +15,7 @@ from alerts.inspections.records import PhotoRecord
 from alerts.inspections.store import InspectionStore
 from gateway.api.deps import ApiRuntime
 from gateway.api.framework import ApiError
+from gateway.metrics import Metrics
 from gateway.storage.inspections import InspectionDeadlines
 
 
@@ -23,6 +24,12 @@ class InspectionParts:
     store: InspectionStore
     deadlines: InspectionDeadlines
     clock_ms: Callable[[], int]
+    metrics: Metrics | None = None
+
+    def refused(self, reason: str) -> None:
+        """Count a refused submission (``firegrid_inspection_refusals{reason}``)."""
+        if self.metrics is not None:
+            self.metrics.inspection_refusals.labels(reason).inc()
 
     def point(self, point_id: str) -> InspectionPoint | None:
         return next((p for p in self.deadlines.config.inspection_points if p.id == point_id), None)
@@ -61,7 +68,12 @@ def install(app: web.Application, runtime: ApiRuntime, *, clock_ms: Callable[[],
             apply=runtime.apply_transitions,
             clock_ms=clock_ms,
         )
-    app[PARTS_KEY] = None if store is None or deadlines is None else InspectionParts(store, deadlines, clock_ms)
+    metrics = getattr(runtime, "metrics", None)
+    app[PARTS_KEY] = (
+        None
+        if store is None or deadlines is None
+        else InspectionParts(store, deadlines, clock_ms, metrics if isinstance(metrics, Metrics) else None)
+    )
 
 
 def parts_of(app: web.Application) -> InspectionParts:

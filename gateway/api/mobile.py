@@ -195,8 +195,11 @@ def _authorise(request: web.Request) -> tuple[InspectionParts, InspectionPoint, 
     point = parts.point(point_id)
     token = request.query.get("t", "")
     if point is None:
+        parts.refused("point")
         return _error(lang, "err.point", 404)
     if not token_valid(secret, point.id, token):
+        parts.refused("token")
+        log.info("QR token refused for point %s", point.id)
         return _error(lang, "err.token", 403)
     return parts, point, token
 
@@ -329,14 +332,15 @@ async def submit_inspection(request: web.Request) -> web.Response:
     config = parts.deadlines.config.inspections
     form = Form()
 
-    def again(error: str, status: int = 422) -> web.Response:
+    def again(error: str, status: int = 422, *, reason: str = "form") -> web.Response:
+        parts.refused(reason)
         page = _inspection_form(parts, point, token, lang, form=form, error=error)
         return _page(lang, t["title"], page, status=status)
 
     try:
         await _read_form(request, form, photo_limit=config.photo_max_kb * 1024)
     except PhotoRefused as exc:
-        return again(str(exc), 413)
+        return again(str(exc), 413, reason="photo")
     except (FormError, ValueError) as exc:
         log.info("mobile form for %s refused: %s", point.id, exc)
         return again(t["err.form"], 400)
@@ -354,7 +358,7 @@ async def submit_inspection(request: web.Request) -> web.Response:
         try:
             photo_id = (await parts.save_photo(form.photo, filename=form.photo_name, building=point.building)).id
         except PhotoRefused as exc:
-            return again(str(exc))
+            return again(str(exc), reason="photo")
     note = form.fields.get("note", "")[:500] or None
     inspection, hazards = await asyncio.to_thread(
         parts.store.record_inspection,
@@ -395,13 +399,14 @@ async def submit_hazard(request: web.Request) -> web.Response:
     t = TEXT[lang]
     form = Form()
 
-    def again(error: str, status: int = 422) -> web.Response:
+    def again(error: str, status: int = 422, *, reason: str = "form") -> web.Response:
+        parts.refused(reason)
         return _page(lang, t["hazard.title"], _hazard_form(point, token, lang, form=form, error=error), status=status)
 
     try:
         await _read_form(request, form, photo_limit=parts.deadlines.config.inspections.photo_max_kb * 1024)
     except PhotoRefused as exc:
-        return again(str(exc), 413)
+        return again(str(exc), 413, reason="photo")
     except (FormError, ValueError):
         return again(t["err.form"], 400)
     description = form.fields.get("description", "")[:500]
@@ -416,7 +421,7 @@ async def submit_hazard(request: web.Request) -> web.Response:
         try:
             photo_id = (await parts.save_photo(form.photo, filename=form.photo_name, building=point.building)).id
         except PhotoRefused as exc:
-            return again(str(exc))
+            return again(str(exc), reason="photo")
     hazard = await asyncio.to_thread(
         parts.store.report_hazard,
         building=point.building,

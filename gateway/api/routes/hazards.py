@@ -74,6 +74,14 @@ async def report_hazard(call: Call) -> im.HazardOut:
     parts = parts_of(call.app)
     if parts.deadlines.config.building(body.building) is None:
         raise ApiError(422, f"unknown building {body.building!r}", type="urn:firegrid:problem:invalid-body")
+    if body.point is not None:
+        point = parts.point(body.point)
+        if point is None or point.building != body.building:
+            raise ApiError(
+                422,
+                f"no inspection point {body.point!r} in building {body.building!r}",
+                type="urn:firegrid:problem:invalid-body",
+            )
     try:
         hazard = await asyncio.to_thread(
             parts.store.report_hazard,

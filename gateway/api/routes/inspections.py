@@ -223,13 +223,16 @@ async def upload_photo(call: Call) -> im.PhotoOut:
     limit = parts.deadlines.config.inspections.photo_max_kb * 1024
     request = call.request
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"the photo is {request.content_length} bytes; the limit is {limit}")
+        parts.refused("photo")
+        raise ApiError(413, f"the photo is {request.content_length} bytes; the limit is {limit // 1024} KB")
     data = await request.content.read(limit + 1)
     if len(data) > limit:
-        raise ApiError(413, f"the photo is larger than the limit of {limit} bytes")
+        parts.refused("photo")
+        raise ApiError(413, f"the photo is larger than the limit of {limit // 1024} KB")
     try:
         saved = await parts.save_photo(data, filename=None, building=None)
     except PhotoRefused as exc:
+        parts.refused("photo")
         raise refused(exc) from None
     return im.PhotoOut(id=saved.id, mime=saved.mime, width=saved.width, height=saved.height, bytes=saved.bytes)
 
