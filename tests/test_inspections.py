@@ -436,3 +436,35 @@ async def test_the_service_commits_overdue_alerts_through_its_pipeline(tmp_path:
         assert not held & {point_key("p-exit"), point_key("p-ext")}
     finally:
         await again.close()
+
+
+def test_the_api_records_inspections_and_keeps_hazard_steps_in_order_and_scope(
+    server: tuple[ServerThread, Any],
+) -> None:
+    srv, _runtime = server
+    api = f"{srv.url}/api/v1"
+    points = requests.get(f"{api}/inspection-points?grid=g03", headers=OPERATOR, timeout=10).json()["items"]
+    assert {p["id"] for p in points} == {"sc01-shop-12", "sc01-shop-15", "yl01-exit-1f"}
+    shop = next(p for p in points if p["id"] == "sc01-shop-15")
+    assert shop["checklist"][0] == "燃气管道、阀门无泄漏" and shop["overdue"] is False and shop["due_ms"] > 0
+    wrong = {"point": "sc01-shop-15", "inspector": "x", "results": [{"item": "not on the list", "ok": True}]}
+    assert requests.post(f"{api}/inspections", json=wrong, headers=OPERATOR, timeout=10).status_code == 422
+    results = [{"item": item, "ok": n != 0} for n, item in enumerate(shop["checklist"])]
+    body = {"point": "sc01-shop-15", "inspector": "巡查员 周", "results": results}
+    created = requests.post(f"{api}/inspections", json=body, headers=OPERATOR, timeout=10)
+    assert created.status_code == 201
+    hazard = created.json()["hazards"][0]
+    assert hazard["state"] == "reported" and hazard["category"] == "shop"
+    hid = hazard["id"]
+    verify = requests.post(f"{api}/hazards/{hid}/verify", json={}, headers=OPERATOR, timeout=10)
+    assert verify.status_code == 409 and "rectified" in verify.json()["detail"]
+    assert requests.post(f"{api}/hazards/{hid}/rectify", json={}, headers=OPERATOR, timeout=10).status_code == 422
+    g01 = {"Authorization": "Bearer demo-g01-token"}  # an operator of another grid
+    assigned = requests.post(f"{api}/hazards/{hid}/assign", json={"to": "x"}, headers=g01, timeout=10)
+    assert assigned.status_code == 404
+    viewer = {"Authorization": "Bearer demo-viewer-token"}
+    assert requests.post(f"{api}/hazards/{hid}/assign", json={"to": "x"}, headers=viewer, timeout=10).status_code == 403
+    ok = requests.post(f"{api}/hazards/{hid}/assign", json={"to": "李秀英", "days": 2}, headers=OPERATOR, timeout=10)
+    assert ok.status_code == 200 and ok.json()["state"] == "assigned" and ok.json()["overdue"] is False
+    elsewhere = {"building": "yg01", "point": "sc01-shop-15", "category": "x", "description": "y"}
+    assert requests.post(f"{api}/hazards", json=elsewhere, headers=OPERATOR, timeout=10).status_code == 422

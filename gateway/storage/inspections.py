@@ -73,8 +73,13 @@ class InspectionDeadlines:
         return out
 
     def due(self, *, now_ms: int) -> dict[str, PointDue]:
-        """Every configured point's deadline (for the API and the dashboard)."""
+        """Every configured point's deadline (for the API and the dashboard); a point not seen before counts from
+        now, as in :meth:`transitions`."""
         states = self.store.point_states()
+        unseen = [p.id for p in self.config.inspection_points if p.id not in states]
+        if unseen:  # a write (and an fsync) only when the config has a point the store does not know yet
+            self.store.touch_points(unseen, now_ms=now_ms)
+            states = self.store.point_states()
         healthy = self.healthy(now_ms=now_ms)
         out: dict[str, PointDue] = {}
         for point in self.config.inspection_points:
