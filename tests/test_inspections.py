@@ -468,3 +468,45 @@ def test_the_api_records_inspections_and_keeps_hazard_steps_in_order_and_scope(
     assert ok.status_code == 200 and ok.json()["state"] == "assigned" and ok.json()["overdue"] is False
     elsewhere = {"building": "yg01", "point": "sc01-shop-15", "category": "x", "description": "y"}
     assert requests.post(f"{api}/hazards", json=elsewhere, headers=OPERATOR, timeout=10).status_code == 422
+
+
+def test_month_figures_count_compliance_and_time_to_rectify(
+    parts: tuple[FiregridConfig, AlertStore, InspectionStore],
+) -> None:
+    from alerts.inspections.deadlines import point_due
+    from alerts.inspections.figures import month_figures
+    from alerts.inspections.records import PointState
+
+    config, _alerts, store = parts
+    exit_point, ext_point = config.inspection_points
+    h1 = store.report_hazard(
+        building="b1", grid="g1", floor=1, point=None, location=None, category="exit", description="堵",
+        photo=None, reporter="x", source="api", now_ms=T0,
+    )  # fmt: skip
+    photo = store.save_photo(clean(jpeg(), max_bytes=10**6, max_pixels=10**7), building="b1", now_ms=T0)
+    store.step(h1.id, "assigned", by="d", assignee="a", deadline_ms=T0 + DAY, now_ms=T0)
+    store.step(h1.id, "rectified", by="a", photo=photo.id, now_ms=T0 + 6 * 3_600_000)
+    h2 = store.report_hazard(
+        building="b1", grid="g1", floor=1, point=None, location=None, category="exit", description="又堵",
+        photo=None, reporter="x", source="api", now_ms=T0,
+    )  # fmt: skip
+    store.step(h2.id, "assigned", by="d", assignee="a", deadline_ms=T0 + DAY, now_ms=T0)
+    dues = {
+        exit_point.id: point_due(exit_point, PointState(exit_point.id, T0 - 40 * DAY, None), grace_ms=0, healthy=False),
+        ext_point.id: point_due(ext_point, PointState(ext_point.id, T0 - 40 * DAY, None), grace_ms=0, healthy=True),
+    }
+    figures = month_figures(
+        points=config.inspection_points,
+        grid_of=lambda _building: "g1",
+        inspected=set(),
+        dues=dues,
+        hazards=store.list_hazards(),
+        start_ms=T0,
+        end_ms=T0 + 31 * DAY,
+        now_ms=T0 + 2 * DAY,
+    )
+    (grid,) = figures.grids
+    # the healthy monitored extinguisher counts as inspected; the exit, never inspected, is overdue
+    assert (grid.grid, grid.points, grid.inspected, grid.overdue, grid.rate) == ("g1", 2, 1, 1, 0.5)
+    assert (figures.open_hazards, figures.overdue_hazards, figures.rectified) == (2, 1, 1)
+    assert figures.mean_hours_to_rectify == 6.0

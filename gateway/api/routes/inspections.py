@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from alerts.inspections.figures import month_figures
 from alerts.inspections.photos import PhotoRefused
 from alerts.inspections.records import CheckResult
 from alerts.inspections.store import PhotoNotFound
@@ -169,40 +170,34 @@ async def compliance(call: Call) -> im.ComplianceOut:
     month, start, end = _month_bounds(q.month, ZoneInfo(config.notify.timezone), now)
     inspected = await asyncio.to_thread(parts.store.inspected_between, start_ms=start, end_ms=end)
     dues = await asyncio.to_thread(parts.deadlines.due, now_ms=now)
-    grids: dict[str, im.GridCompliance] = {}
-    for point in config.inspection_points:
-        grid = parts.grid_of(point.building) or "-"
-        if not call.who.sees_building(point.building) or (q.grid is not None and grid != q.grid):
-            continue
-        due = dues.get(point.id)
-        done = point.id in inspected or (due is not None and due.due_ms is None)
-        row = grids.get(grid) or im.GridCompliance(grid=grid, points=0, inspected=0, rate=1.0, overdue=0)
-        points, count = row.points + 1, row.inspected + int(done)
-        grids[grid] = im.GridCompliance(
-            grid=grid,
-            points=points,
-            inspected=count,
-            rate=round(count / points, 4),
-            overdue=row.overdue + int(due is not None and due.overdue(now)),
-        )
     where = scope(call, building=None, grid=q.grid)
     hazards = await asyncio.to_thread(
         parts.store.list_hazards, building=where.building, grid=where.grid, limit=1_000_000
     )
-    seen = [h for h in hazards if call.who.sees_building(h.building)]
-    open_ = [h for h in seen if h.open]
-    overdue = [
-        h for h in open_ if h.state in ("assigned", "rectifying") and h.deadline_ms is not None and now >= h.deadline_ms
-    ]
-    fixed = [h for h in seen if h.rectified_ms is not None and start <= h.rectified_ms < end]
-    hours = [(h.rectified_ms - h.reported_ms) / 3_600_000 for h in fixed if h.rectified_ms is not None]
+    figures = month_figures(
+        points=[
+            p
+            for p in config.inspection_points
+            if call.who.sees_building(p.building) and (q.grid is None or parts.grid_of(p.building) == q.grid)
+        ],
+        grid_of=parts.grid_of,
+        inspected=inspected,
+        dues=dues,
+        hazards=[h for h in hazards if call.who.sees_building(h.building)],
+        start_ms=start,
+        end_ms=end,
+        now_ms=now,
+    )
     return im.ComplianceOut(
         month=month,
-        grids=sorted(grids.values(), key=lambda g: g.grid),
-        open_hazards=len(open_),
-        overdue_hazards=len(overdue),
-        rectified_this_month=len(fixed),
-        mean_hours_to_rectify=round(sum(hours) / len(hours), 2) if hours else None,
+        grids=[
+            im.GridCompliance(grid=g.grid, points=g.points, inspected=g.inspected, rate=g.rate, overdue=g.overdue)
+            for g in figures.grids
+        ],
+        open_hazards=figures.open_hazards,
+        overdue_hazards=figures.overdue_hazards,
+        rectified_this_month=figures.rectified,
+        mean_hours_to_rectify=figures.mean_hours_to_rectify,
     )
 
 
