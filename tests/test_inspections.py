@@ -510,3 +510,25 @@ def test_month_figures_count_compliance_and_time_to_rectify(
     assert (grid.grid, grid.points, grid.inspected, grid.overdue, grid.rate) == ("g1", 2, 1, 1, 0.5)
     assert (figures.open_hazards, figures.overdue_hazards, figures.rectified) == (2, 1, 1)
     assert figures.mean_hours_to_rectify == 6.0
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nno end"),
+        ("multipart/form-data; boundary=xyz", b"\xff\xfe garbage \x00" * 50),
+        ("multipart/form-data", b"--\r\n"),
+        ("application/x-www-form-urlencoded", b"inspector=a&item-0=ok"),
+        ("multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\n"
+         + b"x" * 10_000 + b"\r\n--xyz--\r\n"),
+    ],
+)  # fmt: skip
+def test_malformed_forms_are_refused_not_crashed_on(
+    server: tuple[ServerThread, Any], content_type: str, body: bytes
+) -> None:
+    srv, runtime = server
+    for suffix in ("", "/hazard"):
+        url = _url(srv, runtime, "sc01-shop-12").replace("?t=", f"{suffix}?t=")
+        response = requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=10)
+        assert response.status_code == 400 and "无法识别" in response.text
+    assert _rows(runtime, "inspections") == 0 and _rows(runtime, "hazards") == 0

@@ -341,7 +341,7 @@ async def submit_inspection(request: web.Request) -> web.Response:
         await _read_form(request, form, photo_limit=config.photo_max_kb * 1024)
     except PhotoRefused as exc:
         return again(str(exc), 413, reason="photo")
-    except (FormError, ValueError) as exc:
+    except Exception as exc:  # a malformed multipart body (aiohttp raises several kinds): refused, never a 500
         log.info("mobile form for %s refused: %s", point.id, exc)
         return again(t["err.form"], 400)
     inspector = form.fields.get("inspector", "")[:60]
@@ -407,7 +407,8 @@ async def submit_hazard(request: web.Request) -> web.Response:
         await _read_form(request, form, photo_limit=parts.deadlines.config.inspections.photo_max_kb * 1024)
     except PhotoRefused as exc:
         return again(str(exc), 413, reason="photo")
-    except (FormError, ValueError):
+    except Exception as exc:  # a malformed multipart body: refused, never a 500
+        log.info("mobile hazard form for %s refused: %s", point.id, exc)
         return again(t["err.form"], 400)
     description = form.fields.get("description", "")[:500]
     reporter = form.fields.get("reporter", "")[:60]
