@@ -375,6 +375,7 @@ def test_submitting_from_the_mobile_page_records_the_inspection_and_its_hazard(
 ) -> None:
     srv, runtime = server
     point = next(p for p in runtime.config.inspection_points if p.id == "sc01-shop-12")
+    assert "上次巡查: 尚未巡查" in requests.get(_url(srv, runtime, point.id), timeout=10).text
     response = requests.post(
         _url(srv, runtime, point.id),
         data=_form(point, failed=2) | {"note": "插线板串接"},
@@ -382,6 +383,7 @@ def test_submitting_from_the_mobile_page_records_the_inspection_and_its_hazard(
         timeout=30,
     )
     assert response.status_code == 201 and "已提交" in response.text
+    assert "上次巡查: 20" in requests.get(_url(srv, runtime, point.id), timeout=10).text
     listed = requests.get(f"{srv.url}/api/v1/inspections?point={point.id}", headers=OPERATOR, timeout=10).json()
     assert len(listed["items"]) == 1 and listed["items"][0]["failed"] == 1 and listed["items"][0]["source"] == "qr"
     hazards = requests.get(f"{srv.url}/api/v1/hazards?open=true", headers=OPERATOR, timeout=10).json()["items"]

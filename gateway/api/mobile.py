@@ -16,7 +16,9 @@ import asyncio
 import html
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from aiohttp import BodyPartReader, web
 
@@ -209,7 +211,7 @@ def _action(point: InspectionPoint, token: str, lang: str, suffix: str = "") -> 
     return url + ("&lang=en" if lang == "en" else "")
 
 
-def _header(parts: InspectionParts, point: InspectionPoint, lang: str) -> str:
+def _header(parts: InspectionParts, point: InspectionPoint, lang: str, last_ms: int | None = None) -> str:
     t = TEXT[lang]
     building = parts.deadlines.config.building(point.building)
     name = building.name if building is not None else point.building
@@ -217,6 +219,11 @@ def _header(parts: InspectionParts, point: InspectionPoint, lang: str) -> str:
     meta = f"{t['interval']}: {t[point.interval]}"
     if point.responsible:
         meta += f" · {t['responsible']}: {point.responsible}"
+    if last_ms is None:
+        meta += f" · {t['last']}: {t['never']}"
+    else:
+        tz = ZoneInfo(parts.deadlines.config.notify.timezone)
+        meta += f" · {t['last']}: {datetime.fromtimestamp(last_ms / 1000, tz=tz):%Y-%m-%d %H:%M}"
     return (
         f"<h1>{html.escape(t['kind.' + point.kind])} · {html.escape(point.id)}</h1>"
         f'<p class="meta">{html.escape(name + floor)} {html.escape(point.location)}<br>{html.escape(meta)}</p>'
@@ -224,7 +231,14 @@ def _header(parts: InspectionParts, point: InspectionPoint, lang: str) -> str:
 
 
 def _inspection_form(
-    parts: InspectionParts, point: InspectionPoint, token: str, lang: str, *, form: Form | None = None, error: str = ""
+    parts: InspectionParts,
+    point: InspectionPoint,
+    token: str,
+    lang: str,
+    *,
+    form: Form | None = None,
+    error: str = "",
+    last_ms: int | None = None,
 ) -> str:
     t = TEXT[lang]
     values = form.fields if form else {}
@@ -239,7 +253,7 @@ def _inspection_form(
         rows.append(f'<div class="item"><div>{i + 1}. {html.escape(item)}</div>{radios}</div>')
     err = f'<p class="err" role="alert">{html.escape(error)}</p>' if error else ""
     return (
-        _header(parts, point, lang)
+        _header(parts, point, lang, last_ms)
         + err
         + f'<form method="post" enctype="multipart/form-data" action="{html.escape(_action(point, token, lang))}">'
         + f"<fieldset>{''.join(rows)}</fieldset>"
@@ -319,7 +333,9 @@ async def inspection_page(request: web.Request) -> web.Response:
         return found
     parts, point, token = found
     lang = _lang(request)
-    return _page(lang, TEXT[lang]["title"], _inspection_form(parts, point, token, lang))
+    state = (await asyncio.to_thread(parts.store.point_states)).get(point.id)
+    last = None if state is None else state.last_ms
+    return _page(lang, TEXT[lang]["title"], _inspection_form(parts, point, token, lang, last_ms=last))
 
 
 async def submit_inspection(request: web.Request) -> web.Response:
