@@ -296,7 +296,7 @@ def summarize(document: Any, *, msg_id: str, received_ms: int, duplicate: bool) 
     building = _find(document, "building")
     floor = _find(document, "floor")
     device = _find(document, "device")
-    reason = _find(document, "reason", "rule")
+    reason = _find(document, "reason", "rule", "description")
     where = " ".join(str(p) for p in (building, f"{floor}F" if floor is not None else None, device) if p)
     line = " ".join(str(p) for p in (event, str(severity).upper() if severity else None, where, reason) if p)
     return {
@@ -430,6 +430,29 @@ def _inspection_lines(config: FiregridConfig) -> list[str]:
     ]
 
 
+async def _first_inspection(service: Any) -> None:
+    """A shop's monthly self-inspection with one failed item, as if its owner had just scanned the sticker: the
+    dashboard's 码上安全 panel then has a hazard to show, and the receiver prints its signed events."""
+    from alerts.inspections.records import CheckResult
+
+    point = next((p for p in service.config.inspection_points if p.kind == "shop"), None)
+    if point is None or service.config.inspections.secret_value() is None:
+        return
+    building = service.config.building(point.building)
+    _, hazards = await asyncio.to_thread(
+        service.inspections.record_inspection,
+        point=point,
+        grid=building.grid if building is not None else None,
+        inspector="演示 店主",
+        results=[CheckResult(item=item, ok=n != 1) for n, item in enumerate(point.items)],
+        note="演示：自查发现的问题",
+        photo=None,
+        source="demo",
+        now_ms=int(time.time() * 1000),
+    )
+    console(f"inspection: {point.id} self-inspected, {len(hazards)} hazard reported (dashboard: 码上安全)")
+
+
 async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     from gateway.service.service import Service
 
@@ -520,6 +543,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             "",
         ]
         print("\n".join(banner), flush=True)
+        await _first_inspection(service)
 
         waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait()), service_task}
         if args.duration is not None:
