@@ -12,15 +12,15 @@ demo: venv
 test: system-deps venv-test lint typecheck pytest
 
 # Debian packages the tests talk to for real: a Mosquitto broker, InfluxDB 1.x, Chromium for the browser test and a
-# CJK font so the dashboard's Chinese renders in its screenshots and the monthly report's PDF and charts; poppler-utils
-# (pdftoppm, pdftotext) so the report test can render the PDF and read its text back.
+# CJK font so the dashboard's Chinese renders in its screenshots, the monthly report's PDF and charts and the QR
+# sheet's PDF; poppler-utils (pdftoppm, pdftotext) so the report and QR sheet tests can render and read the PDFs.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing="$$missing fonts-wqy-microhei"; \
-	command -v pdftotext >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
+	{ command -v pdftoppm && command -v pdftotext; } >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -209,6 +209,76 @@ CREATE INDEX IF NOT EXISTS outbox_done ON outbox(done_ms) WHERE done_ms IS NOT N
 CREATE INDEX IF NOT EXISTS gateway_readings_ts ON gateway_readings(ts_ms);
 """
 
+# Inspections by QR code and hazards (``alerts.inspections``): who checked which inspection point when and what they
+# found, the hazards found (with their lifecycle and audit trail), and the photos people attached (files under the
+# store's directory, named by the ``photos`` row).  ``inspection_points_seen`` remembers when the gateway first knew a
+# point, so a point added today is not "overdue" since 1970.
+INSPECTIONS = """
+CREATE TABLE IF NOT EXISTS inspection_points_seen (
+    point TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inspections (
+    id INTEGER PRIMARY KEY,
+    point TEXT NOT NULL,
+    building TEXT NOT NULL,
+    grid TEXT,
+    inspector TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    results TEXT NOT NULL,
+    failed INTEGER NOT NULL,
+    note TEXT,
+    photo TEXT,
+    source TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inspections_point ON inspections(point, ts_ms);
+CREATE INDEX IF NOT EXISTS inspections_ts ON inspections(ts_ms);
+CREATE TABLE IF NOT EXISTS hazards (
+    id INTEGER PRIMARY KEY,
+    building TEXT NOT NULL,
+    grid TEXT,
+    floor INTEGER,
+    point TEXT,
+    location TEXT,
+    category TEXT NOT NULL,
+    description TEXT NOT NULL,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reporter TEXT,
+    inspection_id INTEGER,
+    photo TEXT,
+    assignee TEXT,
+    deadline_ms INTEGER,
+    rectify_photo TEXT,
+    rectify_note TEXT,
+    reported_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    rectified_ms INTEGER,
+    verified_ms INTEGER,
+    verified_by TEXT
+);
+CREATE INDEX IF NOT EXISTS hazards_state ON hazards(state, deadline_ms);
+CREATE INDEX IF NOT EXISTS hazards_building ON hazards(building, reported_ms);
+CREATE TABLE IF NOT EXISTS hazard_audit (
+    id INTEGER PRIMARY KEY,
+    hazard_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    by TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS hazard_audit_hazard ON hazard_audit(hazard_id);
+CREATE TABLE IF NOT EXISTS photos (
+    id TEXT PRIMARY KEY,
+    building TEXT,
+    mime TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
     # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this
@@ -219,6 +289,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         apply=ALERTS + PRESENCE + ENGINE_STATE + FILTER_LEDGER + DEAD_LETTERS,
     ),
     Migration(version=2, name="incident loop", apply=INCIDENT_LOOP),
+    Migration(version=3, name="indexes for reports and retention", apply=REPORT_INDEXES),
+    Migration(version=4, name="inspections and hazards", apply=INSPECTIONS),
 )
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from alerts.config import NotifyConfig
 from alerts.dispatch import DispatchPlan, Equipment, Location, Station
+from alerts.inspections.config import InspectionPoint, InspectionsConfig
 from common.config import Section
 from common.errors import ConfigError as ConfigError  # re-exported: gateway callers catch it from here
 from common.errors import validation_problems
@@ -313,6 +314,8 @@ class FiregridConfig(BaseSettings):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     acl: AclConfig = Field(default_factory=AclConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    inspections: InspectionsConfig = Field(default_factory=InspectionsConfig)
+    inspection_points: list[InspectionPoint] = Field(default_factory=list)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
     _base_dir: Path = Path(".")
@@ -368,6 +371,7 @@ class FiregridConfig(BaseSettings):
                 if building_id not in by_id:
                     problems.append(f"http.tokens[{i}].buildings[{j}]: unknown building {building_id!r}")
         problems.extend(self._station_problems())
+        problems.extend(self._point_problems(by_id))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -413,6 +417,33 @@ class FiregridConfig(BaseSettings):
             travel_speed_kmh=self.dispatch.travel_speed_kmh,
         )
 
+    def _point_problems(self, by_id: dict[str, Building]) -> list[str]:
+        problems: list[str] = []
+        seen: set[str] = set()
+        devices = {d.id: d for d in self.devices}
+        for i, point in enumerate(self.inspection_points):
+            where = f"inspection_points[{i}]"
+            if point.id in seen:
+                problems.append(f"{where}.id: duplicate inspection point {point.id!r}")
+            seen.add(point.id)
+            building = by_id.get(point.building)
+            if building is None:
+                problems.append(f"{where}.building: unknown building {point.building!r}")
+            elif point.floor is not None and not -building.basements <= point.floor <= building.floors:
+                problems.append(
+                    f"{where}.floor: floor {point.floor} outside building {building.id!r} "
+                    f"(-{building.basements}..{building.floors})"
+                )
+            if point.device is not None:
+                device = devices.get(point.device)
+                if device is None:
+                    problems.append(f"{where}.device: unknown device {point.device!r}")
+                elif device.kind != DeviceKind.EXTINGUISHER or point.kind != "extinguisher":
+                    problems.append(f"{where}.device: only an extinguisher point can follow a monitored extinguisher")
+                elif device.building != point.building:
+                    problems.append(f"{where}.device: device {point.device!r} is in building {device.building!r}")
+        return problems
+
     def owns(self, building_id: str) -> bool:
         """Whether this gateway judges the building (``mqtt.buildings``; every building when that is unset)."""
         owned: frozenset[str] | None = self.__dict__.get("_owned")
@@ -430,6 +461,7 @@ class FiregridConfig(BaseSettings):
             update={
                 "buildings": [b for b in self.buildings if self.owns(b.id)],
                 "devices": [d for d in self.devices if self.owns(d.building)],
+                "inspection_points": [p for p in self.inspection_points if self.owns(p.building)],
             }
         )
         for cache in ("_bcache", "_dcache", "_owned"):

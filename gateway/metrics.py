@@ -53,6 +53,12 @@ class Metrics:
         )
         self.influx_points = Counter("firegrid_influx_points", "points written to InfluxDB", registry=r)
         self.dead_letters = Counter("firegrid_influx_dead_letters", "points InfluxDB refused (400/422)", registry=r)
+        self.inspection_refusals = Counter(
+            "firegrid_inspection_refusals",
+            "mobile-page and photo submissions refused, by reason (photo, form, token, point)",
+            ["reason"],
+            registry=r,
+        )
         self.spool_dropped = Counter(
             "firegrid_spool_dropped_points",
             "oldest telemetry points dropped to keep the spool under its cap",

@@ -34,10 +34,15 @@ from rules.loader import load_rule_set
 
 
 def config_for_tests(source: Path, workdir: Path, **overrides: Any) -> FiregridConfig:
-    """``source`` (a config YAML) with its store moved into ``workdir`` and no InfluxDB, plus ``overrides``."""
+    """``source`` (a config YAML) with its store moved into ``workdir`` and no InfluxDB, plus ``overrides`` (new
+    ``buildings`` drop the source's inspection points, unless ``inspection_points`` is given too)."""
     data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
     data["store"] = {"path": str(workdir / "firegrid.sqlite")}
     data["influx"] = {"url": None}
+    if "buildings" in overrides and "inspection_points" not in overrides:
+        # the source's inspection points belong to the source's buildings: a test that brings its own buildings
+        # does not bring them along
+        data.pop("inspection_points", None)
     data.update(overrides)
     return parse_config(data, base_dir=workdir)
 

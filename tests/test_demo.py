@@ -134,6 +134,12 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url + "api/v1/alerts", timeout=5)
     assert refused.value.code == 401
+    # The QR page of an inspection point, as scanning its sticker opens it on a phone.
+    qr = demo.wait_for(r"inspection page:\s+(http://127\.0\.0\.1:\d+/m/p/\S+)", timeout=5).group(1)
+    with urllib.request.urlopen(qr, timeout=5) as response:
+        assert response.status == 200 and "消防安全巡查" in response.read().decode()
+    # a shop's self-inspection found a hazard; the receiver got its signed events
+    demo.wait_for(r"webhook: hazard\.reported sc01\b", timeout=30)
 
     # The live stream the dashboard reads (SSE), watched from here on for the receiver's deliveries.
     stream_events: list[tuple[str, dict[str, Any]]] = []

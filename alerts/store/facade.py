@@ -62,6 +62,12 @@ class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outb
         return cls(path, notify=config.notify, building_names=names, plan=plan)
 
     @property
+    def core(self) -> Core:
+        """The connection, lock and outbox writers, for a store that keeps its tables beside the alerts' and must
+        commit its notifications in the same transactions (``alerts.inspections.store``)."""
+        return self._core
+
+    @property
     def notify(self) -> NotifyConfig:
         return self._core.notify
 

@@ -37,6 +37,8 @@ from gateway.api.framework import (
     problem_middleware,
 )
 from gateway.api.hub import Hub
+from gateway.api.inspection_parts import install as install_inspections
+from gateway.api.mobile import add_mobile_routes
 from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
@@ -79,7 +81,7 @@ def _wall_clock_ms() -> int:
 
 
 def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], int] | None, limit: int) -> None:
-    hub = getattr(runtime, "hub", None)
+    hub = runtime.hub
     if hub is None:
         hub = Hub()
         try:
@@ -93,6 +95,8 @@ def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], i
 
     add_operations(app)
     add_sms_inbound(app, runtime)
+    install_inspections(app, runtime, clock_ms=state.clock_ms)
+    add_mobile_routes(app)
 
     spec = orjson.dumps(build_openapi())
     docs = render_docs(orjson.loads(spec))

@@ -146,6 +146,10 @@ class Operation:
     operation_id: str = ""
     # Media types the 200 answer may have besides JSON (a report as PDF, an export as CSV), when the query asks.
     files: tuple[str, ...] = ()
+    # Operations whose request or response is not JSON (a photo): the media types, documented as binary.  A handler
+    # with ``request_media`` reads ``call.request`` itself, under its own size limit.
+    request_media: tuple[str, ...] = ()
+    response_media: tuple[str, ...] = ()
 
     @property
     def full_path(self) -> str:
@@ -176,6 +180,8 @@ def operation(
     path_params: tuple[PathParam, ...] = (),
     stream: bool = False,
     files: tuple[str, ...] = (),
+    request_media: tuple[str, ...] = (),
+    response_media: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare an API operation (see the module docstring)."""
 
@@ -183,7 +189,7 @@ def operation(
         base_errors = {400, 503}
         if role is not None:
             base_errors |= {401, 403}
-        if body is not None:
+        if body is not None or request_media:
             base_errors |= {413, 415, 422}
         if path_params:
             base_errors.add(404)
@@ -205,6 +211,8 @@ def operation(
                 stream=stream,
                 operation_id=handler.__name__.strip("_"),
                 files=files,
+                request_media=request_media,
+                response_media=response_media,
             )
         )
         return handler

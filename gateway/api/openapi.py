@@ -83,6 +83,9 @@ def build_openapi() -> dict[str, Any]:
                 "required": op.body.model_json_schema().get("required") is not None,
                 "content": {"application/json": {"schema": ref(op.body, "validation")}},
             }
+        if op.request_media:
+            binary = {"schema": {"type": "string", "format": "binary"}}
+            operation["requestBody"] = {"required": True, "content": {media: binary for media in op.request_media}}
         paths.setdefault(op.full_path, {})[op.method.lower()] = operation
     # The query models were flattened into parameters; do not publish them as schemas of their own.
     for name in query_names:
@@ -125,6 +128,11 @@ def _responses(op: Operation, ref: Any) -> dict[str, Any]:
         out["200"] = {
             "description": "an endless text/event-stream",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    elif op.response_media:
+        out[str(op.status)] = {
+            "description": "OK",
+            "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in op.response_media},
         }
     elif op.response is not None:
         out[str(op.status)] = {
@@ -203,9 +211,11 @@ def render_docs(spec: dict[str, Any]) -> str:
                     )
                 parts.append("</table>")
             body = op.get("requestBody")
-            if body:
+            if body and "application/json" in body["content"]:
                 name = body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
                 parts.append(f"<p>Body: <a href='#schema-{esc(name)}'>{esc(name)}</a> (JSON)</p>")
+            elif body:
+                parts.append(f"<p>Body: {esc(', '.join(body['content']))} (binary)</p>")
             codes = ", ".join(
                 f"<code>{esc(code)}</code>" + (_ref_link(resp) if code.startswith("2") else "")
                 for code, resp in op["responses"].items()

@@ -12,6 +12,7 @@ Notes the types do not say:
 * ``apply_transitions``: ``await runtime.apply_transitions(transitions)`` persists transitions the API caused
   (maintenance windows) through the gateway's commit sequence, so they reach the store, InfluxDB and the notifier
   like any other.
+* ``inspections``, ``deadlines``: the inspection store and its deadline checks (``gateway.storage.inspections``).
 * ``mqtt``, ``pipeline``, ``dead_letters``, ``started_ms``: for ``/readyz`` and diagnostics.
 """
 
@@ -29,12 +30,14 @@ from gateway.metrics import Metrics
 # nothing of it back, so the runtime stays cheap to import and free of cycles.
 if TYPE_CHECKING:
     from alerts.delivery import Notifier
+    from alerts.inspections.store import InspectionStore
     from alerts.store import AlertStore
     from gateway.api.hub import Hub
     from gateway.ingest.mqtt import MqttIngest
     from gateway.ingest.pipeline import Pipeline
     from gateway.ingest.rejections import Rejections
     from gateway.storage.influx import DeadLetters, InfluxWriter
+    from gateway.storage.inspections import InspectionDeadlines
     from gateway.storage.presence import Presence
     from rules.engine import Engine
     from rules.types import AlertTransition
@@ -57,3 +60,7 @@ class Runtime:
     dead_letters: DeadLetters | None = None
     apply_transitions: Callable[[list[AlertTransition]], Awaitable[None]] | None = None
     started_ms: int = 0
+    # Inspections and hazards (``alerts.inspections.store``) and their deadline checks; the API builds both from
+    # ``store`` when the gateway gave none.
+    inspections: InspectionStore | None = None
+    deadlines: InspectionDeadlines | None = None

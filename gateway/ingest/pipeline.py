@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alerts.inspections.deadlines import RULES as DEADLINE_RULES
 from alerts.records import AlertRecord
 from alerts.store import AlertStore
 from common.db import open_database
@@ -394,6 +395,8 @@ def _active_alerts(rows: Iterable[AlertRecord]) -> list[ActiveAlert]:
     for row in rows:
         if row.condition == "cleared":
             continue  # open for the operator, but the condition itself is over: the engine must not hold it
+        if row.rule in DEADLINE_RULES:
+            continue  # an overdue inspection or rectification: the deadline check judges it, not the engine
         out.append(
             ActiveAlert(
                 key=row.key,

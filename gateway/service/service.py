@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from alerts.delivery import Notifier
+from alerts.inspections.store import InspectionStore
 from alerts.store import AlertStore
 from common.gc_pause import gc_paused
 from common.migrations import SchemaError
@@ -47,6 +48,7 @@ from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
 from gateway.storage.influx import DeadLetters, InfluxError, InfluxWriter
+from gateway.storage.inspections import InspectionDeadlines
 from gateway.storage.presence import Presence
 from gateway.storage.retention import Retention
 from gateway.storage.spool import Spool
@@ -161,6 +163,14 @@ class Service:
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
         self.runtime.apply_transitions = self.pipeline.submit_transitions
+        # Inspections and hazards share the alert store's file and outbox; their overdue alerts go through the
+        # pipeline's commit like the engine's.
+        self.inspections = InspectionStore(self.store, config=config.inspections, on_commit=self.notifier.wake)
+        self.deadlines = InspectionDeadlines(
+            config=config, store=self.inspections, presence=self.presence, apply=self.pipeline.submit_transitions
+        )
+        self.runtime.inspections = self.inspections
+        self.runtime.deadlines = self.deadlines
         hub = self.hub
 
         def device_changed(device: dict[str, Any]) -> None:
@@ -269,6 +279,7 @@ class Service:
         self._side_tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
         if self.writer is not None and self.config.influx.create_database:
             self._side_tasks.append(asyncio.create_task(self._ensure_influx_database(), name="influx-database"))
+        tasks["inspections"] = asyncio.create_task(self.deadlines.run(), name="inspections")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         exit_code = 0
         try:
@@ -348,7 +359,7 @@ class Service:
             await asyncio.wait_for(asyncio.shield(notifier), 5)
         except (TimeoutError, Exception):
             notifier.cancel()
-        for name in ("housekeeping", "mqtt", "pipeline"):
+        for name in ("inspections", "housekeeping", "mqtt", "pipeline"):
             task = tasks[name]
             if not task.done():
                 task.cancel()

@@ -26,6 +26,7 @@ def summary(config: FiregridConfig) -> str:
     return (
         f"ok: {len(config.buildings)} buildings in {len(grids)} grids, {len(config.devices)} devices ({by_kind}); "
         f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}{owned}"
+        + (f"; {len(config.inspection_points)} inspection points" if config.inspection_points else "")
     )
 
 

@@ -45,6 +45,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("acl", "gateway.tools.acl", "generate Mosquitto password and ACL files from the device registry"),
     Subcommand("backup", "gateway.tools.backup", "a consistent copy of the store, safe while the gateway runs"),
     Subcommand("report", "gateway.tools.report", "the monthly report of a month as HTML, PDF, XLSX or CSV"),
+    Subcommand("qr", "gateway.tools.qr", "print a PDF sheet of inspection points' QR codes for a building or grid"),
 )
 
 

@@ -201,6 +201,13 @@ def demo_config(
             "store": config.store.model_copy(update={"path": data_dir / "firegrid.sqlite"}),
             "http": config.http.model_copy(update={"listen": f"127.0.0.1:{http_port}", "tokens": tokens}),
             "notify": notify,
+            # The QR links point at this run's port; a community without a secret gets one for this run.
+            "inspections": config.inspections.model_copy(
+                update={
+                    "public_url": f"http://127.0.0.1:{http_port}",
+                    "secret": config.inspections.secret or SecretStr(secrets.token_urlsafe(24)),
+                }
+            ),
         }
     )
     return updated, DemoTokens(viewer=picked["viewer"], operator=picked["operator"])
@@ -304,7 +311,7 @@ def summarize(document: Any, *, msg_id: str, received_ms: int, duplicate: bool) 
     building = _find(document, "building")
     floor = _find(document, "floor")
     device = _find(document, "device")
-    reason = _find(document, "reason", "rule")
+    reason = _find(document, "reason", "rule", "description")
     where = " ".join(str(p) for p in (building, f"{floor}F" if floor is not None else None, device) if p)
     line = " ".join(str(p) for p in (event, str(severity).upper() if severity else None, where, reason) if p)
     return {
@@ -462,6 +469,44 @@ def console(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
+def _inspection_lines(config: FiregridConfig) -> list[str]:
+    """The QR page of the community's first inspection point (what scanning its sticker opens on a phone)."""
+    from alerts.inspections.links import point_url
+
+    secret = config.inspections.secret_value()
+    points = config.inspection_points
+    if secret is None or not points:
+        return []
+    first = points[0]
+    return [
+        f"  inspection page:  {point_url(config.inspections.public_url, secret, first.id)} (QR of {first.id};"
+        f" {len(points)} points, sheet: firegrid qr --config FILE --building {first.building} --out qr.pdf)",
+    ]
+
+
+async def _first_inspection(service: Any) -> None:
+    """A shop's monthly self-inspection with one failed item, as if its owner had just scanned the sticker: the
+    dashboard's 码上安全 panel then has a hazard to show, and the receiver prints its signed events."""
+    from alerts.inspections.records import CheckResult
+
+    point = next((p for p in service.config.inspection_points if p.kind == "shop"), None)
+    if point is None or service.config.inspections.secret_value() is None:
+        return
+    building = service.config.building(point.building)
+    _, hazards = await asyncio.to_thread(
+        service.inspections.record_inspection,
+        point=point,
+        grid=building.grid if building is not None else None,
+        inspector="演示 店主",
+        results=[CheckResult(item=item, ok=n != 1) for n, item in enumerate(point.items)],
+        note="演示：自查发现的问题",
+        photo=None,
+        source="demo",
+        now_ms=int(time.time() * 1000),
+    )
+    console(f"inspection: {point.id} self-inspected, {len(hazards)} hazard reported (dashboard: 码上安全)")
+
+
 async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     from gateway.service.service import Service
 
@@ -558,10 +603,12 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             " (html, xlsx, csv, json; lang=en)",
             "  records:          firegrid report --config FILE --month YYYY-MM --out report.pdf;"
             " firegrid backup --config FILE --out backup.sqlite (docs/reports.md)",
+            *_inspection_lines(config),
             "Press Ctrl-C to stop.",
             "",
         ]
         print("\n".join(banner), flush=True)
+        await _first_inspection(service)
 
         waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait()), service_task}
         if args.duration is not None:

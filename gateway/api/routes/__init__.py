@@ -11,6 +11,7 @@ from __future__ import annotations
 # The import order is the order of the OpenAPI document's paths.
 # isort: off
 from gateway.api.routes import alerts, incidents, stations, devices, buildings, rejections, maintenance, reports, stream
+from gateway.api.routes import inspections, hazards
 
 # isort: on
 from gateway.api.routes.state import STATE_KEY, ApiState, DeviceIndex
@@ -22,7 +23,9 @@ __all__ = [
     "alerts",
     "buildings",
     "devices",
+    "hazards",
     "incidents",
+    "inspections",
     "maintenance",
     "rejections",
     "reports",
