@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 
 from alerts.config import NotifyConfig, WebhookConfig
+from alerts.links import link_for
 from alerts.records import iso
-from alerts.routing import Recipient, recipients, tier_count
+from alerts.robots.render import IncidentUpdate
+from alerts.routing import Recipient, recipients, robots_for, tier_count
 from rules.types import Severity
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
@@ -26,7 +28,11 @@ SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故�
 def priority(severity: int, channel: str, *, news: bool = False) -> int:
     # Severity dominates (fire first, always).  Within a severity, news first: the first alert of a new incident
     # (and an escalation) overtakes the 199 followers of a smoky stairwell already reported.
-    return severity * 10 + (5 if news else 0) + {"sms": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+    return (
+        severity * 10
+        + (5 if news else 0)
+        + {"voice": 4, "sms": 3, "robot": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+    )
 
 
 def _matches(pattern: str, event: str) -> bool:
@@ -230,3 +236,122 @@ def page(
             (incident_id, person.phone, int(severity), send_at),
         )
     return [p.name for p in people]
+
+
+# Which incident update an event is, for the group robots (None: not one they report).
+ROBOT_STATUS: dict[str, str | None] = {
+    "incident.opened": "raised",
+    "incident.updated": None,  # grown or worse: the status as it stands
+    "incident.resolved": "resolved",
+    "alert.acknowledged": "acknowledged",
+    "alert.dispatched": "dispatched",
+    "alert.escalated": "escalated",
+}
+
+
+def _status_now(cur: sqlite3.Cursor, incident: sqlite3.Row) -> str:
+    if incident["closed_ms"] is not None:
+        return "resolved"
+    states = {
+        r[0] for r in cur.execute("SELECT state FROM alerts WHERE incident_id = ? AND open = 1", (incident["id"],))
+    }
+    if "dispatched" in states:
+        return "dispatched"
+    if states and "raised" not in states:
+        return "acknowledged"
+    return "raised"
+
+
+def tell_robots(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    event: str,
+    incident_id: int,
+    *,
+    now_ms: int,
+    by: str | None = None,
+) -> list[str]:
+    """Queue one message per robot about incident ``incident_id`` after ``event``: the robots of every escalation
+    tier the incident has reached.  A newer update coalesces into the message still waiting for the same robot, so
+    an incident that grows by 200 detectors is one message, and a robot at its rate limit gets the newest picture
+    when its window opens.  Drills and test alerts never reach a group."""
+    if event not in ROBOT_STATUS or not notify.robots:
+        return []
+    incident = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    if incident is None or incident["drill"]:
+        return []
+    alerts = cur.execute(
+        "SELECT floor, device, tier, test, acknowledged_by, dispatched_to, resolved_by, cause FROM alerts"
+        " WHERE incident_id = ? ORDER BY id",
+        (incident_id,),
+    ).fetchall()
+    real = [a for a in alerts if not a["test"]]
+    if not real:
+        return []
+    tier = max(int(a["tier"]) for a in real)
+    severity = Severity(int(incident["severity"]))
+    names = robots_for(notify, tier=tier, severity=severity, grid=incident["grid"], building=incident["building"])
+    if not names:
+        return []
+    status = ROBOT_STATUS[event] or _status_now(cur, incident)
+    if by is None:
+        column = {"acknowledged": "acknowledged_by", "dispatched": "dispatched_to", "resolved": "resolved_by"}.get(
+            status
+        )
+        if column is not None:
+            by = next((a[column] for a in reversed(real) if a[column]), None)
+    floors = sorted({int(a["floor"]) for a in real if a["floor"] is not None})
+    devices = [str(a["device"]) for a in real if a["device"]]
+    news = status != "raised" or event == "incident.opened"
+    prio = priority(int(severity), "robot", news=news)
+    by_name = {r.name: r for r in notify.robots}
+    for name in names:
+        robot = by_name[name]
+        link = None
+        if notify.links is not None and robot.links and status != "resolved":
+            link = link_for(notify.links, incident_id=incident_id, recipient=robot.target, now_ms=now_ms)
+        update = IncidentUpdate(
+            status=status,
+            incident_id=incident_id,
+            code=str(incident["code"]),
+            building=str(incident["building"]),
+            building_name=building_names.get(incident["building"], incident["building"]),
+            severity=severity.label,
+            floors=tuple(floors),
+            devices=tuple(devices[:5]),
+            alert_count=len(real),
+            opened_ms=int(incident["opened_ms"]),
+            tier=tier,
+            by=by,
+            cause=next((a["cause"] for a in reversed(real) if a["cause"]), None) if status == "resolved" else None,
+            link=link,
+        )
+        body = update.to_json()
+        dedup = f"robot:{incident_id}:{name}"
+        cur.execute(
+            "UPDATE outbox SET body = ?, priority = MAX(priority, ?), event = ? WHERE dedup = ? AND state = 'pending'",
+            (body, prio, f"robot.{status}", dedup),
+        )
+        if cur.rowcount:
+            continue
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                f"robot_{uuid.uuid4().hex}",
+                "robot",
+                robot.target,
+                f"robot.{status}",
+                prio,
+                None,
+                incident_id,
+                name,
+                None,
+                body,
+                now_ms,
+                now_ms,
+                dedup,
+            ),
+        )
+    return names

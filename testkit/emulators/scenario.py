@@ -21,6 +21,9 @@ TENCENT = {
     "sign_name": "东风社区",
 }
 TWILIO = {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-test-token", "from_number": "+15005550006"}
+WECOM = {"key": "693a91f6-7fff-4bc4-97a0-0ec2sifa5aaa"}
+DINGTALK = {"key": "dingtalk-test-access-token", "secret": "SECdingtalk-test-signing-secret"}
+FEISHU = {"key": "00000000-feishu-test-hook", "secret": "feishu-test-signing-secret"}
 HTTP_SMS = {"token": "http-sms-token", "hmac_secret": "http-sms-hmac"}
 
 ROSTER = [
@@ -60,6 +63,31 @@ def sms_section(provider: str, endpoint: str, **extra: Any) -> dict[str, Any]:
         section["http"] = {"token": HTTP_SMS["token"], "hmac_secret": HTTP_SMS["hmac_secret"]}
     section["inbound_secret"] = INBOUND_SECRET
     return section | extra
+
+
+def robots_section(*, wecom: str, dingtalk: str, feishu: str | None = None) -> list[dict[str, Any]]:
+    """``notify.robots`` for the robot emulators at these base URLs (``wecom``, ``dingtalk``, ``feishu``)."""
+    robots: list[dict[str, Any]] = [
+        {"name": "grid-wecom", "platform": "wecom", "endpoint": wecom, "allow_private": True, "timeout_s": 2} | WECOM,
+        {"name": "station-dingtalk", "platform": "dingtalk", "endpoint": dingtalk, "allow_private": True}
+        | {"timeout_s": 2}
+        | DINGTALK,
+    ]
+    if feishu is not None:
+        robots.append(
+            {"name": "ops-feishu", "platform": "feishu", "endpoint": feishu, "allow_private": True, "lang": "en"}
+            | {"timeout_s": 2}
+            | FEISHU
+        )
+    return robots
+
+
+def routes_with_robots(robots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ROUTES with every robot on the fire route's first tier and the trouble route."""
+    names = [r["name"] for r in robots]
+    fire, trouble = ROUTES
+    tiers = [dict(fire["tiers"][0], robots=names), *fire["tiers"][1:]]
+    return [dict(fire, tiers=tiers), dict(trouble, tiers=[dict(trouble["tiers"][0], robots=names)])]
 
 
 def notify_config(
