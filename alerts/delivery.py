@@ -44,6 +44,8 @@ from alerts.robots.limit import RobotLimiter
 from alerts.robots.render import IncidentUpdate, render
 from alerts.sms import SmsMessage, sender_for
 from alerts.store import AlertChange, AlertStore, Outcome
+from alerts.voice import VoiceCall
+from alerts.voice import sender_for as voice_sender
 from alerts.webhook import SendResult
 
 log = logging.getLogger("firegrid.alerts.delivery")
@@ -81,7 +83,7 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._db: ThreadPoolExecutor | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0, "robot": 0}
+        self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0, "robot": 0, "voice": 0}
         # Group robots: one message at a time per robot (so a robot sees its messages in priority order, fire
         # first) and at most its platform's rate per sliding minute (kept here: a message waits, never drops).
         self.robots = {r.target: r for r in self.notify.robots}
@@ -305,6 +307,8 @@ class Notifier:
                 await self._deliver_sms(item)
             elif item.channel == "robot":
                 await self._deliver_robot(item)
+            elif item.channel == "voice":
+                await self._deliver_voice(item)
             else:
                 await self._deliver_webhook(item)
         except asyncio.CancelledError:
@@ -516,3 +520,69 @@ class Notifier:
             self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error)
             log.error("SMS %s to %s failed: %s", item.msg_id, item.recipient, result.error)
             self._count("sms_failed")
+
+    # ------------------------------------------------------------------ voice
+    async def _deliver_voice(self, item: OutboxItem) -> None:
+        assert self._session is not None
+        voice = self.notify.voice
+        call = await self._io(self._voice_guard, item)
+        if call is None or voice is None:
+            return
+        result = await voice_sender(voice.provider)(self._session, voice, call)
+        await self._io(self._voice_record, item, result)
+
+    def _voice_guard(self, item: OutboxItem) -> VoiceCall | None:
+        """The daily budget, then the durable ``attempting`` mark (database thread).  None: do not call now."""
+        voice = self.notify.voice
+        now = self.clock()
+        assert item.phone is not None
+        if voice is None:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error="voice not configured")
+            return None
+        if self.store.voice_count(phone=item.phone, since_ms=self._day_start_ms(now)) >= voice.daily_budget:
+            self.store.mark_done(
+                item.id,
+                state="suppressed",
+                now_ms=now,
+                error=f"daily budget of {voice.daily_budget} calls for this number reached",
+            )
+            log.error("voice call to %s suppressed: daily budget %d reached", item.recipient, voice.daily_budget)
+            self._count("voice_suppressed")
+            return None
+        body = orjson.loads(item.body)
+        lang = body.get("lang", "zh")
+        template = voice.templates.get(lang) or next(iter(voice.templates.values()))
+        call = VoiceCall(
+            msg_id=item.msg_id,
+            out_id=str(item.id),
+            phone=item.phone,
+            lang=lang,
+            template=template,
+            params={k: str(v) for k, v in body.get("params", {}).items()},
+            play_times=voice.play_times,
+        )
+        # Durable "attempting" BEFORE the request: a crash from here on never rings the phone a second time.
+        self.store.mark_attempting(item.id, now_ms=now)
+        return call
+
+    def _voice_record(self, item: OutboxItem, result: SendResult) -> None:
+        now = self.clock()
+        if result.ok:
+            self.store.voice_placed(item.id, call_id=result.provider_id, now_ms=now)
+            self._count("voice_sent")
+        elif result.unknown:
+            self.store.mark_done(item.id, state="unknown", now_ms=now, error=result.error)
+            log.error(
+                "voice call %s to %s: outcome unknown (%s); not repeated", item.msg_id, item.recipient, result.error
+            )
+            self._count("voice_unknown")
+        elif result.retryable:
+            delay = self._backoff(item.attempts)
+            if result.retry_after_s is not None:
+                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            self.store.mark_retry(item.id, next_ms=now + delay, error=result.error)
+            self._count("voice_retry")
+        else:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error)
+            log.error("voice call %s to %s failed: %s", item.msg_id, item.recipient, result.error)
+            self._count("voice_failed")

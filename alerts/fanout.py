@@ -19,7 +19,7 @@ from alerts.config import NotifyConfig, WebhookConfig
 from alerts.links import link_for
 from alerts.records import iso
 from alerts.robots.render import IncidentUpdate
-from alerts.routing import Recipient, recipients, robots_for, tier_count
+from alerts.routing import Recipient, recipients, robots_for, tier_count, voice_tier
 from rules.types import Severity
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
@@ -148,6 +148,58 @@ def enqueue(
         )
 
 
+def _params(row: sqlite3.Row, building_names: Mapping[str, str], lang: str) -> dict[str, str]:
+    severity = Severity(int(row["severity"]))
+    return {
+        "building": building_names.get(row["building"], row["building"])[:20],
+        "location": _location(row)[:20],
+        "severity": SEVERITY_ZH[severity.label] if lang == "zh" else severity.label.upper(),
+        "code": row["code"],
+        "count": str(row["incident_count"]),
+    }
+
+
+def call(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    row: sqlite3.Row,
+    people: list[Recipient],
+    *,
+    tier: int,
+    now_ms: int,
+) -> None:
+    """Queue a voice call to each of ``people`` about the alert ``row`` (joined with its incident's code and count):
+    at most one per (incident, person, escalation step), however often the step is reached."""
+    incident_id = int(row["incident_id"])
+    prio = priority(int(row["severity"]), "voice", news=True)
+    for person in people:
+        key = f"voice:{incident_id}:{person.phone}:{tier}"
+        # Checked in every state, not only pending: a call that went out is not repeated at the same step.
+        if cur.execute("SELECT 1 FROM outbox WHERE channel = 'voice' AND dedup = ?", (key,)).fetchone() is not None:
+            continue
+        body = orjson.dumps({"lang": person.lang, "params": _params(row, building_names, person.lang), "tier": tier})
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                f"voice_{uuid.uuid4().hex}",
+                "voice",
+                "voice",
+                "voice.call",
+                prio,
+                int(row["id"]),
+                incident_id,
+                person.name,
+                person.phone,
+                body,
+                now_ms,
+                now_ms,
+                key,
+            ),
+        )
+
+
 def page(
     cur: sqlite3.Cursor,
     notify: NotifyConfig,
@@ -177,6 +229,9 @@ def page(
         people = recipients(
             notify, tier=tier, severity=severity, grid=row["grid"], building=row["building"], now_ms=now_ms
         )
+    if people and not row["drill"] and notify.voice is not None:
+        if voice_tier(notify, tier=tier, severity=severity, grid=row["grid"], building=row["building"]):
+            call(cur, notify, building_names, row, people, tier=tier, now_ms=now_ms)
     if sms is None or not people:
         return [p.name for p in people]
     interval_ms = sms.update_interval_s * 1000

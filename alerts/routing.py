@@ -102,6 +102,14 @@ def robots_for(config: NotifyConfig, *, tier: int, severity: Severity, grid: str
     return names
 
 
+def voice_tier(config: NotifyConfig, *, tier: int, severity: Severity, grid: str | None, building: str) -> bool:
+    """Whether escalation tier ``tier`` of a route matching this alert phones its members."""
+    return any(
+        tier < len(route.tiers) and route.tiers[tier].voice
+        for route in _matching_routes(config, severity=severity, grid=grid, building=building)
+    )
+
+
 def member_by_phone(config: NotifyConfig, phone: str) -> Member | None:
     for member in config.roster:
         if member.phone == phone:

@@ -23,10 +23,11 @@ from alerts.store.core import Core
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
 from alerts.store.transitions import Transitions
+from alerts.store.voice import Voice
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, Queries, Outbox):
+class AlertStore(Transitions, Commands, Queries, Outbox, Voice):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 

@@ -42,6 +42,7 @@ from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
 from gateway.api.routes.stream import store_listener
+from gateway.api.routes.voice import add_voice_receipts
 
 __all__ = ["STATIC_DIR", "Hub", "create_api_app", "setup_api"]
 
@@ -93,6 +94,7 @@ def _install(app: web.Application, runtime: ApiRuntime, *, clock_ms: Callable[[]
 
     add_operations(app)
     add_sms_inbound(app, runtime)
+    add_voice_receipts(app, runtime)
 
     spec = orjson.dumps(build_openapi())
     docs = render_docs(orjson.loads(spec))

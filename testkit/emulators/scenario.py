@@ -24,6 +24,17 @@ TWILIO = {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-test-token", "fr
 WECOM = {"key": "693a91f6-7fff-4bc4-97a0-0ec2sifa5aaa"}
 DINGTALK = {"key": "dingtalk-test-access-token", "secret": "SECdingtalk-test-signing-secret"}
 FEISHU = {"key": "00000000-feishu-test-hook", "secret": "feishu-test-signing-secret"}
+RECEIPT_SECRET = "whsec_" + base64.b64encode(b"firegrid-voice-receipt-secret-32").decode()
+VOICE_TEMPLATES = {
+    "aliyun": {
+        "zh": {"template_id": "TTS_100001", "text": "${building}${location}${severity}，请立即处置，确认请按1"},
+        "en": {"template_id": "TTS_100002", "text": "${severity} at ${building} ${location}. Press 1 to acknowledge"},
+    },
+    "tencent": {
+        "zh": {"template_id": "3000001", "text": "{1}{2}{3}，请立即处置，确认请按1"},
+        "en": {"template_id": "3000002", "text": "{3} at {1} {2}. Press 1 to acknowledge"},
+    },
+}
 HTTP_SMS = {"token": "http-sms-token", "hmac_secret": "http-sms-hmac"}
 
 ROSTER = [
@@ -88,6 +99,24 @@ def routes_with_robots(robots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     fire, trouble = ROUTES
     tiers = [dict(fire["tiers"][0], robots=names), *fire["tiers"][1:]]
     return [dict(fire, tiers=tiers), dict(trouble, tiers=[dict(trouble["tiers"][0], robots=names)])]
+
+
+def voice_section(provider: str, endpoint: str, **extra: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"provider": provider, "endpoint": endpoint, "allow_private": True, "timeout_s": 2}
+    if provider == "aliyun":
+        section |= {"access_key_id": ALIYUN["access_key_id"], "access_key_secret": ALIYUN["access_key_secret"]}
+    else:
+        section |= {"secret_id": TENCENT["secret_id"], "secret_key": TENCENT["secret_key"], "sdk_app_id": "1400000009"}
+    section["templates"] = VOICE_TEMPLATES[provider]
+    section["receipt_secret"] = RECEIPT_SECRET
+    return section | extra
+
+
+def routes_with_voice() -> list[dict[str, Any]]:
+    """ROUTES whose fire route ends in a voice tier: the station leader is called when tier 1 did not answer."""
+    fire, trouble = ROUTES
+    tiers = [*fire["tiers"][:2], {"roles": ["station_leader", "duty_officer"], "voice": True}]
+    return [dict(fire, tiers=tiers), trouble]
 
 
 def notify_config(
