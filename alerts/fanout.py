@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -19,7 +19,7 @@ from alerts.config import NotifyConfig, WebhookConfig
 from alerts.links import link_for
 from alerts.records import iso
 from alerts.robots.render import IncidentUpdate
-from alerts.routing import Recipient, recipients, robots_for, tier_count, voice_tier
+from alerts.routing import Recipient, ack_timeout_s, recipients, robots_for, tier_count, voice_tier
 from rules.types import Severity
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
@@ -65,14 +65,19 @@ def escalate_at(
     now_ms: int,
 ) -> int | None:
     """When an unacknowledged alert at escalation tier ``tier`` goes to the next tier, or None: never."""
-    # Only fire escalates, and only when there is a next tier to go to.  Drills and test alerts never do:
-    # a drill must not wake the station leader at 3 am.
-    if severity < Severity.FIRE or test or drill:
+    # Fire escalates after notify.ack_timeout_s (or its route's own, shorter or longer); below fire only where a
+    # route says so with its own ack_timeout_s (an extinguisher missing or obstructed, on a longer timeout), and
+    # only when there is a next tier to go to.  Drills and test alerts never do: a drill must not wake the station
+    # leader at 3 am.
+    if test or drill:
+        return None
+    timeout_s = ack_timeout_s(notify, severity=severity, grid=grid, building=building)
+    if timeout_s is None:
         return None
     tiers = tier_count(notify, severity=severity, grid=grid, building=building)
     if tier + 1 >= tiers:
         return None
-    return now_ms + int(notify.ack_timeout_s * 1000)
+    return now_ms + int(timeout_s * 1000)
 
 
 def enqueue(
@@ -179,11 +184,13 @@ def call(
         if cur.execute("SELECT 1 FROM outbox WHERE channel = 'voice' AND dedup = ?", (key,)).fetchone() is not None:
             continue
         body = orjson.dumps({"lang": person.lang, "params": _params(row, building_names, person.lang), "tier": tier})
+        msg_id = f"voice_{uuid.uuid4().hex}"
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=f"tier {tier}", channel="voice")
         cur.execute(
             "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
             " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
             (
-                f"voice_{uuid.uuid4().hex}",
+                msg_id,
                 "voice",
                 "voice",
                 "voice.call",
@@ -265,11 +272,12 @@ def page(
         if page is not None and int(page["severity"]) >= int(severity):
             continue  # this person already has this incident at this severity
         send_at = now_ms if page is None else max(now_ms, int(page["last_ms"]) + interval_ms)
+        msg_id = f"sms_{uuid.uuid4().hex}"
         cur.execute(
             "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
             " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
             (
-                f"sms_{uuid.uuid4().hex}",
+                msg_id,
                 "sms",
                 "sms",
                 "sms.page",
@@ -290,31 +298,162 @@ def page(
             " last_ms = excluded.last_ms",
             (incident_id, person.phone, int(severity), send_at),
         )
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=f"tier {tier}")
     return [p.name for p in people]
 
 
-# Which incident update an event is, for the group robots (None: not one they report).
+def page_incident(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    incident_id: int,
+    *,
+    people: Sequence[Recipient],
+    why: str,
+    now_ms: int,
+) -> list[Recipient]:
+    """Page ``people`` about an incident at once, whatever they were sent before (a dispatch, a late station): one
+    SMS each with the incident's code, and a ``paged`` step on its timeline.  A drill pages the drill receivers
+    instead: never a real member.  Returns who was paged."""
+    sms = notify.sms
+    row = cur.execute(
+        "SELECT i.*, (SELECT a.id FROM alerts a WHERE a.incident_id = i.id ORDER BY a.severity DESC, a.id LIMIT 1)"
+        " AS alert_id FROM incidents i WHERE i.id = ?",
+        (incident_id,),
+    ).fetchone()
+    if row["drill"]:
+        people = [
+            Recipient(name=m.name, phone=m.phone, lang=m.lang, role="drill")
+            for m in notify.drill_receivers.members
+            if m.phone
+        ]
+    alert = None
+    if row["alert_id"] is not None:
+        alert = cur.execute("SELECT floor, device FROM alerts WHERE id = ?", (row["alert_id"],)).fetchone()
+    severity = Severity(int(row["severity"]))
+    paged: list[Recipient] = []
+    for person in people:
+        if sms is None:
+            _paged(cur, incident_id, now_ms, msg_id=None, person=person, why=why, channel="none")
+            continue
+        params = {
+            "building": building_names.get(row["building"], row["building"])[:20],
+            "location": (_location(alert) if alert is not None else "")[:20],
+            "severity": SEVERITY_ZH[severity.label] if person.lang == "zh" else severity.label.upper(),
+            "code": row["code"],
+            "count": str(row["alert_count"]),
+        }
+        body = orjson.dumps({"lang": person.lang, "params": params, "tier": why, "drill": bool(row["drill"])})
+        msg_id = f"sms_{uuid.uuid4().hex}"
+        # One page per (incident, person, reason) at a time: a second dispatch while the first page still waits
+        # carries the newer picture instead of queueing another.
+        dedup = f"{why}:{incident_id}:{person.phone}"
+        cur.execute(
+            "UPDATE outbox SET body = ? WHERE dedup = ? AND state = 'pending'",
+            (body, dedup),
+        )
+        if cur.rowcount:
+            continue
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                msg_id,
+                "sms",
+                "sms",
+                "sms.page",
+                priority(int(severity), "sms", news=True),
+                row["alert_id"],
+                incident_id,
+                person.name,
+                person.phone,
+                body,
+                now_ms,
+                now_ms,
+                dedup,
+            ),
+        )
+        cur.execute(
+            "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
+            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            " last_ms = excluded.last_ms",
+            (incident_id, person.phone, int(severity), now_ms),
+        )
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=why)
+        paged.append(person)
+    return paged
+
+
+def mask_phone(phone: str) -> str:
+    """``+8613800000001`` -> ``+86138****0001``: enough to tell numbers apart on a timeline, not to dial them."""
+    return phone[:-8] + "****" + phone[-4:] if len(phone) > 8 else "****"
+
+
+def _paged(
+    cur: sqlite3.Cursor,
+    incident_id: int,
+    now_ms: int,
+    *,
+    msg_id: str | None,
+    person: Recipient,
+    why: str,
+    channel: str = "sms",
+) -> None:
+    detail = {"channel": channel, "recipient": person.name, "phone": mask_phone(person.phone), "msg_id": msg_id}
+    cur.execute(
+        "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
+        (incident_id, now_ms, "paged", "system", None, orjson.dumps({**detail, "reason": why}).decode()),
+    )
+
+
+# Which incident update an event is, for the group robots (None: the status as it now stands).
 ROBOT_STATUS: dict[str, str | None] = {
     "incident.opened": "raised",
-    "incident.updated": None,  # grown or worse: the status as it stands
+    "incident.updated": None,  # grown or worse
+    "incident.acknowledged": "acknowledged",
+    "incident.dispatched": "dispatched",
+    "incident.on_scene": "on_scene",
+    "incident.escalated": "escalated",
     "incident.resolved": "resolved",
-    "alert.acknowledged": "acknowledged",
-    "alert.dispatched": "dispatched",
-    "alert.escalated": "escalated",
+    # The single-detector steps (an alert acknowledged, dispatched on its own) move the incident too.
+    "alert.acknowledged": None,
+    "alert.dispatched": None,
 }
 
 
 def _status_now(cur: sqlite3.Cursor, incident: sqlite3.Row) -> str:
     if incident["closed_ms"] is not None:
         return "resolved"
+    if incident["state"] in ("dispatched", "on_scene", "resolved"):
+        return str(incident["state"])
     states = {
         r[0] for r in cur.execute("SELECT state FROM alerts WHERE incident_id = ? AND open = 1", (incident["id"],))
     }
     if "dispatched" in states:
-        return "dispatched"
-    if states and "raised" not in states:
+        return "dispatched"  # an alert dispatched on its own
+    if incident["state"] == "acknowledged" or (states and "raised" not in states):
         return "acknowledged"
     return "raised"
+
+
+def _by(cur: sqlite3.Cursor, incident_id: int, status: str, alerts: Sequence[sqlite3.Row]) -> str | None:
+    """Who took the step ``status`` reports: the incident's timeline, else the alert that took it alone."""
+    step = cur.execute(
+        "SELECT actor, by_name, detail FROM incident_events WHERE incident_id = ? AND action = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (incident_id, status),
+    ).fetchone()
+    if step is not None:
+        who = step["by_name"] or step["actor"]
+        detail = orjson.loads(step["detail"]) if step["detail"] else {}
+        station = detail.get("station") if isinstance(detail, dict) else None
+        if status == "dispatched" and station:
+            return f"{who} → {station}" if who and who != "system" else str(station)
+        return None if who == "system" else who
+    column = {"acknowledged": "acknowledged_by", "dispatched": "dispatched_to", "resolved": "resolved_by"}.get(status)
+    if column is None:
+        return None
+    return next((a[column] for a in reversed(alerts) if a[column]), None)
 
 
 def tell_robots(
@@ -350,12 +489,7 @@ def tell_robots(
     if not names:
         return []
     status = ROBOT_STATUS[event] or _status_now(cur, incident)
-    if by is None:
-        column = {"acknowledged": "acknowledged_by", "dispatched": "dispatched_to", "resolved": "resolved_by"}.get(
-            status
-        )
-        if column is not None:
-            by = next((a[column] for a in reversed(real) if a[column]), None)
+    by = by or _by(cur, incident_id, status, real)
     floors = sorted({int(a["floor"]) for a in real if a["floor"] is not None})
     devices = [str(a["device"]) for a in real if a["device"]]
     news = status != "raised" or event == "incident.opened"
@@ -379,7 +513,9 @@ def tell_robots(
             opened_ms=int(incident["opened_ms"]),
             tier=tier,
             by=by,
-            cause=next((a["cause"] for a in reversed(real) if a["cause"]), None) if status == "resolved" else None,
+            cause=(incident["cause"] or next((a["cause"] for a in reversed(real) if a["cause"]), None))
+            if status == "resolved"
+            else None,
             link=link,
         )
         body = update.to_json()
@@ -390,11 +526,13 @@ def tell_robots(
         )
         if cur.rowcount:
             continue
+        msg_id = f"robot_{uuid.uuid4().hex}"
+        _log_paged(cur, incident_id, now_ms, channel=robot.platform, recipient=robot.target, msg_id=msg_id)
         cur.execute(
             "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
             " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
             (
-                f"robot_{uuid.uuid4().hex}",
+                msg_id,
                 "robot",
                 robot.target,
                 f"robot.{status}",
@@ -410,3 +548,13 @@ def tell_robots(
             ),
         )
     return names
+
+
+def _log_paged(
+    cur: sqlite3.Cursor, incident_id: int, now_ms: int, *, channel: str, recipient: str, msg_id: str
+) -> None:
+    detail = {"channel": channel, "recipient": recipient, "msg_id": msg_id}
+    cur.execute(
+        "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
+        (incident_id, now_ms, "paged", "system", None, orjson.dumps(detail).decode()),
+    )

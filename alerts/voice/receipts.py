@@ -26,6 +26,7 @@ import orjson
 
 from alerts import webhook
 from alerts.store import AlertStore
+from alerts.store.errors import InvalidIncidentTransition
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +117,16 @@ def handle_voice_receipt(store: AlertStore, *, headers: Mapping[str, str], body:
         )
         recorded += 1
         if voice.ack_key in receipt.keys and call.incident_id is not None:
-            changes = store.acknowledge_incident(
-                call.incident_id, by=f"voice:{call.recipient}", note="acknowledged by key press", now_ms=now_ms
-            )
+            try:
+                changes = store.acknowledge_incident(
+                    call.incident_id,
+                    by=f"voice:{call.recipient}",
+                    note="acknowledged by key press",
+                    now_ms=now_ms,
+                    by_name=call.recipient,
+                )
+            except InvalidIncidentTransition:
+                continue  # acknowledged meanwhile (by someone else, or an earlier receipt): nothing left to do
             acknowledged.extend(int(c.alert_id) for c in changes if c.alert_id is not None)
     if not recorded:
         return ReceiptResult(404, "no call matches this receipt")

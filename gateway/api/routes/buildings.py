@@ -63,6 +63,7 @@ def _building(b: Any, tally: _Tally, alerts: Sequence[m.Alert]) -> m.Building:
         floors=b.floors,
         basements=b.basements,
         status=_rollup(tally, alerts),
+        location=None if b.location is None else m.GeoPoint(lat=b.location.lat, lon=b.location.lon),
     )
 
 
