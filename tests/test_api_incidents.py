@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from standardwebhooks.webhooks import Webhook
 
 from gateway.api import create_api_app
 from gateway.api.testing import build_runtime, config_for_tests, inject
@@ -151,3 +154,42 @@ async def test_the_openapi_document_lists_the_loop(client: TestClient) -> None:
     for path in ("ack", "dispatch", "arrive", "resolve", "external-ref"):
         assert "post" in spec["paths"][f"/api/v1/incidents/{{id}}/{path}"]
     assert "get" in spec["paths"]["/api/v1/incidents/{id}"] and "get" in spec["paths"]["/api/v1/stations"]
+
+
+def signed(runtime: Any, document: dict[str, Any], msg_id: str) -> tuple[bytes, dict[str, str]]:
+    secret = runtime.config.notify.sms.inbound_secret.get_secret_value()
+    body = orjson.dumps(document)
+    now = datetime.now(tz=UTC)
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode()),
+        "Content-Type": "application/json",
+    }
+    return body, headers
+
+
+async def test_sms_replies_acknowledge_or_mark_on_scene(client: TestClient, runtime: Any) -> None:
+    incident = fire_on_floor(runtime)
+    code = runtime.store.get_incident(incident).incident.ack_code
+    # "收到 <code>": an acknowledgement (the arrival word must follow the code), by the member, number masked.
+    body, headers = signed(runtime, {"from": "+8613800000001", "text": f"收到 {code}"}, "msg_a1")
+    r = await client.post("/api/v1/sms/inbound", data=body, headers=headers)
+    assert r.status == 200, await r.text()
+    detail = runtime.store.get_incident(incident)
+    assert detail.incident.state == "acknowledged"
+    assert {a.acknowledged_by for a in detail.alerts} == {"sms:王建国"}
+    step = next(e for e in detail.timeline if e.action == "acknowledged")
+    assert (step.actor, step.by) == ("sms:+86138****0001", "王建国")
+    # "<code> A": on scene.
+    body, headers = signed(runtime, {"from": "+8613800000011", "text": f"{code} A"}, "msg_a2")
+    r = await client.post("/api/v1/sms/inbound", data=body, headers=headers)
+    assert r.status == 200, await r.text()
+    detail = runtime.store.get_incident(incident)
+    assert detail.incident.state == "on_scene"
+    step = next(e for e in detail.timeline if e.action == "on_scene")
+    assert (step.actor, step.by, step.detail) == ("sms:+86138****0011", "孙浩", {"via": "sms"})
+    # Again: it is already on scene.
+    body, headers = signed(runtime, {"from": "+8613800000011", "text": f"{code}到"}, "msg_a3")
+    r = await client.post("/api/v1/sms/inbound", data=body, headers=headers)
+    assert r.status == 409 and r.content_type == "application/problem+json"
