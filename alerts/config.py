@@ -24,7 +24,8 @@ Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]  # E.
 SeverityName = Literal["warning", "trouble", "supervisory", "fire"]
 Lang = Literal["zh", "en"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-Param = Literal["building", "location", "severity", "code", "count"]
+# "link": the recipient's action link (when notify.links is set), for templates that carry one.
+Param = Literal["building", "location", "severity", "code", "count", "link"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 EVENT_TYPES = (
     "alert.raised",

@@ -164,6 +164,19 @@ def _params(row: sqlite3.Row, building_names: Mapping[str, str], lang: str) -> d
     }
 
 
+def _add_link(
+    params: dict[str, str], notify: NotifyConfig, person: Recipient, incident_id: int, *, now_ms: int
+) -> None:
+    """The person's action link, for an SMS template that carries ``{link}`` (a template without one is sent
+    exactly as before: an approved provider template must not receive a variable it does not have)."""
+    sms = notify.sms
+    if notify.links is None or sms is None:
+        return
+    template = sms.templates.get(person.lang) or next(iter(sms.templates.values()))  # type: ignore[call-overload]
+    if "{link}" in template.text or "link" in template.params:
+        params["link"] = link_for(notify.links, incident_id=incident_id, recipient=person.name, now_ms=now_ms)
+
+
 def call(
     cur: sqlite3.Cursor,
     notify: NotifyConfig,
@@ -251,6 +264,7 @@ def page(
             "code": row["code"],
             "count": str(row["incident_count"]),
         }
+        _add_link(params, notify, person, incident_id, now_ms=now_ms)
         body = orjson.dumps({"lang": person.lang, "params": params, "tier": tier, "drill": bool(row["drill"])})
         dedup = f"sms:{incident_id}:{person.phone}"
         prio = priority(int(severity), "sms")
@@ -343,6 +357,7 @@ def page_incident(
             "code": row["code"],
             "count": str(row["alert_count"]),
         }
+        _add_link(params, notify, person, incident_id, now_ms=now_ms)
         body = orjson.dumps({"lang": person.lang, "params": params, "tier": why, "drill": bool(row["drill"])})
         msg_id = f"sms_{uuid.uuid4().hex}"
         # One page per (incident, person, reason) at a time: a second dispatch while the first page still waits

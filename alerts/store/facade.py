@@ -25,12 +25,13 @@ from alerts.store.core import Core
 from alerts.store.incidents import IncidentCommands
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
+from alerts.store.responders import Responders
 from alerts.store.transitions import Transitions
 from alerts.store.voice import Voice
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, IncidentCommands, Queries, Outbox, Voice):
+class AlertStore(Transitions, Commands, IncidentCommands, Queries, Outbox, Voice, Responders):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 

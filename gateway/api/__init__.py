@@ -39,6 +39,7 @@ from gateway.api.framework import (
 )
 from gateway.api.hub import Hub
 from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
+from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
 from gateway.api.routes.stream import store_listener
@@ -95,6 +96,7 @@ def _install(app: web.Application, runtime: ApiRuntime, *, clock_ms: Callable[[]
     add_operations(app)
     add_sms_inbound(app, runtime)
     add_voice_receipts(app, runtime)
+    add_action_links(app, runtime)
 
     spec = orjson.dumps(build_openapi())
     docs = render_docs(orjson.loads(spec))
