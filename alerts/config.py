@@ -422,6 +422,7 @@ class DrillReceivers(Section):
 
     members: list[DrillReceiver] = Field(default_factory=list)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    robots: list[Ident] = Field(default_factory=list)  # notify.robots (by name) that hear of drills, marked as such
 
 
 class RetryConfig(Section):
@@ -478,6 +479,9 @@ class NotifyConfig(Section):
                 for k, role in enumerate(tier.roles):
                     if role not in roles:
                         problems.append(f"routes[{i}].tiers[{j}].roles[{k}]: no roster member has role {role!r}")
+        for k, name in enumerate(self.drill_receivers.robots):
+            if name not in robots:
+                problems.append(f"drill_receivers.robots[{k}]: unknown robot {name!r}")
         if problems:
             raise ValueError("\n".join(problems))
         return self

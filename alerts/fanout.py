@@ -484,11 +484,12 @@ def tell_robots(
     """Queue one message per robot about incident ``incident_id`` after ``event``: the robots of every escalation
     tier the incident has reached.  A newer update coalesces into the message still waiting for the same robot, so
     an incident that grows by 200 detectors is one message, and a robot at its rate limit gets the newest picture
-    when its window opens.  Drills and test alerts never reach a group."""
+    when its window opens.  Test alerts never reach a group; drills only the drill robots
+    (``notify.drill_receivers.robots``)."""
     if event not in ROBOT_STATUS or not notify.robots:
         return []
     incident = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-    if incident is None or incident["drill"]:
+    if incident is None or (incident["drill"] and not notify.drill_receivers.robots):
         return []
     alerts = cur.execute(
         "SELECT floor, device, tier, test, acknowledged_by, dispatched_to, resolved_by, cause FROM alerts"
@@ -500,7 +501,10 @@ def tell_robots(
         return []
     tier = max(int(a["tier"]) for a in real)
     severity = Severity(int(incident["severity"]))
-    names = robots_for(notify, tier=tier, severity=severity, grid=incident["grid"], building=incident["building"])
+    if incident["drill"]:
+        names = list(notify.drill_receivers.robots)  # a drill reaches only the drill robots, marked as a drill
+    else:
+        names = robots_for(notify, tier=tier, severity=severity, grid=incident["grid"], building=incident["building"])
     if not names:
         return []
     status = ROBOT_STATUS[event] or _status_now(cur, incident)
@@ -527,6 +531,7 @@ def tell_robots(
             alert_count=len(real),
             opened_ms=int(incident["opened_ms"]),
             tier=tier,
+            drill=bool(incident["drill"]),
             by=by,
             cause=(incident["cause"] or next((a["cause"] for a in reversed(real) if a["cause"]), None))
             if status == "resolved"
@@ -542,7 +547,6 @@ def tell_robots(
         if cur.rowcount:
             continue
         msg_id = f"robot_{uuid.uuid4().hex}"
-        _log_paged(cur, incident_id, now_ms, channel=robot.platform, recipient=robot.target, msg_id=msg_id)
         cur.execute(
             "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
             " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
@@ -563,13 +567,3 @@ def tell_robots(
             ),
         )
     return names
-
-
-def _log_paged(
-    cur: sqlite3.Cursor, incident_id: int, now_ms: int, *, channel: str, recipient: str, msg_id: str
-) -> None:
-    detail = {"channel": channel, "recipient": recipient, "msg_id": msg_id}
-    cur.execute(
-        "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
-        (incident_id, now_ms, "paged", "system", None, orjson.dumps(detail).decode()),
-    )
