@@ -114,7 +114,7 @@ def test_robot_voice_and_drill_robot_references_are_checked() -> None:
     robot = {"name": "grid-wecom", "platform": "wecom", "key": "wecom-key-0f3a"}
     with pytest.raises(ValidationError, match="unknown robot 'nope'"):
         NotifyConfig.model_validate({"roster": ROSTER, "routes": [{"name": "r", "tiers": [{"robots": ["nope"]}]}]})
-    with pytest.raises(ValidationError, match="notify.voice is not configured"):
+    with pytest.raises(ValidationError, match=r"notify\.voice is not configured"):
         NotifyConfig.model_validate(
             {"roster": ROSTER, "routes": [{"name": "r", "tiers": [{"members": [ROSTER[0]["name"]], "voice": True}]}]}
         )
