@@ -319,6 +319,9 @@ class RobotConfig(Section):
     per_min: int | None = Field(default=None, ge=1, le=100)  # default: the platform's documented limit
     mention_all: bool = False  # @all on a fire (WeCom text mention, DingTalk isAtAll, Feishu <at id=all>)
     links: bool = True  # carry an action link (when notify.links is configured)
+    # An incident that only grows (more detectors, same step, same severity) is told at most once per interval;
+    # every step and every rise in severity goes at once.
+    update_interval_s: int = Field(default=60, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _endpoint(self) -> RobotConfig:

@@ -540,30 +540,45 @@ def tell_robots(
         )
         body = update.to_json()
         dedup = f"robot:{incident_id}:{name}"
+        # A step (raised, escalated, acknowledged ...) or a worse severity goes at once; an incident that merely
+        # grows is told at most once per update_interval_s, so one smoky stairwell cannot use up the robot's rate
+        # while another building's fire waits (``pages`` keeps when this robot last heard of the incident).
+        seen = cur.execute(
+            "SELECT severity, last_ms FROM pages WHERE incident_id = ? AND phone = ?", (incident_id, robot.target)
+        ).fetchone()
+        send_at = now_ms
+        if event == "incident.updated" and seen is not None and int(severity) <= int(seen["severity"]):
+            send_at = max(now_ms, int(seen["last_ms"]) + robot.update_interval_s * 1000)
         cur.execute(
-            "UPDATE outbox SET body = ?, priority = MAX(priority, ?), event = ? WHERE dedup = ? AND state = 'pending'",
-            (body, prio, f"robot.{status}", dedup),
+            "UPDATE outbox SET body = ?, priority = MAX(priority, ?), event = ?, next_ms = MIN(next_ms, ?)"
+            " WHERE dedup = ? AND state = 'pending'",
+            (body, prio, f"robot.{status}", send_at, dedup),
         )
-        if cur.rowcount:
-            continue
-        msg_id = f"robot_{uuid.uuid4().hex}"
+        if not cur.rowcount:
+            cur.execute(
+                "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+                " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+                (
+                    f"robot_{uuid.uuid4().hex}",
+                    "robot",
+                    robot.target,
+                    f"robot.{status}",
+                    prio,
+                    None,
+                    incident_id,
+                    name,
+                    None,
+                    body,
+                    send_at,
+                    now_ms,
+                    dedup,
+                ),
+            )
+        due = cur.execute("SELECT next_ms FROM outbox WHERE dedup = ? AND state = 'pending'", (dedup,)).fetchone()
         cur.execute(
-            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-            (
-                msg_id,
-                "robot",
-                robot.target,
-                f"robot.{status}",
-                prio,
-                None,
-                incident_id,
-                name,
-                None,
-                body,
-                now_ms,
-                now_ms,
-                dedup,
-            ),
+            "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
+            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            " last_ms = excluded.last_ms",
+            (incident_id, robot.target, int(severity), int(due[0]) if due is not None else send_at),
         )
     return names

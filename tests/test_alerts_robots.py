@@ -242,3 +242,39 @@ async def test_incident_moves_each_step_is_a_message(
     assert all("阳光花园1号楼" in t for t in texts)
     assert "acknowledged" in feishu.messages[1]["text"]  # the Feishu robot is configured in English
     assert wecom.errors == dingtalk.errors == feishu.errors == []
+
+
+async def test_two_hundred_detectors_in_one_building_coalesce_within_the_limit(
+    tmp_path: Path, emulators: tuple[WeComRobot, DingTalkRobot, FeishuBot]
+) -> None:
+    wecom, dingtalk, _ = emulators
+    now = [NOW]
+    for emulator in (wecom, dingtalk):
+        emulator.clock = lambda: now[0] / 1000
+    store = AlertStore(tmp_path / "a.sqlite", notify=robot_config(wecom.url, dingtalk.url, ack_timeout_s=3600))
+    notifier = Notifier(store, clock=lambda: now[0])
+    task = asyncio.create_task(notifier.run())
+    try:
+        # A smoky stairwell: a fault first, then 200 detectors in alarm, in 40 engine batches as they come.
+        store.apply([alarm("yg01-sd-000", severity=Severity.TROUBLE, rule="fault")], now_ms=now[0])
+        for batch in range(40):
+            store.apply([alarm(f"yg01-sd-{batch * 5 + i + 1:03d}") for i in range(5)], now_ms=now[0])
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: notifier.idle and not store.outbox(channel="robot", state="attempting"))
+        sent_first_minute = {e: len(e.messages) for e in (wecom, dingtalk)}
+        now[0] += 60_000
+        notifier.wake()
+        await wait_until(lambda: {r.state for r in store.outbox(channel="robot")} == {"sent"})
+    finally:
+        notifier.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+    for emulator in (wecom, dingtalk):
+        # The fault (or the fire coalesced into it) and the fire at once, then the growth at most once a minute:
+        # the robot's rate is left for other buildings.
+        assert 1 <= sent_first_minute[emulator] <= 2 and emulator.throttled == 0 and emulator.errors == []
+        texts = [m.get("content") or m["text"] for m in emulator.messages]
+        assert len(texts) == sent_first_minute[emulator] + 1
+        # Nothing is lost: the last message has the whole incident, and the fire was reported as soon as it was.
+        assert "201" in texts[-1] and "火警" in texts[-1]
+        assert "火警" in texts[sent_first_minute[emulator] - 1]
