@@ -24,7 +24,8 @@ Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]  # E.
 SeverityName = Literal["warning", "trouble", "supervisory", "fire"]
 Lang = Literal["zh", "en"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-Param = Literal["building", "location", "severity", "code", "count"]
+# "link": the recipient's action link (when notify.links is set), for templates that carry one.
+Param = Literal["building", "location", "severity", "code", "count", "link"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 EVENT_TYPES = (
     "alert.raised",
@@ -125,15 +126,21 @@ class Member(Section):
 
 
 class Tier(Section):
-    """Who is paged at one step of the escalation ladder: by role (within the alert's grid/building) or by name."""
+    """Who is paged at one step of the escalation ladder: by role (within the alert's grid/building) or by name;
+    which group robots (``notify.robots`` by name) hear of the incident from this step on; and whether this step
+    also phones its members (``voice``: the last rung, for the fire nobody acknowledged)."""
 
     roles: list[Ident] = Field(default_factory=list)
     members: list[str] = Field(default_factory=list)
+    robots: list[Ident] = Field(default_factory=list)
+    voice: bool = False
 
     @model_validator(mode="after")
     def _not_empty(self) -> Tier:
-        if not self.roles and not self.members:
-            raise ValueError("a tier needs roles or members")
+        if not self.roles and not self.members and not self.robots:
+            raise ValueError("a tier needs roles, members or robots")
+        if self.voice and not (self.roles or self.members):
+            raise ValueError("a voice tier needs roles or members to call")
         return self
 
 
@@ -291,6 +298,122 @@ class SmsConfig(Section):
         return self.budget_warning or max(1, (self.daily_budget * 4) // 5)
 
 
+RobotPlatform = Literal["wecom", "dingtalk", "feishu"]
+# Each platform's documented per-robot limit: WeCom and DingTalk 20 messages a minute, Feishu 100 a minute.
+ROBOT_PER_MIN: dict[str, int] = {"wecom": 20, "dingtalk": 20, "feishu": 100}
+
+
+class RobotConfig(Section):
+    """A chat group's robot: WeCom group robot, DingTalk custom robot or Feishu/Lark custom bot."""
+
+    name: Ident
+    platform: RobotPlatform
+    # The credential in the robot's webhook URL: WeCom ``key=``, DingTalk ``access_token=``, Feishu the hook id
+    # after ``/bot/v2/hook/``.  Anyone holding it can post to the group: a secret.
+    key: Secret
+    secret: Secret | None = None  # DingTalk "加签" (SEC...) / Feishu "签名校验" signing secret
+    endpoint: str | None = None  # override the platform's base URL (tests, proxies)
+    allow_private: bool = False
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    lang: Lang = "zh"
+    per_min: int | None = Field(default=None, ge=1, le=100)  # default: the platform's documented limit
+    mention_all: bool = False  # @all on a fire (WeCom text mention, DingTalk isAtAll, Feishu <at id=all>)
+    links: bool = True  # carry an action link (when notify.links is configured)
+    # An incident that only grows (more detectors, same step, same severity) is told at most once per interval;
+    # every step and every rise in severity goes at once.
+    update_interval_s: int = Field(default=60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> RobotConfig:
+        if self.endpoint is not None:
+            _check_url(self.endpoint, self.allow_private)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"robot:{self.name}"
+
+    @property
+    def limit_per_min(self) -> int:
+        return self.per_min or ROBOT_PER_MIN[self.platform]
+
+
+def _voice_params() -> list[Param]:
+    return ["building", "location", "severity"]
+
+
+class VoiceTemplate(Section):
+    template_id: str  # aliyun TtsCode / tencent TemplateId, approved by the provider
+    text: str  # what the approved template reads out, for the docs and the demo
+    params: list[Param] = Field(default_factory=_voice_params)
+
+
+def _default_voice_templates() -> dict[Lang, VoiceTemplate]:
+    return {
+        "zh": VoiceTemplate(template_id="TTS_0", text="${building}${location}${severity}，请立即处置"),
+        "en": VoiceTemplate(template_id="TTS_1", text="${severity} at ${building} ${location}. Respond now"),
+    }
+
+
+class VoiceConfig(Section):
+    """The voice tier's provider: a text-to-speech call read out ``play_times`` times; a key press acknowledges."""
+
+    provider: Literal["aliyun", "tencent"]
+    endpoint: str | None = None
+    allow_private: bool = False
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    access_key_id: str | None = None  # aliyun
+    access_key_secret: Secret | None = None
+    called_show_number: str | None = None  # aliyun: the caller id (empty: the public number pool)
+    secret_id: str | None = None  # tencent
+    secret_key: Secret | None = None
+    sdk_app_id: str | None = None  # tencent VoiceSdkAppid
+    region: str = "ap-guangzhou"
+    templates: dict[Lang, VoiceTemplate] = Field(default_factory=_default_voice_templates)
+    play_times: int = Field(default=2, ge=1, le=3)  # both providers read a message at most 3 times
+    ack_key: str = Field(default="1", pattern=r"^[0-9*#]$")  # the key that acknowledges, announced in the text
+    daily_budget: int = Field(default=20, ge=1)  # calls per number per local day (aliyun caps 20 / 24 h)
+    receipt_secret: Secret | None = None  # whsec_ secret of the signed result receipts
+
+    @field_validator("receipt_secret")
+    @classmethod
+    def _whsec(cls, value: Secret | None) -> Secret | None:
+        return None if value is None else check_whsec(value)
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> VoiceConfig:
+        need = {
+            "aliyun": ("access_key_id", "access_key_secret"),
+            "tencent": ("secret_id", "secret_key", "sdk_app_id"),
+        }[self.provider]
+        missing = [name for name in need if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"provider {self.provider} needs {', '.join(missing)}")
+        if self.endpoint is not None:
+            _check_url(self.endpoint, self.allow_private)
+        return self
+
+
+class LinksConfig(Section):
+    """Action links in pages: signed for one incident and one recipient, expiring."""
+
+    base_url: str  # how recipients' phones reach this gateway, e.g. https://fire.example.cn
+    secret: Secret  # HMAC-SHA256 key of the links (at least 16 characters)
+    ttl_s: int = Field(default=12 * 3600, ge=60, le=7 * 86_400)
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: Secret) -> Secret:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("secret is too short (at least 16 characters)")
+        return value
+
+    @model_validator(mode="after")
+    def _url(self) -> LinksConfig:
+        _check_url(self.base_url, True)  # the gateway itself: a private address is normal on a community LAN
+        return self
+
+
 class DrillReceiver(Section):
     name: str
     phone: Phone | None = None
@@ -302,6 +425,7 @@ class DrillReceivers(Section):
 
     members: list[DrillReceiver] = Field(default_factory=list)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    robots: list[Ident] = Field(default_factory=list)  # notify.robots (by name) that hear of drills, marked as such
 
 
 class RetryConfig(Section):
@@ -321,6 +445,9 @@ class NotifyConfig(Section):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     governance: GovernanceConfig | None = None
     sms: SmsConfig | None = None
+    robots: list[RobotConfig] = Field(default_factory=list)
+    voice: VoiceConfig | None = None
+    links: LinksConfig | None = None
     drill_receivers: DrillReceivers = Field(default_factory=DrillReceivers)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     workers: int = Field(default=4, ge=1, le=64)
@@ -338,14 +465,26 @@ class NotifyConfig(Section):
             if names.index(name) != i:
                 problems.append(f"roster[{i}].name: duplicate member {name!r}")
         roles = {m.role for m in self.roster}
+        robots = [r.name for r in self.robots]
+        for i, name in enumerate(robots):
+            if robots.index(name) != i:
+                problems.append(f"robots[{i}].name: duplicate robot {name!r}")
         for i, route in enumerate(self.routes):
             for j, tier in enumerate(route.tiers):
+                for k, name in enumerate(tier.robots):
+                    if name not in robots:
+                        problems.append(f"routes[{i}].tiers[{j}].robots[{k}]: unknown robot {name!r}")
+                if tier.voice and self.voice is None:
+                    problems.append(f"routes[{i}].tiers[{j}].voice: notify.voice is not configured")
                 for k, name in enumerate(tier.members):
                     if name not in names:
                         problems.append(f"routes[{i}].tiers[{j}].members[{k}]: unknown member {name!r}")
                 for k, role in enumerate(tier.roles):
                     if role not in roles:
                         problems.append(f"routes[{i}].tiers[{j}].roles[{k}]: no roster member has role {role!r}")
+        for k, name in enumerate(self.drill_receivers.robots):
+            if name not in robots:
+                problems.append(f"drill_receivers.robots[{k}]: unknown robot {name!r}")
         if problems:
             raise ValueError("\n".join(problems))
         return self

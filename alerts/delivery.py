@@ -39,8 +39,13 @@ import orjson
 from alerts import governance, webhook
 from alerts.config import NotifyConfig, WebhookConfig
 from alerts.records import OutboxItem
+from alerts.robots import sender_for as robot_sender
+from alerts.robots.limit import RobotLimiter
+from alerts.robots.render import IncidentUpdate, render
 from alerts.sms import SmsMessage, sender_for
 from alerts.store import AlertChange, AlertStore, Outcome
+from alerts.voice import VoiceCall
+from alerts.voice import sender_for as voice_sender
 from alerts.webhook import SendResult
 
 log = logging.getLogger("firegrid.alerts.delivery")
@@ -78,7 +83,11 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._db: ThreadPoolExecutor | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0}
+        self._busy: dict[str, int] = {"webhook": 0, "governance": 0, "sms": 0, "robot": 0, "voice": 0}
+        # Group robots: one message at a time per robot (so a robot sees its messages in priority order, fire
+        # first) and at most its platform's rate per sliding minute (kept here: a message waits, never drops).
+        self.robots = {r.target: r for r in self.notify.robots}
+        self.limiter = RobotLimiter()
         # Webhook endpoints share the channel's workers; one endpoint may hold at most half of them, so a receiver
         # that hangs until its timeout cannot keep the other endpoints' fire pages waiting behind its retries.
         self.per_endpoint = max(1, self.workers // 2)
@@ -144,8 +153,9 @@ class Notifier:
                 free = {channel: self.workers - n for channel, n in self._busy.items()}
                 skip = self._inflight.keys() | self._unflushed
                 endpoints = dict(self._endpoint_busy)
+                held = self._robots_held()
                 try:
-                    items, timeout = await self._io(self._plan, outcomes, free, skip, endpoints)
+                    items, timeout = await self._io(self._plan, outcomes, free, skip, endpoints, held)
                 except Exception:  # e.g. the disk is full: keep trying, delivery must not die with one error
                     self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded)
                     log.exception("notifier round failed; retrying in 1 s")
@@ -177,11 +187,31 @@ class Notifier:
             self._loop = None
             self._wake = None
 
+    def _robots_held(self) -> dict[str, int]:
+        """Robots that may not take a message now (one in flight, or at their rate limit), and from when they may:
+        read on the loop thread, where the limiter and the in-flight counts live."""
+        now = self.clock()
+        held: dict[str, int] = {}
+        for target, robot in self.robots.items():
+            if self._endpoint_busy.get(target, 0) >= 1:
+                held[target] = now + 5000  # its worker wakes us when done
+                continue
+            free_at = self.limiter.free_at(target, limit=robot.limit_per_min, now_ms=now)
+            if free_at > now:
+                held[target] = free_at
+        return held
+
     def _plan(
-        self, outcomes: list[Outcome], free: dict[str, int], skip: set[int], endpoints: dict[str, int] | None = None
+        self,
+        outcomes: list[Outcome],
+        free: dict[str, int],
+        skip: set[int],
+        endpoints: dict[str, int] | None = None,
+        held: dict[str, int] | None = None,
     ) -> tuple[list[OutboxItem], float]:
         """One round on the database thread: record outcomes, escalate, prune, pick what is due.  Returns the rows
-        to start and how long to sleep at most.  ``endpoints``: webhook requests in flight per endpoint."""
+        to start and how long to sleep at most.  ``endpoints``: webhook requests in flight per endpoint; ``held``:
+        robots that may not take a message now, and from when they may."""
         if outcomes:
             self.store.record_outcomes(outcomes)
             skip = skip - {o.id for o in outcomes}  # recorded now: a retry due at once may go in this round
@@ -204,6 +234,8 @@ class Notifier:
                 picked: list[OutboxItem] = []
             elif channel == "webhook":
                 picked = self._pick_webhooks(now, n, skip, dict(endpoints or {}))
+            elif channel == "robot":
+                picked = self._pick_robots(now, n, skip, held or {})
             else:
                 picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel)
             items.extend(picked)
@@ -214,6 +246,7 @@ class Notifier:
         nxt_due = self.store.next_due_ms(exclude=skip | {i.id for i in items}, channels=still_free)
         waits = [t for t in (nxt_due, nxt_esc) if t is not None]
         timeout = 5.0  # also re-check now and then (a fake clock may have moved)
+        waits.extend(t for t in (held or {}).values())
         if waits:
             timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
         return items, timeout
@@ -236,6 +269,18 @@ class Notifier:
                     picked.append(row)
         return picked
 
+    def _pick_robots(self, now: int, n: int, skip: set[int], held: dict[str, int]) -> list[OutboxItem]:
+        """The highest-priority due row of each robot that may take one now (one per robot per round)."""
+        picked: list[OutboxItem] = []
+        blocked = set(held)
+        while len(picked) < n:
+            rows = self.store.due(now_ms=now, limit=1, exclude=skip, channel="robot", exclude_targets=sorted(blocked))
+            if not rows:
+                break
+            picked.append(rows[0])
+            blocked.add(rows[0].target)
+        return picked
+
     def _start(self, items: list[OutboxItem]) -> None:
         for item in items:  # in priority order
             if item.id in self._inflight or self._busy[item.channel] >= self.workers:
@@ -244,6 +289,15 @@ class Notifier:
                 if self._endpoint_busy.get(item.target, 0) >= self.per_endpoint:
                     continue
                 self._endpoint_busy[item.target] = self._endpoint_busy.get(item.target, 0) + 1
+            elif item.channel == "robot":
+                robot = self.robots.get(item.target)
+                now = self.clock()
+                if self._endpoint_busy.get(item.target, 0) >= 1 or (
+                    robot is not None and self.limiter.free_at(item.target, limit=robot.limit_per_min, now_ms=now) > now
+                ):
+                    continue
+                self._endpoint_busy[item.target] = 1
+                self.limiter.record(item.target, now_ms=now)
             self._busy[item.channel] += 1
             self._inflight[item.id] = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
 
@@ -251,6 +305,10 @@ class Notifier:
         try:
             if item.channel == "sms":
                 await self._deliver_sms(item)
+            elif item.channel == "robot":
+                await self._deliver_robot(item)
+            elif item.channel == "voice":
+                await self._deliver_voice(item)
             else:
                 await self._deliver_webhook(item)
         except asyncio.CancelledError:
@@ -271,7 +329,7 @@ class Notifier:
         finally:
             self._inflight.pop(item.id, None)
             self._busy[item.channel] -= 1
-            if item.channel == "webhook":
+            if item.channel in ("webhook", "robot"):
                 left = self._endpoint_busy.get(item.target, 1) - 1
                 if left > 0:
                     self._endpoint_busy[item.target] = left
@@ -322,6 +380,26 @@ class Notifier:
                 timeout_s=hook.timeout_s,
                 allow_private=hook.allow_private,
             )  # the signature's timestamp is wall-clock time: receivers check it against theirs
+        await self._record(item, result)
+
+    # ------------------------------------------------------------------ group robots
+    async def _deliver_robot(self, item: OutboxItem) -> None:
+        now = self.clock()
+        assert self._session is not None
+        if now - item.created_ms > self.notify.retry.give_up_after_s * 1000:
+            self._outcome(Outcome(item.id, "dead", now, "gave up: too old", attempted=False))
+            self._count("dead")
+            return
+        robot = self.robots.get(item.target)
+        if robot is None:
+            self._outcome(Outcome(item.id, "failed", now, "robot no longer configured", attempted=False))
+            return
+        body = await self._io(self.store.claim, item.id, now_ms=now)
+        if body is None:
+            return  # cancelled meanwhile
+        # Rendered now, not when queued: the elapsed time is the time the group reads it.
+        message = render(IncidentUpdate.from_json(body), msg_id=item.msg_id, lang=robot.lang, now_ms=now)
+        result = await robot_sender(robot.platform)(self._session, robot, message)
         await self._record(item, result)
 
     async def _record(self, item: OutboxItem, result: SendResult) -> None:
@@ -442,3 +520,69 @@ class Notifier:
             self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error)
             log.error("SMS %s to %s failed: %s", item.msg_id, item.recipient, result.error)
             self._count("sms_failed")
+
+    # ------------------------------------------------------------------ voice
+    async def _deliver_voice(self, item: OutboxItem) -> None:
+        assert self._session is not None
+        voice = self.notify.voice
+        call = await self._io(self._voice_guard, item)
+        if call is None or voice is None:
+            return
+        result = await voice_sender(voice.provider)(self._session, voice, call)
+        await self._io(self._voice_record, item, result)
+
+    def _voice_guard(self, item: OutboxItem) -> VoiceCall | None:
+        """The daily budget, then the durable ``attempting`` mark (database thread).  None: do not call now."""
+        voice = self.notify.voice
+        now = self.clock()
+        assert item.phone is not None
+        if voice is None:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error="voice not configured")
+            return None
+        if self.store.voice_count(phone=item.phone, since_ms=self._day_start_ms(now)) >= voice.daily_budget:
+            self.store.mark_done(
+                item.id,
+                state="suppressed",
+                now_ms=now,
+                error=f"daily budget of {voice.daily_budget} calls for this number reached",
+            )
+            log.error("voice call to %s suppressed: daily budget %d reached", item.recipient, voice.daily_budget)
+            self._count("voice_suppressed")
+            return None
+        body = orjson.loads(item.body)
+        lang = body.get("lang", "zh")
+        template = voice.templates.get(lang) or next(iter(voice.templates.values()))
+        call = VoiceCall(
+            msg_id=item.msg_id,
+            out_id=str(item.id),
+            phone=item.phone,
+            lang=lang,
+            template=template,
+            params={k: str(v) for k, v in body.get("params", {}).items()},
+            play_times=voice.play_times,
+        )
+        # Durable "attempting" BEFORE the request: a crash from here on never rings the phone a second time.
+        self.store.mark_attempting(item.id, now_ms=now)
+        return call
+
+    def _voice_record(self, item: OutboxItem, result: SendResult) -> None:
+        now = self.clock()
+        if result.ok:
+            self.store.voice_placed(item.id, call_id=result.provider_id, now_ms=now)
+            self._count("voice_sent")
+        elif result.unknown:
+            self.store.mark_done(item.id, state="unknown", now_ms=now, error=result.error)
+            log.error(
+                "voice call %s to %s: outcome unknown (%s); not repeated", item.msg_id, item.recipient, result.error
+            )
+            self._count("voice_unknown")
+        elif result.retryable:
+            delay = self._backoff(item.attempts)
+            if result.retry_after_s is not None:
+                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            self.store.mark_retry(item.id, next_ms=now + delay, error=result.error)
+            self._count("voice_retry")
+        else:
+            self.store.mark_done(item.id, state="failed", now_ms=now, error=result.error)
+            log.error("voice call %s to %s failed: %s", item.msg_id, item.recipient, result.error)
+            self._count("voice_failed")

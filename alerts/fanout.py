@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 
 from alerts.config import NotifyConfig, WebhookConfig
+from alerts.links import link_for
 from alerts.records import iso
-from alerts.routing import Recipient, ack_timeout_s, recipients, tier_count
+from alerts.robots.render import IncidentUpdate
+from alerts.routing import Recipient, ack_timeout_s, recipients, robots_for, tier_count, voice_tier
 from rules.types import Severity
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
@@ -26,7 +28,11 @@ SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故�
 def priority(severity: int, channel: str, *, news: bool = False) -> int:
     # Severity dominates (fire first, always).  Within a severity, news first: the first alert of a new incident
     # (and an escalation) overtakes the 199 followers of a smoky stairwell already reported.
-    return severity * 10 + (5 if news else 0) + {"sms": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+    return (
+        severity * 10
+        + (5 if news else 0)
+        + {"voice": 4, "sms": 3, "robot": 3, "governance": 2, "webhook": 1}.get(channel, 0)
+    )
 
 
 def _matches(pattern: str, event: str) -> bool:
@@ -147,6 +153,73 @@ def enqueue(
         )
 
 
+def _params(row: sqlite3.Row, building_names: Mapping[str, str], lang: str) -> dict[str, str]:
+    severity = Severity(int(row["severity"]))
+    return {
+        "building": building_names.get(row["building"], row["building"])[:20],
+        "location": _location(row)[:20],
+        "severity": SEVERITY_ZH[severity.label] if lang == "zh" else severity.label.upper(),
+        "code": row["code"],
+        "count": str(row["incident_count"]),
+    }
+
+
+def _add_link(
+    params: dict[str, str], notify: NotifyConfig, person: Recipient, incident_id: int, *, now_ms: int
+) -> None:
+    """The person's action link, for an SMS template that carries ``{link}`` (a template without one is sent
+    exactly as before: an approved provider template must not receive a variable it does not have)."""
+    sms = notify.sms
+    if notify.links is None or sms is None:
+        return
+    template = sms.templates.get(person.lang) or next(iter(sms.templates.values()))  # type: ignore[call-overload]
+    if "{link}" in template.text or "link" in template.params:
+        params["link"] = link_for(notify.links, incident_id=incident_id, recipient=person.name, now_ms=now_ms)
+
+
+def call(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    row: sqlite3.Row,
+    people: list[Recipient],
+    *,
+    tier: int,
+    now_ms: int,
+) -> None:
+    """Queue a voice call to each of ``people`` about the alert ``row`` (joined with its incident's code and count):
+    at most one per (incident, person, escalation step), however often the step is reached."""
+    incident_id = int(row["incident_id"])
+    prio = priority(int(row["severity"]), "voice", news=True)
+    for person in people:
+        key = f"voice:{incident_id}:{person.phone}:{tier}"
+        # Checked in every state, not only pending: a call that went out is not repeated at the same step.
+        if cur.execute("SELECT 1 FROM outbox WHERE channel = 'voice' AND dedup = ?", (key,)).fetchone() is not None:
+            continue
+        body = orjson.dumps({"lang": person.lang, "params": _params(row, building_names, person.lang), "tier": tier})
+        msg_id = f"voice_{uuid.uuid4().hex}"
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=f"tier {tier}", channel="voice")
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                msg_id,
+                "voice",
+                "voice",
+                "voice.call",
+                prio,
+                int(row["id"]),
+                incident_id,
+                person.name,
+                person.phone,
+                body,
+                now_ms,
+                now_ms,
+                key,
+            ),
+        )
+
+
 def page(
     cur: sqlite3.Cursor,
     notify: NotifyConfig,
@@ -176,6 +249,9 @@ def page(
         people = recipients(
             notify, tier=tier, severity=severity, grid=row["grid"], building=row["building"], now_ms=now_ms
         )
+    if people and not row["drill"] and notify.voice is not None:
+        if voice_tier(notify, tier=tier, severity=severity, grid=row["grid"], building=row["building"]):
+            call(cur, notify, building_names, row, people, tier=tier, now_ms=now_ms)
     if sms is None or not people:
         return [p.name for p in people]
     interval_ms = sms.update_interval_s * 1000
@@ -188,6 +264,7 @@ def page(
             "code": row["code"],
             "count": str(row["incident_count"]),
         }
+        _add_link(params, notify, person, incident_id, now_ms=now_ms)
         body = orjson.dumps({"lang": person.lang, "params": params, "tier": tier, "drill": bool(row["drill"])})
         dedup = f"sms:{incident_id}:{person.phone}"
         prio = priority(int(severity), "sms")
@@ -280,6 +357,7 @@ def page_incident(
             "code": row["code"],
             "count": str(row["alert_count"]),
         }
+        _add_link(params, notify, person, incident_id, now_ms=now_ms)
         body = orjson.dumps({"lang": person.lang, "params": params, "tier": why, "drill": bool(row["drill"])})
         msg_id = f"sms_{uuid.uuid4().hex}"
         # One page per (incident, person, reason) at a time: a second dispatch while the first page still waits
@@ -341,3 +419,166 @@ def _paged(
         "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
         (incident_id, now_ms, "paged", "system", None, orjson.dumps({**detail, "reason": why}).decode()),
     )
+
+
+# Which incident update an event is, for the group robots (None: the status as it now stands).
+ROBOT_STATUS: dict[str, str | None] = {
+    "incident.opened": "raised",
+    "incident.updated": None,  # grown or worse
+    "incident.acknowledged": "acknowledged",
+    "incident.dispatched": "dispatched",
+    "incident.on_scene": "on_scene",
+    "incident.escalated": "escalated",
+    "incident.resolved": "resolved",
+    # The single-detector steps (an alert acknowledged, dispatched on its own) move the incident too.
+    "alert.acknowledged": None,
+    "alert.dispatched": None,
+}
+
+
+def _status_now(cur: sqlite3.Cursor, incident: sqlite3.Row) -> str:
+    if incident["closed_ms"] is not None:
+        return "resolved"
+    if incident["state"] in ("dispatched", "on_scene", "resolved"):
+        return str(incident["state"])
+    states = {
+        r[0] for r in cur.execute("SELECT state FROM alerts WHERE incident_id = ? AND open = 1", (incident["id"],))
+    }
+    if "dispatched" in states:
+        return "dispatched"  # an alert dispatched on its own
+    if incident["state"] == "acknowledged" or (states and "raised" not in states):
+        return "acknowledged"
+    return "raised"
+
+
+def _by(cur: sqlite3.Cursor, incident_id: int, status: str, alerts: Sequence[sqlite3.Row]) -> str | None:
+    """Who took the step ``status`` reports: the incident's timeline, else the alert that took it alone."""
+    step = cur.execute(
+        "SELECT actor, by_name, detail FROM incident_events WHERE incident_id = ? AND action = ?"
+        " ORDER BY id DESC LIMIT 1",
+        (incident_id, status),
+    ).fetchone()
+    if step is not None:
+        who = step["by_name"] or step["actor"]
+        detail = orjson.loads(step["detail"]) if step["detail"] else {}
+        station = detail.get("station") if isinstance(detail, dict) else None
+        if status == "dispatched" and station:
+            return f"{who} → {station}" if who and who != "system" else str(station)
+        return None if who == "system" else who
+    column = {"acknowledged": "acknowledged_by", "dispatched": "dispatched_to", "resolved": "resolved_by"}.get(status)
+    if column is None:
+        return None
+    return next((a[column] for a in reversed(alerts) if a[column]), None)
+
+
+def tell_robots(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    event: str,
+    incident_id: int,
+    *,
+    now_ms: int,
+    by: str | None = None,
+) -> list[str]:
+    """Queue one message per robot about incident ``incident_id`` after ``event``: the robots of every escalation
+    tier the incident has reached.  A newer update coalesces into the message still waiting for the same robot, so
+    an incident that grows by 200 detectors is one message, and a robot at its rate limit gets the newest picture
+    when its window opens.  Test alerts never reach a group; drills only the drill robots
+    (``notify.drill_receivers.robots``)."""
+    if event not in ROBOT_STATUS or not notify.robots:
+        return []
+    incident = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    if incident is None or (incident["drill"] and not notify.drill_receivers.robots):
+        return []
+    alerts = cur.execute(
+        "SELECT floor, device, tier, test, acknowledged_by, dispatched_to, resolved_by, cause FROM alerts"
+        " WHERE incident_id = ? ORDER BY id",
+        (incident_id,),
+    ).fetchall()
+    real = [a for a in alerts if not a["test"]]
+    if not real:
+        return []
+    tier = max(int(a["tier"]) for a in real)
+    severity = Severity(int(incident["severity"]))
+    if incident["drill"]:
+        names = list(notify.drill_receivers.robots)  # a drill reaches only the drill robots, marked as a drill
+    else:
+        names = robots_for(notify, tier=tier, severity=severity, grid=incident["grid"], building=incident["building"])
+    if not names:
+        return []
+    status = ROBOT_STATUS[event] or _status_now(cur, incident)
+    by = by or _by(cur, incident_id, status, real)
+    floors = sorted({int(a["floor"]) for a in real if a["floor"] is not None})
+    devices = [str(a["device"]) for a in real if a["device"]]
+    news = status != "raised" or event == "incident.opened"
+    prio = priority(int(severity), "robot", news=news)
+    by_name = {r.name: r for r in notify.robots}
+    for name in names:
+        robot = by_name[name]
+        link = None
+        if notify.links is not None and robot.links and status != "resolved":
+            link = link_for(notify.links, incident_id=incident_id, recipient=robot.target, now_ms=now_ms)
+        update = IncidentUpdate(
+            status=status,
+            incident_id=incident_id,
+            code=str(incident["code"]),
+            building=str(incident["building"]),
+            building_name=building_names.get(incident["building"], incident["building"]),
+            severity=severity.label,
+            floors=tuple(floors),
+            devices=tuple(devices[:5]),
+            alert_count=len(real),
+            opened_ms=int(incident["opened_ms"]),
+            tier=tier,
+            drill=bool(incident["drill"]),
+            by=by,
+            cause=(incident["cause"] or next((a["cause"] for a in reversed(real) if a["cause"]), None))
+            if status == "resolved"
+            else None,
+            link=link,
+        )
+        body = update.to_json()
+        dedup = f"robot:{incident_id}:{name}"
+        # A step (raised, escalated, acknowledged ...) or a worse severity goes at once; an incident that merely
+        # grows is told at most once per update_interval_s, so one smoky stairwell cannot use up the robot's rate
+        # while another building's fire waits (``pages`` keeps when this robot last heard of the incident).
+        seen = cur.execute(
+            "SELECT severity, last_ms FROM pages WHERE incident_id = ? AND phone = ?", (incident_id, robot.target)
+        ).fetchone()
+        send_at = now_ms
+        if event == "incident.updated" and seen is not None and int(severity) <= int(seen["severity"]):
+            send_at = max(now_ms, int(seen["last_ms"]) + robot.update_interval_s * 1000)
+        cur.execute(
+            "UPDATE outbox SET body = ?, priority = MAX(priority, ?), event = ?, next_ms = MIN(next_ms, ?)"
+            " WHERE dedup = ? AND state = 'pending'",
+            (body, prio, f"robot.{status}", send_at, dedup),
+        )
+        if not cur.rowcount:
+            cur.execute(
+                "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+                " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+                (
+                    f"robot_{uuid.uuid4().hex}",
+                    "robot",
+                    robot.target,
+                    f"robot.{status}",
+                    prio,
+                    None,
+                    incident_id,
+                    name,
+                    None,
+                    body,
+                    send_at,
+                    now_ms,
+                    dedup,
+                ),
+            )
+        due = cur.execute("SELECT next_ms FROM outbox WHERE dedup = ? AND state = 'pending'", (dedup,)).fetchone()
+        cur.execute(
+            "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
+            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            " last_ms = excluded.last_ms",
+            (incident_id, robot.target, int(severity), int(due[0]) if due is not None else send_at),
+        )
+    return names

@@ -376,8 +376,8 @@ class OutboxItem:
 
     id: int
     msg_id: str
-    channel: str  # "webhook" | "governance" | "sms"
-    target: str  # webhook URL, "governance" or "sms"
+    channel: str  # "webhook" | "governance" | "sms" | "robot" | "voice"
+    target: str  # webhook URL, "governance", "sms", "robot:<name>" or "voice"
     event: str
     priority: int
     alert_id: int | None

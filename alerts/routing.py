@@ -138,6 +138,24 @@ def recipients(
     return [Recipient(name=m.name, phone=m.phone, lang=m.lang, role=m.role) for m in chosen]
 
 
+def robots_for(config: NotifyConfig, *, tier: int, severity: Severity, grid: str | None, building: str) -> list[str]:
+    """The robots (by name) of escalation tiers 0 .. ``tier`` of the routes matching this incident: a group that
+    heard of a fire keeps hearing of it as it moves on."""
+    names: list[str] = []
+    for route in _matching_routes(config, severity=severity, grid=grid, building=building):
+        for spec in route.tiers[: tier + 1]:
+            names.extend(n for n in spec.robots if n not in names)
+    return names
+
+
+def voice_tier(config: NotifyConfig, *, tier: int, severity: Severity, grid: str | None, building: str) -> bool:
+    """Whether escalation tier ``tier`` of a route matching this alert phones its members."""
+    return any(
+        tier < len(route.tiers) and route.tiers[tier].voice
+        for route in _matching_routes(config, severity=severity, grid=grid, building=building)
+    )
+
+
 def member_by_phone(config: NotifyConfig, phone: str) -> Member | None:
     for member in config.roster:
         if member.phone == phone:

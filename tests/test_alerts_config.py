@@ -108,3 +108,21 @@ def test_example_community_config_passes_check_config() -> None:
     data = yaml.safe_load((ROOT / "examples" / "community.yaml").read_text(encoding="utf-8"))
     config = NotifyConfig.model_validate(data["notify"])
     assert config.roster and config.routes and config.webhooks and config.sms is not None
+
+
+def test_robot_voice_and_drill_robot_references_are_checked() -> None:
+    robot = {"name": "grid-wecom", "platform": "wecom", "key": "wecom-key-0f3a"}
+    with pytest.raises(ValidationError, match="unknown robot 'nope'"):
+        NotifyConfig.model_validate({"roster": ROSTER, "routes": [{"name": "r", "tiers": [{"robots": ["nope"]}]}]})
+    with pytest.raises(ValidationError, match=r"notify\.voice is not configured"):
+        NotifyConfig.model_validate(
+            {"roster": ROSTER, "routes": [{"name": "r", "tiers": [{"members": [ROSTER[0]["name"]], "voice": True}]}]}
+        )
+    with pytest.raises(ValidationError, match=r"drill_receivers.robots\[0\]: unknown robot"):
+        NotifyConfig.model_validate({"robots": [robot], "drill_receivers": {"robots": ["other"]}})
+    with pytest.raises(ValidationError, match="duplicate robot"):
+        NotifyConfig.model_validate({"robots": [robot, robot]})
+    ok = NotifyConfig.model_validate(
+        {"roster": ROSTER, "robots": [robot], "routes": [{"name": "r", "tiers": [{"robots": ["grid-wecom"]}]}]}
+    )
+    assert ok.robots[0].limit_per_min == 20 and "wecom-key-0f3a" not in repr(ok)

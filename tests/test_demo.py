@@ -186,6 +186,14 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
     assert incident["building"] == building and incident["state"] == "dispatched"
     assert incident["station"] == sent.group(2)
     assert [t["action"] for t in incident["timeline"]][:2] == ["opened", "dispatched"]
+    # The fire reached the demo's WeCom and DingTalk robots (the DingTalk signature checked), each message carrying
+    # an action link; opening the link shows the incident's page and changes nothing.
+    wecom = demo.wait_for(r"WeCom: 火警 · .*action link: (http://127\.0\.0\.1:\d+/l/\S+)", timeout=30)
+    demo.wait_for(r"DingTalk: 火警·.*action link: http://", timeout=30)
+    assert "REJECTED" not in demo.output()
+    with urllib.request.urlopen(wecom.group(1), timeout=5) as response:
+        assert response.status == 200 and "确认收到" in response.read().decode()
+    assert get(url + f"api/v1/incidents/{sent.group(1)}", viewer)["timeline"] == incident["timeline"]
 
     # The month's figures count the drill's fire, at the report endpoint the banner names.
     monthly = demo.wait_for(r"monthly report:\s+(http://\S+)", timeout=5).group(1)

@@ -105,7 +105,8 @@ CANARY = "canary-7f3e9b1c5d2a"
 CANARY_WHSEC = "whsec_" + base64.b64encode(f"{CANARY}-webhook-key!".encode()).decode()
 CANARY_GOV = "whsec_" + base64.b64encode(f"{CANARY}-governance-key".encode()).decode()
 CANARY_INBOUND = "whsec_" + base64.b64encode(f"{CANARY}-inbound-sms-key".encode()).decode()
-NEEDLES = (CANARY, CANARY_WHSEC[6:], CANARY_GOV[6:], CANARY_INBOUND[6:])
+CANARY_RECEIPT = "whsec_" + base64.b64encode(f"{CANARY}-voice-receipts".encode()).decode()
+NEEDLES = (CANARY, CANARY_WHSEC[6:], CANARY_GOV[6:], CANARY_INBOUND[6:], CANARY_RECEIPT[6:])
 
 
 def _leaks(text: str) -> list[str]:
@@ -116,6 +117,7 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
     hook = WebhookCounter(CANARY_WHSEC).start()
     hook.script = [500]  # one failure first: the retry path logs too
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    robot_at = {"endpoint": dead, "allow_private": True, "timeout_s": 1}
     viewer = f"{CANARY}-viewer-token"
     admin = f"{CANARY}-admin-token"
     config, port = stack_config(
@@ -135,7 +137,38 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
             "log": {"level": "debug", "format": "json"},
             "notify": {
                 "roster": [{"name": "w", "phone": "+8613800000001", "role": "grid_worker"}],
-                "routes": [{"name": "fire", "min_severity": "fire", "tiers": [{"roles": ["grid_worker"]}]}],
+                # The group robots on the first rung, a voice call on the second (after a 1 s ack timeout).
+                "ack_timeout_s": 1,
+                "routes": [
+                    {
+                        "name": "fire",
+                        "min_severity": "fire",
+                        "tiers": [
+                            {"roles": ["grid_worker"], "robots": ["wecom", "dingtalk", "feishu"]},
+                            {"roles": ["grid_worker"], "voice": True},
+                        ],
+                    }
+                ],
+                "robots": [
+                    {"name": "wecom", "platform": "wecom", "key": f"{CANARY}-wecom-key"} | robot_at,
+                    {"name": "dingtalk", "platform": "dingtalk", "key": f"{CANARY}-dt-token"}
+                    | {"secret": f"SEC{CANARY}-dt"}
+                    | robot_at,
+                    {"name": "feishu", "platform": "feishu", "key": f"{CANARY}-feishu-hook"}
+                    | {"secret": f"{CANARY}-feishu"}
+                    | robot_at,
+                ],
+                "voice": {
+                    "provider": "tencent",
+                    "endpoint": f"{dead}/voice",
+                    "allow_private": True,
+                    "timeout_s": 1,
+                    "secret_id": "AKIDcanary",
+                    "secret_key": f"{CANARY}-tencent-voice",
+                    "sdk_app_id": "1400000009",
+                    "receipt_secret": CANARY_RECEIPT,
+                },
+                "links": {"base_url": "https://fire.example.cn", "secret": f"{CANARY}-links-secret"},
                 "webhooks": [
                     {"url": hook.url, "secret": CANARY_WHSEC, "allow_private": True, "timeout_s": 2},
                     {"url": f"{dead}/hook", "secret": CANARY_WHSEC, "allow_private": True, "timeout_s": 1},
@@ -185,9 +218,15 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
 
         def failing() -> bool:
             rows = store_rows(db, "SELECT channel, attempts FROM outbox WHERE last_error IS NOT NULL")
-            return {"webhook", "governance", "sms"} <= {r["channel"] for r in rows if r["attempts"] >= 2}
+            return {"webhook", "governance", "sms", "robot", "voice"} <= {
+                r["channel"] for r in rows if r["attempts"] >= 2
+            }
 
-        wait_until(failing, timeout=20, what="the unreachable webhook, governance and SMS endpoints to fail twice")
+        wait_until(
+            failing,
+            timeout=20,
+            what="the unreachable webhook, governance, SMS, robot and voice endpoints to fail twice",
+        )
         status, body = call("GET", "/api/v1/alerts")
         assert status == 200, body
         alert_id = json.loads(body)["items"][0]["id"]
@@ -218,6 +257,9 @@ def test_secrets_never_leak(tmp_path: Path, mosquitto: MosquittoServer, influx: 
         call("POST", f"/api/v1/alerts/{alert_id}/ack", body=json.dumps({"note": CANARY[:5]}).encode())
         call("POST", "/api/v1/sms/inbound", token=None, body=b'{"from": "+8613800000001", "text": "123"}')
         call("POST", "/api/v1/maintenance", body=b'{"building": "b03"}')
+        call("POST", "/api/v1/voice/receipts", token=None, body=b'[{"out_id": "1", "dtmf": "1"}]')
+        call("GET", "/l/garbage.link", token=None)
+        call("POST", "/l/garbage.link", token=None, body=b"action=ack")
         wait_until(lambda: gateway.get("/healthz")[0] == 200, timeout=5, what="healthz")
     finally:
         publisher.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -35,9 +36,19 @@ class _Missing(dict[str, str]):
         return "{" + key + "}"
 
 
+class ProviderEndpoint(Protocol):
+    """What ``request`` reads of a provider's config (an SMS or a voice provider)."""
+
+    @property
+    def allow_private(self) -> bool: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+
 async def request(
     session: aiohttp.ClientSession,
-    config: SmsConfig,
+    config: ProviderEndpoint,
     method: str,
     url: str,
     *,

@@ -48,15 +48,25 @@ def tc3_signature(*, secret_key: str, service: str, timestamp: int, canonical_re
 
 
 def signed_headers(
-    *, url: str, payload: bytes, secret_id: str, secret_key: str, action: str, region: str, timestamp: int
+    *,
+    url: str,
+    payload: bytes,
+    secret_id: str,
+    secret_key: str,
+    action: str,
+    region: str,
+    timestamp: int,
+    service: str = SERVICE,
+    version: str = VERSION,
 ) -> dict[str, str]:
+    """The TC3 headers of one API 3.0 request (``service``/``version``: SMS by default; voice uses ``vms``)."""
     host = urlsplit(url).netloc
     date = datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
     canonical_headers = f"content-type:{CONTENT_TYPE}\nhost:{host}\nx-tc-action:{action.lower()}\n"
     signed = "content-type;host;x-tc-action"
     canonical = "\n".join(["POST", "/", "", canonical_headers, signed, hashlib.sha256(payload).hexdigest()])
-    scope = f"{date}/{SERVICE}/tc3_request"
-    signature = tc3_signature(secret_key=secret_key, service=SERVICE, timestamp=timestamp, canonical_request=canonical)
+    scope = f"{date}/{service}/tc3_request"
+    signature = tc3_signature(secret_key=secret_key, service=service, timestamp=timestamp, canonical_request=canonical)
     return {
         "Authorization": f"TC3-HMAC-SHA256 Credential={secret_id}/{scope}, SignedHeaders={signed}, "
         f"Signature={signature}",
@@ -64,7 +74,7 @@ def signed_headers(
         "Host": host,
         "X-TC-Action": action,
         "X-TC-Timestamp": str(timestamp),
-        "X-TC-Version": VERSION,
+        "X-TC-Version": version,
         "X-TC-Region": region,
     }
 

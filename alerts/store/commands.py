@@ -11,6 +11,7 @@ from alerts.store.core import Core, audit
 from alerts.store.errors import AlertNotFound, InvalidTransition
 from alerts.store.events import alert_event, incident_event
 from alerts.store.incidents import close
+from alerts.store.voice import cancel_calls
 
 
 class Commands:
@@ -31,6 +32,7 @@ class Commands:
             )
             audit(cur, alert_id, now_ms, "acknowledged", by, {"note": note})
             alert_event(self._core, cur, "alert.acknowledged", alert_id, now_ms, changes)
+            cancel_calls(cur, int(row["incident_id"]), now_ms=now_ms, reason=f"acknowledged by {by}")
         self._core.publish(changes)
         return changes[0]
 
@@ -49,6 +51,7 @@ class Commands:
             )
             audit(cur, alert_id, now_ms, "dispatched", by, {"to": to, "note": note})
             alert_event(self._core, cur, "alert.dispatched", alert_id, now_ms, changes)
+            cancel_calls(cur, int(row["incident_id"]), now_ms=now_ms, reason=f"dispatched by {by}")
         self._core.publish(changes)
         return changes[0]
 
@@ -68,6 +71,7 @@ class Commands:
             audit(cur, alert_id, now_ms, "resolved", by, {"cause": cause, "note": note})
             alert_event(self._core, cur, "alert.resolved", alert_id, now_ms, changes)
             incident_id = int(row["incident_id"])
+            cancel_calls(cur, incident_id, now_ms=now_ms, reason="resolved")
             cur.execute(
                 "UPDATE incidents SET open_count = open_count - 1, updated_ms = ? WHERE id = ?", (now_ms, incident_id)
             )

@@ -86,4 +86,6 @@ def _emit(
         now_ms=now_ms,
         news=news,
     )
+    if not test:
+        fanout.tell_robots(cur, core.notify, core.building_names, event, incident_id, now_ms=now_ms)
     out.append(AlertChange(event, alert_id, incident_id, now_ms, data, record))

@@ -27,11 +27,13 @@ from alerts.store.incidents import IncidentCommands
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
 from alerts.store.reports import Reports
+from alerts.store.responders import Responders
 from alerts.store.transitions import Transitions
+from alerts.store.voice import Voice
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outbox):
+class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outbox, Voice, Responders):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 

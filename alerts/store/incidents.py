@@ -19,6 +19,7 @@ from alerts.records import CAUSES, AlertChange, IncidentRecord
 from alerts.store.core import Core, audit, incident_facts, log_step
 from alerts.store.errors import IncidentNotFound, InvalidIncidentTransition
 from alerts.store.events import alert_event, incident_event
+from alerts.store.voice import cancel_calls
 
 # The states from which each step may be taken.
 _ACK_FROM = ("open", "acknowledged", "dispatched", "on_scene")
@@ -304,7 +305,7 @@ def close(
     )
     cur.execute(
         "UPDATE outbox SET state = 'cancelled', done_ms = ?, last_error = 'incident resolved'"
-        " WHERE incident_id = ? AND channel = 'sms' AND state = 'pending'",
+        " WHERE incident_id = ? AND channel IN ('sms', 'voice') AND state = 'pending'",
         (now_ms, incident_id),
     )
     log_step(cur, incident_id, now_ms, "resolved", actor=actor, by_name=by_name, detail={"cause": cause, "note": note})
@@ -347,6 +348,10 @@ def _ack_alerts(
         )
         audit(cur, alert_id, now_ms, "acknowledged", by, {"note": note})
         alert_event(core, cur, "alert.acknowledged", alert_id, now_ms, out)
+    if ids:
+        # Somebody answered: the voice calls still waiting for this incident are called off.
+        incident_id = int(cur.execute("SELECT incident_id FROM alerts WHERE id = ?", (ids[0],)).fetchone()[0])
+        cancel_calls(cur, incident_id, now_ms=now_ms, reason=f"acknowledged by {by}")
 
 
 def _latest(cur: sqlite3.Cursor, incident_id: int, action: str) -> int | None:

@@ -20,12 +20,29 @@ class Outbox:
         """After a restart: an SMS caught in ``attempting`` may or may not have gone out.  It becomes ``unknown``
         (to reconcile with the provider), never a blind resend."""
         with self._core.tx() as cur:
+            # A robot message is at least once (like a webhook): one interrupted mid-request goes again.
+            cur.execute(
+                "UPDATE outbox SET state = 'pending', next_ms = ?, last_error = 'interrupted while sending'"
+                " WHERE state = 'attempting' AND channel = 'robot'",
+                (now_ms,),
+            )
             cur.execute(
                 "UPDATE outbox SET state = 'unknown', done_ms = ?, last_error = 'interrupted while sending'"
                 " WHERE state = 'attempting'",
                 (now_ms,),
             )
             return int(cur.rowcount)
+
+    def claim(self, item_id: int, *, now_ms: int) -> bytes | None:
+        """Take a pending row out of coalescing (``attempting``) and return its body as it is now: an update
+        coalesced into it after it was picked goes out with it, one made after this goes into a new row."""
+        with self._core.tx() as cur:
+            row = cur.execute("SELECT body FROM outbox WHERE id = ? AND state = 'pending'", (item_id,)).fetchone()
+            if row is None:
+                return None
+            # (The attempt is counted when its outcome is recorded.)
+            cur.execute("UPDATE outbox SET state = 'attempting', attempt_ms = ? WHERE id = ?", (now_ms, item_id))
+            return bytes(row["body"])
 
     def due(
         self,

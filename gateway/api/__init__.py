@@ -40,9 +40,11 @@ from gateway.api.hub import Hub
 from gateway.api.inspection_parts import install as install_inspections
 from gateway.api.mobile import add_mobile_routes
 from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
+from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
 from gateway.api.routes.stream import store_listener
+from gateway.api.routes.voice import add_voice_receipts
 from gateway.api.runtime import Runtime
 
 __all__ = ["STATIC_DIR", "Hub", "create_api_app", "setup_api"]
@@ -97,6 +99,8 @@ def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], i
     add_sms_inbound(app, runtime)
     install_inspections(app, runtime, clock_ms=state.clock_ms)
     add_mobile_routes(app)
+    add_voice_receipts(app, runtime)
+    add_action_links(app, runtime)
 
     spec = orjson.dumps(build_openapi())
     docs = render_docs(orjson.loads(spec))

@@ -45,6 +45,7 @@ from aiohttp import web
 
 from common.webhooks import verify
 from gateway.config import ApiToken, FiregridConfig, load_or_exit
+from gateway.tools.demo_robots import DemoRobots
 
 if TYPE_CHECKING:
     from simulators.receiver import Arrival
@@ -151,12 +152,19 @@ def _unscoped(tokens: list[ApiToken], role: str) -> ApiToken | None:
 
 
 def demo_config(
-    config: FiregridConfig, *, mqtt_port: int, http_port: int, data_dir: Path, receiver_url: str, receiver_secret: str
+    config: FiregridConfig,
+    *,
+    mqtt_port: int,
+    http_port: int,
+    data_dir: Path,
+    receiver_url: str,
+    receiver_secret: str,
+    robots: list[dict[str, Any]] | None = None,
 ) -> tuple[FiregridConfig, DemoTokens]:
     """The config with the demo's overrides (see the module docstring); the community and rules are kept."""
     from pydantic import SecretStr
 
-    from alerts.config import DrillReceivers, NotifyConfig, WebhookConfig
+    from alerts.config import DrillReceivers, LinksConfig, NotifyConfig, RobotConfig, Route, Tier, WebhookConfig
 
     tokens = list(config.http.tokens)
     picked: dict[str, str] = {}
@@ -177,11 +185,19 @@ def demo_config(
     )
     notify = NotifyConfig(
         timezone=config.notify.timezone,
-        # The roster stays (the stations panel shows who is on duty, dispatch names who it sends) but no route and
-        # no SMS: a dispatch's pages are put on the timeline with channel "none", and nobody's phone rings.
+        # The roster stays (the stations panel shows who is on duty, dispatch names who it sends) but no route pages a
+        # person and there is no SMS: a dispatch's pages are put on the timeline with channel "none".
         roster=config.notify.roster,
         webhooks=[webhook],
-        drill_receivers=DrillReceivers(webhooks=[webhook]),
+        # The demo's group robots (a WeCom and a DingTalk stand-in on the local receiver) hear of every drill,
+        # each message with an action link to this gateway's small mobile page.
+        robots=[RobotConfig.model_validate(r) for r in robots or []],
+        # A route of robots only: the groups hear of every incident, and still nobody's phone rings.
+        routes=[Route(name="demo-groups", min_severity="warning", tiers=[Tier(robots=[r["name"] for r in robots])])]
+        if robots
+        else [],
+        links=LinksConfig(base_url=f"http://127.0.0.1:{http_port}", secret=SecretStr(secrets.token_urlsafe(32))),
+        drill_receivers=DrillReceivers(webhooks=[webhook], robots=[r["name"] for r in robots or []]),
         retry=config.notify.retry.model_copy(update={"base_s": 0.5, "max_s": 10.0}),
     )
     updated = config.model_copy(
@@ -522,6 +538,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     receiver_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver_url = f"http://127.0.0.1:{receiver_port}{RECEIVER_PATH}"
+    robots = DemoRobots(out=console, publish=lambda kind, data: None)
     config, tokens = demo_config(
         config,
         mqtt_port=mqtt_port,
@@ -529,6 +546,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         data_dir=data_dir,
         receiver_url=receiver_url,
         receiver_secret=receiver_secret,
+        robots=robots.robots(f"http://127.0.0.1:{receiver_port}"),
     )
 
     stop = asyncio.Event()
@@ -554,7 +572,10 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             receiver.on_incident_opened = DutyRoom(
                 service.store, delay_s=args.dispatch_after, out=console, clock_ms=lambda: int(time.time() * 1000)
             ).incident_opened
-        receiver_runner = web.AppRunner(receiver.app(), access_log=None)
+        robots.publish = service.hub.publish
+        receiver_app = receiver.app()
+        robots.add_routes(receiver_app)
+        receiver_runner = web.AppRunner(receiver_app, access_log=None)
         await receiver_runner.setup()
         await web.TCPSite(receiver_runner, "127.0.0.1", receiver_port).start()
 
@@ -596,6 +617,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  API docs:         http://127.0.0.1:{service.http_port}/docs",
             f"  MQTT broker:      mqtt://127.0.0.1:{mqtt_port} (embedded amqtt, MQTT 3.1.1)",
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
+            f"  group robots:     WeCom and DingTalk stand-ins on http://127.0.0.1:{receiver_port} (drills, with"
+            " action links)",
             "  telemetry:        local store only (no InfluxDB configured)",
             f"  figures:          http://127.0.0.1:{service.http_port}/api/v1/reports/response"
             " (also /false-alarms, /devices; the strip on the dashboard; viewer token)",

@@ -21,6 +21,20 @@ TENCENT = {
     "sign_name": "东风社区",
 }
 TWILIO = {"account_sid": "AC" + "0" * 32, "auth_token": "twilio-test-token", "from_number": "+15005550006"}
+WECOM = {"key": "693a91f6-7fff-4bc4-97a0-0ec2sifa5aaa"}
+DINGTALK = {"key": "dingtalk-test-access-token", "secret": "SECdingtalk-test-signing-secret"}
+FEISHU = {"key": "00000000-feishu-test-hook", "secret": "feishu-test-signing-secret"}
+RECEIPT_SECRET = "whsec_" + base64.b64encode(b"firegrid-voice-receipt-secret-32").decode()
+VOICE_TEMPLATES = {
+    "aliyun": {
+        "zh": {"template_id": "TTS_100001", "text": "${building}${location}${severity}，请立即处置，确认请按1"},
+        "en": {"template_id": "TTS_100002", "text": "${severity} at ${building} ${location}. Press 1 to acknowledge"},
+    },
+    "tencent": {
+        "zh": {"template_id": "3000001", "text": "{1}{2}{3}，请立即处置，确认请按1"},
+        "en": {"template_id": "3000002", "text": "{3} at {1} {2}. Press 1 to acknowledge"},
+    },
+}
 HTTP_SMS = {"token": "http-sms-token", "hmac_secret": "http-sms-hmac"}
 
 ROSTER = [
@@ -60,6 +74,49 @@ def sms_section(provider: str, endpoint: str, **extra: Any) -> dict[str, Any]:
         section["http"] = {"token": HTTP_SMS["token"], "hmac_secret": HTTP_SMS["hmac_secret"]}
     section["inbound_secret"] = INBOUND_SECRET
     return section | extra
+
+
+def robots_section(*, wecom: str, dingtalk: str, feishu: str | None = None) -> list[dict[str, Any]]:
+    """``notify.robots`` for the robot emulators at these base URLs (``wecom``, ``dingtalk``, ``feishu``)."""
+    robots: list[dict[str, Any]] = [
+        {"name": "grid-wecom", "platform": "wecom", "endpoint": wecom, "allow_private": True, "timeout_s": 2} | WECOM,
+        {"name": "station-dingtalk", "platform": "dingtalk", "endpoint": dingtalk, "allow_private": True}
+        | {"timeout_s": 2}
+        | DINGTALK,
+    ]
+    if feishu is not None:
+        robots.append(
+            {"name": "ops-feishu", "platform": "feishu", "endpoint": feishu, "allow_private": True, "lang": "en"}
+            | {"timeout_s": 2}
+            | FEISHU
+        )
+    return robots
+
+
+def routes_with_robots(robots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ROUTES with every robot on the fire route's first tier and the trouble route."""
+    names = [r["name"] for r in robots]
+    fire, trouble = ROUTES
+    tiers = [dict(fire["tiers"][0], robots=names), *fire["tiers"][1:]]
+    return [dict(fire, tiers=tiers), dict(trouble, tiers=[dict(trouble["tiers"][0], robots=names)])]
+
+
+def voice_section(provider: str, endpoint: str, **extra: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"provider": provider, "endpoint": endpoint, "allow_private": True, "timeout_s": 2}
+    if provider == "aliyun":
+        section |= {"access_key_id": ALIYUN["access_key_id"], "access_key_secret": ALIYUN["access_key_secret"]}
+    else:
+        section |= {"secret_id": TENCENT["secret_id"], "secret_key": TENCENT["secret_key"], "sdk_app_id": "1400000009"}
+    section["templates"] = VOICE_TEMPLATES[provider]
+    section["receipt_secret"] = RECEIPT_SECRET
+    return section | extra
+
+
+def routes_with_voice() -> list[dict[str, Any]]:
+    """ROUTES whose fire route ends in a voice tier: the station leader is called when tier 1 did not answer."""
+    fire, trouble = ROUTES
+    tiers = [*fire["tiers"][:2], {"roles": ["station_leader", "duty_officer"], "voice": True}]
+    return [dict(fire, tiers=tiers), trouble]
 
 
 def notify_config(

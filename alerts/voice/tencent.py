@@ -1,0 +1,72 @@
+"""Tencent Cloud voice message ``SendTtsVoice`` (vms, API 2020-09-02), signed with ``TC3-HMAC-SHA256`` exactly as
+the SMS API is (:func:`alerts.sms.tencent.signed_headers`, service ``vms``).
+
+Body, as documented: ``TemplateId``, ``CalledNumber`` (E.164 with ``+``), ``VoiceSdkAppid``, ``TemplateParamSet``
+(the template's parameters in order), ``PlayTimes`` (at most 3) and ``SessionContext`` (ours).  The answer is
+``Response.SendStatus.CallId`` or ``Response.Error.Code``; ``RequestLimitExceeded``, ``InternalError`` and
+``LimitExceeded.*`` are temporary.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aiohttp
+import orjson
+
+from alerts.config import VoiceConfig
+from alerts.sms import request
+from alerts.sms.tencent import signed_headers
+from alerts.voice import VoiceCall
+from alerts.webhook import SendResult
+
+ENDPOINT = "https://vms.tencentcloudapi.com/"
+SERVICE = "vms"
+VERSION = "2020-09-02"
+RETRYABLE_PREFIXES = ("InternalError", "RequestLimitExceeded", "LimitExceeded", "ResourceUnavailable")
+
+
+def _parse(status: int, body: bytes) -> SendResult:
+    try:
+        response = orjson.loads(body).get("Response", {})
+    except (orjson.JSONDecodeError, AttributeError):
+        return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
+    error = response.get("Error")
+    if error:
+        code = str(error.get("Code", ""))
+        return SendResult(
+            ok=False,
+            status=status,
+            retryable=code.startswith(RETRYABLE_PREFIXES),
+            error=f"tencent voice {code}: {error.get('Message')}",
+        )
+    call_id = (response.get("SendStatus") or {}).get("CallId")
+    if not call_id:
+        return SendResult(ok=False, status=status, error="tencent voice: no SendStatus.CallId")
+    return SendResult(ok=True, status=status, provider_id=str(call_id))
+
+
+async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceCall) -> SendResult:
+    url = config.endpoint or ENDPOINT
+    payload = orjson.dumps(
+        {
+            "TemplateId": call.template.template_id,
+            "CalledNumber": call.phone,
+            "VoiceSdkAppid": config.sdk_app_id,
+            "TemplateParamSet": call.ordered_params,
+            "PlayTimes": call.play_times,
+            "SessionContext": call.out_id,
+        }
+    )
+    headers = signed_headers(
+        url=url,
+        payload=payload,
+        secret_id=config.secret_id or "",
+        secret_key=config.secret_key.get_secret_value() if config.secret_key else "",
+        action="SendTtsVoice",
+        region=config.region,
+        timestamp=int(datetime.now(tz=UTC).timestamp()),
+        service=SERVICE,
+        version=VERSION,
+    )
+    return await request(session, config, "POST", url, parse=_parse, data=payload, headers=headers)
