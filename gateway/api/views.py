@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from alerts.records import AlertDetail, AlertRecord, AuditEntry, IncidentRecord
 from gateway.api import models as m
 from gateway.storage.presence import DeviceState
+from rules.model import RuleConfig
+from rules.reasons import AlertFacts, localized_reasons
 from rules.types import Evidence, Severity
 
 _A = TypeVar("_A", bound=m.Alert)
@@ -165,12 +167,42 @@ def _enum(enum: type[Enum], value: Any) -> Any:
         return None
 
 
-def alert(record: AlertRecord, *, building_grids: Mapping[str, str]) -> m.Alert:
-    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none)."""
-    return _alert(m.Alert, record, building_grids)
+def alert(
+    record: AlertRecord, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.Alert:
+    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none).
+    ``rules`` (rule id -> rule as configured) words the localized reason; without it the shipped rules do."""
+    return _alert(m.Alert, record, building_grids, rules)
 
 
-def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, str]) -> _A:
+def reason_i18n(record: AlertRecord, rules: Mapping[str, RuleConfig] | None) -> m.LocalizedText:
+    """The alert's reason in Chinese and English, from its rule and machine fields (never from the English text)."""
+    by_id = shipped_rules() if rules is None else rules
+    flapping = next((r for r in by_id.values() if r.kind == "flapping" and r.enabled), None)
+    facts = AlertFacts(rule=record.rule, value=record.value, floor=record.floor, flapping=record.flapping)
+    window = flapping.window_ms if flapping is not None and flapping.window_ms else 600_000
+    text = localized_reasons(by_id.get(record.rule), facts, flap_window_ms=window)
+    return m.LocalizedText(zh=text["zh"], en=text["en"])
+
+
+_SHIPPED: dict[str, RuleConfig] = {}
+
+
+def shipped_rules() -> Mapping[str, RuleConfig]:
+    """rules/defaults.yaml by rule id, read once (what a gateway without its own rules runs)."""
+    if not _SHIPPED:
+        from rules.loader import DEFAULTS_PATH, read_rules_file
+
+        _SHIPPED.update({r.id: r for r in read_rules_file(DEFAULTS_PATH, label="rules/defaults.yaml: ")})
+    return _SHIPPED
+
+
+def _alert(
+    model: type[_A],
+    record: AlertRecord,
+    building_grids: Mapping[str, str],
+    rules: Mapping[str, RuleConfig] | None = None,
+) -> _A:
     building = as_str(record.building, 64) or ""
     cause = record.cause
     return model(
@@ -184,6 +216,7 @@ def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, st
         floor=record.floor,
         device=as_str(record.device, 64),
         reason=as_str(record.reason, 2000),
+        reason_i18n=reason_i18n(record, rules),
         value=metric(record.value),
         confirmed=record.confirmed,
         flapping=record.flapping,
@@ -207,8 +240,10 @@ def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, st
     )
 
 
-def alert_detail(record: AlertDetail, *, building_grids: Mapping[str, str]) -> m.AlertDetail:
-    detail = _alert(m.AlertDetail, record, building_grids)
+def alert_detail(
+    record: AlertDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.AlertDetail:
+    detail = _alert(m.AlertDetail, record, building_grids, rules)
     audit = [audit_entry(a) for a in record.audit]
     return detail.model_copy(update={"audit": audit, "evidence": [evidence(e) for e in record.evidence]})
 
