@@ -330,6 +330,11 @@ class BuildingStatus(Model):
     extinguishers_out_of_service: int
 
 
+class GeoPoint(Model):
+    lat: float
+    lon: float
+
+
 class Building(Model):
     id: str
     name: str
@@ -337,6 +342,7 @@ class Building(Model):
     address: str | None = None
     floors: int
     basements: int
+    location: GeoPoint | None = Field(default=None, description="where it stands (the dashboard's district map)")
     status: BuildingStatus
 
 
