@@ -529,6 +529,7 @@ function renderMap() {
     : unplaced.length
       ? t("map.unplaced") + unplaced.join(state.lang === "zh" ? "、" : ", ")
       : "";
+  svg.toggleAttribute("hidden", !points.length); // nothing to draw: the note says why (SVG has no .hidden)
   if (!points.length) return;
   // Equirectangular around the district's middle latitude: at a district's scale (a few km) the error is nil.
   const W = 600, H = 360, pad = 40;
