@@ -36,6 +36,10 @@ EVENT_TYPES = (
     "alert.resolved",
     "incident.opened",
     "incident.updated",
+    "incident.acknowledged",
+    "incident.dispatched",
+    "incident.on_scene",
+    "incident.escalated",
     "incident.resolved",
 )
 
@@ -139,6 +143,9 @@ class Route(Section):
     grids: list[Ident] = Field(default_factory=list)  # empty: every grid
     buildings: list[Ident] = Field(default_factory=list)  # empty: every building
     tiers: list[Tier] = Field(min_length=1)  # tiers[0] is paged at once, tiers[n] after n * ack_timeout_s
+    # This route's own ack timeout.  Below fire, an alert escalates only when a matching route sets one (e.g. a
+    # supervisory route: an extinguisher missing or obstructed, on a longer timeout than fire's).
+    ack_timeout_s: float | None = Field(default=None, gt=0)
 
 
 def _default_events() -> list[str]:

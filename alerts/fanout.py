@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from alerts.config import NotifyConfig, WebhookConfig
 from alerts.records import iso
-from alerts.routing import Recipient, recipients, tier_count
+from alerts.routing import Recipient, ack_timeout_s, recipients, tier_count
 from rules.types import Severity
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
@@ -59,14 +59,19 @@ def escalate_at(
     now_ms: int,
 ) -> int | None:
     """When an unacknowledged alert at escalation tier ``tier`` goes to the next tier, or None: never."""
-    # Only fire escalates, and only when there is a next tier to go to.  Drills and test alerts never do:
-    # a drill must not wake the station leader at 3 am.
-    if severity < Severity.FIRE or test or drill:
+    # Fire escalates after notify.ack_timeout_s (or its route's own, shorter or longer); below fire only where a
+    # route says so with its own ack_timeout_s (an extinguisher missing or obstructed, on a longer timeout), and
+    # only when there is a next tier to go to.  Drills and test alerts never do: a drill must not wake the station
+    # leader at 3 am.
+    if test or drill:
+        return None
+    timeout_s = ack_timeout_s(notify, severity=severity, grid=grid, building=building)
+    if timeout_s is None:
         return None
     tiers = tier_count(notify, severity=severity, grid=grid, building=building)
     if tier + 1 >= tiers:
         return None
-    return now_ms + int(notify.ack_timeout_s * 1000)
+    return now_ms + int(timeout_s * 1000)
 
 
 def enqueue(
@@ -204,11 +209,12 @@ def page(
         if page is not None and int(page["severity"]) >= int(severity):
             continue  # this person already has this incident at this severity
         send_at = now_ms if page is None else max(now_ms, int(page["last_ms"]) + interval_ms)
+        msg_id = f"sms_{uuid.uuid4().hex}"
         cur.execute(
             "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
             " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
             (
-                f"sms_{uuid.uuid4().hex}",
+                msg_id,
                 "sms",
                 "sms",
                 "sms.page",
@@ -229,4 +235,109 @@ def page(
             " last_ms = excluded.last_ms",
             (incident_id, person.phone, int(severity), send_at),
         )
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=f"tier {tier}")
     return [p.name for p in people]
+
+
+def page_incident(
+    cur: sqlite3.Cursor,
+    notify: NotifyConfig,
+    building_names: Mapping[str, str],
+    incident_id: int,
+    *,
+    people: Sequence[Recipient],
+    why: str,
+    now_ms: int,
+) -> list[Recipient]:
+    """Page ``people`` about an incident at once, whatever they were sent before (a dispatch, a late station): one
+    SMS each with the incident's code, and a ``paged`` step on its timeline.  A drill pages the drill receivers
+    instead: never a real member.  Returns who was paged."""
+    sms = notify.sms
+    row = cur.execute(
+        "SELECT i.*, (SELECT a.id FROM alerts a WHERE a.incident_id = i.id ORDER BY a.severity DESC, a.id LIMIT 1)"
+        " AS alert_id FROM incidents i WHERE i.id = ?",
+        (incident_id,),
+    ).fetchone()
+    if row["drill"]:
+        people = [
+            Recipient(name=m.name, phone=m.phone, lang=m.lang, role="drill")
+            for m in notify.drill_receivers.members
+            if m.phone
+        ]
+    alert = None
+    if row["alert_id"] is not None:
+        alert = cur.execute("SELECT floor, device FROM alerts WHERE id = ?", (row["alert_id"],)).fetchone()
+    severity = Severity(int(row["severity"]))
+    paged: list[Recipient] = []
+    for person in people:
+        if sms is None:
+            _paged(cur, incident_id, now_ms, msg_id=None, person=person, why=why, channel="none")
+            continue
+        params = {
+            "building": building_names.get(row["building"], row["building"])[:20],
+            "location": (_location(alert) if alert is not None else "")[:20],
+            "severity": SEVERITY_ZH[severity.label] if person.lang == "zh" else severity.label.upper(),
+            "code": row["code"],
+            "count": str(row["alert_count"]),
+        }
+        body = orjson.dumps({"lang": person.lang, "params": params, "tier": why, "drill": bool(row["drill"])})
+        msg_id = f"sms_{uuid.uuid4().hex}"
+        # One page per (incident, person, reason) at a time: a second dispatch while the first page still waits
+        # carries the newer picture instead of queueing another.
+        dedup = f"{why}:{incident_id}:{person.phone}"
+        cur.execute(
+            "UPDATE outbox SET body = ? WHERE dedup = ? AND state = 'pending'",
+            (body, dedup),
+        )
+        if cur.rowcount:
+            continue
+        cur.execute(
+            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
+            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
+            (
+                msg_id,
+                "sms",
+                "sms",
+                "sms.page",
+                priority(int(severity), "sms", news=True),
+                row["alert_id"],
+                incident_id,
+                person.name,
+                person.phone,
+                body,
+                now_ms,
+                now_ms,
+                dedup,
+            ),
+        )
+        cur.execute(
+            "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
+            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            " last_ms = excluded.last_ms",
+            (incident_id, person.phone, int(severity), now_ms),
+        )
+        _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=why)
+        paged.append(person)
+    return paged
+
+
+def mask_phone(phone: str) -> str:
+    """``+8613800000001`` -> ``+86138****0001``: enough to tell numbers apart on a timeline, not to dial them."""
+    return phone[:-8] + "****" + phone[-4:] if len(phone) > 8 else "****"
+
+
+def _paged(
+    cur: sqlite3.Cursor,
+    incident_id: int,
+    now_ms: int,
+    *,
+    msg_id: str | None,
+    person: Recipient,
+    why: str,
+    channel: str = "sms",
+) -> None:
+    detail = {"channel": channel, "recipient": person.name, "phone": mask_phone(person.phone), "msg_id": msg_id}
+    cur.execute(
+        "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
+        (incident_id, now_ms, "paged", "system", None, orjson.dumps({**detail, "reason": why}).decode()),
+    )

@@ -10,7 +10,9 @@ Accepted formats (the request must be signed; unsigned or badly signed requests 
   ``webhook-timestamp``, ``webhook-signature``) with ``notify.sms.inbound_secret`` (``whsec_...``).
 
 The sender must be a roster member (or drill receiver); the first run of digits in the text is the incident's short
-code; every still-``raised`` alert of that incident is acknowledged ``by`` ``sms:<member name>``.
+code.  ``<code> 到`` (or ``<code> A``, "arrived") marks the incident on scene; any other reply acknowledges it: every
+still-``raised`` alert of that incident is acknowledged ``by`` ``sms:<member name>``, and the incident's timeline
+names the member with the sender's number masked (``sms:+86138****0001``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from alerts import webhook
-from alerts.store import AlertStore
+from alerts.fanout import mask_phone
+from alerts.store import AlertStore, InvalidTransition
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +92,35 @@ def handle_inbound_sms(
     member = names.get(sender)
     if member is None:
         return InboundResult(403, "sender is not on the roster")
-    match = re.search(r"\d{4,10}", text)
+    match = _CODE.search(text)
     if match is None:
         return InboundResult(422, "no acknowledgement code in the reply")
-    incident = store.incident_by_code(match.group(0))
+    code = match.group(1)
+    incident = store.incident_by_code(code)
     if incident is None:
-        return InboundResult(404, f"no open incident with code {match.group(0)}")
-    changes = store.acknowledge_incident(
-        incident.id, by=f"sms:{member}", note="acknowledged by SMS reply", now_ms=now_ms
-    )
+        return InboundResult(404, f"no open incident with code {code}")
+    actor = f"sms:{mask_phone(sender)}"
+    try:
+        if match.group(2):
+            changes = store.arrive_incident(incident.id, actor=actor, by_name=member, via="sms", now_ms=now_ms)
+            ids = tuple(int(c.alert_id) for c in changes if c.alert_id is not None and c.type == "alert.acknowledged")
+            return InboundResult(200, f"incident {incident.id} on scene", ids, incident.id)
+        changes = store.acknowledge_incident(
+            incident.id,
+            by=f"sms:{member}",
+            note="acknowledged by SMS reply",
+            now_ms=now_ms,
+            actor=actor,
+            by_name=member,
+        )
+    except InvalidTransition as exc:
+        if match.group(2):
+            return InboundResult(409, str(exc), (), incident.id)
+        changes = []  # already acknowledged by someone else: nothing left to do, and that is fine
     ids = tuple(int(c.alert_id) for c in changes if c.alert_id is not None)
     return InboundResult(200, f"acknowledged {len(ids)} alert(s)", ids, incident.id)
+
+
+# The incident's code, then (right after it) an arrival word: "1234 到", "1234到场", "1234 A".  A word before the
+# code ("收到 1234") is an acknowledgement, not an arrival.
+_CODE = re.compile(r"(\d{4,10})(?:\s*(到场|到达|到|[Aa])(?![A-Za-z0-9]))?")

@@ -9,7 +9,7 @@ and what the API shows come from one reading of a row.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -197,10 +197,17 @@ class AlertDetail(AlertRecord):
     evidence: tuple[Evidence, ...]
 
 
+IncidentState = Literal["open", "acknowledged", "dispatched", "on_scene", "resolved"]
+INCIDENT_STATES: Final[tuple[str, ...]] = ("open", "acknowledged", "dispatched", "on_scene", "resolved")
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentRecord:
-    """Alerts of one building close in time, grouped so that people are paged once.  ``ack_code`` is the code an
-    SMS reply acknowledges it with; ``alert_ids`` is filled by listings (oldest first, at most 1,000)."""
+    """Alerts of one building close in time, grouped so that people are paged once, and the unit of work of the duty
+    room: ``state`` walks ``open`` -> ``acknowledged`` -> ``dispatched`` -> ``on_scene`` -> ``resolved``.
+    ``ack_code`` is the code an SMS reply acknowledges it with; ``station`` the station dispatched to it;
+    ``alert_ids`` (oldest first, at most 1,000), ``floors``, ``device_count`` and ``confirmed`` are filled by
+    listings and events (what its alerts say, read in one aggregate)."""
 
     id: int
     building: str
@@ -209,17 +216,34 @@ class IncidentRecord:
     drill: bool
     severity: Severity
     ack_code: str
-    state: Literal["open", "resolved"]
+    state: IncidentState
     alert_count: int
     open_count: int
     opened_ms: int
     updated_ms: int
     closed_ms: int | None
     alert_ids: tuple[int, ...] = ()
+    station: str | None = None
+    cause: str | None = None
+    note: str | None = None
+    external_ref: str | None = None
+    on_scene_target_s: int | None = None
+    arrive_by_ms: int | None = None
+    floors: tuple[int, ...] = ()
+    device_count: int = 0
+    confirmed: bool = False
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, *, building_name: str, alert_ids: tuple[int, ...] = ()) -> IncidentRecord:
+    def from_row(
+        cls,
+        row: sqlite3.Row,
+        *,
+        building_name: str,
+        alert_ids: tuple[int, ...] = (),
+        facts: IncidentFacts | None = None,
+    ) -> IncidentRecord:
         closed = row["closed_ms"]
+        state = row["state"]
         return cls(
             row["id"],
             row["building"],
@@ -228,13 +252,20 @@ class IncidentRecord:
             bool(row["drill"]),
             Severity(row["severity"]),
             row["code"],
-            "open" if closed is None else "resolved",
+            state if state in INCIDENT_STATES else ("open" if closed is None else "resolved"),
             row["alert_count"],
             row["open_count"],
             row["opened_ms"],
             row["updated_ms"],
             closed,
             alert_ids,
+            row["station"],
+            row["cause"],
+            row["note"],
+            row["external_ref"],
+            row["on_scene_target_s"],
+            row["arrive_by_ms"],
+            *(facts or IncidentFacts()),
         )
 
     def payload(self) -> dict[str, Any]:
@@ -256,7 +287,87 @@ class IncidentRecord:
             "opened_ms": self.opened_ms,
             "updated_ms": self.updated_ms,
             "closed_ms": self.closed_ms,
+            "station": self.station,
+            "cause": self.cause,
+            "note": self.note,
+            "external_ref": self.external_ref,
+            "on_scene_target_s": self.on_scene_target_s,
+            "floors": list(self.floors),
+            "device_count": self.device_count,
+            "confirmed": self.confirmed,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentFacts:
+    """What an incident's alerts say about it: the floors they are on, how many devices, whether any confirmed a
+    fire.  Iterable in :class:`IncidentRecord`'s field order."""
+
+    floors: tuple[int, ...] = ()
+    device_count: int = 0
+    confirmed: bool = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.floors, self.device_count, self.confirmed))
+
+
+IncidentAction = Literal[
+    "opened",
+    "acknowledged",
+    "dispatched",
+    "paged",
+    "on_scene",
+    "escalated",
+    "on_scene_breach",
+    "resolved",
+    "external_ref",
+    "reopened",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """One step on an incident's timeline.  ``actor`` is the authenticated principal (an API token's name,
+    ``sms:+86138****0001``, ``system`` for timers); ``by_name`` the person's name given beside it."""
+
+    id: int
+    incident_id: int
+    ts_ms: int
+    action: str
+    actor: str | None
+    by_name: str | None
+    detail: Mapping[str, object] | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> IncidentEvent:
+        detail = row["detail"]
+        return cls(
+            row["id"],
+            row["incident_id"],
+            row["ts_ms"],
+            row["action"],
+            row["actor"],
+            row["by_name"],
+            orjson.loads(detail) if detail else None,
+        )
+
+    @property
+    def by(self) -> str | None:
+        """Who, as a timeline shows it: the person's name, else the principal."""
+        return self.by_name or self.actor
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentDetail:
+    """An incident with its alerts (oldest first) and its timeline (oldest first)."""
+
+    incident: IncidentRecord
+    alerts: tuple[AlertDetail, ...]
+    timeline: tuple[IncidentEvent, ...]
+
+    def first(self, action: str) -> int | None:
+        """When ``action`` first happened, or None."""
+        return next((e.ts_ms for e in self.timeline if e.action == action), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ Pure functions of the config and a clock value: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -50,6 +51,51 @@ def on_duty(member: Member, *, now_ms: int, default_tz: str) -> bool:
 def tier_count(config: NotifyConfig, *, severity: Severity, grid: str | None, building: str) -> int:
     routes = _matching_routes(config, severity=severity, grid=grid, building=building)
     return max((len(r.tiers) for r in routes), default=0)
+
+
+def ack_timeout_s(config: NotifyConfig, *, severity: Severity, grid: str | None, building: str) -> float | None:
+    """How long an alert may stay unacknowledged before it escalates, or None: it does not.  The shortest of the
+    matching routes' own ``ack_timeout_s``; fire falls back to ``notify.ack_timeout_s``, anything below fire
+    escalates only where a route sets one."""
+    own = [
+        r.ack_timeout_s
+        for r in _matching_routes(config, severity=severity, grid=grid, building=building)
+        if r.ack_timeout_s is not None
+    ]
+    if own:
+        return min(own)
+    return config.ack_timeout_s if severity >= Severity.FIRE else None
+
+
+def on_duty_by_name(config: NotifyConfig, *, now_ms: int) -> Callable[[str], bool]:
+    """``on_duty(name)`` for the roster at ``now_ms`` (an unknown name is not on duty)."""
+    members = {m.name: m for m in config.roster}
+
+    def check(name: str) -> bool:
+        member = members.get(name)
+        return member is not None and on_duty(member, now_ms=now_ms, default_tz=config.timezone)
+
+    return check
+
+
+def by_names(config: NotifyConfig, names: Iterable[str]) -> list[Recipient]:
+    """The roster members named (unknown names skipped), each once, in the order given."""
+    members = {m.name: m for m in config.roster}
+    out: dict[str, Recipient] = {}
+    for name in names:
+        m = members.get(name)
+        if m is not None and name not in out:
+            out[name] = Recipient(name=m.name, phone=m.phone, lang=m.lang, role=m.role)
+    return list(out.values())
+
+
+def duty_officers(config: NotifyConfig, *, grid: str | None, building: str) -> list[Recipient]:
+    """The roster's ``duty_officer`` members covering the building."""
+    return [
+        Recipient(name=m.name, phone=m.phone, lang=m.lang, role=m.role)
+        for m in config.roster
+        if m.role == "duty_officer" and _covers(m, grid=grid, building=building)
+    ]
 
 
 def _matching_routes(config: NotifyConfig, *, severity: Severity, grid: str | None, building: str) -> list[Route]:

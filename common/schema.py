@@ -172,6 +172,35 @@ CREATE TABLE IF NOT EXISTS gateway_influx_dead_letters (
 );
 """
 
+# The incident as the unit of work: its own lifecycle (``open`` -> ``acknowledged`` -> ``dispatched`` -> ``on_scene``
+# -> ``resolved``), the station sent to it, how it ended, the governance platform's work-order id, and a timeline of
+# every step with its time and actor.  ``on_scene_target_s`` and ``arrive_by_ms`` are the dispatched station's clock:
+# ``arrive_by_ms`` is cleared when the station arrives or its breach has been escalated (so the escalation timer
+# reads one partial index).  Incidents closed before this version are marked resolved.
+INCIDENT_LOOP = """
+ALTER TABLE incidents ADD COLUMN state TEXT NOT NULL DEFAULT 'open';
+ALTER TABLE incidents ADD COLUMN station TEXT;
+ALTER TABLE incidents ADD COLUMN cause TEXT;
+ALTER TABLE incidents ADD COLUMN note TEXT;
+ALTER TABLE incidents ADD COLUMN external_ref TEXT;
+ALTER TABLE incidents ADD COLUMN on_scene_target_s INTEGER;
+ALTER TABLE incidents ADD COLUMN arrive_by_ms INTEGER;
+UPDATE incidents SET state = 'resolved' WHERE closed_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS incidents_arrive_by ON incidents(arrive_by_ms) WHERE arrive_by_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS incidents_external_ref ON incidents(external_ref) WHERE external_ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS incident_events (
+    id INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT,
+    by_name TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident_id, id);
+CREATE INDEX IF NOT EXISTS incident_events_ts ON incident_events(ts_ms);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
     # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this
@@ -181,6 +210,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="tables of the unversioned releases",
         apply=ALERTS + PRESENCE + ENGINE_STATE + FILTER_LEDGER + DEAD_LETTERS,
     ),
+    Migration(version=2, name="incident loop", apply=INCIDENT_LOOP),
 )
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

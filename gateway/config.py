@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.config import NotifyConfig
+from alerts.dispatch import DispatchPlan, Equipment, Location, Station
 from common.config import Section
 from common.errors import ConfigError as ConfigError  # re-exported: gateway callers catch it from here
 from common.ids import Ident
@@ -169,6 +170,13 @@ class HttpConfig(Section):
         return int(self.listen.rpartition(":")[2])
 
 
+class GeoPoint(Section):
+    """WGS-84 degrees (what a phone's map shows)."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
 class Building(Section):
     id: Ident
     name: str
@@ -176,6 +184,39 @@ class Building(Section):
     address: str | None = None
     floors: int = Field(default=1, ge=1, le=200)
     basements: int = Field(default=0, ge=0, le=20)
+    location: GeoPoint | None = None  # for the nearest-station choice and the district map
+
+
+class StationEquipment(Section):
+    name: str = Field(min_length=1, max_length=64)
+    count: int = Field(default=1, ge=0, le=10_000)
+
+
+class StationConfig(Section):
+    """A micro fire station (微型消防站): where it is, what it covers (buildings, and/or whole grids), its members by
+    roster name, and its target from call to on scene."""
+
+    id: Ident
+    name: str = Field(min_length=1, max_length=100)
+    location: GeoPoint
+    grids: list[Ident] = Field(default_factory=list)
+    buildings: list[Ident] = Field(default_factory=list)
+    members: list[str] = Field(default_factory=list)
+    equipment: list[StationEquipment] = Field(default_factory=list)
+    on_scene_target_s: int = Field(default=180, ge=30, le=3600)
+    leader: str | None = None  # a roster name: paged when the station is late on scene
+
+    @model_validator(mode="after")
+    def _covers_something(self) -> StationConfig:
+        if not self.grids and not self.buildings:
+            raise ValueError("a station needs grids or buildings to cover")
+        return self
+
+
+class DispatchConfig(Section):
+    """The "15-minute rescue circle": travel time = straight-line distance / ``travel_speed_kmh``."""
+
+    travel_speed_kmh: float = Field(default=15.0, gt=0, le=200)
 
 
 class Device(Section):
@@ -244,6 +285,8 @@ class FiregridConfig(BaseSettings):
     rules: list[RuleConfig] | None = None  # validated by rules.model; cross-rule checks in rules.loader
     rules_file: Path | None = None
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    stations: list[StationConfig] = Field(default_factory=list)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     acl: AclConfig = Field(default_factory=AclConfig)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
@@ -299,9 +342,55 @@ class FiregridConfig(BaseSettings):
             for j, building_id in enumerate(token.buildings or []):
                 if building_id not in by_id:
                     problems.append(f"http.tokens[{i}].buildings[{j}]: unknown building {building_id!r}")
+        problems.extend(self._station_problems(by_id))
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _station_problems(self, buildings: dict[str, Building]) -> list[str]:
+        problems: list[str] = []
+        roster = {m.name for m in self.notify.roster}
+        grids = {b.grid for b in self.buildings}
+        seen: set[str] = set()
+        for i, station in enumerate(self.stations):
+            if station.id in seen:
+                problems.append(f"stations[{i}].id: duplicate station {station.id!r}")
+            seen.add(station.id)
+            for j, building_id in enumerate(station.buildings):
+                if self.buildings and building_id not in buildings:
+                    problems.append(f"stations[{i}].buildings[{j}]: unknown building {building_id!r}")
+            for j, grid in enumerate(station.grids):
+                if self.buildings and grid not in grids:
+                    problems.append(f"stations[{i}].grids[{j}]: no building is in grid {grid!r}")
+            for j, name in enumerate(station.members):
+                if name not in roster:
+                    problems.append(f"stations[{i}].members[{j}]: unknown roster member {name!r}")
+            if station.leader is not None and station.leader not in roster:
+                problems.append(f"stations[{i}].leader: unknown roster member {station.leader!r}")
+        return problems
+
+    def dispatch_plan(self) -> DispatchPlan:
+        """The stations as the alert store's dispatch choice reads them (:mod:`alerts.dispatch`)."""
+        return DispatchPlan(
+            stations=tuple(
+                Station(
+                    id=s.id,
+                    name=s.name,
+                    location=Location(lat=s.location.lat, lon=s.location.lon),
+                    grids=tuple(s.grids),
+                    buildings=tuple(s.buildings),
+                    members=tuple(s.members),
+                    equipment=tuple(Equipment(name=e.name, count=e.count) for e in s.equipment),
+                    on_scene_target_s=s.on_scene_target_s,
+                    leader=s.leader,
+                )
+                for s in self.stations
+            ),
+            locations={
+                b.id: Location(lat=b.location.lat, lon=b.location.lon) for b in self.buildings if b.location is not None
+            },
+            travel_speed_kmh=self.dispatch.travel_speed_kmh,
+        )
 
     def owns(self, building_id: str) -> bool:
         """Whether this gateway judges the building (``mqtt.buildings``; every building when that is unset)."""

@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 from alerts.records import AlertChange, Outcome
-from alerts.store.errors import AlertNotFound, AlertStoreError, InvalidTransition
+from alerts.store.errors import (
+    AlertNotFound,
+    AlertStoreError,
+    IncidentNotFound,
+    InvalidIncidentTransition,
+    InvalidTransition,
+)
 from alerts.store.facade import AlertStore
 
-__all__ = ["AlertChange", "AlertNotFound", "AlertStore", "AlertStoreError", "InvalidTransition", "Outcome"]
+__all__ = [
+    "AlertChange",
+    "AlertNotFound",
+    "AlertStore",
+    "AlertStoreError",
+    "IncidentNotFound",
+    "InvalidIncidentTransition",
+    "InvalidTransition",
+    "Outcome",
+]

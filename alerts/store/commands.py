@@ -1,6 +1,6 @@
-"""What operators do to an alert: acknowledge (stops escalation), dispatch someone, resolve with a cause; and
-acknowledging a whole incident by SMS reply.  Each step is one transaction with its audit entry and the events it
-causes; resolving the last open alert of an incident closes it and cancels the pages still waiting."""
+"""What operators do to an alert: acknowledge (stops escalation), dispatch someone, resolve with a cause (what
+they do to a whole incident is :mod:`alerts.store.incidents`).  Each step is one transaction with its audit entry
+and the events it causes; resolving the last open alert of an incident closes it and cancels the pages still waiting."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from alerts.records import CAUSES, OPEN_STATES, AlertChange
 from alerts.store.core import Core, audit
 from alerts.store.errors import AlertNotFound, InvalidTransition
 from alerts.store.events import alert_event, incident_event
+from alerts.store.incidents import after_alert_ack, close
 
 
 class Commands:
@@ -30,6 +31,7 @@ class Commands:
             )
             audit(cur, alert_id, now_ms, "acknowledged", by, {"note": note})
             alert_event(self._core, cur, "alert.acknowledged", alert_id, now_ms, changes)
+            after_alert_ack(cur, int(row["incident_id"]), by=by, now_ms=now_ms)
         self._core.publish(changes)
         return changes[0]
 
@@ -73,36 +75,12 @@ class Commands:
             left = cur.execute("SELECT open_count FROM incidents WHERE id = ?", (incident_id,)).fetchone()[0]
             if left <= 0:
                 cur.execute("UPDATE incidents SET closed_ms = ? WHERE id = ?", (now_ms, incident_id))
-                # Nobody needs a page about an incident that is over.
-                cur.execute(
-                    "UPDATE outbox SET state = 'cancelled', done_ms = ?, last_error = 'incident resolved'"
-                    " WHERE incident_id = ? AND channel = 'sms' AND state = 'pending'",
-                    (now_ms, incident_id),
-                )
+                close(self._core, cur, incident_id, now_ms=now_ms, actor=by, cause=cause, note=note)
                 incident_event(
                     self._core, cur, "incident.resolved", incident_id, now_ms, changes, test=bool(row["test"])
                 )
         self._core.publish(changes)
         return changes[0]
-
-    def acknowledge_incident(
-        self, incident_id: int, *, by: str, note: str | None = None, now_ms: int
-    ) -> list[AlertChange]:
-        """Acknowledge every still-``raised`` alert of an incident (an SMS reply acknowledges what it paged)."""
-        with self._core.lock:
-            ids = [
-                r[0]
-                for r in self._core.db.execute(
-                    "SELECT id FROM alerts WHERE incident_id = ? AND state = 'raised' AND open = 1", (incident_id,)
-                )
-            ]
-        out = []
-        for alert_id in ids:
-            try:
-                out.append(self.acknowledge(alert_id, by=by, note=note, now_ms=now_ms))
-            except InvalidTransition:
-                continue  # acknowledged meanwhile by someone else
-        return out
 
 
 def _load(cur: sqlite3.Cursor, alert_id: int) -> sqlite3.Row:

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from alerts.config import NotifyConfig
-from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentRecord
+from alerts.dispatch import DispatchPlan
+from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentFacts, IncidentRecord
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,19 @@ class Core:
     """Thread-safe by its lock: the gateway calls ``apply`` from its commit thread while the notifier and the API
     use the event loop (through worker threads)."""
 
-    def __init__(self, db: sqlite3.Connection, *, notify: NotifyConfig, building_names: dict[str, str]) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        notify: NotifyConfig,
+        building_names: dict[str, str],
+        plan: DispatchPlan | None = None,
+    ) -> None:
         self.db = db
         self.lock = threading.RLock()
         self.notify = notify
         self.building_names = building_names
+        self.plan = plan or DispatchPlan()
         self.listeners: list[Callable[[AlertChange], None]] = []
 
     def tx(self) -> Tx:
@@ -50,8 +59,12 @@ class Core:
         """``row``: an ``alerts`` row joined with its incident's ``code`` (:data:`ALERT_WITH_CODE`)."""
         return AlertRecord.from_row(row, building_name=self.building_name(row[6]))
 
-    def incident_record(self, row: sqlite3.Row, alert_ids: tuple[int, ...] = ()) -> IncidentRecord:
-        return IncidentRecord.from_row(row, building_name=self.building_name(row["building"]), alert_ids=alert_ids)
+    def incident_record(
+        self, row: sqlite3.Row, alert_ids: tuple[int, ...] = (), facts: IncidentFacts | None = None
+    ) -> IncidentRecord:
+        return IncidentRecord.from_row(
+            row, building_name=self.building_name(row["building"]), alert_ids=alert_ids, facts=facts
+        )
 
 
 class Tx:
@@ -83,6 +96,34 @@ class Tx:
 
 def to_json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def incident_facts(cur: sqlite3.Cursor | sqlite3.Connection, incident_id: int) -> IncidentFacts:
+    """What an incident's alerts say about it, in one aggregate over the ``alerts_incident`` index."""
+    floors, devices, confirmed = cur.execute(
+        "SELECT GROUP_CONCAT(DISTINCT floor), COUNT(DISTINCT device), MAX(COALESCE(confirmed, 0)) FROM alerts"
+        " WHERE incident_id = ?",
+        (incident_id,),
+    ).fetchone()
+    found = sorted({int(f) for f in str(floors).split(",") if f}) if floors is not None else []
+    return IncidentFacts(tuple(found), int(devices or 0), bool(confirmed))
+
+
+def log_step(
+    cur: sqlite3.Cursor,
+    incident_id: int,
+    now_ms: int,
+    action: str,
+    *,
+    actor: str | None,
+    by_name: str | None = None,
+    detail: Any = None,
+) -> None:
+    """One step on an incident's timeline (``incident_events``)."""
+    cur.execute(
+        "INSERT INTO incident_events (incident_id, ts_ms, action, actor, by_name, detail) VALUES (?,?,?,?,?,?)",
+        (incident_id, now_ms, action, actor, by_name, None if detail is None else to_json(detail)),
+    )
 
 
 def audit(cur: sqlite3.Cursor, alert_id: int, now_ms: int, action: str, by: str | None, detail: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from alerts import fanout
 from alerts.records import AlertChange, AlertRecord, IncidentRecord
-from alerts.store.core import ALERT_WITH_CODE, Core
+from alerts.store.core import ALERT_WITH_CODE, Core, incident_facts
 
 
 def alert_event(
@@ -42,12 +42,21 @@ def incident_event(
     out: list[AlertChange],
     *,
     test: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """``test``: whether the alert behind the event is a test (an incident itself is never one)."""
+    """``test``: whether the alert behind the event is a test (an incident itself is never one).  Every event but
+    ``incident.updated`` (the one that repeats as an incident grows) carries the incident's alerts: a work order
+    for the governance platform is the incident with what it is made of."""
     row = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-    record = core.incident_record(row)
-    news = event == "incident.opened"
-    _emit(core, cur, event, record, record.payload(), test=test, now_ms=now_ms, news=news, out=out)
+    record = core.incident_record(row, facts=incident_facts(cur, incident_id))
+    data = record.payload()
+    if event != "incident.updated":
+        rows = cur.execute(ALERT_WITH_CODE + " WHERE a.incident_id = ? ORDER BY a.id LIMIT 1000", (incident_id,))
+        data["alerts"] = [core.alert_record(r).payload() for r in rows.fetchall()]
+    if extra:
+        data.update(extra)
+    news = event in ("incident.opened", "incident.escalated", "incident.dispatched")
+    _emit(core, cur, event, record, data, test=test, now_ms=now_ms, news=news, out=out)
 
 
 def _emit(

@@ -5,7 +5,8 @@ here: ``alerts.delivery.Notifier`` drains the outbox.
 
 :class:`AlertStore` is the one door.  Its methods live with their part of the store, each a module over the shared
 :class:`~alerts.store.core.Core` (the connection, its lock and the listeners): :mod:`~alerts.store.transitions` (what
-the engine decided), :mod:`~alerts.store.commands` (what operators do), :mod:`~alerts.store.queries`,
+the engine decided), :mod:`~alerts.store.commands` (what operators do to an alert), :mod:`~alerts.store.incidents`
+(what they do to an incident: the closed loop), :mod:`~alerts.store.queries`,
 :mod:`~alerts.store.outbox` (the notifier's side); :mod:`alerts.fanout` decides who hears of what.
 """
 
@@ -17,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from alerts.config import NotifyConfig
+from alerts.dispatch import DispatchPlan
 from alerts.records import AlertChange
 from alerts.store.commands import Commands
 from alerts.store.core import Core
+from alerts.store.incidents import IncidentCommands
 from alerts.store.outbox import Outbox
 from alerts.store.queries import Queries
 from alerts.store.transitions import Transitions
 from common.db import open_database
 
 
-class AlertStore(Transitions, Commands, Queries, Outbox):
+class AlertStore(Transitions, Commands, IncidentCommands, Queries, Outbox):
     """See the module docstring.  Thread-safe (one connection behind a lock): the gateway may call ``apply`` from
     its commit thread while the notifier and the API use the event loop."""
 
@@ -36,12 +39,15 @@ class AlertStore(Transitions, Commands, Queries, Outbox):
         *,
         notify: NotifyConfig | None = None,
         building_names: Mapping[str, str] | None = None,
+        plan: DispatchPlan | None = None,
     ) -> None:
+        """``plan``: the micro fire stations and the buildings' locations incidents are dispatched by."""
         self.path = Path(path)
         self._core = Core(
             open_database(self.path, row_factory=sqlite3.Row),
             notify=notify or NotifyConfig(),
             building_names=dict(building_names or {}),
+            plan=plan,
         )
         self._closed = False
 
@@ -50,11 +56,16 @@ class AlertStore(Transitions, Commands, Queries, Outbox):
         """From a ``FiregridConfig`` (duck-typed: the alerts package does not import the gateway)."""
         path = config.resolve_path(config.store.path)
         names = {b.id: b.name for b in config.buildings}
-        return cls(path, notify=config.notify, building_names=names)
+        plan = config.dispatch_plan() if hasattr(config, "dispatch_plan") else None
+        return cls(path, notify=config.notify, building_names=names, plan=plan)
 
     @property
     def notify(self) -> NotifyConfig:
         return self._core.notify
+
+    @property
+    def plan(self) -> DispatchPlan:
+        return self._core.plan
 
     @property
     def building_names(self) -> dict[str, str]:

@@ -8,8 +8,17 @@ from typing import Any, Literal
 
 import orjson
 
-from alerts.records import ALERT_COLUMNS, AlertDetail, AlertRecord, AuditEntry, IncidentRecord
-from alerts.store.core import ALERT_FROM, ALERT_WITH_CODE, Core
+from alerts.records import (
+    ALERT_COLUMNS,
+    AlertDetail,
+    AlertRecord,
+    AuditEntry,
+    IncidentDetail,
+    IncidentEvent,
+    IncidentRecord,
+)
+from alerts.store.core import ALERT_FROM, ALERT_WITH_CODE, Core, incident_facts
+from alerts.store.incidents import committed
 from rules.types import Evidence, Severity
 
 
@@ -24,6 +33,39 @@ class Queries:
                 "SELECT * FROM incidents WHERE code = ? AND closed_ms IS NULL ORDER BY id DESC LIMIT 1", (code,)
             ).fetchone()
         return None if row is None else self._core.incident_record(row)
+
+    def incident_by_ref(self, ref: str) -> IncidentRecord | None:
+        """The newest incident carrying the governance platform's work-order id ``ref``."""
+        with self._core.lock:
+            row = self._core.db.execute(
+                "SELECT * FROM incidents WHERE external_ref = ? ORDER BY id DESC LIMIT 1", (ref,)
+            ).fetchone()
+        return None if row is None else self._core.incident_record(row)
+
+    def committed_stations(self) -> dict[str, int]:
+        """Station id -> the open incident it is dispatched to or on scene at."""
+        with self._core.lock:
+            return committed(self._core.db)
+
+    def get_incident(self, incident_id: int) -> IncidentDetail | None:
+        """One incident with its alerts (each with its audit trail and evidence) and its timeline."""
+        with self._core.lock:
+            row = self._core.db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                return None
+            ids = [
+                r[0]
+                for r in self._core.db.execute(
+                    "SELECT id FROM alerts WHERE incident_id = ? ORDER BY id LIMIT 1000", (incident_id,)
+                )
+            ]
+            alerts = [a for a in map(self.get_alert, ids) if a is not None]
+            facts = incident_facts(self._core.db, incident_id)
+            steps = self._core.db.execute(
+                "SELECT * FROM incident_events WHERE incident_id = ? ORDER BY id LIMIT 5000", (incident_id,)
+            ).fetchall()
+        record = self._core.incident_record(row, tuple(ids), facts)
+        return IncidentDetail(record, tuple(alerts), tuple(IncidentEvent.from_row(s) for s in steps))
 
     def get_alert(self, alert_id: int) -> AlertDetail | None:
         """One alert with its audit trail and evidence."""
@@ -97,11 +139,15 @@ class Queries:
         building: str | Sequence[str] | None = None,
         grid: str | Sequence[str] | None = None,
         since_ms: int | None = None,
+        external_ref: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[IncidentRecord]:
         where: list[str] = []
         args: list[Any] = []
+        if external_ref is not None:
+            where.append("external_ref = ?")
+            args.append(external_ref)
         if state == "open":
             where.append("closed_ms IS NULL")
         elif state == "resolved":
@@ -128,7 +174,8 @@ class Queries:
                         "SELECT id FROM alerts WHERE incident_id = ? ORDER BY id LIMIT 1000", (r["id"],)
                     )
                 )
-            out.append(self._core.incident_record(r, ids))
+                facts = incident_facts(self._core.db, int(r["id"]))
+            out.append(self._core.incident_record(r, ids, facts))
         return out
 
     def active_alerts(self) -> list[AlertRecord]:

@@ -14,10 +14,11 @@ import sqlite3
 import uuid
 from collections.abc import Iterable
 
-from alerts import fanout
+from alerts import fanout, routing
 from alerts.records import AlertChange
-from alerts.store.core import Core, audit, to_json
+from alerts.store.core import Core, audit, log_step, to_json
 from alerts.store.events import alert_event, incident_event
+from alerts.store.incidents import late_arrivals
 from rules.types import AlertTransition, Severity
 
 
@@ -41,15 +42,25 @@ class Transitions:
         return changes
 
     def next_escalation_ms(self) -> int | None:
+        """The next unacknowledged alert's escalation, or the next dispatched station's on-scene deadline."""
         with self._core.lock:
             row = self._core.db.execute(
                 "SELECT MIN(escalate_at_ms) FROM alerts WHERE escalate_at_ms IS NOT NULL AND open = 1"
             ).fetchone()
-        return None if row[0] is None else int(row[0])
+            late = self._core.db.execute(
+                "SELECT MIN(arrive_by_ms) FROM incidents WHERE arrive_by_ms IS NOT NULL"
+            ).fetchone()
+        times = [int(t) for t in (row[0], late[0]) if t is not None]
+        return min(times) if times else None
 
     def escalate_due(self, *, now_ms: int) -> list[AlertChange]:
-        """Escalate every unacknowledged fire whose ack timeout has passed to its next tier."""
+        """Escalate every unacknowledged alert whose ack timeout has passed to its next tier, and every dispatched
+        incident whose station is not on scene by its target.  Returns the escalations: ``alert.escalated`` for the
+        alerts, ``incident.escalated`` for late stations; the ``incident.escalated`` that goes with an alert's
+        escalation (one per incident, for the governance platform) is published and sent, not returned."""
         changes: list[AlertChange] = []
+        alongside: list[AlertChange] = []
+        escalated: dict[int, tuple[int, list[str], str]] = {}  # incident -> (tier, who, why): one event each
         with self._core.tx() as cur:
             due = cur.execute(
                 "SELECT * FROM alerts WHERE escalate_at_ms IS NOT NULL AND escalate_at_ms <= ? AND open = 1"
@@ -82,7 +93,21 @@ class Transitions:
                 alert_event(
                     self._core, cur, "alert.escalated", int(row["id"]), now_ms, changes, extra={"escalated_to": names}
                 )
-        self._core.publish(changes)
+                timeout = routing.ack_timeout_s(
+                    self._core.notify,
+                    severity=Severity(int(row["severity"])),
+                    grid=row["grid"],
+                    building=row["building"],
+                )
+                reason = "not acknowledged in time" if timeout is None else f"not acknowledged within {timeout:g} s"
+                escalated.setdefault(int(row["incident_id"]), (tier, names, reason))
+            for incident_id, (tier, names, reason) in escalated.items():
+                log_step(cur, incident_id, now_ms, "escalated", actor="system", detail={"tier": tier, "reason": reason})
+                incident_event(
+                    self._core, cur, "incident.escalated", incident_id, now_ms, alongside, extra={"escalated_to": names}
+                )
+            late_arrivals(self._core, cur, now_ms, changes)
+        self._core.publish([*changes, *alongside])
         return changes
 
 
@@ -208,7 +233,9 @@ def _join_incident(
         " alert_count, open_count) VALUES (?,?,?,?,?,?,?,?,1,1)",
         (t.building, t.grid, int(drill), _new_code(cur), int(t.severity), now_ms, now_ms, now_ms),
     )
-    return int(cur.lastrowid or 0), True, True
+    incident_id = int(cur.lastrowid or 0)
+    log_step(cur, incident_id, now_ms, "opened", actor="system", detail={"rule": t.rule, "severity": t.severity.label})
+    return incident_id, True, True
 
 
 def _new_code(cur: sqlite3.Cursor) -> str:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from common.ids import Ident
 from rules.types import DeviceKind
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+ExternalRef = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 Note = Annotated[str, StringConstraints(max_length=2000)]
 MetricValue = float | int | bool | str
 EpochMs = Annotated[int, Field(ge=0, le=32_503_680_000_000, description="milliseconds since the Unix epoch (UTC)")]
@@ -230,6 +231,7 @@ class IncidentQuery(Query):
     grid: Ident | None = None
     active: bool | None = Field(default=None, description="true: only incidents with an unresolved alert")
     since: Since | None = Field(default=None, description="changed at or after (epoch ms or RFC 3339)")
+    external_ref: ExternalRef | None = Field(default=None, description="the governance platform's work-order id")
     limit: Limit = 100
     offset: Offset = 0
 
@@ -239,7 +241,7 @@ class Incident(Model):
     building: str
     grid: str | None = None
     severity: SeverityName | None = None
-    state: str | None = None
+    state: str | None = Field(default=None, description="open, acknowledged, dispatched, on_scene or resolved")
     alert_ids: list[int | str] = Field(default_factory=list)
     alert_count: int = 0
     opened_ms: int | None = None
@@ -247,6 +249,117 @@ class Incident(Model):
     closed_ms: int | None = None
     open_count: int | None = None
     drill: bool = False
+    station: str | None = Field(default=None, description="the station dispatched to it")
+    floors: list[int] = Field(default_factory=list, description="the floors its alerts are on")
+    device_count: int = Field(default=0, description="how many devices its alerts came from")
+    confirmed: bool = Field(default=False, description="whether any of its alerts is a confirmed fire")
+    building_name: str | None = None
+    cause: Cause | None = None
+    external_ref: str | None = None
+
+
+class GeoPoint(Model):
+    lat: float
+    lon: float
+
+
+class TimelineEntry(Model):
+    ts_ms: int
+    action: str = Field(
+        description="opened, acknowledged, dispatched, paged, on_scene, escalated, on_scene_breach, resolved,"
+        " external_ref, reopened"
+    )
+    by: str | None = Field(default=None, description="the person's name given, else the actor")
+    actor: str | None = Field(default=None, description="the authenticated principal: a token's name, sms:+86…, system")
+    detail: dict[str, Any] | None = None
+
+
+class PageSent(Model):
+    ts_ms: int
+    channel: str
+    recipient: str | None = None
+
+
+class IncidentClock(Model):
+    raised_ms: int
+    acknowledged_ms: int | None = None
+    dispatched_ms: int | None = None
+    on_scene_ms: int | None = None
+    resolved_ms: int | None = None
+    on_scene_target_s: int | None = None
+    on_scene_deadline_ms: int | None = None
+
+
+class IncidentDetail(Incident):
+    alerts: list[AlertDetail] = Field(default_factory=list)
+    evidence: list[Evidence] = Field(default_factory=list)
+    pages: list[PageSent] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    clock: IncidentClock | None = None
+
+
+class DispatchDecision(Model):
+    station: str | None = None
+    members: list[str]
+    reason: str
+    distance_m: int | None = None
+    eta_s: int | None = None
+
+
+class IncidentDispatched(IncidentDetail):
+    dispatch: DispatchDecision
+
+
+class IncidentStepRequest(Body):
+    by: Name | None = Field(default=None, description="the person's name (the actor is the token)")
+    note: Note | None = None
+
+
+class IncidentDispatchRequest(IncidentStepRequest):
+    station: Ident | None = Field(default=None, description="the station to send")
+    members: list[Name] | None = Field(default=None, max_length=50, description="roster members to send instead")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> IncidentDispatchRequest:
+        if self.station is not None and self.members:
+            raise ValueError("give a station or members, not both")
+        return self
+
+
+class IncidentResolveRequest(IncidentStepRequest):
+    cause: Cause
+
+
+class ExternalRefRequest(Body):
+    ref: ExternalRef
+    system: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class StationMember(Model):
+    name: str
+    on_duty: bool
+
+
+class EquipmentItem(Model):
+    name: str
+    count: int
+
+
+class StationOut(Model):
+    id: str
+    name: str
+    location: GeoPoint
+    grids: list[str]
+    buildings: list[str]
+    on_scene_target_s: int
+    equipment: list[EquipmentItem]
+    members: list[StationMember]
+    on_duty: list[str]
+    committed_to: int | None = Field(default=None, description="the open incident it is dispatched to or on scene at")
+
+
+class StationList(Model):
+    items: list[StationOut]
 
 
 class IncidentPage(Model):

@@ -17,7 +17,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from alerts.records import AlertDetail, AlertRecord, AuditEntry, IncidentRecord
+from alerts.records import AlertDetail, AlertRecord, AuditEntry, IncidentDetail, IncidentRecord
 from gateway.api import models as m
 from gateway.storage.presence import DeviceState
 from rules.model import RuleConfig
@@ -287,6 +287,65 @@ def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.
         closed_ms=record.closed_ms,
         open_count=record.open_count,
         drill=record.drill,
+        station=as_str(record.station, 64),
+        floors=list(record.floors),
+        device_count=record.device_count,
+        confirmed=record.confirmed,
+        building_name=as_str(record.building_name, 200),
+        cause=_enum(m.Cause, record.cause) if record.cause is not None else None,
+        external_ref=as_str(record.external_ref, 200),
+    )
+
+
+def incident_detail(detail: IncidentDetail, *, building_grids: Mapping[str, str]) -> m.IncidentDetail:
+    """An incident with its alerts, their evidence (oldest first, at most 200), who was paged, its timeline and its
+    response clock."""
+    record = detail.incident
+    base = incident(record, building_grids=building_grids)
+    samples = sorted((e for a in detail.alerts for e in a.evidence), key=lambda e: e.ts_ms)[:200]
+    pages = [
+        m.PageSent(
+            ts_ms=e.ts_ms,
+            channel=as_str((e.detail or {}).get("channel"), 32) or "sms",
+            recipient=as_str((e.detail or {}).get("recipient"), 100),
+        )
+        for e in detail.timeline
+        if e.action == "paged"
+    ]
+    timeline = [
+        m.TimelineEntry(
+            ts_ms=e.ts_ms,
+            action=as_str(e.action, 64) or "",
+            by=as_str(e.by, 100),
+            actor=as_str(e.actor, 100),
+            detail=json_safe(e.detail) if isinstance(e.detail, Mapping) else None,
+        )
+        for e in detail.timeline
+    ]
+    return m.IncidentDetail(
+        **base.model_dump(),
+        alerts=[alert_detail(a, building_grids=building_grids) for a in detail.alerts],
+        evidence=[evidence(e) for e in samples],
+        pages=pages,
+        timeline=timeline,
+        clock=incident_clock(detail),
+    )
+
+
+def incident_clock(detail: IncidentDetail) -> m.IncidentClock:
+    """The response clock: when each step of the loop first happened (the latest dispatch: a re-dispatch restarts
+    the station's clock), and the station's on-scene deadline."""
+    record = detail.incident
+    dispatched = max((e.ts_ms for e in detail.timeline if e.action == "dispatched"), default=None)
+    target = record.on_scene_target_s
+    return m.IncidentClock(
+        raised_ms=record.opened_ms,
+        acknowledged_ms=detail.first("acknowledged") or detail.first("dispatched"),
+        dispatched_ms=dispatched,
+        on_scene_ms=detail.first("on_scene"),
+        resolved_ms=record.closed_ms,
+        on_scene_target_s=target,
+        on_scene_deadline_ms=None if dispatched is None or target is None else dispatched + target * 1000,
     )
 
 

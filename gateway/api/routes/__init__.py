@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # The import order is the order of the OpenAPI document's paths.
 # isort: off
-from gateway.api.routes import alerts, incidents, devices, buildings, rejections, maintenance, stream
+from gateway.api.routes import alerts, incidents, stations, devices, buildings, rejections, maintenance, stream
 
 # isort: on
 from gateway.api.routes.state import STATE_KEY, ApiState, DeviceIndex
@@ -25,5 +25,6 @@ __all__ = [
     "incidents",
     "maintenance",
     "rejections",
+    "stations",
     "stream",
 ]
