@@ -443,11 +443,6 @@ class BuildingStatus(Model):
     extinguishers_out_of_service: int
 
 
-class GeoPoint(Model):
-    lat: float
-    lon: float
-
-
 class Building(Model):
     id: str
     name: str

@@ -297,7 +297,9 @@ def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.
     )
 
 
-def incident_detail(detail: IncidentDetail, *, building_grids: Mapping[str, str]) -> m.IncidentDetail:
+def incident_detail(
+    detail: IncidentDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.IncidentDetail:
     """An incident with its alerts, their evidence (oldest first, at most 200), who was paged, its timeline and its
     response clock."""
     record = detail.incident
@@ -324,7 +326,7 @@ def incident_detail(detail: IncidentDetail, *, building_grids: Mapping[str, str]
     ]
     return m.IncidentDetail(
         **base.model_dump(),
-        alerts=[alert_detail(a, building_grids=building_grids) for a in detail.alerts],
+        alerts=[alert_detail(a, building_grids=building_grids, rules=rules) for a in detail.alerts],
         evidence=[evidence(e) for e in samples],
         pages=pages,
         timeline=timeline,

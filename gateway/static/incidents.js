@@ -378,7 +378,9 @@ function incidentDetail(f) {
   if (f.evidence && f.evidence.length) {
     box.append(el("h4", "", t("detail.evidence")));
     const ev = el("ul", "inc-evidence muted");
-    for (const e of f.evidence.slice(0, 20)) ev.append(el("li", "", `${fmtTime(e.ts_ms)} · ${e.device} · ${e.metric} ${e.value ?? ""}`));
+    for (const e of f.evidence.slice(0, 20)) {
+      ev.append(el("li", "", `${fmtTime(e.ts_ms)} · ${e.device} · ${evidenceText(e, f.alerts)}`));
+    }
     box.append(ev);
   }
 
@@ -433,6 +435,28 @@ function timelineDetail(step) {
       if (d.note) parts.push(String(d.note));
   }
   return parts.filter(Boolean).join(" · ");
+}
+
+const METRIC_NAMES = {
+  zh: { alarm: "报警", obscuration: "烟雾浓度", celsius: "温度", pressure_mpa: "压力", battery: "电量",
+        present: "在位", obstructed: "遮挡", tamper: "防拆", presence: "在线状态", last_seen: "最后上报", raised: "报警" },
+  en: { alarm: "alarm", obscuration: "obscuration", celsius: "temperature", pressure_mpa: "pressure", battery: "battery",
+        present: "present", obstructed: "obstructed", tamper: "tamper", presence: "presence", last_seen: "last seen",
+        raised: "raised" },
+};
+const VALUE_NAMES = { zh: { true: "是", false: "否" }, en: { true: "yes", false: "no" } };
+
+// One evidence sample in the page's language: a metric by its name; a rule (a confirmed fire's evidence is the
+// alerts that made it) by the name its alert's localized reason starts with.
+function evidenceText(e, alerts) {
+  let what = (METRIC_NAMES[state.lang] || {})[e.metric];
+  let value = typeof e.value === "boolean" ? VALUE_NAMES[state.lang][e.value] : e.value ?? "";
+  if (!what) {
+    const a = alerts.find((x) => x.rule === e.metric && x.reason_i18n);
+    what = a ? reasonText(a).split(/[：:]/)[0] : e.metric;
+    if (a && typeof e.value === "boolean") value = ""; // "smoke detector in alarm", not "... yes"
+  }
+  return `${what} ${value}`.trim();
 }
 
 function reasonText(a) {
@@ -562,7 +586,9 @@ function renderMap() {
     const g = node("g", { class: `map-building m-${sev}`, "data-building": b.id, "data-severity": sev });
     g.append(node("title", {}, `${b.name} · ${t("sev." + sev)}`));
     g.append(node("circle", { cx: x, cy: y, r: sev === "ok" ? 7 : 10 }));
-    g.append(node("text", { x: x + 12, y: y + 4 }, b.name));
+    // only buildings that need attention are named on the map (a district's names would cover each other); every
+    // building's name is in its tooltip
+    if (sev !== "ok") g.append(node("text", { x: x + 13, y: y + 4, class: "map-label" }, b.name));
     svg.append(g);
   }
   for (const s of placedStations) {

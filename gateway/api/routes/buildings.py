@@ -62,17 +62,9 @@ def _building(b: Any, tally: _Tally, alerts: Sequence[m.Alert]) -> m.Building:
         address=b.address,
         floors=b.floors,
         basements=b.basements,
-        location=_location(getattr(b, "location", None)),
+        location=None if b.location is None else m.GeoPoint(lat=b.location.lat, lon=b.location.lon),
         status=_rollup(tally, alerts),
     )
-
-
-def _location(point: Any) -> m.GeoPoint | None:
-    """A building's configured ``location: {lat, lon}`` (None when it has none, or a config without the key)."""
-    lat, lon = getattr(point, "lat", None), getattr(point, "lon", None)
-    if isinstance(lat, int | float) and isinstance(lon, int | float):
-        return m.GeoPoint(lat=float(lat), lon=float(lon))
-    return None
 
 
 @operation(
