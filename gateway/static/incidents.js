@@ -28,7 +28,7 @@ Object.assign(I18N.zh, {
   "stations": "微型消防站", "stations.none": "未配置消防站", "station.committed": "出警中", "station.free": "待命",
   "station.on_duty": "在岗", "station.off_duty": "不在岗", "station.target": "到场目标",
   "map": "辖区地图", "map.none": "楼栋和消防站尚未配置坐标", "map.unplaced": "未标注位置：",
-  "map.station": "消防站", "m": "米", "eta": "预计", "tier": "级", "sec": "秒", "min": "分",
+  "map.station": "消防站", "drill": "演练", "m": "米", "eta": "预计", "tier": "级", "sec": "秒", "min": "分",
 });
 Object.assign(I18N.en, {
   "incidents": "Incidents", "incidents.none": "No open incidents",
@@ -49,7 +49,7 @@ Object.assign(I18N.en, {
   "station.free": "Available", "station.on_duty": "on duty", "station.off_duty": "off duty",
   "station.target": "on-scene target",
   "map": "District map", "map.none": "No coordinates configured for buildings or stations",
-  "map.unplaced": "Not on the map: ", "map.station": "station", "m": "m", "eta": "ETA", "tier": "tier",
+  "map.unplaced": "Not on the map: ", "map.station": "station", "drill": "drill", "m": "m", "eta": "ETA", "tier": "tier",
   "sec": "s", "min": "min",
 });
 
@@ -231,6 +231,7 @@ function incidentCard(inc) {
   if (f.state === "resolved") elapsed.dataset.until = inc.closed_ms || (f.clock && f.clock.resolved_ms) || "";
   head.append(chip, where, st);
   if (sev === "fire") head.append(conf);
+  if (inc.drill) head.append(el("span", "inc-drill", t("drill")));
   head.append(elapsed);
   li.append(head);
 
