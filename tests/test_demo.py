@@ -90,6 +90,8 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         "1s",
         "--drill-every",
         "20s",
+        "--dispatch-after",
+        "2s",
         "--data-dir",
         str(tmp_path / "data"),
         "--duration",
@@ -172,6 +174,12 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
         time.sleep(0.05)
     webhooks = [data for event, data in stream_events if event == "webhook"]
     assert any(d["type"] == "alert.raised" and d["building"] == building for d in webhooks)
+    # The demo's duty room dispatches the nearest station covering the building; the incident says so.
+    sent = demo.wait_for(r"dispatch: incident (\d+) -> (st-\S+) ", timeout=30)
+    incident = get(url + f"api/v1/incidents/{sent.group(1)}", viewer)
+    assert incident["building"] == building and incident["state"] == "dispatched"
+    assert incident["station"] == sent.group(2)
+    assert [t["action"] for t in incident["timeline"]][:2] == ["opened", "dispatched"]
 
     stream.close()
     demo.proc.send_signal(signal.SIGTERM)

@@ -4,14 +4,22 @@ drills never paging a real member; the timeline of every step."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from alerts.delivery import Notifier
 from alerts.dispatch import DispatchPlan, Location, NoStationCovers, Station, UnknownStation, choose, distance_m
 from alerts.store import AlertStore, InvalidIncidentTransition
+from common.db import open_database
+from common.schema import MIGRATIONS
 from rules.types import Severity
-from testkit.emulators.scenario import ROSTER, ROUTES, alarm, notify_config, sms_section
+from testkit.emulators.aliyun import AliyunSms
+from testkit.emulators.scenario import ALIYUN, ROSTER, ROUTES, alarm, notify_config, sms_section, wait_until
 
 T0 = 1_700_000_000_000
 
@@ -198,3 +206,73 @@ def test_supervisory_escalates_only_on_a_route_that_says_so(tmp_path: Path) -> N
     assert [c.type for c in changes] == ["alert.escalated"]
     store.apply([alarm("yg01-tr-1", severity=Severity.TROUBLE, rule="trouble")], now_ms=T0)
     assert all(a.tier == 0 for a in store.list_alerts() if a.severity == Severity.TROUBLE)
+
+
+@pytest.fixture
+async def aliyun() -> AsyncIterator[AliyunSms]:
+    emulator = AliyunSms(
+        access_key_id=ALIYUN["access_key_id"],
+        access_key_secret=ALIYUN["access_key_secret"],
+        sign_name=ALIYUN["sign_name"],
+        templates={"SMS_100001", "SMS_100002"},
+    )
+    async with emulator:
+        yield emulator  # type: ignore[misc]
+
+
+@pytest.mark.timeout(60)
+async def test_the_notifier_pages_the_leader_when_the_station_is_late(tmp_path: Path, aliyun: AliyunSms) -> None:
+    """The real notifier on an injected clock: the dispatch pages reach the SMS emulator at once; nothing more
+    until the target; at the target the leader and the duty officer are paged, once."""
+    now = [1_800_000_000_000]
+    notify = notify_config(sms=sms_section("aliyun", aliyun.url), roster=ROSTER + MEMBERS, ack_timeout_s=60)
+    store = AlertStore(tmp_path / "alerts.sqlite", notify=notify, plan=PLAN)
+    notifier = Notifier(store, clock=lambda: now[0])
+    task = asyncio.create_task(notifier.run())
+    try:
+        incident = fire(store, at=now[0])
+        store.dispatch_incident(incident, actor="t", now_ms=now[0])
+        notifier.wake()
+        members = {"13800000011", "13800000012"}
+        await aliyun.wait_for(lambda: members <= {m["phone"] for m in aliyun.messages})
+        now[0] += 179_000
+        notifier.wake()
+        await wait_until(lambda: notifier.idle)
+        late = {"13800000014", "13800000004"}  # the station's leader, the duty officer
+        assert not late & {m["phone"] for m in aliyun.messages}
+        now[0] += 1_000
+        notifier.wake()
+        await aliyun.wait_for(lambda: late <= {m["phone"] for m in aliyun.messages})
+        now[0] += 600_000
+        notifier.wake()
+        await wait_until(lambda: notifier.idle)
+        phones = [m["phone"] for m in aliyun.messages]
+        assert all(phones.count(p) == 1 for p in late | members)
+        assert aliyun.errors == []
+    finally:
+        notifier.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        store.close()
+
+
+def test_the_incident_loop_migration_keeps_what_the_store_had(tmp_path: Path) -> None:
+    """A store written before the loop: its closed incidents read as resolved, its open ones as open."""
+    path = tmp_path / "old.sqlite"
+    before = tuple(m for m in MIGRATIONS if m.name != "incident loop")
+    with closing(open_database(path, migrations=before)) as db:
+        for building, closed in (("yg01", 5), ("yg02", None)):
+            db.execute(
+                "INSERT INTO incidents (building, grid, code, severity, opened_ms, last_alert_ms, updated_ms,"
+                " closed_ms, alert_count, open_count) VALUES (?, 'g01', '1234', 3, 1, 1, 1, ?, 1, ?)",
+                (building, closed, 0 if closed else 1),
+            )
+        db.commit()
+    store = AlertStore(path, notify=notify_config(), plan=PLAN)
+    try:
+        states = {i.building: i.state for i in store.list_incidents()}
+        assert states == {"yg01": "resolved", "yg02": "open"}
+        detail = store.get_incident(2)
+        assert detail is not None and detail.timeline == () and detail.incident.station is None
+    finally:
+        store.close()

@@ -10,7 +10,7 @@ from alerts.records import CAUSES, OPEN_STATES, AlertChange
 from alerts.store.core import Core, audit
 from alerts.store.errors import AlertNotFound, InvalidTransition
 from alerts.store.events import alert_event, incident_event
-from alerts.store.incidents import after_alert_ack, close
+from alerts.store.incidents import close
 
 
 class Commands:
@@ -31,7 +31,6 @@ class Commands:
             )
             audit(cur, alert_id, now_ms, "acknowledged", by, {"note": note})
             alert_event(self._core, cur, "alert.acknowledged", alert_id, now_ms, changes)
-            after_alert_ack(cur, int(row["incident_id"]), by=by, now_ms=now_ms)
         self._core.publish(changes)
         return changes[0]
 

@@ -4,8 +4,8 @@ station's on-scene clock, escalated when it runs out.
 
 Acting on an incident acts on all its open alerts in ONE transaction, together with its timeline step
 (``incident_events``) and the outbox rows it causes: a crash keeps all of it or none.  The alert-level steps stay
-for the single-detector case (:mod:`alerts.store.commands`); they move the incident too where that is what
-happened (the last raised alert acknowledged, the last open one resolved).
+for the single-detector case (:mod:`alerts.store.commands`) and leave the incident's state alone, but for
+resolving its last open alert, which closes it.
 """
 
 from __future__ import annotations
@@ -283,19 +283,6 @@ def late_arrivals(core: Core, cur: sqlite3.Cursor, now_ms: int, out: list[AlertC
             out,
             extra={"escalated_to": who, "paged": [p.name for p in paged], "reason": reason},
         )
-
-
-def after_alert_ack(cur: sqlite3.Cursor, incident_id: int, *, by: str, now_ms: int) -> None:
-    """An alert was acknowledged on its own: when it was the incident's last raised one, the incident is
-    acknowledged too, on its row and timeline.  Quietly: the alert's own event says what happened, and the
-    incident-level events (``incident.acknowledged`` to the governance platform) are for acting on the incident."""
-    cur.execute(
-        "UPDATE incidents SET state = 'acknowledged', updated_ms = ? WHERE id = ? AND state = 'open' AND NOT EXISTS"
-        " (SELECT 1 FROM alerts WHERE incident_id = ? AND state = 'raised' AND open = 1)",
-        (now_ms, incident_id, incident_id),
-    )
-    if cur.rowcount:
-        log_step(cur, incident_id, now_ms, "acknowledged", actor=by, detail={"via": "alert"})
 
 
 def close(

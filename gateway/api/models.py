@@ -450,8 +450,8 @@ class Building(Model):
     address: str | None = None
     floors: int
     basements: int
-    location: GeoPoint | None = Field(default=None, description="where it stands (the dashboard's district map)")
     status: BuildingStatus
+    location: GeoPoint | None = Field(default=None, description="WGS-84, for the district map and dispatch")
 
 
 class BuildingDetail(Building):

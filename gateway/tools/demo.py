@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=_seconds, default=None, help="stop after … (default: run until Ctrl-C)")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the demo's SQLite store here (default: temp)")
     parser.add_argument("--seed", type=int, default=0, help="the simulator's seed")
+    parser.add_argument(
+        "--dispatch-after",
+        type=_seconds,
+        default=10.0,
+        help="the demo's duty room dispatches the nearest station to each new fire after … (default 10s; 0: never)",
+    )
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
 
@@ -169,6 +175,9 @@ def demo_config(
     )
     notify = NotifyConfig(
         timezone=config.notify.timezone,
+        # The roster stays (the stations panel shows who is on duty, dispatch names who it sends) but no route and
+        # no SMS: a dispatch's pages are put on the timeline with channel "none", and nobody's phone rings.
+        roster=config.notify.roster,
         webhooks=[webhook],
         drill_receivers=DrillReceivers(webhooks=[webhook]),
         retry=config.notify.retry.model_copy(update={"base_s": 0.5, "max_s": 10.0}),
@@ -230,6 +239,7 @@ class WebhookReceiver:
         default_factory=lambda: collections.deque(maxlen=KEEP_DELIVERIES)
     )
     seen: set[str] = field(default_factory=set)
+    on_incident_opened: Callable[[Mapping[str, Any]], object] | None = None
 
     def app(self) -> web.Application:
         from simulators.receiver import WebhookReceiver as Receiver
@@ -259,6 +269,9 @@ class WebhookReceiver:
             if self.publish is not None:
                 with contextlib.suppress(Exception):  # the live stream is a nicety; never fail the delivery
                     self.publish("webhook", record)
+            data = document.get("data") if isinstance(document, dict) else None
+            if record["type"] == "incident.opened" and isinstance(data, dict) and self.on_incident_opened is not None:
+                self.on_incident_opened(data)
         return web.json_response({"ok": True})
 
     async def list(self, _: web.Request) -> web.Response:
@@ -401,6 +414,45 @@ class CommunitySimulator:
         return self._thread.is_alive()
 
 
+# --- the demo's duty room -------------------------------------------------------------------------------------------
+
+
+class DutyRoom:
+    """Plays the duty room of the demo: a while after a fire incident opens, it dispatches the nearest available
+    station (as ``POST /api/v1/incidents/{id}/dispatch`` with no station does) and says whom and why; the operator
+    on the dashboard does the rest (on scene, resolve), or the station's clock runs out and escalates."""
+
+    def __init__(self, store: Any, *, delay_s: float, out: Callable[[str], None], clock_ms: Callable[[], int]) -> None:
+        self.store = store
+        self.delay_s = delay_s
+        self.out = out
+        self.clock_ms = clock_ms
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def incident_opened(self, data: Mapping[str, Any]) -> None:
+        incident_id = data.get("id")
+        if not isinstance(incident_id, int) or data.get("severity") != "fire":
+            return
+        task = asyncio.get_running_loop().create_task(self._dispatch(incident_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, incident_id: int) -> None:
+        from alerts.dispatch import DispatchError
+        from alerts.store import AlertStoreError
+
+        await asyncio.sleep(self.delay_s)
+        try:
+            _, decision = await asyncio.to_thread(
+                self.store.dispatch_incident, incident_id, actor="demo-duty-room", now_ms=self.clock_ms()
+            )
+        except (DispatchError, AlertStoreError) as exc:  # resolved meanwhile, or no station covers it
+            self.out(f"dispatch: incident {incident_id} not dispatched: {exc}")
+            return
+        sent = decision.station or ", ".join(decision.members)
+        self.out(f"dispatch: incident {incident_id} -> {sent} ({', '.join(decision.members)}): {decision.reason}")
+
+
 # --- the demo -------------------------------------------------------------------------------------------------------
 
 
@@ -451,6 +503,10 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             raise DemoError(f"cannot start the embedded MQTT broker on port {mqtt_port}: {exc}") from None
         service = Service(config)
         receiver = WebhookReceiver(secret=receiver_secret, out=console, publish=service.hub.publish)
+        if args.dispatch_after > 0 and config.stations:
+            receiver.on_incident_opened = DutyRoom(
+                service.store, delay_s=args.dispatch_after, out=console, clock_ms=lambda: int(time.time() * 1000)
+            ).incident_opened
         receiver_runner = web.AppRunner(receiver.app(), access_log=None)
         await receiver_runner.setup()
         await web.TCPSite(receiver_runner, "127.0.0.1", receiver_port).start()

@@ -62,8 +62,8 @@ def _building(b: Any, tally: _Tally, alerts: Sequence[m.Alert]) -> m.Building:
         address=b.address,
         floors=b.floors,
         basements=b.basements,
-        location=None if b.location is None else m.GeoPoint(lat=b.location.lat, lon=b.location.lon),
         status=_rollup(tally, alerts),
+        location=None if b.location is None else m.GeoPoint(lat=b.location.lat, lon=b.location.lon),
     )
 
 
