@@ -581,6 +581,7 @@ function renderMap() {
     const [ax, ay] = at(s.location), [bx, by] = at(b.location);
     svg.append(node("line", { x1: ax, y1: ay, x2: bx, y2: by, class: "map-route" }));
   }
+  const labels = [];
   for (const b of placedBuildings) {
     const [x, y] = at(b.location);
     const sev = worst[b.id] || (b.status && b.status.worst_severity) || "ok";
@@ -589,7 +590,7 @@ function renderMap() {
     g.append(node("circle", { cx: x, cy: y, r: sev === "ok" ? 7 : 10 }));
     // only buildings that need attention are named on the map (a district's names would cover each other); every
     // building's name is in its tooltip
-    if (sev !== "ok") g.append(node("text", { x: x + 13, y: y + 4, class: "map-label" }, b.name));
+    if (sev !== "ok") labels.push(node("text", { x: x + 13, y: y + 4, class: "map-label" }, b.name));
     svg.append(g);
   }
   for (const s of placedStations) {
@@ -597,9 +598,10 @@ function renderMap() {
     const g = node("g", { class: "map-station" + (s.committed_to ? " committed" : ""), "data-station": s.id });
     g.append(node("title", {}, `${t("map.station")} ${s.name}`));
     g.append(node("rect", { x: x - 7, y: y - 7, width: 14, height: 14, rx: 2 }));
-    g.append(node("text", { x: x + 11, y: y - 8 }, s.name));
+    labels.push(node("text", { x: x + 11, y: y - 8, class: "map-label" }, s.name));
     svg.append(g);
   }
+  svg.append(...labels); // names over every marker, never under one
 }
 
 function validPoint(p) {
