@@ -293,10 +293,13 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             assert detail["station"] == NEAR["id"]
             paged_steps = [s for s in detail["timeline"] if s["action"] == "paged"]
             assert len(paged_steps) >= 2, detail["timeline"]
-            # the station's clock against its 3-minute target, on the page's clock
+            # the station's clock against its 3-minute target, on the page's clock (90 s ahead of the gateway's)
             clock = card.locator(".inc-clock")
             expect(clock).to_have_attribute("data-overdue", "false")
-            expect(clock).to_contain_text("03:00")
+            expect(clock).to_contain_text("目标 03:00")
+            page.clock.fast_forward("01:40")
+            expect(clock).to_have_attribute("data-overdue", "true")
+            expect(clock).to_contain_text("已超时")
 
             # the zh and en duty screens, with the card open on its timeline
             card.locator(".inc-more").click()
@@ -393,7 +396,8 @@ def test_a_fire_on_one_floor_is_one_card_with_its_reasons_in_the_pages_language(
                 expect(card.locator(".inc-devices")).to_have_text("2 个设备")
                 expect(card.locator(".inc-confirmed")).to_have_text("已确认火警")
                 expect(page.locator(".alert")).to_have_count(len(active))  # each detector's alert stays reachable
-                expect(card.locator(".inc-actions")).to_have_count(0)  # a viewer: no buttons
+                expect(card.locator(".inc-actions button")).to_have_count(1)  # a viewer: no steps, only 详情
+                expect(card.locator(".inc-more")).to_have_text("详情")
 
                 elapsed = card.locator(".inc-elapsed")
                 expect(elapsed).to_have_attribute("data-elapsed-s", re.compile(r"^\d+$"))

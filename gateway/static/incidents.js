@@ -242,7 +242,7 @@ function incidentCard(inc) {
   li.append(facts);
 
   if (f.station || (f.clock && f.clock.dispatched_ms)) li.append(stationClock(f));
-  if (canOperate() && f.state !== "resolved") li.append(incidentActions(li, inc, f));
+  li.append(incidentActions(li, inc, f, canOperate() && f.state !== "resolved"));
   if (state.incidentForm && String(state.incidentForm.id) === String(inc.id)) {
     openIncidentForm(li, inc, state.incidentForm.kind, state.incidentForm.values);
   }
@@ -263,10 +263,11 @@ function stationClock(f) {
   return row;
 }
 
-function incidentActions(li, inc, f) {
+// The four steps for an operator on an open incident; 详情 (expand) for everyone, resolved incidents included.
+function incidentActions(li, inc, f, steps) {
   const bar = el("div", "inc-actions");
   const add = (cls, key, show, onClick) => {
-    if (!show) return;
+    if (!show || !steps) return;
     const b = el("button", cls, t(key));
     b.type = "button";
     b.addEventListener("click", onClick);
