@@ -149,6 +149,13 @@ class AuditEntry(Model):
     detail: dict[str, MetricValue | None] | None = None
 
 
+class LocalizedText(Model):
+    """One text in every language the dashboard speaks."""
+
+    zh: str
+    en: str
+
+
 class Alert(Model):
     id: int | str
     key: str | None = None
@@ -160,6 +167,11 @@ class Alert(Model):
     floor: int | None = None
     device: str | None = None
     reason: str | None = None
+    reason_i18n: LocalizedText | None = Field(
+        default=None,
+        description="the reason in Chinese and in English, rendered from the rule and the alert's fields "
+        "(`reason` keeps the engine's own text)",
+    )
     value: MetricValue | None = None
     confirmed: bool | None = None
     flapping: bool = False

@@ -22,6 +22,8 @@ from gateway.api import models as m
 from gateway.config import Device
 from gateway.ingest.rejections import Rejection
 from gateway.storage.presence import DeviceState
+from rules.model import RuleConfig
+from rules.reasons import AlertFacts, localized_reasons
 from rules.types import Evidence, Severity
 
 _A = TypeVar("_A", bound=m.Alert)
@@ -135,12 +137,42 @@ def _enum(enum: type[Enum], value: Any) -> Any:
         return None
 
 
-def alert(record: AlertRecord, *, building_grids: Mapping[str, str]) -> m.Alert:
-    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none)."""
-    return _alert(m.Alert, record, building_grids)
+def alert(
+    record: AlertRecord, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.Alert:
+    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none).
+    ``rules`` (rule id -> rule as configured) words the localized reason; without it the shipped rules do."""
+    return _alert(m.Alert, record, building_grids, rules)
 
 
-def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, str]) -> _A:
+def reason_i18n(record: AlertRecord, rules: Mapping[str, RuleConfig] | None) -> m.LocalizedText:
+    """The alert's reason in Chinese and English, from its rule and machine fields (never from the English text)."""
+    by_id = shipped_rules() if rules is None else rules
+    flapping = next((r for r in by_id.values() if r.kind == "flapping" and r.enabled), None)
+    facts = AlertFacts(rule=record.rule, value=record.value, floor=record.floor, flapping=record.flapping)
+    window = flapping.window_ms if flapping is not None and flapping.window_ms else 600_000
+    text = localized_reasons(by_id.get(record.rule), facts, flap_window_ms=window)
+    return m.LocalizedText(zh=text["zh"], en=text["en"])
+
+
+_SHIPPED: dict[str, RuleConfig] = {}
+
+
+def shipped_rules() -> Mapping[str, RuleConfig]:
+    """rules/defaults.yaml by rule id, read once (what a gateway without its own rules runs)."""
+    if not _SHIPPED:
+        from rules.loader import DEFAULTS_PATH, read_rules_file
+
+        _SHIPPED.update({r.id: r for r in read_rules_file(DEFAULTS_PATH, label="rules/defaults.yaml: ")})
+    return _SHIPPED
+
+
+def _alert(
+    model: type[_A],
+    record: AlertRecord,
+    building_grids: Mapping[str, str],
+    rules: Mapping[str, RuleConfig] | None = None,
+) -> _A:
     building = as_str(record.building, 64) or ""
     cause = record.cause
     return model(
@@ -154,6 +186,7 @@ def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, st
         floor=record.floor,
         device=as_str(record.device, 64),
         reason=as_str(record.reason, 2000),
+        reason_i18n=reason_i18n(record, rules),
         value=metric(record.value),
         confirmed=record.confirmed,
         flapping=record.flapping,
@@ -177,8 +210,10 @@ def _alert(model: type[_A], record: AlertRecord, building_grids: Mapping[str, st
     )
 
 
-def alert_detail(record: AlertDetail, *, building_grids: Mapping[str, str]) -> m.AlertDetail:
-    detail = _alert(m.AlertDetail, record, building_grids)
+def alert_detail(
+    record: AlertDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.AlertDetail:
+    detail = _alert(m.AlertDetail, record, building_grids, rules)
     audit = [audit_entry(a) for a in record.audit]
     return detail.model_copy(update={"audit": audit, "evidence": [evidence(e) for e in record.evidence]})
 
@@ -232,7 +267,9 @@ def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.
     )
 
 
-def incident_detail(detail: IncidentDetail, *, building_grids: Mapping[str, str]) -> m.IncidentDetail:
+def incident_detail(
+    detail: IncidentDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+) -> m.IncidentDetail:
     """An incident with its alerts, their evidence (oldest first, at most 200), who was paged, its timeline and its
     response clock."""
     record = detail.incident
@@ -259,7 +296,7 @@ def incident_detail(detail: IncidentDetail, *, building_grids: Mapping[str, str]
     ]
     return m.IncidentDetail(
         **base.model_dump(),
-        alerts=[alert_detail(a, building_grids=building_grids) for a in detail.alerts],
+        alerts=[alert_detail(a, building_grids=building_grids, rules=rules) for a in detail.alerts],
         evidence=[evidence(e) for e in samples],
         pages=pages,
         timeline=timeline,

@@ -17,7 +17,7 @@ const I18N = {
   zh: {
     "title": "社区微型消防站 · 值班大屏",
     "conn.up": "实时连接", "conn.down": "重新连接中…",
-    "logout": "退出", "buildings": "楼栋状态", "alerts": "实时告警", "alerts.none": "当前没有未处置的告警",
+    "logout": "退出", "buildings": "楼栋状态", "alerts": "告警明细（单个探测器）", "alerts.none": "当前没有未处置的告警",
     "devices.attention": "需关注的设备", "devices.offline": "离线设备", "devices.battery": "低电量",
     "devices.oos": "灭火器不可用", "trend": "设备趋势",
     "sev.fire": "火警", "sev.supervisory": "监管", "sev.trouble": "故障", "sev.warning": "预警", "sev.ok": "正常",
@@ -36,7 +36,7 @@ const I18N = {
   en: {
     "title": "Community micro fire station · duty room",
     "conn.up": "live", "conn.down": "reconnecting…",
-    "logout": "Log out", "buildings": "Buildings", "alerts": "Live alerts", "alerts.none": "No open alerts",
+    "logout": "Log out", "buildings": "Buildings", "alerts": "Alerts (single detectors)", "alerts.none": "No open alerts",
     "devices.attention": "Devices needing attention", "devices.offline": "Offline", "devices.battery": "Low battery",
     "devices.oos": "Extinguishers out of service", "trend": "Device trend",
     "sev.fire": "Fire", "sev.supervisory": "Supervisory", "sev.trouble": "Trouble", "sev.warning": "Warning",
@@ -185,6 +185,7 @@ async function refreshAll() {
       api("/devices?status=offline&limit=1000"),
       api("/devices?low_battery=true&limit=1000"),
       api("/devices?out_of_service=true&limit=1000"),
+      refreshIncidents(), // incidents.js: incidents, their details and the stations
     ]);
     state.buildings = buildings.items;
     state.alerts = alerts.items;
@@ -218,6 +219,9 @@ function scheduleRefresh() {
 
 function renderAll() {
   if (!state.me) return;
+  renderIncidents();
+  renderStations();
+  renderMap();
   renderBuildings();
   renderAlerts();
   renderDevices();
@@ -286,7 +290,7 @@ function renderAlerts() {
     st.textContent = t("state." + a.state);
     st.classList.add(`s-${a.state}`);
     node.querySelector(".alert-time").textContent = fmtTime(a.raised_ms);
-    node.querySelector(".alert-reason").textContent = a.reason || a.rule;
+    node.querySelector(".alert-reason").textContent = reasonText(a); // the reason in the page's language
     const meta = [];
     if (a.acknowledged_by) meta.push(`${t("by")} ${a.acknowledged_by}`);
     if (a.dispatched_to) meta.push(`${t("to")} ${a.dispatched_to}`);
@@ -596,6 +600,7 @@ function handleFrame(frame) {
     else if (field === "id") id = value;
   }
   if (id) state.lastEventId = id;
+  if (type === "incident") incidentEvent(data); // on screen at once; the refresh below brings the rest
   if (type === "alert" || type === "device" || type === "incident" || type === "reset") {
     scheduleRefresh();
     if (type === "device" && state.selectedDevice) {
@@ -629,6 +634,7 @@ function boot() {
     start();
   });
   setInterval(() => state.me && refreshAll(), 30000); // safety net under the live stream
+  setInterval(tickClocks, 1000); // elapsed times and station clocks (incidents.js)
   applyLang();
   if (state.token) start();
   else showLogin("");

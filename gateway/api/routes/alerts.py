@@ -37,6 +37,7 @@ async def list_alerts(call: Call) -> m.AlertPage:
     if q.state is not None:
         states &= {q.state.value}
     store = alert_store(call)
+    rules = state_of(call).rules
     listed = await page(
         call,
         limit=q.limit,
@@ -50,7 +51,7 @@ async def list_alerts(call: Call) -> m.AlertPage:
             limit=limit,
             offset=offset,
         ),
-        convert=lambda record: v.alert(record, building_grids=where.building_grids),
+        convert=lambda record: v.alert(record, building_grids=where.building_grids, rules=rules),
     )
     return m.AlertPage(items=listed.items, limit=q.limit, offset=q.offset, next_offset=listed.next_offset)
 
@@ -63,7 +64,8 @@ async def active_alerts(call: Call) -> list[m.Alert]:
     grids = state_of(call).building_grids
     records = await asyncio.to_thread(store.active_alerts)
     who = call.who
-    return [v.alert(r, building_grids=grids) for r in records if who.sees_building(r.building)]
+    rules = state_of(call).rules
+    return [v.alert(r, building_grids=grids, rules=rules) for r in records if who.sees_building(r.building)]
 
 
 async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
@@ -73,7 +75,7 @@ async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
     if record is None:
         raise ApiError(404, f"no alert {raw_id!r}")
     check_scope(call.who, building=record.building)
-    return v.alert_detail(record, building_grids=state_of(call).building_grids)
+    return v.alert_detail(record, building_grids=state_of(call).building_grids, rules=state_of(call).rules)
 
 
 @operation(

@@ -21,6 +21,8 @@ from gateway.api.hub import Hub
 from gateway.api.runtime import Runtime
 from gateway.config import FiregridConfig
 from gateway.storage.presence import DeviceState, Presence
+from rules.loader import RulesError, load_rule_set
+from rules.model import RuleConfig
 
 _T = TypeVar("_T")
 _NO_RECORDS: Mapping[str, DeviceState] = MappingProxyType({})
@@ -83,6 +85,7 @@ class ApiState:
     maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
     _grids: tuple[FiregridConfig, dict[str, str]] | None = field(default=None, init=False, repr=False)
     _index: DeviceIndex | None = field(default=None, init=False, repr=False)
+    _rules: tuple[object, dict[str, RuleConfig]] | None = field(default=None, init=False, repr=False)
 
     @property
     def config(self) -> FiregridConfig:
@@ -95,6 +98,23 @@ class ApiState:
         if self._grids is None or self._grids[0] is not config:
             self._grids = (config, {b.id: b.grid for b in config.buildings})
         return self._grids[1]
+
+    @property
+    def rules(self) -> dict[str, RuleConfig]:
+        """Rule id -> the rule as the running engine has it (the config's rules when there is no engine), for
+        wording reasons; built once per rule set (treat it as read-only)."""
+        engine = self.runtime.engine
+        source: object = engine.rule_set if engine is not None else self.config
+        if self._rules is None or self._rules[0] is not source:
+            if engine is not None:
+                rules = engine.rule_set.rules
+            else:
+                try:
+                    rules = load_rule_set(self.config).rules
+                except RulesError:
+                    rules = ()
+            self._rules = (source, {r.id: r for r in rules})
+        return self._rules[1]
 
     def device_index(self) -> DeviceIndex:
         presence = self.runtime.presence

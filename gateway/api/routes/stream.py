@@ -118,7 +118,11 @@ def store_listener(state: ApiState) -> Callable[[AlertChange], None]:
                 event["incident"] = incident.model_dump(mode="json") if incident else None
                 state.hub.publish("incident", event)
                 return
-            alert = views.alert(record, building_grids=grids) if isinstance(record, AlertRecord) else None
+            alert = (
+                views.alert(record, building_grids=grids, rules=state.rules)
+                if isinstance(record, AlertRecord)
+                else None
+            )
             event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
             event["alert"] = alert.model_dump(mode="json") if alert else None
             state.hub.publish("alert", event)
