@@ -5,7 +5,8 @@ Playwright, and the Aliyun SMS emulator (which checks every request's signature 
 members' phones.  A confirmed fire on one floor is one card; acknowledging, dispatching (the nearest covering
 station, chosen by the gateway), the members' signed ``<code> 到`` reply and resolving all happen on that card, and
 its timeline lists every step with its time and actor.  The page clock is Playwright's, so the ticking clocks are
-driven, never waited for.  The zh and en screens are saved to ``docs/dashboard-zh.png`` and ``docs/dashboard-en.png``.
+driven, never waited for.  The zh and en screens are saved to ``docs/dashboard-zh.png`` and
+``docs/dashboard-en.png`` when ``FIREGRID_UPDATE_SCREENSHOTS=1`` is set (else to the test's temporary directory).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def phones_paged(emulator: AliyunSms) -> dict[str, int]:
 
 
 def test_one_fire_is_one_card_through_the_whole_loop(
-    mosquitto: Any, sms: tuple[AliyunSms, LoopThread], gateway: str
+    mosquitto: Any, sms: tuple[AliyunSms, LoopThread], gateway: str, tmp_path: Path
 ) -> None:
     expect = playwright_sync.expect
     emulator, loop = sms
@@ -307,14 +308,14 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(card.locator(".inc-alert")).to_have_count(len(alerts))
             reasons = page.locator(".alert-reason, .inc-alert-reason").all_inner_texts()
             assert reasons and untranslated_in_zh(reasons) == [], reasons
-            DOCS.mkdir(exist_ok=True)
-            page.screenshot(path=str(DOCS / "dashboard-zh.png"), full_page=True)
+            shots = DOCS if os.environ.get("FIREGRID_UPDATE_SCREENSHOTS") else tmp_path
+            page.screenshot(path=str(shots / "dashboard-zh.png"), full_page=True)
             page.click("#lang")
             expect(page.locator("h1")).to_contain_text("duty room")
             expect(card.locator(".inc-state")).to_have_text("Dispatched")
             english = page.locator(".alert-reason, .inc-alert-reason").all_inner_texts()
             assert english and not any(re.search(r"[\u4e00-\u9fff]", t) for t in english), english
-            page.screenshot(path=str(DOCS / "dashboard-en.png"), full_page=True)
+            page.screenshot(path=str(shots / "dashboard-en.png"), full_page=True)
             page.click("#lang")
             expect(page.locator("h1")).to_contain_text("值班大屏")
 
