@@ -42,6 +42,7 @@ from gateway.ingest.filter_ledger import FilterLedger
 from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
 from gateway.ingest.rejections import Rejections
+from gateway.ingest.uitd_server import UitdServer
 from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
@@ -149,6 +150,15 @@ class Service:
             config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit, ledger=FilterLedger(db_path)
         )
         self.mqtt.on_link = self._link_changed
+        self.uitd: UitdServer | None = None
+        if config.uitd.listen is not None:
+            self.uitd = UitdServer(
+                config=config.uitd,
+                prefix=config.mqtt.topic_prefix,
+                submit=self.pipeline.submit,
+                rejections=self.rejections,
+                metrics=self.metrics,
+            )
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
@@ -250,6 +260,8 @@ class Service:
             log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
         await self.start_http()
         log.info("HTTP listening on %s:%s", self.config.http.host, self.http_port)
+        if self.uitd is not None:
+            await self.uitd.start()
         tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
             "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
@@ -276,6 +288,8 @@ class Service:
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         log.info("shutting down: committing and acknowledging what was taken in")
         self.mqtt.pause()  # take nothing more in
+        if self.uitd is not None:
+            self.uitd.stop_listening()
         self.pipeline.stop()
         pipeline = tasks["pipeline"]
         if not pipeline.done():
@@ -290,6 +304,8 @@ class Service:
         # Read the socket again so the retained "offline" gets its PUBACK; whatever else arrives now is not
         # processed and therefore never acknowledged (the broker keeps it for the next start).
         self.pipeline.closed = True
+        if self.uitd is not None:
+            await self.uitd.close()  # after the drain: the confirms of what was committed have gone out
         self.mqtt.resume()
         self.mqtt.stop()
         mqtt = tasks["mqtt"]
