@@ -291,6 +291,47 @@ class UitdConfig(Section):
         return int((self.listen or ":0").rpartition(":")[2])
 
 
+class PlatformDevice(Section):
+    """An IoT platform's device (OneNET device id or IMEI, CTWing deviceId or IMEI) and the firegrid device it is."""
+
+    id: str = Field(min_length=1, max_length=64)
+    device: Ident
+
+
+def _default_onenet_streams() -> dict[str, str]:
+    return {"alarm": "alarm", "smoke_alarm": "alarm", "obscuration": "obscuration", "battery": "battery"}
+
+
+class OneNetConfig(Section):
+    """China Mobile OneNET HTTP push (数据推送) to ``POST /api/v1/ingest/onenet`` (docs/telemetry.md)."""
+
+    token: Secret  # the token configured on OneNET's push page: the signature is Base64(MD5(token + nonce + msg))
+    devices: list[PlatformDevice] = Field(default_factory=list)
+    # OneNET data stream id (ds_id) -> firegrid metric of the device's kind
+    datastreams: dict[str, str] = Field(default_factory=_default_onenet_streams)
+
+
+def _default_ctwing_fields() -> dict[str, str]:
+    return {"alarm": "alarm", "smoke_state": "alarm", "obscuration": "obscuration", "battery_value": "battery"}
+
+
+class CtwingConfig(Section):
+    """China Telecom CTWing (AEP) subscription push to ``POST /api/v1/ingest/ctwing`` (docs/telemetry.md)."""
+
+    token: Secret  # sent by the subscription as ``?token=`` on the URL or the ``X-Firegrid-Token`` header
+    devices: list[PlatformDevice] = Field(default_factory=list)
+    # payload.serviceData field (or event field) -> firegrid metric of the device's kind
+    fields: dict[str, str] = Field(default_factory=_default_ctwing_fields)
+
+
+class IngestConfig(Section):
+    """HTTP ingest from IoT platforms; plain HTTP ingest needs only an ``ingest`` token in ``http.tokens``."""
+
+    onenet: OneNetConfig | None = None
+    ctwing: CtwingConfig | None = None
+    commit_timeout_s: float = Field(default=30.0, gt=0)  # answer 503 if the pipeline has not committed by then
+
+
 class FiregridConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -313,6 +354,7 @@ class FiregridConfig(BaseSettings):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     acl: AclConfig = Field(default_factory=AclConfig)
     uitd: UitdConfig = Field(default_factory=UitdConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
     _base_dir: Path = Path(".")
@@ -368,6 +410,10 @@ class FiregridConfig(BaseSettings):
                 if building_id not in by_id:
                     problems.append(f"http.tokens[{i}].buildings[{j}]: unknown building {building_id!r}")
         problems.extend(self._uitd_problems(by_id))
+        for name, platform in (("onenet", self.ingest.onenet), ("ctwing", self.ingest.ctwing)):
+            for i, mapped in enumerate(platform.devices if platform is not None else []):
+                if mapped.device not in device_ids:
+                    problems.append(f"ingest.{name}.devices[{i}].device: unknown device {mapped.device!r}")
         if problems:
             raise ValueError("\n".join(problems))
         return self

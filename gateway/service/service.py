@@ -34,6 +34,7 @@ from alerts.store import AlertStore
 from common.gc_pause import gc_paused
 from gateway.api import create_api_app
 from gateway.api.hub import Hub
+from gateway.api.ingest import add_ingest_routes
 from gateway.api.runtime import Runtime
 from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def build_http_app(runtime: Runtime) -> web.Application:
     app = create_api_app(runtime)
     add_ops_routes(app, runtime)
+    add_ingest_routes(app, runtime)
     return app
 
 
