@@ -245,6 +245,9 @@ class UitdPanel(Section):
     # {system address}-{part address} (accepted while contract.allow_unregistered); off: rejected as unmapped.
     register_parts: bool = False
     device_prefix: Ident | None = None  # default: uitd{address}
+    # A UITD on a drill rig or under commissioning: everything it reports is a drill (routed to drill receivers
+    # only, never paging the task force).  GB/T 26875.3 frames carry no drill marker of their own.
+    drill: bool = False
 
     @property
     def prefix(self) -> str:

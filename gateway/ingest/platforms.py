@@ -99,8 +99,9 @@ class PlatformMap:
                 return self._buildings[device], device
         return None
 
-    def sample(self, values: Mapping[str, Any], *, ts: object) -> dict[str, Any]:
-        """The contract's telemetry sample of the mapped fields of ``values`` (others are ignored)."""
+    def sample(self, values: Mapping[str, Any], *, ts: object, drill: object = False) -> dict[str, Any]:
+        """The contract's telemetry sample of the mapped fields of ``values`` (others are ignored).  ``drill``: the
+        push carried ``"drill": true`` (firegrid's simulator; inside the signed part of a OneNET push)."""
         sample: dict[str, Any] = {}
         if isinstance(ts, int) and not isinstance(ts, bool) and ts > 0:
             sample["ts"] = ts
@@ -109,7 +110,7 @@ class PlatformMap:
             if metric is None:
                 continue
             sample[metric] = _convert(metric, value)
-        if values.get("drill") is True:
+        if drill is True or values.get("drill") is True:
             sample["drill"] = True
         return sample
 
@@ -160,7 +161,7 @@ def onenet_messages(msg: Any, *, mapping: PlatformMap) -> Translated:
             if not isinstance(ds_id, str):
                 rejected.append(Rejected(Reason.WRONG_SHAPE, "onenet: a data point needs ds_id", device=device))
                 continue
-            sample = mapping.sample({ds_id: item.get("value")}, ts=item.get("at"))
+            sample = mapping.sample({ds_id: item.get("value")}, ts=item.get("at"), drill=item.get("drill"))
             if any(k not in ("ts", "drill") for k in sample):
                 messages.append(_message(building, device, "telemetry", orjson.dumps(sample)))
         else:
@@ -193,7 +194,7 @@ def ctwing_messages(push: Any, *, mapping: PlatformMap) -> Translated:
     if not isinstance(values, dict):
         detail = f"ctwing: messageType {str(kind)[:40]!r} with no payload object"
         return Translated(messages=(), rejected=(Rejected(Reason.WRONG_SHAPE, detail, device=device),))
-    sample = mapping.sample(values, ts=push.get("timestamp"))
+    sample = mapping.sample(values, ts=push.get("timestamp"), drill=push.get("drill"))
     if not any(k not in ("ts", "drill") for k in sample):
         return Translated(messages=(), rejected=())
     return Translated(messages=(_message(building, device, "telemetry", orjson.dumps(sample)),), rejected=())

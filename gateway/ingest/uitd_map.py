@@ -101,6 +101,8 @@ class PanelMap:
                 pass  # a panel clock that is not a calendar time: the time of receipt, as for a device with no ts
             if not registered:
                 sample["kind"] = "panel_point"
+            if panel.drill:
+                sample["drill"] = True
             messages.append(
                 PointMessage(
                     topic=f"{self._prefix}/{panel.building}/{device}/telemetry",
