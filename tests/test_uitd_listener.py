@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.ingest.uitd import Command
 from testkit.gateway import Gateway, store_rows, wait_for, write_config
@@ -188,4 +190,78 @@ def test_bad_frames_are_rejected_with_reasons_and_the_next_good_frame_still_rais
         assert gateway.metric("firegrid_rejections_total", reason="bad_checksum") == 1
     finally:
         panel.close()
+        gateway.stop()
+
+
+def _request_time(serial: int) -> bytes:
+    from gateway.ingest.uitd import ApplicationUnit, UitdCommand, UnitType, build_frame, encode_frame
+    from testkit.uitd_panel import now_cst
+
+    unit = ApplicationUnit(type_flag=UnitType.READ_UITD_TIME, objects=(UitdCommand(),))
+    frame = build_frame(serial=serial, time=now_cst(), source=UITD, destination=1, command=Command.REQUEST, unit=unit)
+    return encode_frame(frame)
+
+
+def _closed_by_peer(panel: Panel, timeout: float) -> bool:
+    """True once the gateway has closed the connection (what it sent before is read and kept)."""
+    panel.sock.settimeout(timeout)
+    try:
+        while chunk := panel.sock.recv(65536):
+            panel.frames.extend(f for f in panel.reader.feed(chunk) if not hasattr(f, "reason"))
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_limits_time_sync_and_parts_registered_per_panel(
+    tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer
+) -> None:
+    from gateway.ingest.uitd import ApplicationUnit, SyncTime, UnitType
+    from testkit.uitd_panel import CST
+
+    second = UITD + 1
+    config, port, uitd_port = _config(tmp_path, mosquitto, influx, max_connections=2, idle_timeout_s=2)
+    data = yaml.safe_load(config.read_text())
+    data["uitd"]["panels"].append({"address": second, "building": "b00", "register_parts": True})
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    db = tmp_path / "firegrid.sqlite"
+    gateway = Gateway(config, port, tmp_path / "gateway.log").start()
+    first, other = Panel(uitd_port), Panel(uitd_port)
+    try:
+        # the UITD asks for the time: a response carrying the gateway's clock (China Standard Time)
+        first.send(_request_time(31))
+        answer = first.answer(31, command=Command.RESPONSE)
+        assert answer is not None and isinstance(answer.unit, ApplicationUnit)
+        assert answer.unit.type_flag == UnitType.SYNC_UITD_TIME
+        (sync,) = answer.unit.objects
+        assert isinstance(sync, SyncTime)
+        assert abs(sync.time.to_datetime(tz=CST).timestamp() - time.time()) < 5
+        # ... and on its first frame the gateway set its clock (a control frame of type 90)
+        controls = [f for f in first.frames if f.command == Command.CONTROL]
+        assert controls and controls[0].unit.type_flag == UnitType.SYNC_UITD_TIME
+        assert controls[0].destination == UITD
+
+        # a third connection is over the limit: closed at once, counted
+        third = Panel(uitd_port)
+        assert _closed_by_peer(third, timeout=5)
+        third.close()
+        assert gateway.metric("firegrid_rejections_total", reason="too_many_connections") == 1
+
+        # a panel whose parts are registered as they report: an unregistered panel_point raises its alert
+        other.send(part_status_frame(serial=5, source=second, parts=[(1, 2, 17, 33, FIRE_ALARM)]))
+        assert other.answer(5) is not None, gateway.log_tail()
+        device = f"uitd{second}-1-2-33"
+        (alert,) = _alerts(db, device)
+        assert (alert["rule"], alert["building"]) == ("panel-fire-alarm", "b00")
+        _, body = gateway.get(f"/api/v1/devices/{device}", token=TOKEN)
+        listed = json.loads(body)
+        assert listed["kind"] == "panel_point" and listed["registered"] is False
+
+        # silent longer than idle_timeout_s: the gateway closes the connection
+        assert _closed_by_peer(first, timeout=10)
+    finally:
+        first.close()
+        other.close()
         gateway.stop()

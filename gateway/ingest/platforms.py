@@ -72,7 +72,7 @@ def raw_member(body: bytes, name: str) -> str | None:
             _value, pos = decoder.raw_decode(text, pos)
             if key == name:
                 return text[start:pos]
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return None
 
 

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -50,6 +51,21 @@ from gateway.metrics import Metrics
 log = logging.getLogger("firegrid.uitd")
 
 _READ_CHUNK = 4096
+# Frames of one connection handed to the pipeline and not yet confirmed: past this the connection is not read until
+# confirms go out (TCP back-pressure onto the UITD, as the MQTT reader pauses above its high-water mark).  A UITD waits
+# for each confirm before its next frame, so only a misbehaving sender ever gets here.
+MAX_UNCONFIRMED = 64
+
+
+@dataclass(slots=True)
+class _Session:
+    writer: asyncio.StreamWriter
+    peer: str
+    synced: set[int] = field(default_factory=set)
+    unconfirmed: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 _TIME_REQUESTS = (UnitType.READ_UITD_TIME, UnitType.SYNC_UITD_TIME)
 
 
@@ -123,9 +139,12 @@ class UitdServer:
         self._writers.add(writer)
         self._metrics.uitd_connections.set(len(self._writers))
         frames = FrameReader(max_frame_size=self.config.max_frame_bytes, max_app_data_len=MAX_APP_DATA_LEN)
-        synced: set[int] = set()
+        session = _Session(writer=writer, peer=peer)
         try:
             while True:
+                if session.unconfirmed >= MAX_UNCONFIRMED:
+                    session.drained.clear()
+                    await session.drained.wait()
                 try:
                     chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), self.config.idle_timeout_s)
                 except TimeoutError:
@@ -136,7 +155,7 @@ class UitdServer:
                     if isinstance(item, FrameError):
                         self._reject(Rejected(Reason(item.reason), f"{peer}: {item.detail}"), peer=peer)
                     else:
-                        self._frame(item, writer, peer=peer, synced=synced)
+                        self._frame(item, session)
                 if not chunk:
                     break
         except (ConnectionError, OSError) as exc:
@@ -157,7 +176,8 @@ class UitdServer:
         self._serial = (self._serial + 1) & 0xFFFF
         return self._serial
 
-    def _frame(self, frame: Frame, writer: asyncio.StreamWriter, *, peer: str, synced: set[int]) -> None:
+    def _frame(self, frame: Frame, session: _Session) -> None:
+        writer, peer, synced = session.writer, session.peer, session.synced
         self.frames += 1
         self._metrics.uitd_frames.labels(frame.command_name.lower()).inc()
         panel = self._map.panel(frame.source)
@@ -201,6 +221,7 @@ class UitdServer:
             self._send(writer, make_confirm(frame, time=self._local_time()))
             return
         pending = len(meaning.messages)
+        session.unconfirmed += 1
 
         def committed(_verdict: Rejected | None) -> None:
             # Called after the group commit; a rejected message is committed too (counted, nothing to keep).
@@ -208,6 +229,9 @@ class UitdServer:
             pending -= 1
             if pending == 0:
                 self._send(writer, make_confirm(frame, time=self._local_time()))
+                session.unconfirmed -= 1
+                if session.unconfirmed < MAX_UNCONFIRMED:
+                    session.drained.set()
 
         received = self._now_ms()
         for message in meaning.messages:
