@@ -169,6 +169,7 @@ def test_onenet_verification_and_signed_push(gateway: Gateway, tmp_path: Path) -
     result = json.loads(answer)
     assert status == 200 and result["accepted"] == 2
     assert [r["reason"] for r in result["rejected"]] == ["unmapped_device"]
+    assert gateway.metric("firegrid_rejections_total", reason="unmapped_device") == 1
     wait_for(
         lambda: json.loads(gateway.get("/api/v1/devices/d003", token=ADMIN)[1]).get("battery") == 87,
         timeout=10,

@@ -110,6 +110,7 @@ def test_fire_alarm_is_confirmed_after_commit_and_names_the_mapped_point(
         # an unknown UITD is denied
         panel.send(part_status_frame(serial=104, source=UITD + 1, parts=[(1, 1, 42, 7, FIRE_ALARM)]))
         assert panel.answer(104, command=Command.DENY) is not None
+        assert gateway.metric("firegrid_rejections_total", reason="unknown_panel") == 1
     finally:
         panel.close()
         gateway.stop()
@@ -186,7 +187,7 @@ def test_bad_frames_are_rejected_with_reasons_and_the_next_good_frame_still_rais
         assert [r["rule"] for r in _alerts(db, "pp-3-east")] == ["panel-fire-alarm"]
         _status, body = gateway.get("/api/v1/rejections", token=TOKEN)
         reasons = {r["reason"] for r in json.loads(body)["items"]}
-        assert {"bad_checksum", "bad_length", "truncated", "oversized", "no_start"} <= reasons, reasons
+        assert {"bad_checksum", "bad_length", "truncated", "oversized", "no_start", "bad_end"} <= reasons, reasons
         assert gateway.metric("firegrid_rejections_total", reason="bad_checksum") == 1
     finally:
         panel.close()
