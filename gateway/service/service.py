@@ -154,8 +154,11 @@ class Service:
         self.mqtt.on_link = self._link_changed
         self.uitd: UitdServer | None = None
         if config.uitd.listen is not None:
+            # With mqtt.buildings, only this gateway's panels: another's UITD is denied (unknown_panel) rather than
+            # confirmed and its alarms judged nowhere
+            panels = [p for p in config.uitd.panels if config.owns(p.building)]
             self.uitd = UitdServer(
-                config=config.uitd,
+                config=config.uitd.model_copy(update={"panels": panels}),
                 prefix=config.mqtt.topic_prefix,
                 submit=self.pipeline.submit,
                 rejections=self.rejections,
