@@ -206,7 +206,8 @@ def test_ctwing_data_report_lands_in_influxdb(gateway: Gateway, influx: InfluxSe
         what="the CTWing reading in InfluxDB",
     )
     # an event report of a smoke alarm raises a fire alert; offline counts as status
-    event = {**report, "messageType": "eventReport", "eventType": 1, "payload": {"smoke_state": 1}}
+    event = {**report, "messageType": "eventReport", "eventType": 1, "eventContent": {"smoke_state": 1}}
+    del event["payload"]
     assert _request(gateway, "POST", path, json.dumps(event).encode())[0] == 200
     assert [a["rule"] for a in _alerts(db, "d005")] == ["smoke-detector-alarm"]
     offline = {"timestamp": now, "tenantId": "2000012345", "productId": "15012345"}

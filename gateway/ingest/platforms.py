@@ -171,7 +171,8 @@ def onenet_messages(msg: Any, *, mapping: PlatformMap) -> Translated:
 
 def ctwing_messages(push: Any, *, mapping: PlatformMap) -> Translated:
     """A CTWing (AEP) subscription push: ``messageType`` ``dataReport`` (payload.serviceData), ``eventReport``
-    (payload), ``deviceOnlineOfflineReport`` (eventType 1 online, 0 offline); ``deviceId`` or ``IMEI`` names the
+    (eventContent, else payload), ``deviceOnlineOfflineReport`` (eventType 1 online, 0 offline); other types
+    (``commandResponse``, ...) carry nothing to judge; ``deviceId`` or ``IMEI`` names the
     device, ``timestamp`` is epoch milliseconds."""
     if not isinstance(push, dict):
         return Translated(messages=(), rejected=(Rejected(Reason.WRONG_SHAPE, "ctwing: a push is a JSON object"),))
@@ -187,10 +188,14 @@ def ctwing_messages(push: Any, *, mapping: PlatformMap) -> Translated:
         )
     payload = push.get("payload")
     values: Any = None
-    if kind == "dataReport" and isinstance(payload, dict):
-        values = payload.get("serviceData", payload)
-    elif kind == "eventReport" and isinstance(payload, dict):
-        values = payload
+    if kind == "dataReport":
+        values = payload.get("serviceData", payload) if isinstance(payload, dict) else None
+    elif kind == "eventReport":
+        # the event's data is in eventContent (AEP's subscription push); some devices' profiles put it in payload
+        content = push.get("eventContent")
+        values = content if isinstance(content, dict) else payload
+    else:
+        return Translated(messages=(), rejected=())  # command responses and the like: nothing to judge
     if not isinstance(values, dict):
         detail = f"ctwing: messageType {str(kind)[:40]!r} with no payload object"
         return Translated(messages=(), rejected=(Rejected(Reason.WRONG_SHAPE, detail, device=device),))
