@@ -81,10 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON instead of a table")
     parser.add_argument(
         "--via",
-        choices=("mqtt", "onenet", "ctwing", "http"),
+        choices=("mqtt", "uitd", "onenet", "ctwing", "http"),
         default="mqtt",
-        help="drill through the broker (default), a signed OneNET push, a CTWing push or plain HTTP "
-        "(--ingest-token); only the devices the path maps are driven",
+        help="drill through the broker (default), a UITD (panel-alarm scenarios; the panel needs drill: true), a "
+        "signed OneNET push, a CTWing push or plain HTTP (--ingest-token); only the devices the path maps are driven",
     )
     parser.add_argument("--ingest-token", help="with --via http: a token of role ingest")
 

@@ -38,6 +38,7 @@ def stack(tmp_path: Path, mosquitto: MosquittoServer, influx: InfluxServer) -> I
             {
                 "address": UITD,
                 "building": "yg03",
+                "drill": True,  # a drill rig: what it reports pages no one
                 "points": [
                     {"system_type": 1, "system_address": 1, "part_address": 101, "device": "yg03-pp-0101"},
                     {"system_type": 1, "system_address": 1, "part_address": 102, "device": "yg03-pp-0102"},
@@ -105,3 +106,36 @@ def test_verify_drills_through_plain_http(stack: tuple[Path, Gateway, int], caps
     assert "PASS" in out, out
     rows = store_rows(gateway.config_path.parent / "firegrid.sqlite", "SELECT drill FROM alerts")
     assert rows and all(r["drill"] == 1 for r in rows)
+
+
+def test_verify_drills_a_panel_alarm_through_a_uitd(
+    stack: tuple[Path, Gateway, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, gateway, webhook_port = stack
+    code = firegrid(
+        [
+            "verify",
+            "--config",
+            str(config),
+            "--api",
+            f"http://127.0.0.1:{gateway.http_port}",
+            "--token",
+            "verify-viewer-token",
+            "--webhook-listen",
+            f"127.0.0.1:{webhook_port}",
+            "--grace",
+            "3s",
+            "--no-cleanup",
+            "--via",
+            "uitd",
+            "--scenario",
+            "panel-alarm@yg03-pp-0101+1s/20s",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "panel fire alarm" in out, out
+    rows = store_rows(
+        gateway.config_path.parent / "firegrid.sqlite", "SELECT rule, drill FROM alerts WHERE device = 'yg03-pp-0101'"
+    )
+    assert [(r["rule"], r["drill"]) for r in rows] == [("panel-fire-alarm", 1)]
