@@ -193,3 +193,35 @@ def test_config_cross_checks(section: dict[str, Any], problem: str) -> None:
     with pytest.raises((ConfigError, ValueError)) as info:
         parse_config({**BASE, **section})
     assert problem in str(info.value)
+
+
+def test_every_framing_reason_of_the_codec_is_a_rejection_reason() -> None:
+    from gateway.ingest.uitd import REASONS
+
+    assert {r for r in REASONS} <= {r.value for r in Reason}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.integers(0, 0xFFFF))
+def test_any_application_data_maps_without_raising(app_data: bytes, serial: int) -> None:
+    from gateway.ingest.uitd import Command, Frame, UitdTime
+
+    frame = Frame(
+        serial=serial,
+        version_major=1,
+        version_minor=0,
+        time=UitdTime(second=0, minute=0, hour=0, day=1, month=1, year=2026),
+        source=77,
+        destination=1,
+        command=Command.SEND_DATA,
+        app_data=bytes([2, max(1, len(app_data) // 46)]) + app_data,
+    )
+    panel_map = PanelMap(config=CONFIG.uitd, prefix="firegrid")
+    panel = panel_map.panel(77)
+    assert panel is not None
+    meaning = panel_map.meaning(frame, panel)
+    for message in meaning.messages:
+        try:
+            DECODER.decode(message.topic, message.payload, received_ms=1_796_365_805_000)
+        except Rejected:
+            pass

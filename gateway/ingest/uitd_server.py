@@ -57,6 +57,13 @@ _READ_CHUNK = 4096
 MAX_UNCONFIRMED = 64
 
 
+def _reason(codec_reason: str) -> Reason:
+    try:
+        return Reason(codec_reason)  # the codec's framing reasons are rejection reasons of the same name
+    except ValueError:
+        return Reason.WRONG_SHAPE
+
+
 @dataclass(slots=True)
 class _Session:
     writer: asyncio.StreamWriter
@@ -153,9 +160,15 @@ class UitdServer:
                 items = frames.feed(chunk) if chunk else frames.close()
                 for item in items:
                     if isinstance(item, FrameError):
-                        self._reject(Rejected(Reason(item.reason), f"{peer}: {item.detail}"), peer=peer)
-                    else:
+                        self._reject(Rejected(_reason(item.reason), f"{peer}: {item.detail}"), peer=peer)
+                        continue
+                    try:
                         self._frame(item, session)
+                    except Exception:
+                        # one odd frame must not end the connection that the next alarm arrives on
+                        log.exception("UITD %s: frame %d not handled", peer, item.serial)
+                        detail = f"{peer}: frame {item.serial} could not be handled (internal error)"
+                        self._reject(Rejected(Reason.WRONG_SHAPE, detail), peer=peer)
                 if not chunk:
                     break
         except (ConnectionError, OSError) as exc:
