@@ -154,6 +154,15 @@ def test_onenet_verification_and_signed_push(gateway: Gateway, tmp_path: Path) -
     assert json.loads(answer)["accepted"] == 1
     assert [(a["rule"], a["severity"]) for a in _alerts(db, "d001")] == [("smoke-detector-alarm", 4)]
 
+    # the envelope with msg as a string of JSON, signed as that string
+    text = json.dumps({"type": 1, "dev_id": 586024918, "ds_id": "battery", "at": now + 1, "value": 64})
+    envelope = json.dumps({"msg": text, "signature": _sign("n4", text), "nonce": "n4", "time": now, "id": "x1"})
+    status, answer = _request(gateway, "POST", "/api/v1/ingest/onenet", envelope.encode())
+    assert status == 200 and json.loads(answer)["accepted"] == 1, answer
+    forged = json.dumps({"msg": text, "signature": _sign("n4", text + " "), "nonce": "n4"})
+    assert _request(gateway, "POST", "/api/v1/ingest/onenet", forged.encode())[0] == 403
+    assert gateway.metric("firegrid_rejections_total", reason="bad_signature") == 4
+
     # an NB-IoT device named by IMEI; a batch with an online report and an unmapped device
     batch = json.dumps(
         [

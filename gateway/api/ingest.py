@@ -177,14 +177,23 @@ class _Ingest:
             document = None
         if not isinstance(document, dict):
             return _json(400, {"error": "bad_request", "detail": "the push must be a JSON object"})
-        nonce, signature = document.get("nonce"), document.get("msg_signature")
-        msg_text = raw_member(body, "msg")
+        nonce = document.get("nonce")
+        signature = document.get("msg_signature", document.get("signature"))
+        msg = document.get("msg")
+        # msg as a JSON value (signed as its text in the body) or, in the newer envelope, as a string of JSON (signed
+        # as that string, with "signature" instead of "msg_signature")
+        msg_text = msg if isinstance(msg, str) else raw_member(body, "msg")
         if not isinstance(nonce, str) or not isinstance(signature, str) or msg_text is None:
             return self.refuse(401, "onenet", "push without msg, nonce or msg_signature")
         expected = onenet_signature(token=self.onenet.token.get_secret_value(), nonce=nonce, msg=msg_text)
         if not signature_matches(expected, signature):
             return self.refuse(403, "onenet", "msg_signature does not match ingest.onenet.token")
-        return await self.platform("onenet", onenet_messages(document["msg"], mapping=self.onenet_map))
+        if isinstance(msg, str):
+            try:
+                msg = orjson.loads(msg)
+            except orjson.JSONDecodeError:
+                msg = None  # judged below: not an object
+        return await self.platform("onenet", onenet_messages(msg, mapping=self.onenet_map))
 
     # --- CTWing --------------------------------------------------------------------------------------------------
 
