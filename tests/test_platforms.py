@@ -149,13 +149,16 @@ def test_part_status_bits_become_panel_point_states(status: int, states: dict[st
     panel = panel_map.panel(77)
     assert panel is not None
     meaning = panel_map.meaning(frame, panel)
-    (message,) = meaning.messages
+    message = meaning.messages[0]
     assert message.topic == "firegrid/b1/pp-1/telemetry"
     sample = orjson.loads(message.payload)
     assert {k: sample[k] for k in states} == states and sample["seq"] == 9
     (reading,) = DECODER.decode(message.topic, message.payload, received_ms=sample["ts"]).inputs
     assert reading.ref.floor == 3
-    assert [r.reason for r in meaning.rejected] == [Reason.UNMAPPED_POINT]  # part 5 is not mapped
+    # part 5 is not mapped: counted; its fire alarm (only) still goes on, as an unregistered point of the building
+    assert [r.reason for r in meaning.rejected] == [Reason.UNMAPPED_POINT]
+    expected = ["pp-1", "uitd77-1-1-5"] if status & FIRE_ALARM else ["pp-1"]
+    assert [m.device for m in meaning.messages] == expected
 
 
 @pytest.mark.parametrize(

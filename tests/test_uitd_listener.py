@@ -102,11 +102,17 @@ def test_fire_alarm_is_confirmed_after_commit_and_names_the_mapped_point(
             timeout=20,
             what="the panel point's reading in InfluxDB",
         )
-        # a part that is not mapped is confirmed (the frame was fine) and rejected as unmapped_point
-        panel.send(part_status_frame(serial=103, source=UITD, parts=[(1, 1, 42, 999, FIRE_ALARM)]))
+        # a part that is not mapped is confirmed (the frame was fine) and counted as unmapped_point; a fault there
+        # goes no further, but a fire alarm is never dropped: it is raised as an unregistered point of the building
+        panel.send(part_status_frame(serial=103, source=UITD, parts=[(1, 1, 42, 998, FAULT)]))
         assert panel.answer(103) is not None
+        assert _alerts(db, f"uitd{UITD}-1-1-998") == []
+        panel.send(part_status_frame(serial=105, source=UITD, parts=[(1, 1, 42, 999, FIRE_ALARM)]))
+        assert panel.answer(105) is not None
+        (unmapped,) = _alerts(db, f"uitd{UITD}-1-1-999")
+        assert (unmapped["rule"], unmapped["building"]) == ("panel-fire-alarm", "b01")
         status, body = gateway.get("/api/v1/rejections?reason=unmapped_point", token=TOKEN)
-        assert len(json.loads(body)["items"]) == 1
+        assert len(json.loads(body)["items"]) == 2
         # an unknown UITD is denied
         panel.send(part_status_frame(serial=104, source=UITD + 1, parts=[(1, 1, 42, 7, FIRE_ALARM)]))
         assert panel.answer(104, command=Command.DENY) is not None

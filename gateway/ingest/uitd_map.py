@@ -64,8 +64,12 @@ class PanelMap:
         if device is not None:
             return device, True
         if panel.register_parts:
-            return f"{panel.prefix}-{part.system_type}-{part.system_address}-{part.part_address}"[:64], False
+            return self.unregistered(panel, part), False
         return None
+
+    @staticmethod
+    def unregistered(panel: UitdPanel, part: PartStatus) -> str:
+        return f"{panel.prefix}-{part.system_type}-{part.system_address}-{part.part_address}"[:64]
 
     def meaning(self, frame: Frame, panel: UitdPanel) -> FrameMeaning:
         unit = frame.unit
@@ -78,15 +82,18 @@ class PanelMap:
                 continue  # system state, analog values, operating records: logged by the listener, not readings
             found = self.device_of(panel, obj)
             if found is None:
-                rejected.append(
-                    Rejected(
-                        Reason.UNMAPPED_POINT,
-                        f"UITD {panel.address}: system {obj.system_type}/{obj.system_address} part type "
-                        f"{obj.part_type} address {obj.part_address} ({obj.description[:40]}) is not in its points",
-                        building=panel.building,
-                    )
+                where = (
+                    f"UITD {panel.address}: system {obj.system_type}/{obj.system_address} part type "
+                    f"{obj.part_type} address {obj.part_address} ({obj.description[:40]}) is not in its points"
                 )
-                continue
+                if not obj.fire_alarm:
+                    rejected.append(Rejected(Reason.UNMAPPED_POINT, where, building=panel.building))
+                    continue
+                # A fire is never dropped for a gap in the mapping: it is raised for the panel's building as the
+                # unregistered point a register_parts panel would report, and the gap is counted.
+                found = self.unregistered(panel, obj), False
+                detail = f"{where}; its fire alarm is raised as {found[0]}"
+                rejected.append(Rejected(Reason.UNMAPPED_POINT, detail, building=panel.building))
             device, registered = found
             sample: dict[str, object] = {
                 "seq": frame.serial,
