@@ -142,7 +142,8 @@ class StoreConfig(Section):
     path: Path = Path("var/firegrid.sqlite")
 
 
-Role = Literal["viewer", "operator", "admin"]
+# ``ingest`` can only push telemetry (POST /api/v1/ingest/...): a vendor's gateway holds it, and it reads nothing.
+Role = Literal["viewer", "operator", "admin", "ingest"]
 
 
 class ApiToken(Section):
@@ -290,6 +291,116 @@ class RetentionConfig(Section):
         return self
 
 
+class UitdPoint(Section):
+    """One part of a fire alarm panel, as its UITD addresses it, mapped onto a registered ``panel_point`` device."""
+
+    system_type: int = Field(ge=0, le=255)
+    system_address: int = Field(ge=0, le=255)
+    part_type: int | None = Field(default=None, ge=0, le=255)  # None: any part type at this address
+    part_address: int = Field(ge=0, le=0xFFFF_FFFF)
+    device: Ident
+
+
+class UitdPanel(Section):
+    """One UITD (用户信息传输装置) and the building its panel protects."""
+
+    address: int = Field(ge=0, le=(1 << 48) - 1)  # the UITD's 6-byte source address, read low byte first
+    building: Ident
+    points: list[UitdPoint] = Field(default_factory=list)
+    # Parts not in ``points`` report as unregistered panel_point devices named {device_prefix}-{system type}-
+    # {system address}-{part address} (accepted while contract.allow_unregistered); off: rejected as unmapped.
+    register_parts: bool = False
+    device_prefix: Ident | None = None  # default: uitd{address}
+    # A UITD on a drill rig or under commissioning: everything it reports is a drill (routed to drill receivers
+    # only, never paging the task force).  GB/T 26875.3 frames carry no drill marker of their own.
+    drill: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return self.device_prefix or f"uitd{self.address}"
+
+
+class UitdConfig(Section):
+    """The GB/T 26875.3 listener for fire alarm panels' UITDs (docs/telemetry.md, "UITD panels")."""
+
+    listen: str | None = None  # HOST:PORT; None: no listener
+    max_connections: int = Field(default=256, ge=1, le=65_535)
+    max_frame_bytes: int = Field(default=1054, ge=30, le=1054)  # 30 + the standard's 1024 bytes of application data
+    idle_timeout_s: float = Field(default=120.0, gt=0)  # a UITD sends a heartbeat every 20-30 s
+    timezone: str = "Asia/Shanghai"  # the standard's times carry no zone; panels keep local time
+    panels: list[UitdPanel] = Field(default_factory=list)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return (self.listen or "").rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int((self.listen or ":0").rpartition(":")[2])
+
+
+class PlatformDevice(Section):
+    """An IoT platform's device (OneNET device id or IMEI, CTWing deviceId or IMEI) and the firegrid device it is."""
+
+    id: str = Field(min_length=1, max_length=64)
+    device: Ident
+
+
+def _default_onenet_streams() -> dict[str, str]:
+    return {"alarm": "alarm", "smoke_alarm": "alarm", "obscuration": "obscuration", "battery": "battery"}
+
+
+class OneNetConfig(Section):
+    """China Mobile OneNET HTTP push (数据推送) to ``POST /api/v1/ingest/onenet`` (docs/telemetry.md)."""
+
+    token: Secret  # the token configured on OneNET's push page: the signature is Base64(MD5(token + nonce + msg))
+    devices: list[PlatformDevice] = Field(default_factory=list)
+    # OneNET data stream id (ds_id) -> firegrid metric of the device's kind
+    datastreams: dict[str, str] = Field(default_factory=_default_onenet_streams)
+
+
+def _default_ctwing_fields() -> dict[str, str]:
+    return {"alarm": "alarm", "smoke_state": "alarm", "obscuration": "obscuration", "battery_value": "battery"}
+
+
+class CtwingConfig(Section):
+    """China Telecom CTWing (AEP) subscription push to ``POST /api/v1/ingest/ctwing`` (docs/telemetry.md)."""
+
+    token: Secret  # sent by the subscription as ``?token=`` on the URL or the ``X-Firegrid-Token`` header
+    devices: list[PlatformDevice] = Field(default_factory=list)
+    # payload.serviceData field (or event field) -> firegrid metric of the device's kind
+    fields: dict[str, str] = Field(default_factory=_default_ctwing_fields)
+
+
+class IngestConfig(Section):
+    """HTTP ingest from IoT platforms; plain HTTP ingest needs only an ``ingest`` token in ``http.tokens``."""
+
+    onenet: OneNetConfig | None = None
+    ctwing: CtwingConfig | None = None
+    commit_timeout_s: float = Field(default=30.0, gt=0)  # answer 503 if the pipeline has not committed by then
+
+
 class FiregridConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -316,6 +427,8 @@ class FiregridConfig(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     inspections: InspectionsConfig = Field(default_factory=InspectionsConfig)
     inspection_points: list[InspectionPoint] = Field(default_factory=list)
+    uitd: UitdConfig = Field(default_factory=UitdConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
     _base_dir: Path = Path(".")
@@ -372,6 +485,11 @@ class FiregridConfig(BaseSettings):
                     problems.append(f"http.tokens[{i}].buildings[{j}]: unknown building {building_id!r}")
         problems.extend(self._station_problems())
         problems.extend(self._point_problems(by_id))
+        problems.extend(self._uitd_problems(by_id))
+        for name, platform in (("onenet", self.ingest.onenet), ("ctwing", self.ingest.ctwing)):
+            for i, mapped in enumerate(platform.devices if platform is not None else []):
+                if mapped.device not in device_ids:
+                    problems.append(f"ingest.{name}.devices[{i}].device: unknown device {mapped.device!r}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -442,6 +560,32 @@ class FiregridConfig(BaseSettings):
                     problems.append(f"{where}.device: only an extinguisher point can follow a monitored extinguisher")
                 elif device.building != point.building:
                     problems.append(f"{where}.device: device {point.device!r} is in building {device.building!r}")
+        return problems
+
+    def _uitd_problems(self, by_id: dict[str, Building]) -> list[str]:
+        problems: list[str] = []
+        devices = {d.id: d for d in self.devices}
+        addresses: set[int] = set()
+        mapped: set[str] = set()
+        for i, panel in enumerate(self.uitd.panels):
+            where = f"uitd.panels[{i}]"
+            if panel.address in addresses:
+                problems.append(f"{where}.address: duplicate UITD address {panel.address}")
+            addresses.add(panel.address)
+            if panel.building not in by_id:
+                problems.append(f"{where}.building: unknown building {panel.building!r}")
+            for j, point in enumerate(panel.points):
+                device = devices.get(point.device)
+                if device is None:
+                    problems.append(f"{where}.points[{j}].device: unknown device {point.device!r}")
+                elif device.kind is not DeviceKind.PANEL_POINT or device.building != panel.building:
+                    problems.append(
+                        f"{where}.points[{j}].device: {point.device!r} must be a panel_point of building "
+                        f"{panel.building!r}"
+                    )
+                if point.device in mapped:
+                    problems.append(f"{where}.points[{j}].device: {point.device!r} is mapped twice")
+                mapped.add(point.device)
         return problems
 
     def owns(self, building_id: str) -> bool:

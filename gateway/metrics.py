@@ -17,6 +17,16 @@ class Metrics:
             "firegrid_mqtt_messages", "MQTT messages received, by channel", ["channel"], registry=r
         )
         self.readings = Counter("firegrid_readings", "readings accepted and handed off", registry=r)
+        self.source_messages = Counter(
+            "firegrid_source_messages",
+            "messages from sources other than MQTT (uitd, onenet, ctwing, http), handed to the pipeline",
+            ["source"],
+            registry=r,
+        )
+        self.uitd_frames = Counter(
+            "firegrid_uitd_frames", "GB/T 26875.3 frames received, by command", ["command"], registry=r
+        )
+        self.uitd_connections = Gauge("firegrid_uitd_connections", "UITD TCP connections open", registry=r)
         self.rejections = Counter(
             "firegrid_rejections", "messages rejected by the telemetry contract, by reason", ["reason"], registry=r
         )

@@ -29,6 +29,13 @@ KIND_METRICS: dict[str, dict[str, str]] = {
     "heat": {"celsius": "number", **_COMMON_METRICS},
     "extinguisher": {"pressure_mpa": "number", "present": "bool", "obstructed": "bool", **_COMMON_METRICS},
     "call_point": dict(_COMMON_METRICS),
+    "panel_point": {
+        "fire_alarm": "bool",
+        "part_fault": "bool",
+        "supervisory": "bool",
+        "power_fault": "bool",
+        **_COMMON_METRICS,
+    },
 }
 _ADAPTER: TypeAdapter[list[RuleConfig]] = TypeAdapter(list[RuleConfig])
 

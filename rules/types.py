@@ -40,6 +40,9 @@ class DeviceKind(StrEnum):
     HEAT = "heat"
     EXTINGUISHER = "extinguisher"
     CALL_POINT = "call_point"
+    # A point (detector, module, call point) of a fire alarm control panel, heard through its UITD (GB/T 26875.3):
+    # the panel has already judged it, so it reports states, not measurements.
+    PANEL_POINT = "panel_point"
 
 
 class EventType(StrEnum):

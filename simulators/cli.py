@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the MQTT client and the gateway's config load only for the 
     from gateway.config import FiregridConfig
     from simulators.publish import BrokerTarget, MqttPublisher
     from simulators.record import Recorder
+    from simulators.via import ViaPublisher
 
 Log = Callable[[str], None]
 
@@ -93,6 +94,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=f"firegrid-sim-{os.getpid()}",
         help="client id prefix (default firegrid-sim-<pid>, so several generators can run side by side)",
     )
+    via = parser.add_argument_group("path (docs/telemetry.md, 'Other sources')")
+    via.add_argument(
+        "--via",
+        choices=("mqtt", "uitd", "onenet", "ctwing", "http"),
+        default="mqtt",
+        help="send through the broker (default), a UITD (GB/T 26875.3, panel_point devices of uitd.panels), a "
+        "signed OneNET push, a CTWing push, or plain HTTP with an ingest token; all but mqtt need --config",
+    )
+    via.add_argument("--api", help="with --via onenet|ctwing|http: the gateway's base URL (default: the config's http)")
+    via.add_argument("--token", help="with --via http: a token of role ingest")
+    via.add_argument("--uitd", metavar="HOST:PORT", help="with --via uitd: the listener (default: uitd.listen)")
     load = parser.add_argument_group("load mode")
     load.add_argument("--rate", type=float, help="load mode: hold R messages/s across all devices (paced)")
 
@@ -222,6 +234,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 def _run(args: argparse.Namespace) -> int:
     from simulators.publish import DevicePublisher, PooledPublisher, PublishError
     from simulators.record import Recorder
+    from simulators.via import ViaError, ViaPublisher, via_publisher
 
     community, config = load_community(args)
     start_ms = parse_start(args.start)
@@ -239,8 +252,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.speed <= 0:
         raise UsageError("--speed must be positive")
 
-    publisher: MqttPublisher | None = None
-    if not args.dry_run:
+    publisher: MqttPublisher | ViaPublisher | None = None
+    if args.via != "mqtt" and not args.dry_run:
+        if args.rate is not None:
+            raise UsageError("--rate (load mode) goes through MQTT only; bench/ measures the other paths")
+        try:
+            publisher = via_publisher(args.via, config=config, api=args.api, token=args.token, uitd=args.uitd)
+            publisher.start()
+        except ViaError as exc:
+            raise UsageError(str(exc)) from None
+    elif not args.dry_run:
         target = broker_target(args, config)
         try:
             if args.device_connections:
@@ -268,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with _stop_on_signals() as stop:
             if args.rate is not None:
-                assert length_ms is not None
+                assert length_ms is not None and not isinstance(publisher, ViaPublisher)
                 return _load(args, community, start_ms, length_ms, publisher, recorder, stop, log)
             return _simulate(args, community, start_ms, length_ms, scenarios, intervals, publisher, recorder, stop, log)
     finally:
@@ -316,13 +337,14 @@ def _simulate(
     length_ms: int | None,
     scenarios: list[Scenario],
     intervals: dict[str, float],
-    publisher: MqttPublisher | None,
+    publisher: MqttPublisher | ViaPublisher | None,
     recorder: Recorder | None,
     stop: threading.Event,
     log: Log,
 ) -> int:
     from simulators.runner import drive
     from simulators.sim import Simulation
+    from simulators.via import ViaPublisher
 
     sim = Simulation(
         community, seed=args.seed, start_ms=start_ms, drill=args.drill, intervals=intervals, scenarios=scenarios
@@ -355,6 +377,7 @@ def _simulate(
             if stats
             else ""
         )
+        + (f"; {publisher.skipped:,} not expressible via {args.via}" if isinstance(publisher, ViaPublisher) else "")
         + (f"; recorded to {args.record}" if args.record else "")
     )
     if stats is not None and (stats.errors or not result.flushed):

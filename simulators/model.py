@@ -25,6 +25,7 @@ DEFAULT_INTERVAL_S: dict[str, float] = {
     DeviceKind.HEAT.value: 60.0,
     DeviceKind.EXTINGUISHER.value: 300.0,
     DeviceKind.CALL_POINT.value: 300.0,
+    DeviceKind.PANEL_POINT.value: 300.0,  # a panel's point reports its state (normal, as simulated)
 }
 
 # While a scenario drives a device it reports this often (real detectors report by exception when in alarm).

@@ -157,6 +157,25 @@ class CallPoint(Scenario):
 
 
 @dataclass
+class PanelAlarm(Scenario):
+    """A fire alarm panel declares a fire at one of its points (``fire_alarm: true``, as its UITD reports it), back
+    to normal after the duration if one is given."""
+
+    kinds: tuple[str, ...] = ("panel_point",)
+
+    def install(self, sim: Simulation) -> None:
+        device = self.device_in(sim)
+        at = self.onset_ms(sim)
+        end = None if self.duration_ms is None else at + self.duration_ms
+        affect(sim, device, SetValue("fire_alarm", True, at, end))
+        if end is not None:
+            sim.at(end, lambda now: sim.report_now(device, now))
+
+    def expectations(self, community: Community) -> list[Expectation]:
+        return [self.expect_at(self.pick(community), "panel fire alarm", "fire", within_ms=DELIVERY_MS)]
+
+
+@dataclass
 class ExtinguisherRemoved(Scenario):
     """An extinguisher taken off its bracket (``present: false``) and returned after the duration (default 90 s)."""
 
@@ -351,6 +370,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "cooking": Cooking,
     "callpoint": CallPoint,
     "call_point": CallPoint,
+    "panel-alarm": PanelAlarm,
     "extinguisher-removed": ExtinguisherRemoved,
     "removed": ExtinguisherRemoved,
     "leak": Leak,

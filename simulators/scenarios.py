@@ -210,6 +210,7 @@ HELP: dict[str, str] = {
     "fire": "fire@b07:3F+30s[,spread=15s]  growing fire: smoke, then the floor's detectors and heat, then upstairs",
     "cooking": "cooking@DEVICE+10s[/2m][,peak=4.5]  one detector's smoke, no heat: an unconfirmed alarm",
     "callpoint": "callpoint@DEVICE+5s[/1m]  call point pressed (reset after the duration); alias call_point",
+    "panel-alarm": "panel-alarm@DEVICE+5s[/1m]  a fire alarm panel's point in fire alarm (panel_point, via a UITD)",
     "extinguisher-removed": "extinguisher-removed@DEVICE[/90s]  off its bracket, back after; alias removed",
     "leak": "leak@DEVICE[,rate=0.02]  pressure falls RATE MPa/min",
     "silent": "silent@DEVICE+30s[/20m]  sends nothing (for good without a duration)",

@@ -188,6 +188,9 @@ class DeviceSim:
             out["pressure_mpa"] = round(min(5.0, max(0.0, values["pressure_mpa"])), 3)
             out["present"] = bool(values["present"])
             out["obstructed"] = bool(values["obstructed"])
+        elif kind == "panel_point":
+            for state in ("fire_alarm", "part_fault", "supervisory", "power_fault"):
+                out[state] = bool(values.get(state, False))
         out["battery"] = round(min(100.0, max(0.0, values["battery"])), 1)
         out["rssi"] = round(min(20.0, max(-150.0, values["rssi"])))
         if drill:

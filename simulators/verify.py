@@ -79,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cleanup-timeout", default="2m", help="longest cleanup phase (default 2m)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON instead of a table")
+    parser.add_argument(
+        "--via",
+        choices=("mqtt", "uitd", "onenet", "ctwing", "http"),
+        default="mqtt",
+        help="drill through the broker (default), a UITD (panel-alarm scenarios; the panel needs drill: true), a "
+        "signed OneNET push, a CTWing push or plain HTTP (--ingest-token); only the devices the path maps are driven",
+    )
+    parser.add_argument("--ingest-token", help="with --via http: a token of role ingest")
 
 
 class VerifyError(Exception):
@@ -431,6 +439,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Community, list[Scenario], lis
 async def verify(args: argparse.Namespace) -> Verdict:
     from simulators.cli import broker_target
     from simulators.publish import PooledPublisher, PublishError
+    from simulators.via import ViaError, ViaPublisher, via_publisher
 
     if not args.api and not args.webhook_listen:
         raise VerifyError("give --api URL --token T (SSE stream) and/or --webhook-listen HOST:PORT")
@@ -455,7 +464,7 @@ async def verify(args: argparse.Namespace) -> Verdict:
     observer = Observer()
     tasks: list[asyncio.Task[Any]] = []
     receiver: WebhookReceiver | None = None
-    publisher: PooledPublisher | None = None
+    publisher: PooledPublisher | ViaPublisher | None = None
     stop = threading.Event()
     try:
         if args.webhook_listen:
@@ -470,11 +479,17 @@ async def verify(args: argparse.Namespace) -> Verdict:
             if not ready.done():
                 raise VerifyError(f"no 'hello' from {args.api}/api/v1/stream within 15 s")
         try:
-            publisher = PooledPublisher(
-                broker_target(args, config), connections=1, qos=1, client_id=f"firegrid-verify-{uuid.uuid4().hex[:8]}"
-            )
+            if args.via != "mqtt":
+                publisher = via_publisher(args.via, config=config, api=args.api, token=args.ingest_token, uitd=None)
+            else:
+                publisher = PooledPublisher(
+                    broker_target(args, config),
+                    connections=1,
+                    qos=1,
+                    client_id=f"firegrid-verify-{uuid.uuid4().hex[:8]}",
+                )
             publisher.start()
-        except PublishError as exc:
+        except (PublishError, ViaError) as exc:
             raise VerifyError(str(exc)) from None
         start_ms = wall_ms()
         sim = Simulation(

@@ -201,6 +201,16 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
     summary = get(monthly.replace("format=pdf", "format=json"), viewer)
     assert summary["response"]["by_severity"]["fire"] >= 1 and summary["month"] in monthly
 
+    # The other doors: each path committed what it sent, and the panel's fire alarm (through the UITD) is an alert.
+    demo.wait_for(
+        r"other paths: uitd 2 committed, onenet 1 committed, ctwing 1 committed, http 1 committed", timeout=30
+    )
+    panel = demo.wait_for(r"panel alarm #1: UITD fire alarm at (\S+) \((\S+)\)", timeout=60)
+    deadline = time.monotonic() + 30
+    while not [a for a in items_of(get(url + "api/v1/alerts?severity=fire", viewer)) if a["device"] == panel.group(2)]:
+        assert time.monotonic() < deadline, "no panel fire alert through the API within 30 s\n" + demo.output()
+        time.sleep(0.25)
+
     stream.close()
     demo.proc.send_signal(signal.SIGTERM)
     assert demo.proc.wait(timeout=45) == 0, demo.output()

@@ -4,7 +4,7 @@
   constant time (``hmac.compare_digest`` over SHA-256 digests, so neither the content nor the length of a configured
   token leaks through timing, and the loop does not stop at the first match).
 * Tokens are never logged and never echoed: a failed request says only *that* it failed.
-* Roles are ordered ``viewer < operator < admin``.
+* Roles are ordered ``viewer < operator < admin``; ``ingest`` (a vendor gateway's token) may only push telemetry.
 * A token limited to ``grids`` and/or ``buildings`` sees a building when it is in one of its grids OR in its building
   list (both lists widen the view; a token with neither sees everything).  Everything outside — alerts, devices,
   incidents, rejections, counts, live events — is invisible to it.
@@ -20,8 +20,9 @@ from typing import Literal
 
 from gateway.config import FiregridConfig
 
-Role = Literal["viewer", "operator", "admin"]
-ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+Role = Literal["viewer", "operator", "admin", "ingest"]
+# ``ingest`` ranks below viewer: it reads nothing; only the ingest endpoints (gateway/api/ingest.py) accept it
+ROLE_RANK: dict[str, int] = {"ingest": -1, "viewer": 0, "operator": 1, "admin": 2}
 
 
 class AuthError(Exception):

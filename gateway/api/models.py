@@ -530,7 +530,7 @@ class Deleted(Model):
 
 class WhoAmI(Model):
     name: str
-    role: Literal["viewer", "operator", "admin"]
+    role: Literal["viewer", "operator", "admin", "ingest"]
     grids: list[str] | None
     buildings: list[str] | None
 

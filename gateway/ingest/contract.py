@@ -59,6 +59,18 @@ class Reason(StrEnum):
     WRONG_BUILDING = "wrong_building"  # a registered device publishing under another building
     FOREIGN_BUILDING = "foreign_building"  # a building another gateway owns (mqtt.buildings)
     DUPLICATE = "duplicate"  # the same (device, seq, values) again inside the replay window (judged by the gateway)
+    # Other sources than MQTT (docs/telemetry.md, "Other sources").  GB/T 26875.3 framing, as the UITD codec names it:
+    NO_START = "no_start"  # bytes outside any @@ ... ## frame
+    TRUNCATED = "truncated"  # a frame that stopped before its end
+    BAD_LENGTH = "bad_length"  # a length field over the standard's 1024 bytes
+    OVERSIZED = "oversized"  # a frame over uitd.max_frame_bytes
+    BAD_END = "bad_end"  # no ## where the length field puts it
+    BAD_CHECKSUM = "bad_checksum"  # the byte sum does not match
+    UNKNOWN_PANEL = "unknown_panel"  # a UITD address that is not in uitd.panels
+    UNMAPPED_POINT = "unmapped_point"  # a panel part that is not in its panel's points (and register_parts is off)
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # a UITD connection over uitd.max_connections, closed at once
+    BAD_SIGNATURE = "bad_signature"  # an IoT platform push whose signature or token is wrong or missing
+    UNMAPPED_DEVICE = "unmapped_device"  # an IoT platform's device id or IMEI that ingest.*.devices does not map
 
 
 class Rejected(Exception):
@@ -139,11 +151,22 @@ class CallPointSample(_Sample):
     metrics = ("battery", "rssi", "tamper", "fault")
 
 
+class PanelPointSample(_Sample):
+    """A fire alarm panel's point as its UITD reports it (GB/T 26875.3 part status): the panel's own verdicts."""
+
+    metrics = ("fire_alarm", "part_fault", "supervisory", "power_fault", "battery", "rssi", "tamper", "fault")
+    fire_alarm: bool | None = None  # the panel declared a fire alarm at this point
+    part_fault: bool | None = None  # the point is in fault
+    supervisory: bool | None = None  # a supervisory signal (监管) from this point
+    power_fault: bool | None = None  # the point's power supply failed
+
+
 SAMPLE_MODELS: dict[DeviceKind, type[_Sample]] = {
     DeviceKind.SMOKE: SmokeSample,
     DeviceKind.HEAT: HeatSample,
     DeviceKind.EXTINGUISHER: ExtinguisherSample,
     DeviceKind.CALL_POINT: CallPointSample,
+    DeviceKind.PANEL_POINT: PanelPointSample,
 }
 
 

@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
 from gateway.ingest import paho_speedups
+from gateway.ingest.contract import Rejected
 from gateway.ingest.filter_ledger import FilterLedger
 from gateway.metrics import Metrics
 
@@ -54,7 +55,12 @@ class MqttUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One message as received: enough to decode it and to acknowledge it later."""
+    """One message as received: enough to decode it and to acknowledge it later.
+
+    MQTT messages are acknowledged by ``(generation, mid)`` when ``qos`` is 1.  Another source (a UITD panel, an HTTP
+    push) sets ``on_commit`` instead: the pipeline calls it once the group commit holding the message is durable,
+    which is where that source sends its own acknowledgement (a GB/T 26875.3 confirm frame, an HTTP 2xx).
+    """
 
     generation: int
     mid: int
@@ -62,6 +68,7 @@ class Incoming:
     topic: str
     payload: bytes
     received_ms: int
+    on_commit: Callable[[Rejected | None], None] | None = None
 
 
 def subscriptions(config: MqttConfig) -> list[str]:

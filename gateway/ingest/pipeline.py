@@ -1,5 +1,8 @@
 """The ingest pipeline: MQTT message -> contract -> dedup -> presence + rules engine -> group commit -> PUBACK.
 
+Other sources (UITD panels, HTTP pushes) submit the same :class:`Incoming` with a synthetic topic and an
+``on_commit`` callback, called where MQTT's PUBACK is sent: after the group commit.
+
 Two stages, so that decoding the next batch overlaps with making the previous one durable:
 
 1. **process** (on the event loop, under the engine lock): take a batch from the inbox (``event`` channel first),
@@ -79,6 +82,8 @@ class Job:
     """One group commit: what to make durable, then which messages to acknowledge."""
 
     acks: list[tuple[int, int]] = field(default_factory=list)
+    # other sources' acknowledgements, each with the contract's verdict on its message
+    callbacks: list[tuple[Callable[[Rejected | None], None], Rejected | None]] = field(default_factory=list)
     telemetry: list[bytes] = field(default_factory=list)
     alerts: list[bytes] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
@@ -220,20 +225,25 @@ class Pipeline:
             if message.qos:
                 job.acks.append((message.generation, message.mid))
             if message.topic.startswith(self._gateway_topics):
+                if message.on_commit is not None:
+                    job.callbacks.append((message.on_commit, None))
                 continue
             try:
                 decoded = decode(message.topic, message.payload, received_ms=message.received_ms)
             except Rejected as exc:
                 self.rejections.record(exc, topic=message.topic, now_ms=message.received_ms)
+                if message.on_commit is not None:
+                    job.callbacks.append((message.on_commit, exc))
                 continue
             except Exception:
                 log.exception("decoder failed on a message from %s", message.topic[:200])
-                self.rejections.record(
-                    Rejected(Reason.WRONG_SHAPE, "internal decoder error"),
-                    topic=message.topic,
-                    now_ms=message.received_ms,
-                )
+                internal = Rejected(Reason.WRONG_SHAPE, "internal decoder error")
+                self.rejections.record(internal, topic=message.topic, now_ms=message.received_ms)
+                if message.on_commit is not None:
+                    job.callbacks.append((message.on_commit, internal))
                 continue
+            if message.on_commit is not None:
+                job.callbacks.append((message.on_commit, None))
             if decoded.clock_skew:
                 self.metrics.clock_skew.inc(decoded.clock_skew)
             duplicates = 0
@@ -330,6 +340,11 @@ class Pipeline:
             self.last_commit_ms = now = now_ms()
             if job.acks:
                 self.metrics.acks.inc(self._ack(job.acks))
+            for callback, verdict in job.callbacks:
+                try:
+                    callback(verdict)
+                except Exception:  # one source's broken connection must not stop the commits of the others
+                    log.exception("acknowledging a committed message failed")
             self.committed_messages += job.messages
             if job.readings:
                 self.metrics.readings.inc(job.readings)

@@ -36,6 +36,7 @@ from common.gc_pause import gc_paused
 from common.migrations import SchemaError
 from gateway.api import create_api_app
 from gateway.api.hub import Hub
+from gateway.api.ingest import add_ingest_routes
 from gateway.api.runtime import Runtime
 from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
@@ -44,6 +45,7 @@ from gateway.ingest.filter_ledger import FilterLedger
 from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
 from gateway.ingest.rejections import Rejections
+from gateway.ingest.uitd_server import UitdServer
 from gateway.metrics import Metrics
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def build_http_app(runtime: Runtime) -> web.Application:
     app = create_api_app(runtime)
     add_ops_routes(app, runtime)
+    add_ingest_routes(app, runtime)
     return app
 
 
@@ -159,6 +162,18 @@ class Service:
             config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit, ledger=FilterLedger(db_path)
         )
         self.mqtt.on_link = self._link_changed
+        self.uitd: UitdServer | None = None
+        if config.uitd.listen is not None:
+            # With mqtt.buildings, only this gateway's panels: another's UITD is denied (unknown_panel) rather than
+            # confirmed and its alarms judged nowhere
+            panels = [p for p in config.uitd.panels if config.owns(p.building)]
+            self.uitd = UitdServer(
+                config=config.uitd.model_copy(update={"panels": panels}),
+                prefix=config.mqtt.topic_prefix,
+                submit=self.pipeline.submit,
+                rejections=self.rejections,
+                metrics=self.metrics,
+            )
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
         self.runtime.pipeline = self.pipeline
@@ -268,6 +283,8 @@ class Service:
             log.info("influx.url is null: telemetry is kept in the local store only (no InfluxDB writes)")
         await self.start_http()
         log.info("HTTP listening on %s:%s", self.config.http.host, self.http_port)
+        if self.uitd is not None:
+            await self.uitd.start()
         tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
             "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
@@ -326,6 +343,8 @@ class Service:
             with contextlib.suppress(BaseException):
                 await side
         self.mqtt.pause()  # take nothing more in
+        if self.uitd is not None:
+            self.uitd.stop_listening()
         self.pipeline.stop()
         pipeline = tasks["pipeline"]
         if not pipeline.done():
@@ -340,6 +359,8 @@ class Service:
         # Read the socket again so the retained "offline" gets its PUBACK; whatever else arrives now is not
         # processed and therefore never acknowledged (the broker keeps it for the next start).
         self.pipeline.closed = True
+        if self.uitd is not None:
+            await self.uitd.close()  # after the drain: the confirms of what was committed have gone out
         self.mqtt.resume()
         self.mqtt.stop()
         mqtt = tasks["mqtt"]

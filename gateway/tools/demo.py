@@ -9,6 +9,8 @@ One process, one event loop (plus the simulator's thread):
   webhook receiver, so a demo never pages anybody;
 * the simulated community from the config (simulators/), with a simulated fire ("fire drill") every
   ``--drill-every`` in the next building in turn, each lasting ``--drill-length``;
+* the other doors (gateway/tools/demo_paths.py): a UITD (GB/T 26875.3) in front of a simulated fire alarm panel in
+  the first building, with a panel fire alarm half-way between drills, and OneNET, CTWing and plain HTTP pushes;
 * the local webhook receiver: it checks each delivery's Standard Webhooks signature, prints it to the console,
   keeps the latest at ``GET /deliveries`` and publishes it on the dashboard's live stream as a ``webhook`` event.
 
@@ -45,6 +47,7 @@ from aiohttp import web
 
 from common.webhooks import verify
 from gateway.config import ApiToken, FiregridConfig, load_or_exit
+from gateway.tools.demo_paths import PathsFeeder, with_other_paths
 from gateway.tools.demo_robots import DemoRobots
 
 if TYPE_CHECKING:
@@ -560,13 +563,15 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     service_task: asyncio.Task[int] | None = None
     receiver_runner: web.AppRunner | None = None
     simulator: CommunitySimulator | None = None
+    feeder: PathsFeeder | None = None
     exit_code = 0
     try:
         try:
             broker = await start_broker(mqtt_port)
         except OSError as exc:
             raise DemoError(f"cannot start the embedded MQTT broker on port {mqtt_port}: {exc}") from None
-        service = Service(config)
+        service_config, paths = with_other_paths(config, uitd_port=free_port())
+        service = Service(service_config)
         receiver = WebhookReceiver(secret=receiver_secret, out=console, publish=service.hub.publish)
         if args.dispatch_after > 0 and config.stations:
             receiver.on_incident_opened = DutyRoom(
@@ -601,6 +606,17 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         )
         # paho's first connect waits for the CONNACK synchronously, and the broker runs on this loop: use a thread.
         await asyncio.to_thread(simulator.start)
+        feeder = PathsFeeder(
+            service_config,
+            paths,
+            api=f"http://127.0.0.1:{service.http_port}",
+            every_s=10.0,
+            first_alarm_s=args.first_drill + args.drill_every / 2,
+            alarm_every_s=args.drill_every,
+            alarm_length_s=args.drill_length,
+            out=console,
+        )
+        feeder.start()
 
         buildings = len(config.buildings)
         devices = len(config.devices)
@@ -619,6 +635,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
             f"  group robots:     WeCom and DingTalk stand-ins on http://127.0.0.1:{receiver_port} (drills, with"
             " action links)",
+            f"  other paths:      UITD (GB/T 26875.3) {paths.uitd_listen}, panel of {paths.panel_building}; OneNET, "
+            f"CTWing and HTTP pushes to http://127.0.0.1:{service.http_port}/api/v1/ingest/...",
             "  telemetry:        local store only (no InfluxDB configured)",
             f"  figures:          http://127.0.0.1:{service.http_port}/api/v1/reports/response"
             " (also /false-alarms, /devices; the strip on the dashboard; viewer token)",
@@ -653,6 +671,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         exit_code = 1
     finally:
         console("stopping: simulator, gateway, webhook receiver, broker")
+        if feeder is not None:
+            await asyncio.to_thread(feeder.stop)
         if simulator is not None:
             await asyncio.to_thread(simulator.stop)
         if service is not None and service_task is not None:
