@@ -41,6 +41,10 @@ RULE_NAMES: Final[Mapping[Lang, Mapping[str, str]]] = {
         "device-absent": "设备未上报",
         "repeated-false-alarms": "同一探测器反复报警",
         "flapping": "告警频繁变化",
+        "panel-fire-alarm": "火灾报警控制器部件火警",
+        "panel-supervisory": "火灾报警控制器部件监管报警",
+        "panel-fault": "火灾报警控制器部件故障",
+        "panel-power-fault": "火灾报警控制器部件电源故障",
     },
     "en": {
         "smoke-obscuration": "Smoke obscuration",
@@ -59,6 +63,10 @@ RULE_NAMES: Final[Mapping[Lang, Mapping[str, str]]] = {
         "device-absent": "Device not reporting",
         "repeated-false-alarms": "Repeated alarms from one detector",
         "flapping": "Flapping alert",
+        "panel-fire-alarm": "Fire alarm panel point in alarm",
+        "panel-supervisory": "Fire alarm panel point supervisory",
+        "panel-fault": "Fire alarm panel point fault",
+        "panel-power-fault": "Fire alarm panel point power fault",
     },
 }
 
@@ -74,6 +82,10 @@ METRICS: Final[Mapping[Lang, Mapping[str, tuple[str, str]]]] = {
         "obstructed": ("遮挡状态", ""),
         "tamper": ("防拆状态", ""),
         "rssi": ("信号强度", " dBm"),
+        "fire_alarm": ("火警状态", ""),
+        "part_fault": ("故障状态", ""),
+        "supervisory": ("监管状态", ""),
+        "power_fault": ("电源故障状态", ""),
     },
     "en": {
         "obscuration": ("obscuration", " %/m"),
@@ -85,6 +97,10 @@ METRICS: Final[Mapping[Lang, Mapping[str, tuple[str, str]]]] = {
         "obstructed": ("obstructed", ""),
         "tamper": ("tamper", ""),
         "rssi": ("signal", " dBm"),
+        "fire_alarm": ("fire alarm", ""),
+        "part_fault": ("fault", ""),
+        "supervisory": ("supervisory", ""),
+        "power_fault": ("power fault", ""),
     },
 }
 
