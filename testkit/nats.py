@@ -306,13 +306,27 @@ class NatsCluster:
         """Each running node's view of ``stream`` from ``/jsz`` (only nodes holding a replica report it)."""
         for node in self.running_nodes():
             try:
-                jsz = node.monitor(f"/jsz?acc={ACCOUNT}&streams=true&consumers=true")
+                jsz = node.monitor(f"/jsz?acc={ACCOUNT}&streams=true&consumers=true&config=true")
             except (OSError, ValueError, urllib.error.URLError):
                 continue
             for account in jsz.get("account_details") or []:
                 for detail in account.get("stream_detail") or []:
                     if detail.get("name") == stream:
                         yield node, detail
+
+    def consumers(self, *, filter_subject: str, stream: str = MQTT_MSGS_STREAM) -> list[dict[str, Any]]:
+        """The consumer details (``num_redelivered``, ``num_ack_pending``, ``delivered``…) of ``stream``'s consumers
+        with this filter, as the node leading each consumer reports them.  An MQTT subscription to ``fgp/5/+/+/+``
+        is a consumer filtered on ``$MQTT.msgs.fgp.5.*.*.*``."""
+        found: list[dict[str, Any]] = []
+        for node, detail in self.stream_info(stream):
+            for consumer in detail.get("consumer_detail") or []:
+                config = consumer.get("config") or {}
+                subjects = [config.get("filter_subject"), *(config.get("filter_subjects") or [])]
+                leader = (consumer.get("cluster") or {}).get("leader")
+                if filter_subject in subjects and leader == node.name:
+                    found.append(consumer)
+        return found
 
     def stream_leader(self, stream: str = MQTT_MSGS_STREAM, *, timeout: float = 20.0) -> NatsNode:
         """The running node that leads ``stream``'s Raft group, once the running replicas agree on it."""
