@@ -289,7 +289,9 @@ class NatsCluster:
                 node.stop(timeout=5)
 
     def wait_for_meta_leader(self, *, timeout: float = 20.0) -> str:
-        """The JetStream meta leader's name, once every running node agrees on one."""
+        """The JetStream meta leader's name, once every running node agrees on one (a single node leads itself)."""
+        if len(self.nodes) == 1:
+            return self.nodes[0].name
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             leaders: set[str] = set()

@@ -4,13 +4,16 @@ Each test proves one behaviour the design rests on (docs/cluster.md), with real 
 loopback ports and paho-mqtt clients speaking MQTT 3.1.1:
 
 (a) the account's subject mapping applies to MQTT publishes, so a gateway owning partition NN sees exactly the
-    buildings the mapping puts there, the same from every node, and can compute NN itself;
+    buildings the mapping puts there, the same from every node, and can compute NN itself; retained statuses are
+    kept under the mapped topic;
 (b) the device's PUBACK follows the replicated store: a QoS 1 message acknowledged to the device survives a SIGKILL of
     the stream leader (which was also the node the device used) and reaches the partition's persistent session;
 (c) a second connection with the same client id takes the session over, the old one is disconnected, and the new one
     receives everything the old one had not acknowledged;
 (d) a QoS 1 message delivered but not acknowledged is delivered again after ``mqtt.ack_wait`` (configured to 2 s
     here), on the same connection or after a reconnect.
+
+And the listener refuses MQTT 5, so whatever connects to it must speak 3.1.1.
 
 The figures the design needs (takeover latency, redelivery delay, order on redelivery) are measured and printed;
 ``pytest -rP tests/test_cluster_broker.py`` shows them.  Nothing sleeps for an event: every wait polls a condition
@@ -577,3 +580,20 @@ def test_killed_subscriber_gets_unacknowledged_messages_again(cluster: NatsClust
     assert last_old <= ACK_WAIT_S + 3, f"the unacknowledged messages took {last_old:.2f}s, well past ack_wait"
     assert len(got) == len(set(got)), "with automatic PUBACKs each message should arrive exactly once here"
     again.disconnect()
+
+
+def test_mqtt_5_is_refused(cluster: NatsCluster) -> None:
+    """The MQTT listener speaks 3.1.1 only: an MQTT 5 CONNECT is answered 'unsupported protocol version'.  The
+    simulators speak 3.1.1 already; the gateway defaults to MQTT 5 (``mqtt.protocol: v5``), so in front of NATS it
+    must be configured with ``v311``."""
+    answers: list[str] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="v5-device", protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, u, flags, reason, props: answers.append(str(reason))
+    client.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
+    client.loop_start()
+    try:
+        wait_until(lambda: bool(answers), timeout=10, what="the CONNACK to an MQTT 5 client")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert answers[0] == "Unsupported protocol version"
