@@ -232,21 +232,30 @@ def clients() -> Iterator[list[Client]]:
         client.close()
 
 
-def consumers_on_every_replica(cluster: NatsCluster, count: int) -> Callable[[], bool]:
-    """Every running replica of ``$MQTT_msgs`` knows at least ``count`` consumers.
+def consumers_on_every_replica(cluster: NatsCluster, *topic_filters: str) -> Callable[[], bool]:
+    """The subscriptions to ``topic_filters`` exist as consumers, and every running replica of ``$MQTT_msgs`` knows
+    every consumer there is (other tests' consumers come and go meanwhile, so a count alone is not enough).
 
     ``$MQTT_msgs`` keeps a message only while some consumer is interested in it.  Early in the spike, on a freshly
     started cluster, the first QoS 1 publish after a SUBACK (subscriber and device on different nodes) was
     acknowledged to the device and never delivered; it did not recur in later runs, so the cause is not pinned down.
     The tests therefore wait until every replica reports the new consumers before they publish, and cluster mode
     creates each partition's session once, for good, before devices are pointed at the cluster."""
+    wanted = {"$MQTT.msgs." + f.replace("/", ".").replace("+", "*").replace("#", ">") for f in topic_filters}
 
     def check() -> bool:
         views = list(cluster.stream_info(MQTT_MSGS_STREAM))
-        running = len(cluster.running_nodes())
-        return len(views) >= running and all(
-            int(d.get("state", {}).get("consumer_count", 0)) >= count for _, d in views
-        )
+        if len(views) < len(cluster.running_nodes()):
+            return False
+        consumers = {c["name"]: c.get("config") or {} for _, d in views for c in d.get("consumer_detail") or []}
+        filters = {
+            f
+            for config in consumers.values()
+            for f in [config.get("filter_subject"), *(config.get("filter_subjects") or [])]
+        }
+        if not wanted <= filters:
+            return False
+        return all(int(d.get("state", {}).get("consumer_count", 0)) == len(consumers) for _, d in views)
 
     return check
 
@@ -280,7 +289,8 @@ def test_mapping_puts_each_building_in_its_partition_from_every_node(
     unmapped.connect(cluster.nodes[0])
     unmapped.subscribe("firegrid/#")
     before = {node.name: 0 for node in cluster.nodes}
-    wait_until(consumers_on_every_replica(cluster, PARTITIONS + 1), timeout=20, what="consumers on every replica")
+    filters = [f"fgp/{p}/#" if p % 2 == 0 else f"fgp/{p}/+/+/+" for p in range(PARTITIONS)]
+    wait_until(consumers_on_every_replica(cluster, *filters), timeout=20, what="consumers on every replica")
 
     devices = []
     for i, node in enumerate(cluster.nodes):
@@ -360,7 +370,6 @@ def test_puback_survives_the_loss_of_the_stream_leader(cluster: NatsCluster, cli
     partition = 3 if stop == "SIGKILL" else 11
     leader = cluster.stream_leader()
     others = [node for node in cluster.nodes if node is not leader]
-    consumers = int(next(iter(cluster.stream_info()))[1].get("state", {}).get("consumer_count", 0))
 
     session = Client(f"firegrid-p{partition}-{stop}", clean_session=False)
     clients.append(session)
@@ -373,7 +382,11 @@ def test_puback_survives_the_loss_of_the_stream_leader(cluster: NatsCluster, cli
     clients.append(live)
     live.connect(others[1])
     live.subscribe(f"fgp/{live_partition}/+/+/+")
-    wait_until(consumers_on_every_replica(cluster, consumers + 2), timeout=20, what="the sessions' consumers")
+    wait_until(
+        consumers_on_every_replica(cluster, f"fgp/{partition}/+/+/+", f"fgp/{live_partition}/+/+/+"),
+        timeout=20,
+        what="the sessions' consumers",
+    )
     # A device connected to a surviving node, which (as devices do) reconnects and resends what was not acknowledged.
     survivor = Client(f"puback-dev-2-{stop}", reconnect=True)
     clients.append(survivor)
