@@ -37,13 +37,14 @@ from gateway.api.framework import (
     problem_middleware,
 )
 from gateway.api.hub import Hub
+from gateway.api.inspection_parts import PARTS_KEY
 from gateway.api.inspection_parts import install as install_inspections
 from gateway.api.mobile import add_mobile_routes
 from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
 from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
-from gateway.api.routes.stream import store_listener
+from gateway.api.routes.stream import inspection_listener, store_listener
 from gateway.api.routes.voice import add_voice_receipts
 from gateway.api.runtime import Runtime
 
@@ -153,6 +154,9 @@ async def _bind_hub(app: web.Application) -> None:
     store = state.runtime.store
     if store is not None:
         store.add_listener(store_listener(state))
+    parts = app.get(PARTS_KEY)
+    if parts is not None:
+        parts.store.add_listener(inspection_listener(state))
 
 
 async def _close_hub(app: web.Application) -> None:
