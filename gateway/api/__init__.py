@@ -40,7 +40,7 @@ from gateway.api.hub import Hub
 from gateway.api.inspection_parts import PARTS_KEY
 from gateway.api.inspection_parts import install as install_inspections
 from gateway.api.mobile import add_mobile_routes
-from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
+from gateway.api.openapi import DOCS_CSS, EXTRA_PATHS_KEY, ExtraPaths, build_openapi, render_docs
 from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
@@ -103,14 +103,24 @@ def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], i
     add_voice_receipts(app, runtime)
     add_action_links(app, runtime)
 
-    spec = orjson.dumps(build_openapi())
-    docs = render_docs(orjson.loads(spec))
+    # Built on first use, not here: routes mounted after this (the service's ingest endpoints) add their own path
+    # items to app[EXTRA_PATHS_KEY] before the app starts.
+    app[EXTRA_PATHS_KEY] = []
+    built: list[tuple[bytes, str]] = []
+
+    def documents() -> tuple[bytes, str]:
+        if not built:
+            extra: list[ExtraPaths] = app[EXTRA_PATHS_KEY]
+            document = build_openapi(extra)
+            spec = orjson.dumps(document)
+            built.append((spec, render_docs(orjson.loads(spec))))
+        return built[0]
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.Response(body=spec, content_type="application/json")
+        return web.Response(body=documents()[0], content_type="application/json")
 
     async def docs_page(_: web.Request) -> web.Response:
-        return web.Response(text=docs, content_type="text/html")
+        return web.Response(text=documents()[1], content_type="text/html")
 
     async def dashboard(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
