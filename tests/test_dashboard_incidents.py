@@ -175,6 +175,17 @@ def get(base: str, path: str, token: str = VIEWER) -> Any:
         return json.loads(response.read())
 
 
+def post(base: str, path: str, body: dict[str, Any], token: str = OPERATOR) -> Any:
+    request = urllib.request.Request(
+        base + "/api/v1" + path,
+        data=json.dumps(body, ensure_ascii=False).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def sms_reply(base: str, *, phone: str, text: str) -> Any:
     """A member's reply as the SMS provider forwards it: signed with the inbound secret (Standard Webhooks)."""
     import yaml
@@ -333,6 +344,14 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(card.locator(".inc-alert")).to_have_count(len(alerts))
             reasons = page.locator(".alert-reason, .inc-alert-reason").all_inner_texts()
             assert reasons and untranslated_in_zh(reasons) == [], reasons
+            # a hazard a grid worker reported, on the 码上安全 panel by the live stream
+            hazard = post(
+                gateway,
+                "/hazards",
+                {"building": "yg02", "floor": 1, "category": "exit", "description": "消防通道堆放杂物"},
+            )
+            post(gateway, f"/hazards/{hazard['id']}/assign", {"to": "王建国", "days": 3})
+            expect(page.locator(f'#open-hazards li[data-hazard="{hazard["id"]}"]')).to_contain_text("王建国")
             shots = DOCS if os.environ.get("FIREGRID_UPDATE_SCREENSHOTS") else tmp_path
             page.screenshot(path=str(shots / "dashboard-zh.png"), full_page=True)
             page.click("#lang")
