@@ -175,6 +175,17 @@ def get(base: str, path: str, token: str = VIEWER) -> Any:
         return json.loads(response.read())
 
 
+def post(base: str, path: str, body: dict[str, Any], token: str = OPERATOR) -> Any:
+    request = urllib.request.Request(
+        base + "/api/v1" + path,
+        data=json.dumps(body, ensure_ascii=False).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def sms_reply(base: str, *, phone: str, text: str) -> Any:
     """A member's reply as the SMS provider forwards it: signed with the inbound secret (Standard Webhooks)."""
     import yaml
@@ -243,6 +254,26 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(near.locator(".member[data-on-duty=true]")).to_have_count(2)
             expect(page.locator("#map .map-building")).to_have_count(12)
             expect(page.locator("#map .map-station")).to_have_count(2)
+            # each station's 15-minute rescue circle, from dispatch.travel_speed_kmh (15 km/h: 3.75 km), drawn to
+            # the map's own scale bar
+            stations = get(gateway, "/stations")["items"]
+            assert {s["id"]: (s["travel_speed_kmh"], s["rescue_radius_m"]) for s in stations} == {
+                NEAR["id"]: (15, 3750),
+                FAR["id"]: (15, 3750),
+            }
+            expect(page.locator("#map .map-rescue")).to_have_count(2)
+            circle = page.locator(f"#map .map-rescue[data-station={NEAR['id']}]")
+            expect(circle).to_have_attribute("data-radius-m", "3750")
+            bar = page.locator("#map .map-scale")
+            bar_px = float(bar.get_attribute("x2") or "0") - float(bar.get_attribute("x1") or "0")
+            label = page.locator("#map .map-scale-label").text_content() or ""
+            bar_m = float(label.split()[0]) * (1000 if label.endswith("km") else 1)
+            assert float(circle.get_attribute("r") or "0") == pytest.approx(3750 * bar_px / bar_m, rel=1e-6)
+            near_station = page.locator(f"#map .map-station[data-station={NEAR['id']}] rect")
+            assert float(circle.get_attribute("cx") or "0") == pytest.approx(
+                float(near_station.get_attribute("x") or "0") + 7
+            )
+            expect(page.locator("#map .map-rescue-legend")).to_contain_text("15分钟救援圈")
 
             # A fire on the 2nd floor of 阳光花园 1号楼: two smoke detectors, alarm and obscuration each.
             publish(mosquitto, "yg01-sd-02a", "yg01", {"alarm": True, "obscuration": 8.2}, 1)
@@ -260,6 +291,11 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(page.locator("#map .map-building[data-building=yg01]")).to_have_attribute("data-severity", "fire")
             incident_id = card.get_attribute("data-incident-id")
             assert incident_id is not None
+            # the card names the incident by its SMS reply code (what members answer "<code> 到" with), as listed
+            listed_incident = next(i for i in get(gateway, "/incidents")["items"] if str(i["id"]) == incident_id)
+            ack_code = listed_incident["ack_code"]
+            assert ack_code and ack_code == get(gateway, f"/incidents/{incident_id}")["ack_code"]
+            expect(card.locator(".inc-code")).to_have_text(f"回复码 {ack_code}")
 
             # the elapsed time ticks with the page's clock
             elapsed = card.locator(".inc-elapsed")
@@ -308,6 +344,14 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(card.locator(".inc-alert")).to_have_count(len(alerts))
             reasons = page.locator(".alert-reason, .inc-alert-reason").all_inner_texts()
             assert reasons and untranslated_in_zh(reasons) == [], reasons
+            # a hazard a grid worker reported, on the 码上安全 panel by the live stream
+            hazard = post(
+                gateway,
+                "/hazards",
+                {"building": "yg02", "floor": 1, "category": "exit", "description": "消防通道堆放杂物"},
+            )
+            post(gateway, f"/hazards/{hazard['id']}/assign", {"to": "王建国", "days": 3})
+            expect(page.locator(f'#open-hazards li[data-hazard="{hazard["id"]}"]')).to_contain_text("王建国")
             shots = DOCS if os.environ.get("FIREGRID_UPDATE_SCREENSHOTS") else tmp_path
             page.screenshot(path=str(shots / "dashboard-zh.png"), full_page=True)
             page.click("#lang")
@@ -321,6 +365,7 @@ def test_one_fire_is_one_card_through_the_whole_loop(
 
             # a member's signed "<code> 到" reply puts the station on scene; the card follows live
             code = next(m["params"]["code"] for m in emulator.messages if m["phone"] == national[0])
+            assert code == ack_code  # the code on the card is the one in the members' pages
             sms_reply(gateway, phone=on_duty[0], text=f"{code} 到")
             expect(card).to_have_attribute("data-state", "on_scene")
             expect(clock).to_have_attribute("data-overdue", "false")

@@ -92,6 +92,8 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         "20s",
         "--dispatch-after",
         "2s",
+        "--voice-after",
+        "10s",
         "--data-dir",
         str(tmp_path / "data"),
         "--duration",
@@ -194,6 +196,30 @@ def test_demo_runs_a_fire_drill_and_stops_cleanly(demo: Demo) -> None:
     with urllib.request.urlopen(wecom.group(1), timeout=5) as response:
         assert response.status == 200 and "确认收到" in response.read().decode()
     assert get(url + f"api/v1/incidents/{sent.group(1)}", viewer)["timeline"] == incident["timeline"]
+
+    # The duty room misses the second fire: nobody acknowledges it, so after --voice-after it reaches the voice tier.
+    # The demo's Aliyun stand-in checks the call's signature, prints what the duty officer hears, and his key press
+    # (a signed receipt) acknowledges the incident in his name.
+    assert "voice tier:" in demo.output()
+    missed = demo.wait_for(r"dispatch: incident (\d+) missed by the duty room", timeout=60).group(1)
+    assert missed != sent.group(1)
+    demo.wait_for(r"voice: call #\d+ to 138\*\*\*\*0008: 「.+火警，请立即处置」 x2", timeout=60)
+    demo.wait_for(r"voice: 138\*\*\*\*0008 pressed 1 on call #\d+: recorded 1 receipt\(s\)", timeout=30)
+    deadline = time.monotonic() + 30
+    while (late := get(url + f"api/v1/incidents/{missed}", viewer))["state"] != "acknowledged":
+        assert time.monotonic() < deadline, f"incident {missed} not acknowledged by the key press: {late['state']}"
+        time.sleep(0.25)
+    steps = late["timeline"]
+    actions = [t["action"] for t in steps]
+    assert actions[0] == "opened" and "dispatched" not in actions
+    calls = [t for t in steps if t["action"] == "paged" and (t["detail"] or {}).get("channel") == "voice"]
+    assert [t["detail"]["recipient"] for t in calls] == ["周强"]  # one call per person per escalation step
+    escalated = actions.index("escalated")
+    acked = actions.index("acknowledged")
+    # the call is the escalation's page: same moment, both before the key press acknowledged
+    assert steps[escalated]["ts_ms"] == calls[0]["ts_ms"] and max(escalated, steps.index(calls[0])) < acked
+    assert steps[acked]["by"] == "周强" and steps[acked]["actor"] == "voice:周强"
+    assert "REJECTED" not in demo.output()
 
     # The month's figures count the drill's fire, at the report endpoint the banner names.
     monthly = demo.wait_for(r"monthly report:\s+(http://\S+)", timeout=5).group(1)

@@ -228,3 +228,66 @@ def test_ctwing_data_report_lands_in_influxdb(gateway: Gateway, influx: InfluxSe
         timeout=10,
         what="d005 offline",
     )
+
+
+def test_ingest_endpoints_are_in_the_openapi_document_and_answer_as_documented(gateway: Gateway) -> None:
+    """The ingest endpoints are documented in the running gateway's /openapi.json (and /docs), and schemathesis,
+    reading that document, finds every answer (status, content type, body) as documented and no server error."""
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (
+        content_type_conformance,
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    document = requests.get(base + "/openapi.json", timeout=10).json()
+    ops = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert {
+        ("/api/v1/ingest/onenet", "get"),
+        ("/api/v1/ingest/onenet", "post"),
+        ("/api/v1/ingest/ctwing", "post"),
+        ("/api/v1/ingest/{building}/{device}/{channel}", "post"),
+    } <= ops
+    plain = document["paths"]["/api/v1/ingest/{building}/{device}/{channel}"]["post"]
+    assert plain["x-firegrid-role"] == "ingest" and set(plain["responses"]) >= {"200", "401", "403", "422", "503"}
+    assert document["paths"]["/api/v1/ingest/onenet"]["get"]["security"] == []  # the signature authenticates
+    assert {"IngestAccepted", "IngestPlatformAccepted", "IngestError", "OneNetPush"} <= set(
+        document["components"]["schemas"]
+    )
+    assert {"name": "ingest"} in document["tags"]
+    # the framework's operations are all still there
+    assert ("/api/v1/alerts", "get") in ops and ("/api/v1/incidents/{id}/dispatch", "post") in ops
+    docs = requests.get(base + "/docs", timeout=10)
+    assert docs.status_code == 200 and "/api/v1/ingest/{building}/{device}/{channel}" in docs.text
+
+    schema = schemathesis.openapi.from_dict(document).include(path_regex="^/api/v1/ingest/")
+    session = requests.Session()
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 4
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+        @settings(
+            max_examples=8,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: Any) -> None:
+            headers = {"Authorization": f"Bearer {INGEST}"}
+            case.call_and_validate(base_url=base, session=session, headers=headers, checks=checks)
+
+        try:
+            check()
+        except Exception as exc:  # collect every operation's failure, then report them together
+            failures.append(f"{operation.label}: {str(exc)[:1500]}")
+    assert not failures, "\n\n".join(failures)

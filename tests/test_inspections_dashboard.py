@@ -3,6 +3,9 @@ their deadlines (an overdue one marked), in Chinese and, after the language swit
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,17 @@ def seed(runtime: Any) -> None:
     store.step(hazards[0].id, "assigned", by="duty", assignee="李明", deadline_ms=t - DAY, now_ms=t - 2 * DAY)
 
 
+def post(base: str, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        base + "/api/v1" + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer demo-operator-token", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     with playwright_sync.sync_playwright() as p:
@@ -76,6 +90,7 @@ def test_the_panel_shows_compliance_per_grid_and_overdue_hazards(server: ServerT
     page.fill("#token", "demo-viewer-token")
     page.click("#login-form button[type=submit]")
     page.locator("#app").wait_for(state="visible")
+    loaded = time.monotonic()
     g03 = page.locator('#inspection-compliance tr[data-grid="g03"]')
     g03.wait_for()
     assert g03.locator("td").all_inner_texts() == ["g03", "3", "2", "0", "67%"]
@@ -85,7 +100,19 @@ def test_the_panel_shows_compliance_per_grid_and_overdue_hazards(server: ServerT
     text = hazard.inner_text()
     assert "东风菜市场" in text and "李明" in text and "整改期限" in text and "已逾期" in text
     page.locator("#inspections").screenshot(path=str(ARTIFACTS / "inspections-panel.png"))
+
+    # Hazard changes follow the live stream: a hazard reported and assigned through the API is on the panel within
+    # a few seconds, long before the panel's 30-second safety poll (the page was loaded just now).
+    reported = post(server.url, "/hazards", {"building": "yg01", "category": "exit", "description": "安全出口堵塞"})
+    fresh = page.locator(f'#open-hazards li[data-hazard="{reported["id"]}"]')
+    fresh.wait_for(timeout=5_000)
+    assert "安全出口堵塞" in fresh.inner_text() and "待分派" in fresh.inner_text()
+    page.get_by_text("未闭环隐患 (2)").wait_for(timeout=5_000)
+    post(server.url, f"/hazards/{reported['id']}/assign", {"to": "李明", "days": 3})
+    page.locator(f'#open-hazards li[data-hazard="{reported["id"]}"]', has_text="已分派").wait_for(timeout=5_000)
+    assert "李明" in fresh.inner_text() and "整改期限" in fresh.inner_text()
+    assert time.monotonic() - loaded < 25, "the panel may have been refreshed by its poll, not the stream"
     page.click("#lang")
-    page.get_by_text("Open hazards (1)").wait_for()
-    assert "overdue" in page.locator("#open-hazards li[data-hazard]").inner_text()
+    page.get_by_text("Open hazards (2)").wait_for()
+    assert "overdue" in page.locator("#open-hazards li[data-hazard]", has_text="东风菜市场").inner_text()
     assert errors == []

@@ -185,6 +185,23 @@ class HazardRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class InspectionChange:
+    """A committed inspection or hazard step, told to the store's live listeners (the dashboard's stream).
+    ``type``: the event's name, as the webhooks carry it (``inspection.recorded``, ``hazard.reported``,
+    ``hazard.assigned`` ...); exactly one of ``inspection`` and ``hazard`` is set."""
+
+    type: str
+    ts_ms: int
+    inspection: InspectionRecord | None = None
+    hazard: HazardRecord | None = None
+
+    @property
+    def building(self) -> str:
+        record = self.inspection or self.hazard
+        return record.building if record is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
 class PhotoRecord:
     id: str
     building: str | None

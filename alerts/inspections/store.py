@@ -10,6 +10,7 @@ to ``rectifying`` with a new deadline).  Every step is in ``hazard_audit`` and i
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import uuid
@@ -27,6 +28,7 @@ from alerts.inspections.records import (
     CheckResult,
     HazardAuditEntry,
     HazardRecord,
+    InspectionChange,
     InspectionRecord,
     PhotoRecord,
     PointState,
@@ -34,6 +36,8 @@ from alerts.inspections.records import (
 from alerts.store import AlertStore
 from alerts.store.core import Core
 from rules.types import Severity
+
+log = logging.getLogger("firegrid.inspections")
 
 PHOTO_ID_CHARS = frozenset("0123456789abcdef-ph")
 
@@ -82,6 +86,20 @@ class InspectionStore:
         self.photo_dir = photo_dir or alerts.path.parent / "photos"
         self.on_commit = on_commit
         self._core: Core = alerts.core
+        self._listeners: list[Callable[[InspectionChange], None]] = []
+
+    def add_listener(self, listener: Callable[[InspectionChange], None]) -> None:
+        """``listener(change)`` after each committed inspection and hazard step (the dashboard's live stream).
+        Called on the committing thread, after the commit: it must not block, and what it raises is logged."""
+        self._listeners.append(listener)
+
+    def _publish(self, changes: Iterable[InspectionChange]) -> None:
+        for change in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:  # a listener never undoes or stops a committed step
+                    log.exception("an inspection listener failed on %s", change.type)
 
     # ------------------------------------------------------------------ photos
     def save_photo(self, photo: CleanPhoto, *, building: str | None, now_ms: int) -> PhotoRecord:
@@ -199,6 +217,12 @@ class InspectionStore:
                 for r in failed
             ]
         self._committed()
+        self._publish(
+            [
+                InspectionChange("inspection.recorded", now_ms, inspection=inspection),
+                *(InspectionChange("hazard.reported", now_ms, hazard=h) for h in hazards),
+            ]
+        )
         return inspection, hazards
 
     def list_inspections(
@@ -266,6 +290,7 @@ class InspectionStore:
                 now_ms=now_ms,
             )
         self._committed()
+        self._publish([InspectionChange("hazard.reported", now_ms, hazard=hazard)])
         return hazard
 
     def step(
@@ -316,6 +341,7 @@ class InspectionStore:
             cur.execute(f"UPDATE hazards SET {columns} WHERE id = ?", (*sets.values(), hazard_id))
             hazard = self._hazard_event(cur, hazard_id, f"hazard.{step}", by=by, detail=detail, now_ms=now_ms)
         self._committed()
+        self._publish([InspectionChange(f"hazard.{step}", now_ms, hazard=hazard)])
         return hazard
 
     def get_hazard(self, hazard_id: int) -> HazardRecord | None:

@@ -37,13 +37,14 @@ from gateway.api.framework import (
     problem_middleware,
 )
 from gateway.api.hub import Hub
+from gateway.api.inspection_parts import PARTS_KEY
 from gateway.api.inspection_parts import install as install_inspections
 from gateway.api.mobile import add_mobile_routes
-from gateway.api.openapi import DOCS_CSS, build_openapi, render_docs
+from gateway.api.openapi import DOCS_CSS, EXTRA_PATHS_KEY, ExtraPaths, build_openapi, render_docs
 from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
-from gateway.api.routes.stream import store_listener
+from gateway.api.routes.stream import inspection_listener, store_listener
 from gateway.api.routes.voice import add_voice_receipts
 from gateway.api.runtime import Runtime
 
@@ -102,14 +103,24 @@ def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], i
     add_voice_receipts(app, runtime)
     add_action_links(app, runtime)
 
-    spec = orjson.dumps(build_openapi())
-    docs = render_docs(orjson.loads(spec))
+    # Built on first use, not here: routes mounted after this (the service's ingest endpoints) add their own path
+    # items to app[EXTRA_PATHS_KEY] before the app starts.
+    app[EXTRA_PATHS_KEY] = []
+    built: list[tuple[bytes, str]] = []
+
+    def documents() -> tuple[bytes, str]:
+        if not built:
+            extra: list[ExtraPaths] = app[EXTRA_PATHS_KEY]
+            document = build_openapi(extra)
+            spec = orjson.dumps(document)
+            built.append((spec, render_docs(orjson.loads(spec))))
+        return built[0]
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.Response(body=spec, content_type="application/json")
+        return web.Response(body=documents()[0], content_type="application/json")
 
     async def docs_page(_: web.Request) -> web.Response:
-        return web.Response(text=docs, content_type="text/html")
+        return web.Response(text=documents()[1], content_type="text/html")
 
     async def dashboard(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
@@ -153,6 +164,9 @@ async def _bind_hub(app: web.Application) -> None:
     store = state.runtime.store
     if store is not None:
         store.add_listener(store_listener(state))
+    parts = app.get(PARTS_KEY)
+    if parts is not None:
+        parts.store.add_listener(inspection_listener(state))
 
 
 async def _close_hub(app: web.Application) -> None:

@@ -23,6 +23,8 @@ from aiohttp import web
 
 from gateway.api.auth import AuthError
 from gateway.api.framework import AUTH_KEY
+from gateway.api.ingest_openapi import ingest_paths
+from gateway.api.openapi import EXTRA_PATHS_KEY
 from gateway.api.runtime import Runtime
 from gateway.config import FiregridConfig
 from gateway.ingest.contract import CHANNELS, Reason, Rejected
@@ -218,3 +220,5 @@ def add_ingest_routes(app: web.Application, runtime: Runtime) -> None:
     app.router.add_post("/api/v1/ingest/onenet", ingest.onenet_push)
     app.router.add_post("/api/v1/ingest/ctwing", ingest.ctwing_push)
     app.router.add_post("/api/v1/ingest/{building}/{device}/{channel}", ingest.plain)
+    if EXTRA_PATHS_KEY in app:  # documented in the app's /openapi.json (gateway/api/ingest_openapi.py)
+        app[EXTRA_PATHS_KEY].append(ingest_paths())

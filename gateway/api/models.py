@@ -256,6 +256,10 @@ class Incident(Model):
     building_name: str | None = None
     cause: Cause | None = None
     external_ref: str | None = None
+    ack_code: str | None = Field(
+        default=None,
+        description="the incident's code: an SMS reply of `<code> 到` marks it on scene (`<code>` acknowledges)",
+    )
 
 
 class GeoPoint(Model):
@@ -356,6 +360,12 @@ class StationOut(Model):
     members: list[StationMember]
     on_duty: list[str]
     committed_to: int | None = Field(default=None, description="the open incident it is dispatched to or on scene at")
+    travel_speed_kmh: float | None = Field(
+        default=None, description="dispatch.travel_speed_kmh: how fast it is assumed to travel"
+    )
+    rescue_radius_m: int | None = Field(
+        default=None, description="its 15-minute rescue circle: how far it gets in 15 minutes at travel_speed_kmh"
+    )
 
 
 class StationList(Model):

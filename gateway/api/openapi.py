@@ -5,8 +5,11 @@ a self-contained HTML rendering of the same document (no CDN, no JavaScript: the
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -17,8 +20,23 @@ from gateway.api.models import Problem
 REF = "#/components/schemas/{model}"
 
 
-def build_openapi() -> dict[str, Any]:
-    """The OpenAPI document; pure function of :data:`OPERATIONS` and the models."""
+@dataclass(frozen=True, slots=True)
+class ExtraPaths:
+    """Path items of routes that are not framework operations (plain aiohttp handlers that keep their own
+    authentication and answers, as the ingest endpoints do: a platform's signature, not a bearer token), documented
+    beside them.  ``paths`` refer to ``models`` as ``#/components/schemas/<Model>``."""
+
+    tag: str
+    paths: Mapping[str, Mapping[str, Any]]
+    models: tuple[type[BaseModel], ...] = ()
+
+
+# The extra paths the routes mounted on an app document (added before it starts; /openapi.json is built on first use).
+EXTRA_PATHS_KEY: web.AppKey[list[ExtraPaths]] = web.AppKey("firegrid_openapi_extra", list)
+
+
+def build_openapi(extra: Iterable[ExtraPaths] = ()) -> dict[str, Any]:
+    """The OpenAPI document; pure function of :data:`OPERATIONS`, the models and ``extra``."""
     inputs: set[type[BaseModel]] = set()
     outputs: set[type[BaseModel]] = {Problem}
     for op in OPERATIONS:
@@ -90,6 +108,15 @@ def build_openapi() -> dict[str, Any]:
     # The query models were flattened into parameters; do not publish them as schemas of their own.
     for name in query_names:
         schemas.pop(name, None)
+    tags = _tags()
+    for more in extra:
+        if more.models:
+            _, extra_top = models_json_schema([(model, "serialization") for model in more.models], ref_template=REF)
+            schemas.update(extra_top.get("$defs", {}))
+        for path, item in more.paths.items():
+            paths.setdefault(path, {}).update(item)
+        if more.tag not in tags:
+            tags.append(more.tag)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -103,7 +130,7 @@ def build_openapi() -> dict[str, Any]:
             ),
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": t} for t in _tags()],
+        "tags": [{"name": t} for t in tags],
         "paths": paths,
         "components": {
             "schemas": schemas,

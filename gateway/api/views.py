@@ -264,6 +264,7 @@ def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.
         building_name=as_str(record.building_name, 200),
         cause=_enum(m.Cause, record.cause) if record.cause is not None else None,
         external_ref=as_str(record.external_ref, 200),
+        ack_code=as_str(record.ack_code, 32),
     )
 
 

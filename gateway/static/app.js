@@ -561,6 +561,7 @@ async function startStream() {
       setConn(true);
       backoff = 500;
       scheduleRefresh(); // whatever happened while we were away
+      document.dispatchEvent(new CustomEvent("firegrid:live", { detail: { type: "connected", data: "" } }));
       await readEvents(res.body, controller.signal);
     } catch (err) {
       if (controller.signal.aborted) return;
@@ -600,6 +601,8 @@ function handleFrame(frame) {
     else if (field === "id") id = value;
   }
   if (id) state.lastEventId = id;
+  // the page's other panels (inspections.js) follow the same stream: one connection, every event handed on
+  document.dispatchEvent(new CustomEvent("firegrid:live", { detail: { type, data } }));
   if (type === "incident") incidentEvent(data); // on screen at once; the refresh below brings the rest
   if (type === "alert" || type === "device" || type === "incident" || type === "reset") {
     scheduleRefresh();

@@ -28,7 +28,8 @@ Object.assign(I18N.zh, {
   "stations": "微型消防站", "stations.none": "未配置消防站", "station.committed": "出警中", "station.free": "待命",
   "station.on_duty": "在岗", "station.off_duty": "不在岗", "station.target": "到场目标",
   "map": "辖区地图", "map.none": "楼栋和消防站尚未配置坐标", "map.unplaced": "未标注位置：",
-  "map.station": "消防站", "drill": "演练", "m": "米", "eta": "预计", "tier": "级", "sec": "秒", "min": "分",
+  "map.station": "消防站", "map.rescue": "15分钟救援圈", "map.rescue.legend": "虚线圈：各消防站15分钟救援圈",
+  "code": "回复码", "code.hint": "短信回复「{code} 到」标记到场", "drill": "演练", "m": "米", "eta": "预计", "tier": "级", "sec": "秒", "min": "分",
 });
 Object.assign(I18N.en, {
   "incidents": "Incidents", "incidents.none": "No open incidents",
@@ -49,7 +50,9 @@ Object.assign(I18N.en, {
   "station.free": "Available", "station.on_duty": "on duty", "station.off_duty": "off duty",
   "station.target": "on-scene target",
   "map": "District map", "map.none": "No coordinates configured for buildings or stations",
-  "map.unplaced": "Not on the map: ", "map.station": "station", "drill": "drill", "m": "m", "eta": "ETA", "tier": "tier",
+  "map.unplaced": "Not on the map: ", "map.station": "station", "map.rescue": "15-minute rescue circle",
+  "map.rescue.legend": "Dashed: each station's 15-minute rescue circle", "code": "code",
+  "code.hint": "an SMS reply \"{code} 到\" marks it on scene", "drill": "drill", "m": "m", "eta": "ETA", "tier": "tier",
   "sec": "s", "min": "min",
 });
 
@@ -238,7 +241,10 @@ function incidentCard(inc) {
   const facts = el("div", "inc-facts muted");
   facts.append(el("span", "inc-devices", `${f.deviceCount} ${t("devices.n")}`));
   facts.append(el("span", "inc-alert-count", `${inc.open_count ?? inc.alert_count ?? f.alerts.length} ${t("alerts.n")}`));
-  facts.append(el("span", "inc-code", inc.ack_code ? `#${inc.ack_code}` : `#${inc.id}`));
+  // the code members reply with by SMS ("<code> 到": on scene), so the duty room can read it out over the phone
+  const code = el("span", "inc-code", inc.ack_code ? `${t("code")} ${inc.ack_code}` : `#${inc.id}`);
+  if (inc.ack_code) code.title = t("code.hint").replace("{code}", inc.ack_code);
+  facts.append(code);
   li.append(facts);
 
   if (f.station || (f.clock && f.clock.dispatched_ms)) li.append(stationClock(f));
@@ -572,6 +578,24 @@ function renderMap() {
   const barPx = (metres / 111_000) * scale;
   svg.append(node("line", { x1: 12, y1: H - 14, x2: 12 + barPx, y2: H - 14, class: "map-scale" }));
   svg.append(node("text", { x: 12, y: H - 20, class: "map-scale-label" }, metres >= 1000 ? `${metres / 1000} km` : `${metres} m`));
+  // each station's 15-minute rescue circle (what it reaches in 15 minutes at dispatch.travel_speed_kmh), under
+  // everything else; at a community's scale it often reaches past the map's edge, which is the point: covered
+  const circles = [];
+  for (const s of placedStations) {
+    const radius = s.rescue_radius_m ?? (s.travel_speed_kmh ? (s.travel_speed_kmh * 1000 * 15) / 60 : null);
+    if (!radius) continue;
+    const [x, y] = at(s.location);
+    const c = node("circle", {
+      cx: x, cy: y, r: (radius / 111_000) * scale, class: "map-rescue", "data-station": s.id, "data-radius-m": Math.round(radius),
+    });
+    const speed = s.travel_speed_kmh ? `, ${s.travel_speed_kmh} km/h` : "";
+    c.append(node("title", {}, `${s.name} · ${t("map.rescue")} (${(radius / 1000).toFixed(2)} km${speed})`));
+    circles.push(c);
+  }
+  if (circles.length) {
+    svg.prepend(...circles);
+    svg.append(node("text", { x: W - 12, y: H - 10, class: "map-rescue-legend", "text-anchor": "end" }, t("map.rescue.legend")));
+  }
   // dispatched stations: a line to the building they are heading for
   for (const inc of state.incidents) {
     const f = incidentFacts(inc);

@@ -1,6 +1,8 @@
 // firegrid dashboard: inspection compliance per grid this month and the open hazards with their deadlines.
 // Separate from app.js on purpose: it only reads the API (same token, same language switch) and renders its own
 // panel, so the incident cards can change without touching it.  Data goes into the page as text, never as HTML.
+// Live: app.js hands on every event of the dashboard's one stream ("firegrid:live"); a hazard or inspection event
+// (or a reconnect, or a reset) reloads the panel at once, and a slow poll is only the safety net under the stream.
 "use strict";
 
 (() => {
@@ -113,8 +115,14 @@
     if (lang) lang.addEventListener("click", () => setTimeout(refresh, 0));
     const app = document.getElementById("app");
     if (app) new MutationObserver(refresh).observe(app, { attributes: true, attributeFilter: ["hidden"] });
+    let pending = null;
+    document.addEventListener("firegrid:live", (ev) => {
+      const type = ev.detail && ev.detail.type;
+      if (!["hazard", "inspection", "connected", "reset"].includes(type)) return;
+      if (pending === null) pending = setTimeout(() => { pending = null; refresh(); }, 150); // a burst: one reload
+    });
     refresh();
-    setInterval(refresh, 30000);
+    setInterval(refresh, 30000); // safety net under the live stream
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

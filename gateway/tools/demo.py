@@ -49,6 +49,7 @@ from common.webhooks import verify
 from gateway.config import ApiToken, FiregridConfig, load_or_exit
 from gateway.tools.demo_paths import PathsFeeder, with_other_paths
 from gateway.tools.demo_robots import DemoRobots
+from gateway.tools.demo_voice import DemoVoice
 
 if TYPE_CHECKING:
     from simulators.receiver import Arrival
@@ -108,6 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="the demo's duty room dispatches the nearest station to each new fire after … (default 10s; 0: never)",
     )
+    parser.add_argument(
+        "--voice-after",
+        type=_seconds,
+        default=30.0,
+        help="the duty room misses every second fire; unacknowledged, it phones the duty officer (the voice tier,"
+        " through a local stand-in provider) after … (default 30s; 0: no voice tier)",
+    )
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
 
@@ -163,11 +171,22 @@ def demo_config(
     receiver_url: str,
     receiver_secret: str,
     robots: list[dict[str, Any]] | None = None,
+    voice: dict[str, Any] | None = None,
+    voice_after_s: float = 30.0,
 ) -> tuple[FiregridConfig, DemoTokens]:
     """The config with the demo's overrides (see the module docstring); the community and rules are kept."""
     from pydantic import SecretStr
 
-    from alerts.config import DrillReceivers, LinksConfig, NotifyConfig, RobotConfig, Route, Tier, WebhookConfig
+    from alerts.config import (
+        DrillReceivers,
+        LinksConfig,
+        NotifyConfig,
+        RobotConfig,
+        Route,
+        Tier,
+        VoiceConfig,
+        WebhookConfig,
+    )
 
     tokens = list(config.http.tokens)
     picked: dict[str, str] = {}
@@ -186,21 +205,35 @@ def demo_config(
         min_severity="warning",
         timeout_s=5.0,
     )
+    robot_names = [r["name"] for r in robots or []]
+    routes = [Route(name="demo-groups", min_severity="warning", tiers=[Tier(robots=robot_names)])] if robots else []
+    if voice is not None and robots:
+        # The last rung: a fire nobody acknowledges within voice_after_s phones the duty officer (through the
+        # demo's voice stand-in; the roster's numbers reach nothing else).
+        routes.append(
+            Route(
+                name="demo-voice",
+                min_severity="fire",
+                ack_timeout_s=voice_after_s,
+                tiers=[Tier(robots=robot_names), Tier(roles=["duty_officer"], voice=True)],
+            )
+        )
     notify = NotifyConfig(
         timezone=config.notify.timezone,
-        # The roster stays (the stations panel shows who is on duty, dispatch names who it sends) but no route pages a
-        # person and there is no SMS: a dispatch's pages are put on the timeline with channel "none".
+        # The roster stays (the stations panel shows who is on duty, dispatch names who it sends) but there is no SMS
+        # (a dispatch's pages are put on the timeline with channel "none") and the only calls are the voice tier's,
+        # answered by the demo's stand-in.
         roster=config.notify.roster,
         webhooks=[webhook],
         # The demo's group robots (a WeCom and a DingTalk stand-in on the local receiver) hear of every drill,
         # each message with an action link to this gateway's small mobile page.
         robots=[RobotConfig.model_validate(r) for r in robots or []],
-        # A route of robots only: the groups hear of every incident, and still nobody's phone rings.
-        routes=[Route(name="demo-groups", min_severity="warning", tiers=[Tier(robots=[r["name"] for r in robots])])]
-        if robots
-        else [],
+        # A route of robots only: the groups hear of every incident; a fire left unacknowledged goes on to the voice
+        # tier, whose calls reach only the demo's stand-in provider, so still nobody's phone rings.
+        routes=routes,
+        voice=VoiceConfig.model_validate(voice) if voice is not None else None,
         links=LinksConfig(base_url=f"http://127.0.0.1:{http_port}", secret=SecretStr(secrets.token_urlsafe(32))),
-        drill_receivers=DrillReceivers(webhooks=[webhook], robots=[r["name"] for r in robots or []]),
+        drill_receivers=DrillReceivers(webhooks=[webhook], robots=robot_names),
         retry=config.notify.retry.model_copy(update={"base_s": 0.5, "max_s": 10.0}),
     )
     updated = config.model_copy(
@@ -448,18 +481,41 @@ class CommunitySimulator:
 class DutyRoom:
     """Plays the duty room of the demo: a while after a fire incident opens, it dispatches the nearest available
     station (as ``POST /api/v1/incidents/{id}/dispatch`` with no station does) and says whom and why; the operator
-    on the dashboard does the rest (on scene, resolve), or the station's clock runs out and escalates."""
+    on the dashboard does the rest (on scene, resolve), or the station's clock runs out and escalates.
 
-    def __init__(self, store: Any, *, delay_s: float, out: Callable[[str], None], clock_ms: Callable[[], int]) -> None:
+    With ``miss_every`` n, every n-th fire is missed (nobody acknowledges it), so the demo shows the escalation
+    ladder's last rung: the voice tier phones the duty officer, whose key press acknowledges."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        delay_s: float,
+        out: Callable[[str], None],
+        clock_ms: Callable[[], int],
+        miss_every: int = 0,
+        voice_after_s: float | None = None,
+    ) -> None:
         self.store = store
         self.delay_s = delay_s
         self.out = out
         self.clock_ms = clock_ms
+        self.miss_every = miss_every
+        self.voice_after_s = voice_after_s
+        self.fires = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def incident_opened(self, data: Mapping[str, Any]) -> None:
         incident_id = data.get("id")
         if not isinstance(incident_id, int) or data.get("severity") != "fire":
+            return
+        self.fires += 1
+        if self.miss_every > 0 and self.fires % self.miss_every == 0:
+            after = f" after {self.voice_after_s:g} s" if self.voice_after_s is not None else ""
+            self.out(
+                f"dispatch: incident {incident_id} missed by the duty room (fire #{self.fires}): nobody acknowledges"
+                f" it, so it goes to the voice tier{after}"
+            )
             return
         task = asyncio.get_running_loop().create_task(self._dispatch(incident_id))
         self._tasks.add(task)
@@ -542,6 +598,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     receiver_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver_url = f"http://127.0.0.1:{receiver_port}{RECEIVER_PATH}"
     robots = DemoRobots(out=console, publish=lambda kind, data: None)
+    voice = DemoVoice(out=console, publish=lambda kind, data: None) if args.voice_after > 0 else None
     config, tokens = demo_config(
         config,
         mqtt_port=mqtt_port,
@@ -550,6 +607,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         receiver_url=receiver_url,
         receiver_secret=receiver_secret,
         robots=robots.robots(f"http://127.0.0.1:{receiver_port}"),
+        voice=voice.voice(f"http://127.0.0.1:{receiver_port}") if voice is not None else None,
+        voice_after_s=args.voice_after,
     )
 
     stop = asyncio.Event()
@@ -575,11 +634,19 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         receiver = WebhookReceiver(secret=receiver_secret, out=console, publish=service.hub.publish)
         if args.dispatch_after > 0 and config.stations:
             receiver.on_incident_opened = DutyRoom(
-                service.store, delay_s=args.dispatch_after, out=console, clock_ms=lambda: int(time.time() * 1000)
+                service.store,
+                delay_s=args.dispatch_after,
+                out=console,
+                clock_ms=lambda: int(time.time() * 1000),
+                miss_every=2 if voice is not None else 0,
+                voice_after_s=args.voice_after if voice is not None else None,
             ).incident_opened
         robots.publish = service.hub.publish
         receiver_app = receiver.app()
         robots.add_routes(receiver_app)
+        if voice is not None:
+            voice.publish = service.hub.publish
+            voice.add_routes(receiver_app)
         receiver_runner = web.AppRunner(receiver_app, access_log=None)
         await receiver_runner.setup()
         await web.TCPSite(receiver_runner, "127.0.0.1", receiver_port).start()
@@ -592,6 +659,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             if service_task in started:
                 raise DemoError(f"the gateway stopped while starting: {service_task.exception()!r}")
             raise DemoError("the gateway did not connect to the embedded broker within 30 s")
+        if voice is not None:
+            voice.receipts_url = f"http://127.0.0.1:{service.http_port}/api/v1/voice/receipts"
 
         simulator_done = asyncio.Event()
         simulator = CommunitySimulator(
@@ -635,6 +704,15 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
             f"  group robots:     WeCom and DingTalk stand-ins on http://127.0.0.1:{receiver_port} (drills, with"
             " action links)",
+            *(
+                [
+                    f"  voice tier:       a fire unacknowledged for {args.voice_after:g} s phones the duty officer"
+                    f" (every second fire is missed; Aliyun voice stand-in on http://127.0.0.1:{receiver_port}, key 1"
+                    " acknowledges)"
+                ]
+                if voice is not None
+                else []
+            ),
             f"  other paths:      UITD (GB/T 26875.3) {paths.uitd_listen}, panel of {paths.panel_building}; OneNET, "
             f"CTWing and HTTP pushes to http://127.0.0.1:{service.http_port}/api/v1/ingest/...",
             "  telemetry:        local store only (no InfluxDB configured)",
@@ -688,6 +766,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             exit_code = exit_code or code
         elif service is not None:
             await service.close()
+        if voice is not None:
+            await voice.close()
         if receiver_runner is not None:
             await receiver_runner.cleanup()
         if broker is not None:

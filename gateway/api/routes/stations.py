@@ -10,6 +10,9 @@ from gateway.api.framework import Call, operation
 from gateway.api.routes.state import alert_store, state_of
 from gateway.config import StationConfig
 
+# The "15-minute rescue circle" (15分钟消防救援圈): what a station reaches in 15 minutes at the dispatch speed.
+RESCUE_CIRCLE_MIN = 15
+
 
 @operation(
     "GET",
@@ -27,6 +30,7 @@ async def list_stations(call: Call) -> m.StationList:
     who = call.who
     grids = state.building_grids
     visible = set(who.visible_buildings(grids)) if who.scoped else None
+    speed = config.dispatch.travel_speed_kmh
     items = []
     for station in config.stations:
         if visible is not None and not _covers_any(station, visible, grids):
@@ -44,6 +48,8 @@ async def list_stations(call: Call) -> m.StationList:
                 members=members,
                 on_duty=[x.name for x in members if x.on_duty],
                 committed_to=committed.get(station.id),
+                travel_speed_kmh=speed,
+                rescue_radius_m=round(speed * 1000 * RESCUE_CIRCLE_MIN / 60),
             )
         )
     return m.StationList(items=items)

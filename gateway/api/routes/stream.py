@@ -9,8 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
+from alerts.inspections.records import InspectionChange
 from alerts.records import AlertRecord, IncidentRecord
 from alerts.store import AlertChange
+from gateway.api import inspection_models as im
 from gateway.api import models as m
 from gateway.api import views
 from gateway.api.auth import Principal
@@ -52,9 +54,11 @@ def _event_filter(who: Principal) -> Callable[[Event], bool] | None:
     stream=True,
 )
 async def stream(call: Call) -> web.StreamResponse:
-    """`text/event-stream`.  Events: `hello` (on connect), `alert` (any alert transition or lifecycle step), `device`
-    (status change), `reset` (events were missed: reload), `lagged` (the client was too slow; reconnect).  Comment
-    lines are heartbeats.  Send `Last-Event-ID` to resume.  Tokens go in the Authorization header, never the URL."""
+    """`text/event-stream`.  Events: `hello` (on connect), `alert` (any alert transition or lifecycle step), `incident`
+    (an incident opened, grown or stepped), `hazard` (a hazard reported or stepped), `inspection` (an inspection
+    recorded), `device` (status change), `reset` (events were missed: reload), `lagged` (the client was too slow;
+    reconnect).  Comment lines are heartbeats.  Send `Last-Event-ID` to resume.  Tokens go in the Authorization
+    header, never the URL."""
     request = call.request
     hub = state_of(call).hub
     accept = _event_filter(call.who)
@@ -128,5 +132,26 @@ def store_listener(state: ApiState) -> Callable[[AlertChange], None]:
             state.hub.publish("alert", event)
         except Exception:  # never let the dashboard break an alert write
             log.exception("could not publish an alert change to the live stream")
+
+    return on_change
+
+
+def inspection_listener(state: ApiState) -> Callable[[InspectionChange], None]:
+    """Publish each committed inspection and hazard step to the hub, as incident changes are: a ``hazard`` event
+    (``{"change": "hazard.assigned", "building", "ts_ms", "hazard": {...}}``, the hazard as ``GET /hazards/{id}``
+    lists it) or an ``inspection`` event (``{"change": "inspection.recorded", ..., "inspection": {...}}``).  Never
+    raises, never blocks (the same rules as :func:`store_listener`)."""
+
+    def on_change(change: InspectionChange) -> None:
+        try:
+            event: dict[str, Any] = {"change": change.type, "building": change.building, "ts_ms": change.ts_ms}
+            if change.hazard is not None:
+                event["hazard"] = im.HazardOut.of(change.hazard, now_ms=state.clock_ms()).model_dump(mode="json")
+                state.hub.publish("hazard", event)
+            elif change.inspection is not None:
+                event["inspection"] = im.InspectionOut.of(change.inspection).model_dump(mode="json")
+                state.hub.publish("inspection", event)
+        except Exception:  # never let the dashboard break an inspection's write
+            log.exception("could not publish an inspection change to the live stream")
 
     return on_change
