@@ -595,6 +595,39 @@ def test_killed_subscriber_gets_unacknowledged_messages_again(cluster: NatsClust
     again.disconnect()
 
 
+def test_resubscribing_on_reconnect_keeps_the_queue(cluster: NatsCluster, clients: list[Client]) -> None:
+    """(b) The gateway subscribes again after every reconnect: doing so on a persistent session must neither drop
+    what queued while it was away nor what is published right after the new SUBACK."""
+    partition = 15
+    building = buildings_in(partition, 1, prefix="rs")[0]
+    client_id = f"firegrid-p{partition}-r"
+    topic_filter = f"fgp/{partition}/+/+/+"
+    owner = Client(client_id, clean_session=False)
+    clients.append(owner)
+    owner.connect(cluster.nodes[0])
+    owner.subscribe(topic_filter)
+    wait_until(consumers_on_every_replica(cluster, topic_filter), timeout=20, what="the session's consumer")
+    owner.disconnect()
+    device = Client("resubscribe-dev")
+    clients.append(device)
+    device.connect(cluster.nodes[2])
+    queued = [f"seq{n:02d}" for n in range(10)]
+    for payload in queued:
+        device.publish(f"firegrid/{building}/dev/telemetry", payload)
+
+    again = Client(client_id, clean_session=False)
+    clients.append(again)
+    again.connect(cluster.nodes[1])
+    again.subscribe(topic_filter)
+    after = [f"seq{n:02d}" for n in range(10, 15)]
+    for payload in after:
+        device.publish(f"firegrid/{building}/dev/telemetry", payload)
+    wait_until(lambda: set(again.payloads()) >= set(queued + after), timeout=15, what="the queue and the new ones")
+    got = again.payloads()
+    assert len(got) == len(set(got)), f"re-subscribing delivered messages twice: {got}"
+    print(f"(b) re-subscribing on reconnect: {len(queued)} queued and {len(after)} later messages all delivered once")
+
+
 def test_mqtt_5_is_refused(cluster: NatsCluster) -> None:
     """The MQTT listener speaks 3.1.1 only: an MQTT 5 CONNECT is answered 'unsupported protocol version'.  The
     simulators speak 3.1.1 already; the gateway defaults to MQTT 5 (``mqtt.protocol: v5``), so in front of NATS it
