@@ -266,7 +266,32 @@ class NatsCluster:
     def running_nodes(self) -> list[NatsNode]:
         return [node for node in self.nodes if node.running]
 
-    def start(self, *, timeout: float = 30.0) -> NatsCluster:
+    def start(self, *, timeout: float = 30.0, attempts: int = 3) -> NatsCluster:
+        """Start every node and wait for a meta leader.  A free port can be taken by another process between our
+        probe and the server's bind (other test runs share the machine): then all nodes get new ports and start
+        again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout=timeout)
+            except ServiceError:
+                in_use = any("address already in use" in node.log() for node in self.nodes)
+                for node in self.nodes:
+                    node.kill()
+                if not in_use or attempt == attempts - 1:
+                    raise
+                self._new_ports()
+        raise AssertionError("unreachable")
+
+    def _new_ports(self) -> None:
+        cluster_ports = [free_port() for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            node.client_port, node.mqtt_port, node.http_port = free_port(), free_port(), free_port()
+            node.cluster_port = cluster_ports[i]
+            if len(self.nodes) > 1:
+                node.peers = tuple(p for j, p in enumerate(cluster_ports) if j != i)
+            node.log_path.unlink(missing_ok=True)
+
+    def _start(self, *, timeout: float) -> NatsCluster:
         # Spawn all first: a node's JetStream is not healthy until it has found its peers (meta-leader election).
         for node in self.nodes:
             node.write_config()
