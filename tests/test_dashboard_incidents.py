@@ -291,6 +291,10 @@ def test_one_fire_is_one_card_through_the_whole_loop(
             expect(page.locator("#map .map-building[data-building=yg01]")).to_have_attribute("data-severity", "fire")
             incident_id = card.get_attribute("data-incident-id")
             assert incident_id is not None
+            # From here on this incident's own card: detectors still in alarm after the resolve below may open a new
+            # incident, whose card would then be the first.
+            card = page.locator(f".incident[data-incident-id='{incident_id}']")
+            expect(card).to_have_count(1)
             # the card names the incident by its SMS reply code (what members answer "<code> 到" with), as listed
             listed_incident = next(i for i in get(gateway, "/incidents")["items"] if str(i["id"]) == incident_id)
             ack_code = listed_incident["ack_code"]
