@@ -100,3 +100,29 @@ async def test_a_rolled_back_transaction_hands_nothing_and_sends_nothing(tmp_pat
     assert not any("yg01-sd-03a" in str(d.body) for d in hook.attempts)
     assert sorted(hook.accepted_ids()) == sorted(r.msg_id for r in rows)
     store.close()
+
+
+def test_the_engine_snapshots_commit_in_the_alert_stores_transaction(tmp_path: Path) -> None:
+    from gateway.ingest.pipeline import EngineState
+
+    path = tmp_path / "alerts.sqlite"
+    store = AlertStore(path, notify=notify_config(webhook_url="http://127.0.0.1:9/hook"))
+    handed: list[OutboxItem] = []
+    store.add_outbox_listener(handed.extend)
+    state = EngineState(path)
+
+    def broken(cur: object) -> None:
+        EngineState.write(cur, {"yg01": b"v2"}, at_ms=2)  # type: ignore[arg-type]
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        store.apply([alarm("yg01-sd-03a")], now_ms=1, also=broken)
+    assert store.active_alerts() == [] and store.outbox() == [] and handed == [] and state.load() == {}
+    store.apply([alarm("yg01-sd-03a")], now_ms=1, also=lambda cur: EngineState.write(cur, {"yg01": b"v1"}, at_ms=1))
+    assert state.load() == {"yg01": b"v1"} and len(store.active_alerts()) == 1
+    assert sorted(i.id for i in handed) == sorted(r.id for r in store.outbox())
+    # Snapshots alone (no transition in the group commit) still commit.
+    store.apply([], now_ms=2, also=lambda cur: EngineState.write(cur, {"yg02": b"s"}, at_ms=2))
+    assert state.load() == {"yg01": b"v1", "yg02": b"s"}
+    state.close()
+    store.close()
