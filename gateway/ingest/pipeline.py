@@ -372,7 +372,9 @@ class Pipeline:
         # first because its COMMIT hands a fire's pages to the notifier, which sends them while the spool syncs.
         at = now_ms()
         snapshots = job.snapshots
-        together = bool(snapshots) and self._snapshots_with_alerts
+        # Only with transitions: a telemetry-only commit keeps to its own connection, clear of the store's lock
+        # (which the notifier and the API take), with the same number of syncs.
+        together = bool(snapshots) and bool(job.transitions) and self._snapshots_with_alerts
         if job.transitions or together:
             self.alert_store.apply(
                 job.transitions,
