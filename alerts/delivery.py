@@ -59,6 +59,11 @@ log = logging.getLogger("firegrid.alerts.delivery")
 
 T = TypeVar("T")
 
+# With the hand-off on, the round a store change calls for (new escalation times, rows a hand-off could not start) comes
+# this much later: the sends the hand-off has just started go out first, not sharing the interpreter with the round's
+# queries.  A row the hand-off could not start wakes a round at once.
+ROUND_AFTER_CHANGE_S = 0.01
+
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
@@ -114,6 +119,7 @@ class Notifier:
         # database for a worker; a row handed over for them waits for the round too, so that it never overtakes an
         # older (or more urgent) one.
         self._ready = False
+        self._round_timer: asyncio.TimerHandle | None = None
         self._planning = False
         self._started_in_round: set[int] = set()
         self._waiting: set[str] = set()
@@ -125,7 +131,27 @@ class Notifier:
 
     # ------------------------------------------------------------------ control
     def _on_change(self, change: AlertChange) -> None:
-        self.wake()
+        if not self._ready:
+            self.wake()
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._round_soon()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._round_soon)
+
+    def _round_soon(self) -> None:
+        """A round in :data:`ROUND_AFTER_CHANGE_S` (loop thread); one for all the changes until then."""
+        if self._round_timer is None and self._loop is not None:
+            self._round_timer = self._loop.call_later(ROUND_AFTER_CHANGE_S, self._round_now)
+
+    def _round_now(self) -> None:
+        self._round_timer = None
+        if self._wake is not None:
+            self._wake.set()
 
     def _on_committed(self, items: Sequence[OutboxItem]) -> None:
         """Outbox rows a transaction has just committed, in the thread that committed them."""
@@ -238,6 +264,9 @@ class Notifier:
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
             self._ready = False
+            if self._round_timer is not None:
+                self._round_timer.cancel()
+                self._round_timer = None
             self.store.remove_outbox_listener(self._on_committed)
             tasks = list(self._inflight.values())
             if self._stopping and tasks:
