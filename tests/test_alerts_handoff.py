@@ -15,6 +15,7 @@ import pytest
 from alerts.delivery import Notifier
 from alerts.records import OutboxItem
 from alerts.store import AlertStore
+from rules.types import Severity
 from testkit.emulators.scenario import WEBHOOK_SECRET, alarm, notify_config, wait_until
 from testkit.emulators.webhook_receiver import WebhookReceiver
 
@@ -125,4 +126,26 @@ def test_the_engine_snapshots_commit_in_the_alert_stores_transaction(tmp_path: P
     store.apply([], now_ms=2, also=lambda cur: EngineState.write(cur, {"yg02": b"s"}, at_ms=2))
     assert state.load() == {"yg01": b"v1", "yg02": b"s"}
     state.close()
+    store.close()
+
+
+async def test_a_handed_over_row_never_overtakes_a_fire_waiting_for_its_endpoint(
+    tmp_path: Path, hook: WebhookReceiver
+) -> None:
+    # Two workers: one request at a time per endpoint.  The first request is held (then answered 599, retried).
+    store = AlertStore(tmp_path / "alerts.sqlite", notify=notify_config(webhook_url=hook.endpoint, workers=2))
+    notifier = Notifier(store, poll_s=NEVER)
+    hook.script = [("hang", 0.5)]
+    async with running(notifier):
+        warning = alarm("yg02-hd-01", building="yg02", severity=Severity.WARNING, rule="heat_rise")
+        await asyncio.to_thread(store.apply, [warning], now_ms=notifier.clock())
+        await hook.wait_for(lambda: hook.requests >= 1, within=5)  # the endpoint is full now
+        await asyncio.to_thread(store.apply, [alarm("yg01-sd-03a")], now_ms=notifier.clock())
+        later = alarm("yg03-hd-01", building="yg03", severity=Severity.WARNING, rule="heat_rise")
+        await asyncio.to_thread(store.apply, [later], now_ms=notifier.clock())
+        await wait_until(lambda: notifier.idle and not store.outbox(state="pending"))
+    order = [d.body["data"]["severity"] for d in hook.accepted]
+    fire_rows = len(store.outbox(state="sent")) - order.count("warning")
+    assert fire_rows == 2 and order[:2] == ["fire", "fire"], order  # the fire's rows first once the endpoint freed
+    assert sorted(hook.accepted_ids()) == sorted(r.msg_id for r in store.outbox())  # each once
     store.close()
