@@ -11,6 +11,12 @@ Delivery guarantees:
   or a crash mid-request turns it into ``unknown`` (reconciled by an operator against the provider's records), never
   into a blind resend.
 
+New rows reach the notifier two ways: the store hands it the rows a transaction added right after that transaction
+committed (:meth:`AlertStore.add_outbox_listener`), and it starts them at once when a worker is free and nothing of
+their channel or endpoint is waiting (so fire first holds); everything else, and everything after a restart, it
+finds in its rounds over the database, which stays the record.  A row heard of both ways is sent once: a round
+skips the rows in flight, those whose outcome is not recorded yet, and those started while the round ran.
+
 Time comes from an injectable ``clock`` (epoch ms) so tests drive escalation without sleeping for a minute; after
 moving a fake clock, call ``wake()``.
 
@@ -27,7 +33,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -53,6 +59,11 @@ log = logging.getLogger("firegrid.alerts.delivery")
 
 T = TypeVar("T")
 
+# With the hand-off on, the round a store change calls for (new escalation times, rows a hand-off could not start) comes
+# this much later: the sends the hand-off has just started go out first, not sharing the interpreter with the round's
+# queries.  A row the hand-off could not start wakes a round at once.
+ROUND_AFTER_CHANGE_S = 0.01
+
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
@@ -69,13 +80,17 @@ class Notifier:
         workers: int | None = None,
         rng: random.Random | None = None,
         drain_s: float = 3.0,
+        poll_s: float = 5.0,
     ) -> None:
+        """``poll_s``: the longest sleep between rounds over the database when nothing is due sooner (a fake clock
+        may have moved; rows written by another connection are found)."""
         self.store = store
         self.notify = notify or store.notify
         self.clock = clock
         self.workers = workers or self.notify.workers
         self.rng = rng or random.Random()
         self.drain_s = drain_s  # on stop(): how long requests in flight may take to finish
+        self.poll_s = poll_s
         self.stats: dict[str, int] = {}
         self._session = session
         self._own_session = session is None
@@ -98,6 +113,17 @@ class Notifier:
         self._outcomes: list[Outcome] = []
         self._unflushed: set[int] = set()
         self._stopping = False
+        # The hand-off (see the module docstring).  ``_ready``: the restart's recovery is done.  ``_planning``: a
+        # round is reading the database; the rows started meanwhile (``_started_in_round``) may come back in its
+        # answer and are skipped.  ``_waiting``: channels and endpoints whose due rows may be waiting in the
+        # database for a worker; a row handed over for them waits for the round too, so that it never overtakes an
+        # older (or more urgent) one.
+        self._ready = False
+        self._round_timer: asyncio.TimerHandle | None = None
+        self._planning = False
+        self._started_in_round: set[int] = set()
+        self._waiting: set[str] = set()
+        self._waiting_in_round: set[str] = set()
         self._next_prune_ms = 0
         self._loop_thread: int | None = None
         self._sms_send = sender_for(self.notify.sms.provider) if self.notify.sms else None
@@ -105,7 +131,62 @@ class Notifier:
 
     # ------------------------------------------------------------------ control
     def _on_change(self, change: AlertChange) -> None:
-        self.wake()
+        if not self._ready:
+            self.wake()
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._round_soon()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                loop.call_soon_threadsafe(self._round_soon)
+
+    def _round_soon(self) -> None:
+        """A round in :data:`ROUND_AFTER_CHANGE_S` (loop thread); one for all the changes until then."""
+        if self._round_timer is None and self._loop is not None:
+            self._round_timer = self._loop.call_later(ROUND_AFTER_CHANGE_S, self._round_now)
+
+    def _round_now(self) -> None:
+        self._round_timer = None
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_committed(self, items: Sequence[OutboxItem]) -> None:
+        """Outbox rows a transaction has just committed, in the thread that committed them."""
+        loop = self._loop
+        if loop is None or not self._ready:
+            return  # not running, or still recovering: the first round reads them from the database
+        if threading.get_ident() == self._loop_thread:
+            self._take(items)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the next run reads them
+                loop.call_soon_threadsafe(self._take, items)
+
+    def _take(self, items: Sequence[OutboxItem]) -> None:
+        """Start the handed-over rows that may go now (loop thread); leave the others to a round."""
+        if self._stopping or not self._ready:
+            return
+        now = self.clock()
+        ready = [
+            i for i in items if i.next_ms <= now and i.channel not in self._waiting and i.target not in self._waiting
+        ]
+        ready.sort(key=lambda i: (-i.priority, i.id))  # fire first
+        started = self._start(ready)
+        if started:
+            self._count("started_on_commit", len(started))
+            if self._planning:
+                self._started_in_round.update(started)
+        if len(started) < len(items):
+            # Not startable now (no free worker, an endpoint at its share, not due yet): from here on, rows of
+            # its channel wait for a round (priority order), and a round is due to pick it.
+            for item in items:
+                if item.id not in started:
+                    for key in (item.channel, item.target):
+                        self._waiting.add(key)
+                        self._waiting_in_round.add(key)
+            self.wake()
 
     def wake(self) -> None:
         """New outbox rows or a moved clock: look again now.  Safe to call from any thread."""
@@ -121,6 +202,11 @@ class Notifier:
     def stop(self) -> None:
         self._stopping = True
         self.wake()
+
+    @property
+    def ready(self) -> bool:
+        """Running, the restart's recovery done: committed outbox rows are handed over from now on."""
+        return self._ready
 
     @property
     def idle(self) -> bool:
@@ -144,9 +230,11 @@ class Notifier:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         try:
+            await self._io(self.store.add_outbox_listener, self._on_committed)
             recovered = await self._io(self.store.recover, now_ms=self.clock())
             if recovered:
                 log.warning("%d SMS were interrupted mid-request: marked unknown (not resent)", recovered)
+            self._ready = True
             while not self._stopping:
                 self._wake.clear()
                 outcomes, self._outcomes = self._outcomes, []
@@ -154,18 +242,32 @@ class Notifier:
                 skip = self._inflight.keys() | self._unflushed
                 endpoints = dict(self._endpoint_busy)
                 held = self._robots_held()
+                self._planning = True
+                self._waiting_in_round.clear()
                 try:
                     items, timeout = await self._io(self._plan, outcomes, free, skip, endpoints, held)
                 except Exception:  # e.g. the disk is full: keep trying, delivery must not die with one error
                     self._outcomes = outcomes + self._outcomes  # keep them (and their rows excluded)
                     log.exception("notifier round failed; retrying in 1 s")
                     timeout = 1.0
+                    self._waiting.update(free)  # unknown: hand-offs wait for a round that works
                 else:
                     self._unflushed.difference_update(o.id for o in outcomes)
-                    self._start(items)
+                    fresh = [i for i in items if i.id not in self._started_in_round]
+                    # A row a hand-off's start left no worker for stays pending: that start's end wakes a round.
+                    self._start(fresh)
+                    self._waiting = self._still_waiting(free, items, held) | self._waiting_in_round
+                finally:
+                    self._planning = False
+                    self._started_in_round.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
+            self._ready = False
+            if self._round_timer is not None:
+                self._round_timer.cancel()
+                self._round_timer = None
+            self.store.remove_outbox_listener(self._on_committed)
             tasks = list(self._inflight.values())
             if self._stopping and tasks:
                 # A graceful stop lets requests in flight finish (an SMS cut off mid-request would become
@@ -186,6 +288,18 @@ class Notifier:
                 self._session = None
             self._loop = None
             self._wake = None
+
+    def _still_waiting(self, free: dict[str, int], picked: list[OutboxItem], held: dict[str, int]) -> set[str]:
+        """After a round: the channels whose due rows may not all have found a worker (none was free, or the round
+        took as many as were free), the endpoints at their share and the robots held: a row handed over for one of
+        them waits for the next round."""
+        taken: dict[str, int] = {}
+        for item in picked:
+            taken[item.channel] = taken.get(item.channel, 0) + 1
+        waiting = {channel for channel, n in free.items() if n <= 0 or taken.get(channel, 0) >= n}
+        waiting.update(url for url, n in self._endpoint_busy.items() if n >= self.per_endpoint)
+        waiting.update(held)
+        return waiting
 
     def _robots_held(self) -> dict[str, int]:
         """Robots that may not take a message now (one in flight, or at their rate limit), and from when they may:
@@ -245,7 +359,7 @@ class Notifier:
         # us when they finish (no busy-waiting on rows that are already in flight).
         nxt_due = self.store.next_due_ms(exclude=skip | {i.id for i in items}, channels=still_free)
         waits = [t for t in (nxt_due, nxt_esc) if t is not None]
-        timeout = 5.0  # also re-check now and then (a fake clock may have moved)
+        timeout = self.poll_s  # also re-check now and then (a fake clock may have moved)
         waits.extend(t for t in (held or {}).values())
         if waits:
             timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
@@ -281,9 +395,11 @@ class Notifier:
             blocked.add(rows[0].target)
         return picked
 
-    def _start(self, items: list[OutboxItem]) -> None:
+    def _start(self, items: list[OutboxItem]) -> set[int]:
+        """Start what may go now, in the given (priority) order; returns the ids started."""
+        started: set[int] = set()
         for item in items:  # in priority order
-            if item.id in self._inflight or self._busy[item.channel] >= self.workers:
+            if item.id in self._inflight or item.id in self._unflushed or self._busy[item.channel] >= self.workers:
                 continue
             if item.channel == "webhook":
                 if self._endpoint_busy.get(item.target, 0) >= self.per_endpoint:
@@ -300,6 +416,8 @@ class Notifier:
                 self.limiter.record(item.target, now_ms=now)
             self._busy[item.channel] += 1
             self._inflight[item.id] = asyncio.create_task(self._deliver(item), name=f"deliver-{item.id}")
+            started.add(item.id)
+        return started
 
     async def _deliver(self, item: OutboxItem) -> None:
         try:

@@ -1,5 +1,11 @@
 """What the store's parts share: one connection behind one lock, the notify config, the buildings' names and the
-listeners; the ``BEGIN IMMEDIATE`` transaction every write runs in; and the row -> record readers."""
+listeners; the ``BEGIN IMMEDIATE`` transaction every write runs in; and the row -> record readers.
+
+The outbox hand-off: a transaction that added outbox rows hands them, as read inside it, to the outbox listeners
+(the notifier) right after its ``COMMIT`` succeeded, so the notifier need not find them with a query of its own.  A
+transaction that rolled back (or whose ``COMMIT`` failed) hands nothing.  The database stays the record: a row the
+notifier could not start at once, or that no listener heard of (none was registered, or it was written by another
+connection), is found by its next round as before."""
 
 from __future__ import annotations
 
@@ -13,9 +19,14 @@ import orjson
 
 from alerts.config import NotifyConfig
 from alerts.dispatch import DispatchPlan
-from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentFacts, IncidentRecord
+from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentFacts, IncidentRecord, OutboxItem
 
 log = logging.getLogger(__name__)
+
+# At most this many of a transaction's new outbox rows are handed over, highest priority (fire) first: the notifier
+# has far fewer workers than that, and reading a storm's thousands of rows would lengthen the commit for nothing
+# (the notifier's next round picks the rest from the database, in the same priority order).
+HANDOFF_LIMIT = 64
 
 # An alert joined with its incident's SMS reply code: what AlertRecord reads.
 ALERT_FROM = "FROM alerts a JOIN incidents i ON i.id = a.incident_id"
@@ -40,9 +51,51 @@ class Core:
         self.building_names = building_names
         self.plan = plan or DispatchPlan()
         self.listeners: list[Callable[[AlertChange], None]] = []
+        self.outbox_listeners: list[Callable[[Sequence[OutboxItem]], None]] = []
+        self._outbox_seen = 0  # the highest outbox id handed over (or there before the first listener came)
 
     def tx(self) -> Tx:
         return Tx(self)
+
+    def add_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
+        with self.lock:
+            if not self.outbox_listeners:
+                # Rows already there are the listener's own to find (its first round reads the outbox).
+                self._outbox_seen = int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+            self.outbox_listeners.append(callback)
+
+    def remove_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
+        with self.lock:
+            if callback in self.outbox_listeners:
+                self.outbox_listeners.remove(callback)
+
+    def fresh_outbox(self, cur: sqlite3.Cursor) -> tuple[list[OutboxItem], int]:
+        """Inside a write transaction: the pending outbox rows added since the last hand-off (fire first, at most
+        :data:`HANDOFF_LIMIT`), and the highest outbox id now.  Reads only the new rows (by primary key); a
+        transaction that added none reads one index entry."""
+        top = int(cur.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
+        if top <= self._outbox_seen:
+            return [], top
+        # NOT INDEXED: walk the rowid range of the new rows only; the planner would otherwise take the pending-rows
+        # index and read the whole backlog (a receiver down for an hour) on every commit.  The bodies are read for
+        # the chosen few only.
+        rows = cur.execute(
+            "SELECT * FROM outbox WHERE id IN (SELECT id FROM outbox NOT INDEXED WHERE id > ? AND state = 'pending'"
+            " ORDER BY priority DESC, id LIMIT ?) ORDER BY priority DESC, id",
+            (self._outbox_seen, HANDOFF_LIMIT),
+        ).fetchall()
+        return [OutboxItem.from_row(r) for r in rows], top
+
+    def hand_off(self, items: Sequence[OutboxItem], top: int) -> None:
+        """After the ``COMMIT`` that made ``items`` durable (under the lock, so hand-offs keep the commits' order)."""
+        self._outbox_seen = max(self._outbox_seen, top)
+        if not items:
+            return
+        for callback in list(self.outbox_listeners):
+            try:
+                callback(items)
+            except Exception:  # a broken listener must not break the store (the rows are durable: a round finds them)
+                log.exception("outbox listener failed")
 
     def publish(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:
@@ -86,7 +139,16 @@ class Tx:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if exc_type is None:
+                fresh = None
+                if self.core.outbox_listeners:
+                    try:
+                        fresh = self.core.fresh_outbox(self.cur)
+                    except sqlite3.Error:  # the hand-off is a shortcut: the commit must not fail for it
+                        log.exception("reading the new outbox rows failed; the notifier's round finds them")
                 self.cur.execute("COMMIT")
+                # Only now, committed, may the notifier hear of them; a rollback or a failed COMMIT hands nothing.
+                if fresh is not None:
+                    self.core.hand_off(*fresh)
             else:
                 self.cur.execute("ROLLBACK")
         finally:

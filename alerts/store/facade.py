@@ -14,13 +14,13 @@ notifier's side), :mod:`~alerts.store.reports` (a period's facts for the figures
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from alerts.config import NotifyConfig
 from alerts.dispatch import DispatchPlan
-from alerts.records import AlertChange
+from alerts.records import AlertChange, OutboxItem
 from alerts.store.commands import Commands
 from alerts.store.core import Core
 from alerts.store.incidents import IncidentCommands
@@ -94,6 +94,15 @@ class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outb
     def remove_listener(self, callback: Callable[[AlertChange], None]) -> None:
         if callback in self._core.listeners:
             self._core.listeners.remove(callback)
+
+    def add_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
+        """``callback(items)`` with the pending outbox rows a transaction added (fire first), right after its
+        ``COMMIT``, in the thread that committed; never for a transaction that rolled back.  Keep it quick.  Rows
+        committed before the first listener came, or by another connection, are not handed over: read the outbox."""
+        self._core.add_outbox_listener(callback)
+
+    def remove_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
+        self._core.remove_outbox_listener(callback)
 
     def publish(self, change: AlertChange) -> None:
         """Tell listeners about something that is not a stored change (e.g. an SMS budget warning)."""

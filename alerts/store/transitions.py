@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from alerts import fanout, routing
 from alerts.records import AlertChange
@@ -27,17 +27,27 @@ class Transitions:
 
     _core: Core
 
-    def apply(self, transitions: Iterable[AlertTransition], *, now_ms: int) -> list[AlertChange]:
-        """Persist engine transitions, incident grouping and the outbox rows they cause, in ONE transaction."""
+    def apply(
+        self,
+        transitions: Iterable[AlertTransition],
+        *,
+        now_ms: int,
+        also: Callable[[sqlite3.Cursor], None] | None = None,
+    ) -> list[AlertChange]:
+        """Persist engine transitions, incident grouping and the outbox rows they cause, in ONE transaction.
+        ``also``: more writes of the same group commit, made in that transaction (the gateway's engine snapshots,
+        kept in the same file): one commit, one fsync."""
         # Kept in the engine's order: a raise and a clear of one key in one batch must not swap.  Fire-first is the
         # outbox's job (priority), not the order of rows in this transaction.
         items = list(transitions)
-        if not items:
+        if not items and also is None:
             return []
         changes: list[AlertChange] = []
         with self._core.tx() as cur:
             for t in items:
                 _apply_one(self._core, cur, t, now_ms, changes)
+            if also is not None:
+                also(cur)
         self._core.publish(changes)
         return changes
 
