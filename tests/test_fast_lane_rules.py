@@ -1,0 +1,104 @@
+"""The fast lane's watermark, property-tested on the pure engine with the shipped rules.
+
+A detector's ``alarm`` event travels on its own MQTT session and overtakes the telemetry the device sent before it.
+Whatever that overtaken telemetry says (no alarm, no smoke, any age: seconds or far beyond ``REORDER_MS``), and
+whenever it is judged (ticks in between, a restart from the snapshot in between), it must never clear the alarm the
+event raised nor raise it a second time.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.engine import REORDER_MS, Engine
+from rules.loader import DEFAULTS_PATH, read_rules_file
+from rules.ruleset import RuleSet
+from rules.state import alert_key
+from rules.types import AlertTransition, DeviceEvent, DeviceRef, Reading
+
+T0 = 1_800_000_000_000
+SMOKE = DeviceRef("b1", "s1", "smoke", 1, "g1")
+OTHER = DeviceRef("b1", "s2", "smoke", 1, "g1")
+REGISTRY = {SMOKE.device: SMOKE, OTHER.device: OTHER}
+RULES = RuleSet(rules=tuple(read_rules_file(DEFAULTS_PATH)), heartbeat_s_by_kind={"smoke": 30})
+KEY = alert_key("smoke-detector-alarm", "b1", 1, "s1")
+
+QUIET = st.fixed_dictionaries(
+    {"obscuration": st.sampled_from([0.0, 0.5, 1.0, 1.4, 3.5, 8.0])},
+    optional={"alarm": st.booleans(), "battery": st.sampled_from([10.0, 90.0])},
+)
+# how far before the alarm event a late reading was stamped: within the reordering window and far beyond it
+AGE = st.one_of(st.integers(0, 5_000), st.integers(0, 3 * REORDER_MS), st.integers(REORDER_MS, 24 * 3_600_000))
+
+
+def _engine() -> Engine:
+    engine = Engine(RULES, registry=REGISTRY)
+    engine.start(T0)
+    return engine
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.lists(QUIET, max_size=6),
+    late=st.lists(st.tuples(AGE, QUIET, st.booleans()), min_size=1, max_size=30),
+    restart_at=st.one_of(st.none(), st.integers(0, 30)),
+    gap=st.integers(1, 10_000),
+)
+def test_late_older_readings_never_clear_or_reraise_a_fast_lane_alarm(
+    history: list[dict[str, float | bool]],
+    late: list[tuple[int, dict[str, float | bool], bool]],
+    restart_at: int | None,
+    gap: int,
+) -> None:
+    engine = _engine()
+    ts = T0
+    for values in history:  # what the lane had already judged: readings older than the event, in order
+        ts += 1_000
+        engine.process(Reading(SMOKE, ts, values))
+        engine.tick(ts)
+    alarm_ts = ts + gap
+    raised = engine.process(DeviceEvent(SMOKE, alarm_ts, "alarm"))
+    before = {t.key for t in engine.active()}
+    assert KEY in before, "the alarm event raises the detector's alarm"
+    assert [t.transition for t in raised if t.key == KEY] in (["raised"], [])  # [] when the history raised it
+    now = alarm_ts
+    seen: list[AlertTransition] = []
+    for index, (age, values, tick) in enumerate(late):
+        if restart_at == index:
+            restored = Engine(RULES, registry=REGISTRY)
+            restored.tick(engine.now_ms or T0)
+            restored.restore("b1", engine.snapshot("b1"))
+            engine = restored
+        seen.extend(engine.process(Reading(SMOKE, alarm_ts - age, values)))
+        if tick:
+            now += 1_000  # engine time goes on while the backlog drains, not past the absence timers
+            seen.extend(engine.tick(now))
+    assert [t for t in seen if t.key == KEY] == [], "a late reading cleared or re-raised the alarm"
+    assert KEY in {t.key for t in engine.active()}
+
+
+def test_a_reading_after_the_alarm_is_judged_again() -> None:
+    """The watermark holds back only what the alarm overtook: newer telemetry clears the alarm as it always did."""
+    engine = _engine()
+    assert [t.transition for t in engine.process(DeviceEvent(SMOKE, T0 + 1_000, "alarm")) if t.key == KEY] == ["raised"]
+    assert engine.process(Reading(SMOKE, T0 + 500, {"alarm": False})) == []
+    out = []
+    for step in range(2, 40):
+        out += engine.process(Reading(SMOKE, T0 + step * 1_000, {"alarm": False, "obscuration": 0.0}))
+    assert [t.transition for t in out if t.key == KEY] == ["cleared"]
+
+
+def test_alarm_telemetry_without_an_event_still_raises() -> None:
+    engine = _engine()
+    out = engine.process(Reading(SMOKE, T0 + 1_000, {"alarm": True}))
+    assert [t.transition for t in out if t.key == KEY] == ["raised"]
+
+
+def test_the_same_alarm_event_twice_raises_once() -> None:
+    """The event redelivered after a reconnect (at least once) is no second alarm."""
+    engine = _engine()
+    first = engine.process(DeviceEvent(SMOKE, T0 + 1_000, "alarm"))
+    again = engine.process(DeviceEvent(SMOKE, T0 + 1_000, "alarm"))
+    assert [t.transition for t in first if t.key == KEY] == ["raised"]
+    assert [t for t in again if t.key == KEY] == []
