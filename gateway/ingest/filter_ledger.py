@@ -43,7 +43,12 @@ class FilterLedger:
         self._write("DELETE FROM gateway_mqtt_filters WHERE filter = ?", filters)
 
     def held(self) -> list[str]:
-        return sorted(self._rows())
+        """The filters written down: a namespaced ledger's own; the main ledger's, every session's of this gateway
+        (what the district's broker holds for it, whichever session carries a channel)."""
+        if self._prefix:
+            return sorted(self._rows())
+        rows = [row[0] for row in self._db.execute("SELECT filter FROM gateway_mqtt_filters")]
+        return sorted(r.split(" ", 1)[1] if r.startswith("@") else r for r in rows)
 
     def close(self) -> None:
         self._db.close()
