@@ -8,14 +8,21 @@ event raised nor raise it a second time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.config import load_config
 from rules.engine import REORDER_MS, Engine
 from rules.loader import DEFAULTS_PATH, read_rules_file
 from rules.ruleset import RuleSet
 from rules.state import alert_key
 from rules.types import AlertTransition, DeviceEvent, DeviceRef, Reading
+from simulators.model import from_config
+from simulators.scenarios import parse_spec
+from simulators.sim import Simulation
 
 T0 = 1_800_000_000_000
 SMOKE = DeviceRef("b1", "s1", "smoke", 1, "g1")
@@ -102,3 +109,24 @@ def test_the_same_alarm_event_twice_raises_once() -> None:
     again = engine.process(DeviceEvent(SMOKE, T0 + 1_000, "alarm"))
     assert [t.transition for t in first if t.key == KEY] == ["raised"]
     assert [t for t in again if t.key == KEY] == []
+
+
+def test_the_simulator_sends_the_alarm_event_as_a_detector_enters_alarm() -> None:
+    """Each smoke detector of a simulated fire publishes one ``alarm`` event, right after the first sample in alarm
+    and stamped like it; its telemetry still says ``alarm: true`` (the ordinary lane)."""
+    root = Path(__file__).resolve().parent.parent
+    community = from_config(load_config(root / "examples" / "community.yaml"))
+    start = 1_780_000_000_000
+    sim = Simulation(community, seed=1, start_ms=start, scenarios=[parse_spec("fire@yg01:1F+10s/3m", community)])
+    messages = sim.advance(start + 600_000) + sim.stop(start + 600_000)
+    entered: dict[str, int] = {}
+    events: dict[str, list[int]] = {}
+    for m in messages:
+        _building, device, channel = m.topic.split("/")[1:]
+        doc = orjson.loads(m.payload) if channel != "status" else None
+        if channel == "telemetry" and isinstance(doc, dict) and doc.get("alarm") is True:
+            entered.setdefault(device, doc["ts"])
+        if channel == "event" and isinstance(doc, dict) and doc["type"] == "alarm":
+            events.setdefault(device, []).append(doc["ts"])
+    assert entered, "the fire put no detector in alarm"
+    assert {d: ts[0] for d, ts in events.items()} == entered
