@@ -58,6 +58,20 @@ def test_an_alarm_event_overtakes_a_queued_burst(tmp_path: Path, mosquitto: Mosq
 
     gateway.start()
     try:
+        # /readyz names the fast lane's session when there is one (call points and alarm events come by it only)
+        checks = wait_for(
+            lambda: (body := gateway.get("/readyz")[1]) and json.loads(body)["checks"],
+            timeout=20,
+            what="/readyz",
+        )
+        if event_lane:
+            wait_for(
+                lambda: json.loads(gateway.get("/readyz")[1])["checks"]["mqtt_events"]["ok"],
+                timeout=20,
+                what="the events session in /readyz",
+            )
+        else:
+            assert "mqtt_events" not in checks
         ids = wait_for(
             lambda: _alarm_ids(db),
             timeout=120,

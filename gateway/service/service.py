@@ -193,6 +193,7 @@ class Service:
             )
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
+        self.runtime.mqtt_events = self.events
         self.runtime.pipeline = self.pipeline
         self.runtime.apply_transitions = self.pipeline.submit_transitions
         # Inspections and hazards share the alert store's file and outbox; their overdue alerts go through the
