@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load_config
+from gateway.ingest.contract import Decoder, Reason, Rejected
 from rules.engine import REORDER_MS, Engine
 from rules.loader import DEFAULTS_PATH, read_rules_file
 from rules.ruleset import RuleSet
@@ -130,3 +131,18 @@ def test_the_simulator_sends_the_alarm_event_as_a_detector_enters_alarm() -> Non
             events.setdefault(device, []).append(doc["ts"])
     assert entered, "the fire put no detector in alarm"
     assert {d: ts[0] for d, ts in events.items()} == entered
+
+
+def test_an_alarm_event_is_decoded_and_one_without_ts_is_rejected() -> None:
+    decoder = Decoder(prefix="firegrid", registry=REGISTRY)
+    decoded = decoder.decode("firegrid/b1/s1/event", b'{"ts": 1800000000000, "type": "alarm"}', received_ms=T0)
+    assert decoded.inputs == (DeviceEvent(SMOKE, T0, "alarm"),)
+    try:
+        decoder.decode("firegrid/b1/s1/event", b'{"type": "alarm"}', received_ms=T0)
+    except Rejected as exc:
+        assert exc.reason is Reason.WRONG_SHAPE and "ts" in str(exc)
+    else:
+        raise AssertionError("an alarm event without ts was accepted")
+    # the other events keep their old rule: no ts means the time of receipt
+    pressed = decoder.decode("firegrid/b1/s1/event", b'{"type": "pressed"}', received_ms=T0)
+    assert pressed.inputs[0].ts_ms == T0
