@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ingest.filter_ledger import FilterLedger
 from testkit.gateway import Gateway, Publisher, publish_all, readings, store_rows, wait_for, write_config
 from testkit.services import MosquittoServer
 
@@ -92,3 +93,27 @@ def test_an_alarm_event_overtakes_a_queued_burst(tmp_path: Path, mosquitto: Mosq
         assert [(r["condition"], r["open"]) for r in rows] == [("active", 1)], rows
     finally:
         gateway.stop()
+
+
+def test_each_session_unsubscribes_only_what_it_held(tmp_path: Path) -> None:
+    """The filter ledger is one table for both sessions: the events session's rows never look stale to the main
+    session (which would unsubscribe a filter it does not hold and forget the events session's), and back."""
+    db = tmp_path / "firegrid.sqlite"
+    main, events = FilterLedger(db), FilterLedger(db, namespace="events")
+    try:
+        # the one-lane build held every channel on the main session
+        assert main.subscribing(["firegrid/+/+/telemetry", "firegrid/+/+/event", "firegrid/+/+/status"]) == []
+        # the fast lane is switched on: the main session gives up `event`, which the events session takes
+        stale = main.subscribing(["firegrid/+/+/telemetry", "firegrid/+/+/status"])
+        assert stale == ["firegrid/+/+/event"]
+        main.unsubscribed(stale)
+        assert events.subscribing(["firegrid/+/+/event"]) == []
+        assert main.subscribing(["firegrid/+/+/telemetry", "firegrid/+/+/status"]) == []  # nothing of the other's
+        assert events.held() == ["firegrid/+/+/event"]
+        # the gateway as a whole holds all three, whichever session carries them
+        assert main.held() == ["firegrid/+/+/event", "firegrid/+/+/status", "firegrid/+/+/telemetry"]
+        # given fewer buildings: the events session unsubscribes its district-wide filter, and only that
+        assert events.subscribing(["firegrid/b01/+/event"]) == ["firegrid/+/+/event"]
+    finally:
+        main.close()
+        events.close()
