@@ -265,7 +265,7 @@ class Service:
         elif backlog <= self.mqtt.low_water and self.mqtt.paused:
             self.mqtt.resume()
         events = self.events
-        if events is not None:
+        if events is not None and (events.paused or self.pipeline.priority):  # called per message: usually nothing
             # the fast lane is paused only by its own queue (a device flooding events), never by telemetry
             queued = len(self.pipeline.priority)
             if queued >= events.high_water:
