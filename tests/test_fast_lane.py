@@ -117,3 +117,49 @@ def test_each_session_unsubscribes_only_what_it_held(tmp_path: Path) -> None:
     finally:
         main.close()
         events.close()
+
+
+def test_the_events_session_follows_mqtt_buildings(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """A gateway that owns b00 only: its fast lane subscribes to b00's events, so another building's alarm event is
+    not even delivered to it (not a foreign_building rejection: no filter of it matches), and b00's raises."""
+    config, port = write_config(
+        tmp_path, mqtt_url=mosquitto.url, influx_url=None, extra={"mqtt": {"buildings": ["b00"]}}
+    )
+    db = tmp_path / "firegrid.sqlite"
+    gateway = Gateway(config, port, tmp_path / "gateway.log").start()
+    try:
+        wait_for(
+            lambda: json.loads(gateway.get("/readyz")[1])["checks"]["mqtt_events"]["ok"],
+            timeout=20,
+            what="the events session",
+        )
+        now = int(time.time() * 1000)
+        publisher = Publisher(mosquitto.port)
+        try:
+            # one publisher, one order: the foreign event would reach the events session before the owned one
+            publisher.publish("firegrid/b01/d001/event", json.dumps({"ts": now, "type": "alarm"}).encode())
+            publisher.publish("firegrid/b00/d000/event", json.dumps({"ts": now, "type": "alarm"}).encode())
+            publisher.wait_acked()
+        finally:
+            publisher.close()
+        wait_for(
+            lambda: store_rows(db, "SELECT id FROM alerts WHERE device = 'd000'"),
+            timeout=20,
+            what="b00's alarm from its event",
+        )
+        assert store_rows(db, "SELECT id FROM alerts WHERE device = 'd001'") == []
+        assert gateway.metric("firegrid_rejections_total", reason="foreign_building") == 0
+        # counted just after the commit that stored the alarm; the foreign one would have been counted with or before it
+        wait_for(
+            lambda: gateway.metric("firegrid_mqtt_messages_total", channel="event") >= 1,
+            timeout=10,
+            what="the event counted",
+        )
+        assert gateway.metric("firegrid_mqtt_messages_total", channel="event") == 1
+    finally:
+        gateway.stop()
+    ledger = FilterLedger(db, namespace="events")
+    try:
+        assert ledger.held() == ["firegrid/b00/+/event"]
+    finally:
+        ledger.close()
