@@ -374,11 +374,13 @@ class Engine:
     def _alarm_event(self, e: DeviceEvent, dev: DevState, out: list[AlertTransition]) -> None:
         """A detector's ``alarm`` event is its own alarm decision (``alarm: true``) arriving ahead of its telemetry:
         judged as that reading, then the device's watermark moves to it so that the telemetry it overtook is not
-        judged after it.  A kind without an ``alarm`` metric is judged by ``event: alarm`` rules only (below)."""
-        if ALARM_METRIC in dev.plan.quiet and (dev.mark is None or e.ts_ms > dev.mark):
-            out.extend(self.process(Reading(e.ref, e.ts_ms, {ALARM_METRIC: True}, None, e.drill)))
-        if dev.mark is None or e.ts_ms > dev.mark:
-            dev.mark = e.ts_ms
+        judged after it.  A kind without an ``alarm`` metric is judged by ``event: alarm`` rules only (below), and
+        gets no watermark: nothing of its level rules was decided by the event, so the telemetry it overtook (a heat
+        detector's sample over its threshold) must still be judged."""
+        if ALARM_METRIC not in dev.plan.quiet or (dev.mark is not None and e.ts_ms <= dev.mark):
+            return
+        out.extend(self.process(Reading(e.ref, e.ts_ms, {ALARM_METRIC: True}, None, e.drill)))
+        dev.mark = e.ts_ms
 
     def _status(self, s: StatusChange, out: list[AlertTransition]) -> None:
         ref = s.ref

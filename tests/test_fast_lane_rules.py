@@ -28,8 +28,9 @@ from simulators.sim import Simulation
 T0 = 1_800_000_000_000
 SMOKE = DeviceRef("b1", "s1", "smoke", 1, "g1")
 OTHER = DeviceRef("b1", "s2", "smoke", 1, "g1")
-REGISTRY = {SMOKE.device: SMOKE, OTHER.device: OTHER}
-RULES = RuleSet(rules=tuple(read_rules_file(DEFAULTS_PATH)), heartbeat_s_by_kind={"smoke": 30})
+HEAT = DeviceRef("b1", "h1", "heat", 1, "g1")
+REGISTRY = {SMOKE.device: SMOKE, OTHER.device: OTHER, HEAT.device: HEAT}
+RULES = RuleSet(rules=tuple(read_rules_file(DEFAULTS_PATH)), heartbeat_s_by_kind={"smoke": 30, "heat": 60})
 KEY = alert_key("smoke-detector-alarm", "b1", 1, "s1")
 
 QUIET = st.fixed_dictionaries(
@@ -146,3 +147,12 @@ def test_an_alarm_event_is_decoded_and_one_without_ts_is_rejected() -> None:
     # the other events keep their old rule: no ts means the time of receipt
     pressed = decoder.decode("firegrid/b1/s1/event", b'{"type": "pressed"}', received_ms=T0)
     assert pressed.inputs[0].ts_ms == T0
+
+
+def test_a_heat_detectors_alarm_event_holds_back_none_of_its_telemetry() -> None:
+    """No shipped rule judges a heat detector's ``alarm`` event, so its overtaken sample over the fixed threshold must
+    still raise the alarm when it arrives (holding it back would make the fire late)."""
+    engine = _engine()
+    assert engine.process(DeviceEvent(HEAT, T0 + 2_000, "alarm")) == []
+    out = engine.process(Reading(HEAT, T0 + 2_000, {"celsius": 70.0}))
+    assert [t.transition for t in out if t.key == alert_key("heat-fixed", "b1", 1, "h1")] == ["raised"]
