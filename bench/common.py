@@ -869,6 +869,12 @@ class Community:
                 n += 1
             seq += 1
 
+    def alarm_event(self, i: int) -> tuple[str, bytes]:
+        """Detector ``alarm{i}`` entering alarm, told on its ``event`` channel (the gateway's fast lane)."""
+        topic = f"{self.prefix}/x{i:04d}/{self.alarm_device(i)}/event"
+        ts = int(time.time() * 1000)
+        return topic, b'{"ts":%d,"type":"alarm","device":"%s"}' % (ts, self.alarm_device(i).encode())
+
     def alarm(self, i: int) -> tuple[str, bytes]:
         """Detector ``alarm{i}`` in alarm: its own alarm decision and obscuration far above any threshold."""
         topic = f"{self.prefix}/x{i:04d}/{self.alarm_device(i)}/telemetry"

@@ -6,6 +6,9 @@ the threshold), each from a detector that alarms once, so each alarm is a fresh 
 when the alarm is handed to paho and stops when the bench's aiohttp receiver has read a webhook, with a valid
 Standard Webhooks signature, that names the detector.  Then a burst of 50,000 readings is published as fast as the
 broker takes them, with alarms injected at evenly spaced points of it: they must not queue behind the telemetry.
+For firegrid, half of them are told by the detector's ``alarm`` EVENT (then its alarm telemetry), which travels on the
+gateway's fast lane (``mqtt.event_lane``); the burst is then run again against the one-lane build
+(``mqtt.event_lane: false``) in the same run, the baseline of the event's latency.
 
 The same plan drives the Node-RED peer (bench/peer_nodered.py); :func:`run_plan` takes any :class:`System`.
 
@@ -16,6 +19,7 @@ The same plan drives the Node-RED peer (bench/peer_nodered.py); :func:`run_plan`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -79,6 +83,7 @@ class FiregridSystem:
 
     label: str = "firegrid"
     mqtt_protocol: str | None = None  # None: the config's default
+    event_lane: bool = True  # False: the one-lane build (one MQTT session for every channel)
     gateways: int = 1  # > 1: the district split by building over that many processes (mqtt.buildings)
     process: FiregridProcess | None = None  # the first gateway (RSS, diagnostics)
     processes: list[FiregridProcess] = field(default_factory=list)
@@ -98,6 +103,7 @@ class FiregridSystem:
                 mqtt_protocol=self.mqtt_protocol,
                 client_id=f"firegrid-bench-{i}" if self.gateways > 1 else "firegrid-bench",
             )
+            config["mqtt"]["event_lane"] = self.event_lane
             if self.gateways > 1:
                 config["mqtt"]["buildings"] = [b["id"] for b in buildings[i :: self.gateways]]
             self.processes.append(FiregridProcess(config=config, workdir=where).start())
@@ -149,6 +155,7 @@ class Plan:
     alarms_per_phase: int = 20
     burst: int = 50_000
     burst_alarms: int = 10
+    burst_events: int = 0  # alarms in the burst told by an `alarm` event first (firegrid's fast lane)
     alarm_timeout_s: float = 20.0  # an alarm later than this after its phase is counted lost
     drain_timeout_s: float = 60.0
     stall_s: float = 15.0  # InfluxDB's count unchanged this long: what is missing is counted lost
@@ -163,7 +170,7 @@ class Plan:
 
     @property
     def n_alarms(self) -> int:
-        return 1 + len(self.rates) * self.alarms_per_phase + self.burst_alarms  # 1: the warm-up alarm
+        return 1 + len(self.rates) * self.alarms_per_phase + self.burst_alarms + self.burst_events  # 1: the warm-up
 
 
 @dataclass
@@ -174,6 +181,7 @@ class PhaseResult:
     alarms_sent: int
     latencies_ms: list[float]
     splits_ms: list[tuple[float, float]] = field(default_factory=list)
+    tag: str | None = None  # the figures' phase tag when not derived from the rate ("burst_event")
 
     @property
     def lost_alarms(self) -> int:
@@ -375,17 +383,33 @@ def run_plan(
                     # Burst: telemetry as fast as the broker accepts it, alarms injected at evenly spaced points.
                     ids = take_alarms(plan.burst_alarms)
                     keys = [community.alarm_device(i) for i in ids]
+                    event_ids = take_alarms(plan.burst_events)
+                    event_keys = [community.alarm_device(i) for i in event_ids]
+                    # (where in the burst, alarm id, told by an event first): both kinds evenly spread, interleaved
+                    injections = sorted(
+                        [((k + 1) * plan.burst // (len(ids) + 1), a, False) for k, a in enumerate(ids)]
+                        + [
+                            ((2 * k + 1) * plan.burst // (2 * len(event_ids) + 2), a, True)
+                            for k, a in enumerate(event_ids)
+                        ]
+                    )
                     before = load.stats.sent
                     spy = start_profile(system.pid, profile, seconds=plan.profile_s) if profile else None
                     burst_start = time.monotonic()
                     # The same generator continues: fresh seq numbers, so no reading is a replay of an earlier one.
                     thread, _stop, _stats = paced_in_thread(load, itertools.islice(telemetry, plan.burst), rate=None)
-                    for k, alarm_id in enumerate(ids):
-                        at = (k + 1) * plan.burst // (len(ids) + 1)
+                    for at, alarm_id, by_event in injections:
                         while load.stats.sent - before < at and thread.is_alive():
                             time.sleep(0.001)
-                        topic, payload = community.alarm(alarm_id)
-                        alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
+                        if by_event:
+                            # the event, then the same detector's alarm telemetry (stored like every alarm reading)
+                            topic, payload = community.alarm_event(alarm_id)
+                            alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
+                            topic, payload = community.alarm(alarm_id)
+                            alarms.publish(topic, payload)
+                        else:
+                            topic, payload = community.alarm(alarm_id)
+                            alarms.publish(topic, payload, mark=community.alarm_device(alarm_id))
                     thread.join()
                     publish_s = time.monotonic() - burst_start
                     if profile is not None and spy is None:
@@ -408,7 +432,7 @@ def run_plan(
                         diagnose = getattr(system, "diagnostics", None)
                         if diagnose is not None:
                             result.notes.append(f"{system.label} diagnostics: {diagnose()}")
-                    _wait_alarms(receiver, keys, plan.alarm_timeout_s)
+                    _wait_alarms(receiver, keys + event_keys, plan.alarm_timeout_s)
                     result.phases.append(
                         PhaseResult(
                             name=f"burst {plan.burst}",
@@ -419,6 +443,18 @@ def run_plan(
                             splits_ms=_splits(receiver, keys),
                         )
                     )
+                    if event_ids:
+                        result.phases.append(
+                            PhaseResult(
+                                name=f"burst {plan.burst}, alarm event",
+                                target_rate=None,
+                                achieved_rate=result.burst_publish_rate,
+                                alarms_sent=len(event_ids),
+                                latencies_ms=_latencies(receiver, alarms, event_keys),
+                                splits_ms=_splits(receiver, event_keys),
+                                tag="burst_event",
+                            )
+                        )
                 result.rss_peak_mb = rss.peak
                 if spy is not None and profile is not None:
                     spy.wait(timeout=plan.profile_s + 30)
@@ -510,9 +546,12 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
     for phase in result.phases:
         steady = phase.target_rate is not None
         rate = int(phase.target_rate or 0)
-        tag = f"{rate}" if steady else "burst"
+        tag = phase.tag or (f"{rate}" if steady else "burst")
         where = f"{rate:,}/s steady" if steady else f"in a {plan.burst:,} burst"
         goal_ms = 100.0 if steady and phase.target_rate == 10_000 else 1000.0 if not steady else None
+        if phase.tag == "burst_event":
+            where += ", told by an alarm event (the fast lane)"
+            goal_ms = 250.0
         for pname, value in (("p50", phase.pct(50)), ("p99", phase.pct(99)), ("max", phase.worst_ms)):
             figures.append(
                 Figure(
@@ -624,7 +663,7 @@ def plan_figures(result: PlanResult, *, prefix: str, plan: Plan) -> list[Figure]
 def split_figures(one: PlanResult, split: PlanResult, *, gateways: int, plan: Plan) -> list[Figure]:
     """The burst's alarm latency with the district split by building over ``gateways`` processes, against one."""
     figures: list[Figure] = []
-    bursts = [(a, b) for a, b in zip(one.phases, split.phases, strict=False) if a.target_rate is None]
+    bursts = [(a, b) for a, b in zip(one.phases, split.phases, strict=False) if a.target_rate is None and a.tag is None]
     for base, phase in bursts:
         for pname, pct in (("p50", 50.0), ("p99", 99.0)):
             figures.append(
@@ -664,6 +703,47 @@ def split_figures(one: PlanResult, split: PlanResult, *, gateways: int, plan: Pl
     return figures
 
 
+def lane_figures(fast: PlanResult, one_lane: PlanResult, *, plan: Plan) -> list[Figure]:
+    """The burst's alarm-event latency on the fast lane against the one-lane build, both measured in this run."""
+    figures: list[Figure] = []
+    for tag, what in (("burst_event", "told by an alarm event"), ("burst", "told by alarm telemetry only")):
+        phase = next(
+            (ph for ph in fast.phases if ph.target_rate is None and ph.tag == (None if tag == "burst" else tag)), None
+        )
+        base = (
+            next((ph for ph in one_lane.phases if ph.target_rate is None and ph.tag == phase.tag), None)
+            if phase
+            else None
+        )
+        if phase is None or base is None:
+            continue
+        for pname, pct in (("p50", 50.0), ("p99", 99.0)):
+            goal = (250.0 if tag == "burst_event" else 1000.0) if pname == "p99" else None
+            figures.append(
+                Figure(
+                    name=f"latency.lane.{pname}_ms@{tag}",
+                    label=f"alarm latency {pname} in a {plan.burst:,} burst, {what}, fast lane",
+                    value=phase.pct(pct),
+                    unit="ms",
+                    better="lower",
+                    baseline=base.pct(pct),
+                    baseline_label="one-lane build (mqtt.event_lane: false), same run",
+                    goal=f"<= {goal:.0f} ms" if goal else None,
+                    goal_max=goal,
+                )
+            )
+        figures.append(
+            Figure(
+                name=f"latency.one_lane.lost_alarms@{tag}",
+                label=f"one-lane build: alarms not delivered within {plan.alarm_timeout_s:.0f} s, burst, {what}",
+                value=float(base.lost_alarms),
+                unit=f"of {base.alarms_sent}",
+                better="lower",
+            )
+        )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__ or "")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -677,8 +757,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="also run the plan with the district split by building over this many gateway processes (against one)",
     )
+    parser.add_argument(
+        "--no-one-lane", action="store_true", help="skip the burst against the one-lane build (mqtt.event_lane: false)"
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
+    plan = dataclasses.replace(plan, burst_events=plan.burst_alarms)  # the fast lane's alarms, beside the others
     community = Community(n_devices=1000, n_buildings=50, n_alarms=plan.n_alarms)
     import tempfile
 
@@ -686,8 +770,17 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(tmp)
         system = FiregridSystem(mqtt_protocol=args.mqtt_protocol)
         split: PlanResult | None = None
+        one_lane: PlanResult | None = None
         try:
             result = run_plan(system, plan, community=community, workdir=workdir, profile=args.profile)
+            if not args.no_one_lane:
+                # the burst alone (no steady phases) against the one-lane build: the event's baseline, same run
+                one_lane = run_plan(
+                    FiregridSystem(label="firegrid-one-lane", mqtt_protocol=args.mqtt_protocol, event_lane=False),
+                    dataclasses.replace(plan, rates=()),
+                    community=community,
+                    workdir=workdir,
+                )
             if args.gateways > 1:
                 # the same plan against the district split by building over N gateways, the one-gateway run above as
                 # the baseline measured in the same run
@@ -700,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     figures = plan_figures(result, prefix="latency", plan=plan)
     notes = list(result.notes)
+    if one_lane is not None:
+        figures += lane_figures(result, one_lane, plan=plan)
+        notes += one_lane.notes
     if split is not None:
         figures += split_figures(result, split, gateways=args.gateways, plan=plan)
         notes += split.notes

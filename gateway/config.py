@@ -70,6 +70,10 @@ class MqttConfig(Section):
     # alert state): it subscribes to their topics only and holds only their devices, rules and alerts.  None: every
     # building.  See docs/gateway.md, "Several gateways".
     buildings: list[Ident] | None = Field(default=None, min_length=1)
+    # The fast lane: a second persistent session (client id ``<client_id>-events``) for the event channel only, so a
+    # detector's ``alarm`` event is never queued by the broker behind this gateway's telemetry backlog.  Off: one
+    # session for every channel (the "one-lane build" that `make bench` compares against).  docs/gateway.md.
+    event_lane: bool = True
 
     @field_validator("url")
     @classmethod

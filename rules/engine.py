@@ -59,6 +59,8 @@ __all__ = ["REORDER_MS", "Engine", "RuleSet", "SnapshotError", "alert_key"]
 # then think a device spoke up to this much earlier than it did: absence is reported at most this much early.
 PRESENCE_SAVE_MS = 60_000
 REORDER_MS = 60_000  # a sample older than the device's newest by more than this is a clock jump, not reordering
+ALARM_EVENT = "alarm"  # EventType.ALARM: a detector entered alarm (the fast lane)
+ALARM_METRIC = "alarm"  # the metric that carries a detector's own alarm decision in telemetry
 RATE_BUF_MAX = 32  # samples kept per rate-of-rise window
 
 
@@ -126,6 +128,9 @@ class Engine:
             absence = plan.absence
             if dev.offline_since is not None or (absence is not None and rs[absence.idx] is not None):
                 self._seen(b, dev, ts, out)
+            mark = dev.mark
+            if mark is not None and ts <= mark:
+                return _sort(out)  # overtaken by the device's alarm event (the fast lane): stored, never judged
             if ts < dev.last_ts:
                 if dev.last_ts - ts <= REORDER_MS:
                     return _sort(out)  # out of order: the newer sample already decided
@@ -346,6 +351,8 @@ class Engine:
         self._dirty.add(b.id)
         self._seen(b, dev, e.ts_ms, out)
         ts = e.ts_ms
+        if e.type == ALARM_EVENT:
+            self._alarm_event(e, dev, out)
         for cr in dev.plan.event_clears.get(e.type, ()):
             st = dev.rs[cr.idx]
             if st is not None and st.live is not None:
@@ -363,6 +370,17 @@ class Engine:
                 self._raise(b, dev, cr, st, ts, f"{cr.label}: {e.type} event{detail}", "event", out)
             if cr.clear_after_ms:
                 self._timers.arm(b.id, dev, st.since + cr.clear_after_ms)
+
+    def _alarm_event(self, e: DeviceEvent, dev: DevState, out: list[AlertTransition]) -> None:
+        """A detector's ``alarm`` event is its own alarm decision (``alarm: true``) arriving ahead of its telemetry:
+        judged as that reading, then the device's watermark moves to it so that the telemetry it overtook is not
+        judged after it.  A kind without an ``alarm`` metric is judged by ``event: alarm`` rules only (below), and
+        gets no watermark: nothing of its level rules was decided by the event, so the telemetry it overtook (a heat
+        detector's sample over its threshold) must still be judged."""
+        if ALARM_METRIC not in dev.plan.quiet or (dev.mark is not None and e.ts_ms <= dev.mark):
+            return
+        out.extend(self.process(Reading(e.ref, e.ts_ms, {ALARM_METRIC: True}, None, e.drill)))
+        dev.mark = e.ts_ms
 
     def _status(self, s: StatusChange, out: list[AlertTransition]) -> None:
         ref = s.ref

@@ -40,6 +40,7 @@ def encode(b: BState, *, windows: Iterable[MaintenanceWindow]) -> bytes:
                     "last_ts": dev.last_ts,
                     "last_seen": dev.last_seen,
                     "offline_since": dev.offline_since,
+                    "mark": dev.mark,
                     "rs": rs,
                 }
             )
@@ -76,6 +77,7 @@ def decode(building: str, data: bytes, *, plan: Callable[[DeviceRef], Plan]) -> 
             dev = DevState(ref, plan(ref), space, int(raw["last_seen"]))
             dev.last_ts = int(raw["last_ts"])
             dev.offline_since = raw["offline_since"]
+            dev.mark = raw.get("mark")  # absent from a snapshot written before the fast lane
             for rule_id, sraw in raw["rs"].items():
                 cr = dev.plan.by_id.get(rule_id)
                 if cr is None:

@@ -128,7 +128,7 @@ class RState:
 class DevState:
     """One device in one space (real or drill): its plan, one state slot per planned rule, and presence."""
 
-    __slots__ = ("due", "last_seen", "last_ts", "offline_since", "plan", "ref", "rs", "saved_seen", "space")
+    __slots__ = ("due", "last_seen", "last_ts", "mark", "offline_since", "plan", "ref", "rs", "saved_seen", "space")
 
     def __init__(self, ref: DeviceRef, plan: Plan, space: int, last_seen: int) -> None:
         self.ref = ref
@@ -140,6 +140,10 @@ class DevState:
         self.offline_since: int | None = None
         self.due: int | None = None  # the deadline this device has in the timer heap
         self.saved_seen = last_seen  # last_seen as of the building's latest snapshot
+        # The fast lane's watermark: the ts of the device's latest ``alarm`` event.  Telemetry stamped at or before it
+        # was overtaken by the alarm on its way in; it is stored but never judged (it must not clear the alarm, and
+        # one older by more than REORDER_MS must not look like the device's clock jumping back).
+        self.mark: int | None = None
 
 
 class BState:

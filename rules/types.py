@@ -51,6 +51,9 @@ class EventType(StrEnum):
     TAMPER = "tamper"
     FAULT = "fault"
     RESET = "reset"
+    # A detector entered alarm: sent on the event channel (the gateway's fast lane) next to the telemetry that shows
+    # it, so the alarm never waits behind a telemetry backlog (docs/telemetry.md).
+    ALARM = "alarm"
 
 
 @dataclass(frozen=True, slots=True)

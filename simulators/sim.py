@@ -102,6 +102,7 @@ class DeviceSim:
         "buffer",
         "effects",
         "gen",
+        "in_alarm",
         "interval_ms",
         "offline",
         "rng",
@@ -129,6 +130,7 @@ class DeviceSim:
         self.skew_ms = 0
         self.buffer: list[dict[str, Any]] = []
         self.gen = 0  # bumps when the report schedule changes, so stale queue entries are skipped
+        self.in_alarm = False  # the detector's own alarm decision in its latest sample (for the `alarm` event)
         self._t0 = start_ms
         self._drift = rng.uniform(0.0, 0.08)
         self._temp_offset = rng.uniform(-1.5, 2.5)
@@ -272,6 +274,12 @@ class Simulation:
                 del device.buffer[:-MAX_BUFFER]
             else:
                 self.emit(now, self.community.topic(device.spec, "telemetry"), orjson.dumps(sample))
+            alarm = sample.get("alarm") is True
+            if alarm and not device.in_alarm:
+                # entering alarm: the `alarm` event too, which the gateway reads on its fast lane, ahead of any
+                # telemetry backlog (docs/telemetry.md); stamped like the sample that showed it
+                self.event(device, now, "alarm")
+            device.in_alarm = alarm
         interval = ACTIVE_INTERVAL_S * 1000 if device.active(now) else device.interval_ms
         jitter = 1.0 - device.rng.uniform(0.0, 0.04)  # early, never late: the interval may be the heartbeat period
         self._schedule_report(device, now + max(1, int(interval * jitter)))

@@ -56,6 +56,7 @@ class Runtime:
     hub: Hub | None = None
     notifier: Notifier | None = None
     mqtt: MqttIngest | None = None
+    mqtt_events: MqttIngest | None = None  # the fast lane's session (mqtt.event_lane), None when it is off
     pipeline: Pipeline | None = None
     dead_letters: DeadLetters | None = None
     apply_transitions: Callable[[list[AlertTransition]], Awaitable[None]] | None = None

@@ -462,6 +462,10 @@ class Decoder:
             raise Rejected(reason, detail) from None
         if event.device is not None and event.device != topic.device:
             raise Rejected(Reason.SPOOFED_ID, f"payload names device {event.device[:64]!r}")
+        if event.ts is None and event.type is EventType.ALARM:
+            # The rules hold back the device's telemetry stamped up to the alarm's ts (the fast lane's watermark):
+            # a time of receipt against a device clock that runs behind would hold back its next readings too.
+            raise Rejected(Reason.WRONG_SHAPE, "an alarm event needs the ts of the sample that showed the alarm")
         ts, skew = self._check_time(parse_ts(event.ts, received_ms=received_ms), received_ms)
         decoded = DeviceEvent(ref=ref, ts_ms=ts, type=event.type.value, detail=event.detail, drill=event.drill)
         return Decoded(topic, (decoded,), int(skew))

@@ -46,6 +46,12 @@ from gateway.metrics import Metrics
 log = logging.getLogger("firegrid.mqtt")
 
 CHANNELS = ("telemetry", "event", "status")
+# The fast lane (``mqtt.event_lane``): a second persistent session, client id ``<client_id>-events``, subscribed to the
+# event channel only, so that the broker queues a detector's alarm behind no telemetry; the main session then holds
+# telemetry and status.
+EVENT_CHANNELS = ("event",)
+MAIN_CHANNELS = ("telemetry", "status")
+EVENT_LANE_SUFFIX = "-events"
 _READ_BURST = 1000  # packets handled per socket-readable event
 
 
@@ -69,14 +75,19 @@ class Incoming:
     payload: bytes
     received_ms: int
     on_commit: Callable[[Rejected | None], None] | None = None
+    lane: int = 0  # which MQTT session the message came by: MAIN_LANE or EVENT_LANE (its mid is acknowledged there)
 
 
-def subscriptions(config: MqttConfig) -> list[str]:
+MAIN_LANE = 0
+EVENT_LANE = 1
+
+
+def subscriptions(config: MqttConfig, channels: tuple[str, ...] = CHANNELS) -> list[str]:
     """The gateway's topic filters: every building's, or with ``mqtt.buildings`` only those buildings'."""
     if config.buildings:
-        topics = [f"{config.topic_prefix}/{b}/+/{channel}" for b in config.buildings for channel in CHANNELS]
+        topics = [f"{config.topic_prefix}/{b}/+/{channel}" for b in config.buildings for channel in channels]
     else:
-        topics = [f"{config.topic_prefix}/+/+/{channel}" for channel in CHANNELS]
+        topics = [f"{config.topic_prefix}/+/+/{channel}" for channel in channels]
     if config.shared_group:
         topics = [f"$share/{config.shared_group}/{t}" for t in topics]
     return topics
@@ -147,8 +158,19 @@ class MqttIngest:
         high_water: int | None = None,
         backoff_max_s: float = 30.0,
         ledger: FilterLedger | None = None,
+        channels: tuple[str, ...] = CHANNELS,
+        lane: int = MAIN_LANE,
     ) -> None:
-        self.config = config
+        """``lane=EVENT_LANE`` is the fast lane's session: it connects as ``<client_id>-events`` to ``channels``,
+        publishes no gateway status of its own and leaves the link metrics and ``on_link`` to the main session."""
+        self.config = (
+            config
+            if lane == MAIN_LANE
+            else config.model_copy(update={"client_id": f"{config.client_id}{EVENT_LANE_SUFFIX}"})
+        )
+        self._channels = channels
+        self._lane = lane
+        self._primary = lane == MAIN_LANE
         self._ledger = ledger
         self.metrics = metrics
         self._on_message = on_message
@@ -211,7 +233,8 @@ class MqttIngest:
         self.connected = False
         self._connected_event.clear()
         self._paused = False
-        self.metrics.mqtt_connected.set(0)
+        if self._primary:
+            self.metrics.mqtt_connected.set(0)
         self._client = None
         self._paho = None
 
@@ -239,7 +262,7 @@ class MqttIngest:
             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
             keepalive=c.keepalive_s,
-            will=aiomqtt.Will(status_topic(c), b"offline", qos=1, retain=True),
+            will=aiomqtt.Will(status_topic(c), b"offline", qos=1, retain=True) if self._primary else None,
             tls_context=_tls_context(c),
             tls_insecure=bool(c.tls and c.tls.insecure) if c.use_tls else None,
             timeout=10,
@@ -249,6 +272,7 @@ class MqttIngest:
         inner.on_socket_register_write = _write_registration(client)  # aiomqtt's races a closing socket
         generation = self.generation
         deliver = self._on_message
+        lane = self._lane
 
         def on_message(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
             deliver(
@@ -259,6 +283,7 @@ class MqttIngest:
                     topic=message.topic,
                     payload=bytes(message.payload),
                     received_ms=int(time.time() * 1000),
+                    lane=lane,
                 )
             )
 
@@ -267,7 +292,9 @@ class MqttIngest:
 
     def _catch_all(self) -> list[str]:
         """The whole district's filters, which a partitioned gateway's session may hold from before it was."""
-        return subscriptions(self.config.model_copy(update={"buildings": None})) if self.config.buildings else []
+        if not self.config.buildings:
+            return []
+        return subscriptions(self.config.model_copy(update={"buildings": None}), self._channels)
 
     async def _session(self) -> None:
         client = self._build()
@@ -282,7 +309,7 @@ class MqttIngest:
             self._client = client
             self._paho = client._client
             self._install_reader()
-            wanted = subscriptions(self.config)
+            wanted = subscriptions(self.config, self._channels)
             stale = self._ledger.subscribing(wanted, catch_all=self._catch_all()) if self._ledger else []
             await client.subscribe([(topic, int(self.config.qos)) for topic in wanted])
             if stale:
@@ -297,15 +324,18 @@ class MqttIngest:
                     ", ".join(stale[:4]),
                     ", ..." if len(stale) > 4 else "",
                 )
-            await client.publish(status_topic(self.config), b"online", qos=1, retain=True)
+            if self._primary:
+                await client.publish(status_topic(self.config), b"online", qos=1, retain=True)
             self.connected = True
             if self.on_link is not None:
                 self.on_link(True)
             self._connected_event.set()
             self.connections += 1
-            self.metrics.mqtt_connected.set(1)
+            if self._primary:
+                self.metrics.mqtt_connected.set(1)
             if self.connections > 1:
-                self.metrics.reconnects.inc()
+                if self._primary:
+                    self.metrics.reconnects.inc()
                 log.info("MQTT reconnected to %s:%d and re-subscribed", self.config.host, self.config.port)
             else:
                 log.info(
@@ -326,7 +356,7 @@ class MqttIngest:
                 cause = disconnected.exception()
                 raise MqttUnavailable(str(cause) if cause else "disconnected by the broker")
         finally:
-            if self._stopping.is_set() and not client._disconnected.done():
+            if self._primary and self._stopping.is_set() and not client._disconnected.done():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.publish(status_topic(self.config), b"offline", qos=1, retain=True), 2)
             with contextlib.suppress(Exception):

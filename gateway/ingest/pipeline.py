@@ -88,6 +88,7 @@ class Job:
     """One group commit: what to make durable, then which messages to acknowledge."""
 
     acks: list[tuple[int, int]] = field(default_factory=list)
+    event_acks: list[tuple[int, int]] = field(default_factory=list)  # the fast lane's session (mqtt.event_lane)
     # other sources' acknowledgements, each with the contract's verdict on its message
     callbacks: list[tuple[Callable[[Rejected | None], None], Rejected | None]] = field(default_factory=list)
     telemetry: list[bytes] = field(default_factory=list)
@@ -116,6 +117,7 @@ class Pipeline:
         spool: Spool | None,
         on_committed: Callable[[Job], None],
         ack: Callable[[list[tuple[int, int]]], int],
+        ack_events: Callable[[list[tuple[int, int]]], int] | None = None,
         tick_interval_s: float = 1.0,
         gateway_topics: str = "firegrid/_gateway/",
     ) -> None:
@@ -136,6 +138,7 @@ class Pipeline:
         self.spool = spool
         self._on_committed = on_committed
         self._ack = ack
+        self._ack_events = ack_events
         self.tick_interval_s = tick_interval_s
         self.inbox: collections.deque[Incoming] = collections.deque()
         self.priority: collections.deque[Incoming] = collections.deque()
@@ -232,7 +235,7 @@ class Pipeline:
         for index, message in enumerate(batch):
             job.messages += 1
             if message.qos:
-                job.acks.append((message.generation, message.mid))
+                (job.event_acks if message.lane else job.acks).append((message.generation, message.mid))
             if message.topic.startswith(self._gateway_topics):
                 if message.on_commit is not None:
                     job.callbacks.append((message.on_commit, None))
@@ -349,6 +352,8 @@ class Pipeline:
             self.last_commit_ms = now = now_ms()
             if job.acks:
                 self.metrics.acks.inc(self._ack(job.acks))
+            if job.event_acks and self._ack_events is not None:
+                self.metrics.acks.inc(self._ack_events(job.event_acks))
             for callback, verdict in job.callbacks:
                 try:
                     callback(verdict)

@@ -15,6 +15,10 @@ def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
     checks: dict[str, Any] = {}
     mqtt = runtime.mqtt
     checks["mqtt"] = {"ok": bool(mqtt and mqtt.connected), "error": None if mqtt is None else mqtt.last_error}
+    events = runtime.mqtt_events
+    if events is not None:
+        # with the fast lane on, call points and alarm events come by this session only: without it they wait
+        checks["mqtt_events"] = {"ok": events.connected, "error": events.last_error}
     store_ok = runtime.presence is not None and runtime.presence.writable()
     pipeline = runtime.pipeline
     if pipeline is not None and pipeline.commit_error:

@@ -42,7 +42,7 @@ from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load
 from gateway.ingest.contract import Decoder, policy_from_config, registry_from_config
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.filter_ledger import FilterLedger
-from gateway.ingest.mqtt import MqttIngest
+from gateway.ingest.mqtt import CHANNELS, EVENT_CHANNELS, EVENT_LANE, MAIN_CHANNELS, MqttIngest
 from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
 from gateway.ingest.rejections import Rejections
 from gateway.ingest.uitd_server import UitdServer
@@ -156,11 +156,28 @@ class Service:
             spool=self.spool,
             on_committed=self._committed,
             ack=self._ack,
+            ack_events=self._ack_events,
             gateway_topics=f"{config.mqtt.topic_prefix}/_gateway/",
         )
+        lane = config.mqtt.event_lane
         self.mqtt = MqttIngest(
-            config=config.mqtt, metrics=self.metrics, on_message=self.pipeline.submit, ledger=FilterLedger(db_path)
+            config=config.mqtt,
+            metrics=self.metrics,
+            on_message=self.pipeline.submit,
+            ledger=FilterLedger(db_path),
+            channels=MAIN_CHANNELS if lane else CHANNELS,
         )
+        # The fast lane: alarms and call points on their own session, which the telemetry backlog cannot hold up.
+        self.events: MqttIngest | None = None
+        if lane:
+            self.events = MqttIngest(
+                config=config.mqtt,
+                metrics=self.metrics,
+                on_message=self.pipeline.submit,
+                ledger=FilterLedger(db_path, namespace="events"),
+                channels=EVENT_CHANNELS,
+                lane=EVENT_LANE,
+            )
         self.mqtt.on_link = self._link_changed
         self.uitd: UitdServer | None = None
         if config.uitd.listen is not None:
@@ -176,6 +193,7 @@ class Service:
             )
         self.pipeline.on_backlog = self._flow_control
         self.runtime.mqtt = self.mqtt
+        self.runtime.mqtt_events = self.events
         self.runtime.pipeline = self.pipeline
         self.runtime.apply_transitions = self.pipeline.submit_transitions
         # Inspections and hazards share the alert store's file and outbox; their overdue alerts go through the
@@ -220,6 +238,9 @@ class Service:
     def _ack(self, items: list[tuple[int, int]]) -> int:
         return self.mqtt.ack(items)
 
+    def _ack_events(self, items: list[tuple[int, int]]) -> int:
+        return self.events.ack(items) if self.events is not None else 0
+
     def _link_changed(self, connected: bool) -> None:
         """Hold the engine's absence timers while the gateway has no broker link (see MqttIngest.on_link).
 
@@ -243,6 +264,14 @@ class Service:
             self.mqtt.pause()
         elif backlog <= self.mqtt.low_water and self.mqtt.paused:
             self.mqtt.resume()
+        events = self.events
+        if events is not None and (events.paused or self.pipeline.priority):  # called per message: usually nothing
+            # the fast lane is paused only by its own queue (a device flooding events), never by telemetry
+            queued = len(self.pipeline.priority)
+            if queued >= events.high_water:
+                events.pause()
+            elif queued <= events.low_water and events.paused:
+                events.resume()
 
     async def _housekeeping(self) -> None:
         """Every second: presence's sweep (in ten slices, a tenth of the devices every 100 ms) and its flush."""
@@ -288,6 +317,7 @@ class Service:
         tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
             "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
+            **({"mqtt-events": asyncio.create_task(self.events.run(), name="mqtt-events")} if self.events else {}),
             "housekeeping": asyncio.create_task(self._housekeeping(), name="housekeeping"),
         }
         if self.writer is not None:
@@ -343,6 +373,8 @@ class Service:
             with contextlib.suppress(BaseException):
                 await side
         self.mqtt.pause()  # take nothing more in
+        if self.events is not None:
+            self.events.pause()
         if self.uitd is not None:
             self.uitd.stop_listening()
         self.pipeline.stop()
@@ -363,9 +395,14 @@ class Service:
             await self.uitd.close()  # after the drain: the confirms of what was committed have gone out
         self.mqtt.resume()
         self.mqtt.stop()
-        mqtt = tasks["mqtt"]
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(mqtt), 5)
+        if self.events is not None:
+            self.events.resume()
+            self.events.stop()
+        for name in ("mqtt", "mqtt-events"):
+            session = tasks.get(name)
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(session), 5)
         if self.writer is not None:
             influx = tasks.get("influx")
             if influx is not None:

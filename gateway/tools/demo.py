@@ -701,6 +701,10 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             f"  operator token:   {tokens.operator}",
             f"  API docs:         http://127.0.0.1:{service.http_port}/docs",
             f"  MQTT broker:      mqtt://127.0.0.1:{mqtt_port} (embedded amqtt, MQTT 3.1.1)",
+            "  fast lane:        alarm and call-point events on their own session"
+            f" ({service.config.mqtt.client_id}-events), ahead of any telemetry backlog"
+            if service.events is not None
+            else "  fast lane:        off (mqtt.event_lane: false): every channel on one session",
             f"  webhook receiver: {receiver_url} (deliveries: http://127.0.0.1:{receiver_port}/deliveries)",
             f"  group robots:     WeCom and DingTalk stand-ins on http://127.0.0.1:{receiver_port} (drills, with"
             " action links)",
