@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
@@ -72,17 +73,56 @@ def signed_headers(
     return headers
 
 
-def _parse(status: int, body: bytes) -> SendResult:
+def parse_answer(
+    status: int,
+    body: bytes,
+    *,
+    id_field: str,
+    retryable: frozenset[str] | set[str],
+    label: str,
+    retry_after_s: Mapping[str, float] | None = None,
+) -> SendResult:
+    """An RPC answer: ``Code`` ``OK`` with the provider's id in ``id_field``, or the error, retryable when its code
+    is in ``retryable`` (after ``retry_after_s[code]`` seconds where the provider sets a pace)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
     code = str(data.get("Code", ""))
     if status == 200 and code == "OK":
-        return SendResult(ok=True, status=status, provider_id=data.get("BizId"))
+        return SendResult(ok=True, status=status, provider_id=data.get(id_field))
     return SendResult(
-        ok=False, status=status, retryable=code in RETRYABLE, error=f"aliyun {code}: {data.get('Message')}"
+        ok=False,
+        status=status,
+        retryable=code in retryable,
+        retry_after_s=(retry_after_s or {}).get(code),
+        error=f"{label} {code}: {data.get('Message')}",
     )
+
+
+def _parse(status: int, body: bytes) -> SendResult:
+    return parse_answer(status, body, id_field="BizId", retryable=RETRYABLE, label="aliyun")
+
+
+def signed_request(
+    *, url: str, query: dict[str, str], key_id: str, key_secret: str, action: str, version: str
+) -> tuple[str, dict[str, str]]:
+    """The URL (parameters in the query string, empty body) and signed headers of one RPC call, signed now with a
+    fresh nonce."""
+    headers = signed_headers(
+        method="POST",
+        url=url,
+        query=query,
+        body=b"",
+        key_id=key_id,
+        key_secret=key_secret,
+        action=action,
+        version=version,
+        now=datetime.now(tz=UTC),
+        nonce=uuid.uuid4().hex,
+    )
+    full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
+    return full, headers
 
 
 async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
@@ -94,18 +134,12 @@ async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMe
         "TemplateParam": orjson.dumps(message.params).decode(),
         "OutId": message.msg_id,
     }
-    body = b""
-    headers = signed_headers(
-        method="POST",
+    full, headers = signed_request(
         url=url,
         query=query,
-        body=body,
         key_id=config.access_key_id or "",
         key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
         action="SendSms",
         version="2017-05-25",
-        now=datetime.now(tz=UTC),
-        nonce=uuid.uuid4().hex,
     )
-    full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
-    return await request(session, config, "POST", full, parse=_parse, data=body, headers=headers)
+    return await request(session, config, "POST", full, parse=_parse, data=b"", headers=headers)

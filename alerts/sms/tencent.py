@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -79,7 +80,11 @@ def signed_headers(
     }
 
 
-def _parse(status: int, body: bytes) -> SendResult:
+def parse_response(
+    status: int, body: bytes, *, label: str, retryable_prefixes: tuple[str, ...]
+) -> dict[str, Any] | SendResult:
+    """An API 3.0 answer's ``Response`` object, or the failure it carries (``Response.Error``, retryable when its
+    code starts with one of ``retryable_prefixes``)."""
     try:
         response = orjson.loads(body).get("Response", {})
     except (orjson.JSONDecodeError, AttributeError):
@@ -90,9 +95,16 @@ def _parse(status: int, body: bytes) -> SendResult:
         return SendResult(
             ok=False,
             status=status,
-            retryable=code.startswith(RETRYABLE_PREFIXES),
-            error=f"tencent {code}: {error.get('Message')}",
+            retryable=code.startswith(retryable_prefixes),
+            error=f"{label} {code}: {error.get('Message')}",
         )
+    return cast("dict[str, Any]", response)
+
+
+def _parse(status: int, body: bytes) -> SendResult:
+    response = parse_response(status, body, label="tencent", retryable_prefixes=RETRYABLE_PREFIXES)
+    if isinstance(response, SendResult):
+        return response
     statuses = response.get("SendStatusSet") or []
     if not statuses:
         return SendResult(ok=False, status=status, error="tencent: empty SendStatusSet")

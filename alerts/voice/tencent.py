@@ -16,7 +16,7 @@ import orjson
 
 from alerts.config import VoiceConfig
 from alerts.sms import request
-from alerts.sms.tencent import signed_headers
+from alerts.sms.tencent import parse_response, signed_headers
 from alerts.voice import VoiceCall
 from alerts.webhook import SendResult
 
@@ -27,19 +27,9 @@ RETRYABLE_PREFIXES = ("InternalError", "RequestLimitExceeded", "LimitExceeded", 
 
 
 def _parse(status: int, body: bytes) -> SendResult:
-    try:
-        response = orjson.loads(body).get("Response", {})
-    except (orjson.JSONDecodeError, AttributeError):
-        return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
-    error = response.get("Error")
-    if error:
-        code = str(error.get("Code", ""))
-        return SendResult(
-            ok=False,
-            status=status,
-            retryable=code.startswith(RETRYABLE_PREFIXES),
-            error=f"tencent voice {code}: {error.get('Message')}",
-        )
+    response = parse_response(status, body, label="tencent voice", retryable_prefixes=RETRYABLE_PREFIXES)
+    if isinstance(response, SendResult):
+        return response
     call_id = (response.get("SendStatus") or {}).get("CallId")
     if not call_id:
         return SendResult(ok=False, status=status, error="tencent voice: no SendStatus.CallId")
