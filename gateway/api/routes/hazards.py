@@ -10,7 +10,7 @@ from alerts.inspections.store import HazardNotFound, InvalidHazardStep, PhotoNot
 from gateway.api import inspection_models as im
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.inspection_parts import InspectionParts, parts_of
-from gateway.api.routes.listing import scope
+from gateway.api.routes.listing import page, scope
 from gateway.api.routes.state import check_scope
 
 _ID = (id_param("id", "hazard id"),)
@@ -38,23 +38,17 @@ async def list_hazards(call: Call) -> im.HazardPage:
     if q.state is not None:
         states = [s for s in (states or [q.state.value]) if s == q.state.value]
     parts = parts_of(call.app)
-    rows = await asyncio.to_thread(
-        parts.store.list_hazards,
-        building=where.building,
-        grid=where.grid,
-        states=states,
-        point=q.point,
-        limit=q.limit + 1,
-        offset=q.offset,
-    )
     now = parts.clock_ms()
-    items = [im.HazardOut.of(h, now_ms=now) for h in rows if call.who.sees_building(h.building)]
-    return im.HazardPage(
-        items=items[: q.limit],
+    listed = await page(
+        call,
         limit=q.limit,
         offset=q.offset,
-        next_offset=q.offset + q.limit if len(rows) > q.limit else None,
+        fetch=lambda limit, offset: parts.store.list_hazards(
+            building=where.building, grid=where.grid, states=states, point=q.point, limit=limit, offset=offset
+        ),
+        convert=lambda hazard: im.HazardOut.of(hazard, now_ms=now),
     )
+    return im.HazardPage(items=listed.items, limit=q.limit, offset=q.offset, next_offset=listed.next_offset)
 
 
 @operation(
