@@ -13,15 +13,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
 from alerts.config import SmsConfig
-from alerts.sms import SmsMessage, request
+from alerts.sms import ProviderEndpoint, SmsMessage, request
 from alerts.webhook import SendResult
 
 ENDPOINT = "https://dysmsapi.aliyuncs.com/"
@@ -104,29 +106,49 @@ def _parse(status: int, body: bytes) -> SendResult:
     return parse_answer(status, body, id_field="BizId", retryable=RETRYABLE, label="aliyun")
 
 
-def signed_request(
-    *, url: str, query: dict[str, str], key_id: str, key_secret: str, action: str, version: str
-) -> tuple[str, dict[str, str]]:
-    """The URL (parameters in the query string, empty body) and signed headers of one RPC call, signed now with a
-    fresh nonce."""
+class AliyunAccount(ProviderEndpoint, Protocol):
+    """What a call reads of an Aliyun provider's config (SMS or voice)."""
+
+    @property
+    def endpoint(self) -> str | None: ...
+
+    @property
+    def access_key_id(self) -> str | None: ...
+
+    @property
+    def access_key_secret(self) -> SecretStr | None: ...
+
+
+async def rpc(
+    session: aiohttp.ClientSession,
+    config: AliyunAccount,
+    *,
+    endpoint: str,
+    action: str,
+    version: str,
+    query: dict[str, str],
+    parse: Callable[[int, bytes], SendResult],
+) -> SendResult:
+    """One RPC call (``action`` of API ``version``) with its parameters in the query string and an empty body,
+    signed now with a fresh nonce, to ``config.endpoint`` or else the provider's ``endpoint``."""
+    url = config.endpoint or endpoint
     headers = signed_headers(
         method="POST",
         url=url,
         query=query,
         body=b"",
-        key_id=key_id,
-        key_secret=key_secret,
+        key_id=config.access_key_id or "",
+        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
         action=action,
         version=version,
         now=datetime.now(tz=UTC),
         nonce=uuid.uuid4().hex,
     )
     full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
-    return full, headers
+    return await request(session, config, "POST", full, parse=parse, data=b"", headers=headers)
 
 
 async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
-    url = config.endpoint or ENDPOINT
     query = {
         "PhoneNumbers": phone_number(message.phone),
         "SignName": config.sign_name or "",
@@ -134,12 +156,6 @@ async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMe
         "TemplateParam": orjson.dumps(message.params).decode(),
         "OutId": message.msg_id,
     }
-    full, headers = signed_request(
-        url=url,
-        query=query,
-        key_id=config.access_key_id or "",
-        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
-        action="SendSms",
-        version="2017-05-25",
+    return await rpc(
+        session, config, endpoint=ENDPOINT, action="SendSms", version="2017-05-25", query=query, parse=_parse
     )
-    return await request(session, config, "POST", full, parse=_parse, data=b"", headers=headers)

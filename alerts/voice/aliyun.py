@@ -1,5 +1,5 @@
 """Aliyun voice service ``SingleCallByTts`` (Dyvmsapi 2017-05-25), signed with V3 ``ACS3-HMAC-SHA256`` exactly as
-the SMS API is (:func:`alerts.sms.aliyun.signed_headers`).
+the SMS API is, by the same call (:func:`alerts.sms.aliyun.rpc`).
 
 Parameters, as documented: ``CalledNumber`` (the callee, 11 digits for a mainland mobile), ``TtsCode`` (an approved
 TTS template), ``TtsParam`` (the template's variables as a JSON object), ``PlayTimes`` (1-3), ``OutId`` (ours, 1-15
@@ -14,8 +14,7 @@ import aiohttp
 import orjson
 
 from alerts.config import VoiceConfig
-from alerts.sms import request
-from alerts.sms.aliyun import parse_answer, phone_number, signed_request
+from alerts.sms.aliyun import parse_answer, phone_number, rpc
 from alerts.voice import VoiceCall
 from alerts.webhook import SendResult
 
@@ -35,7 +34,6 @@ def _parse(status: int, body: bytes) -> SendResult:
 
 
 async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceCall) -> SendResult:
-    url = config.endpoint or ENDPOINT
     query = {
         "CalledNumber": phone_number(call.phone),
         "TtsCode": call.template.template_id,
@@ -45,12 +43,6 @@ async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceC
     }
     if config.called_show_number:
         query["CalledShowNumber"] = config.called_show_number
-    full, headers = signed_request(
-        url=url,
-        query=query,
-        key_id=config.access_key_id or "",
-        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
-        action="SingleCallByTts",
-        version="2017-05-25",
+    return await rpc(
+        session, config, endpoint=ENDPOINT, action="SingleCallByTts", version="2017-05-25", query=query, parse=_parse
     )
-    return await request(session, config, "POST", full, parse=_parse, data=b"", headers=headers)
