@@ -73,17 +73,29 @@ def verify_tc3(
         raise Rejected("AuthFailure.SignatureFailure", "The provided credentials could not be validated.")
 
 
-class TencentSms(Emulator):
+class TencentEmulator(Emulator):
+    """One API 3.0 action of one service: the request verified (:func:`verify_tc3`) and its JSON body handed on;
+    failures answered as Tencent Cloud does."""
+
     def __init__(
-        self, *, secret_id: str, secret_key: str, sdk_app_id: str, sign_name: str, templates: set[str]
+        self,
+        *,
+        secret_id: str,
+        secret_key: str,
+        sdk_app_id: str,
+        templates: set[str],
+        service: str,
+        action: str,
+        version: str,
     ) -> None:
         super().__init__()
         self.secret_id = secret_id
         self.secret_key = secret_key
         self.sdk_app_id = sdk_app_id
-        self.sign_name = sign_name
         self.templates = templates
-        self.messages: list[dict[str, Any]] = []
+        self.service = service
+        self.action = action
+        self.version = version
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
 
     def _fail(self, code: str, message: str) -> web.Response:
@@ -94,7 +106,8 @@ class TencentSms(Emulator):
             {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": str(uuid.uuid4())}}
         )
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _verified(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The request's JSON body once verified, or the error answer."""
         self.requests += 1
         payload = await request.read()
         try:
@@ -103,16 +116,42 @@ class TencentSms(Emulator):
                 payload=payload,
                 secret_id=self.secret_id,
                 secret_key=self.secret_key,
-                service="sms",
-                action="SendSms",
-                version="2021-01-11",
+                service=self.service,
+                action=self.action,
+                version=self.version,
             )
         except Rejected as e:
             return self._fail(e.code, e.message)
         try:
-            data = json.loads(payload)
+            data: dict[str, Any] = json.loads(payload)
         except json.JSONDecodeError:
             return self._fail("InvalidParameter", "body is not JSON")
+        return data
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+
+class TencentSms(TencentEmulator):
+    def __init__(
+        self, *, secret_id: str, secret_key: str, sdk_app_id: str, sign_name: str, templates: set[str]
+    ) -> None:
+        super().__init__(
+            secret_id=secret_id,
+            secret_key=secret_key,
+            sdk_app_id=sdk_app_id,
+            templates=templates,
+            service="sms",
+            action="SendSms",
+            version="2021-01-11",
+        )
+        self.sign_name = sign_name
+        self.messages: list[dict[str, Any]] = []
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        data = await self._verified(request)
+        if isinstance(data, web.Response):
+            return data
         if data.get("SmsSdkAppId") != self.sdk_app_id:
             return self._fail("InvalidParameterValue.SdkAppIdNotExist", str(data.get("SmsSdkAppId")))
         if data.get("SignName") != self.sign_name:

@@ -14,43 +14,25 @@ from typing import Any
 
 from aiohttp import web
 
-from testkit.emulators.aliyun import Rejected as AliyunRejected
-from testkit.emulators.aliyun import verify_acs3
-from testkit.emulators.base import Emulator
-from testkit.emulators.tencent import Rejected as TencentRejected
-from testkit.emulators.tencent import verify_tc3
+from testkit.emulators.aliyun import AliyunEmulator
+from testkit.emulators.tencent import TencentEmulator
 
 
-class AliyunVoice(Emulator):
+class AliyunVoice(AliyunEmulator):
     def __init__(self, *, access_key_id: str, access_key_secret: str, templates: set[str]) -> None:
-        super().__init__()
-        self.access_key_id = access_key_id
-        self.access_key_secret = access_key_secret
-        self.templates = templates
+        super().__init__(
+            access_key_id=access_key_id,
+            access_key_secret=access_key_secret,
+            templates=templates,
+            action="SingleCallByTts",
+            version="2017-05-25",
+        )
         self.calls: list[dict[str, Any]] = []
-        self.nonces: set[str] = set()
-        self.app.router.add_route("*", "/{tail:.*}", self._handle)
-
-    def _fail(self, code: str, message: str, status: int = 400) -> web.Response:
-        self.errors.append(f"{code}: {message}")
-        self.changed()
-        return web.json_response({"Code": code, "Message": message, "RequestId": str(uuid.uuid4())}, status=status)
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        body = await request.read()
-        try:
-            params = verify_acs3(
-                request=request,
-                body=body,
-                access_key_id=self.access_key_id,
-                access_key_secret=self.access_key_secret,
-                action="SingleCallByTts",
-                version="2017-05-25",
-                nonces=self.nonces,
-            )
-        except AliyunRejected as e:
-            return self._fail(e.code, e.message, e.status)
+        params = await self._verified(request)
+        if isinstance(params, web.Response):
+            return params
         if not re.fullmatch(r"1\d{10}", params.get("CalledNumber", "")):
             return self._fail("isv.MOBILE_NUMBER_ILLEGAL", params.get("CalledNumber", ""))
         if params.get("TtsCode") not in self.templates:
@@ -99,42 +81,23 @@ class AliyunVoice(Emulator):
         ]
 
 
-class TencentVoice(Emulator):
+class TencentVoice(TencentEmulator):
     def __init__(self, *, secret_id: str, secret_key: str, sdk_app_id: str, templates: set[str]) -> None:
-        super().__init__()
-        self.secret_id = secret_id
-        self.secret_key = secret_key
-        self.sdk_app_id = sdk_app_id
-        self.templates = templates
-        self.calls: list[dict[str, Any]] = []
-        self.app.router.add_route("*", "/{tail:.*}", self._handle)
-
-    def _fail(self, code: str, message: str) -> web.Response:
-        self.errors.append(f"{code}: {message}")
-        self.changed()
-        return web.json_response(
-            {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": str(uuid.uuid4())}}
+        super().__init__(
+            secret_id=secret_id,
+            secret_key=secret_key,
+            sdk_app_id=sdk_app_id,
+            templates=templates,
+            service="vms",
+            action="SendTtsVoice",
+            version="2020-09-02",
         )
+        self.calls: list[dict[str, Any]] = []
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        payload = await request.read()
-        try:
-            verify_tc3(
-                request=request,
-                payload=payload,
-                secret_id=self.secret_id,
-                secret_key=self.secret_key,
-                service="vms",
-                action="SendTtsVoice",
-                version="2020-09-02",
-            )
-        except TencentRejected as e:
-            return self._fail(e.code, e.message)
-        try:
-            data = json.loads(payload)
-        except json.JSONDecodeError:
-            return self._fail("InvalidParameter", "body is not JSON")
+        data = await self._verified(request)
+        if isinstance(data, web.Response):
+            return data
         if data.get("VoiceSdkAppid") != self.sdk_app_id:
             return self._fail("InvalidParameterValue.SdkAppidNotExist", str(data.get("VoiceSdkAppid")))
         if data.get("TemplateId") not in self.templates:
