@@ -37,7 +37,7 @@ def iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _iso_or_none(ts_ms: int | None) -> str | None:
+def iso_or_none(ts_ms: int | None) -> str | None:
     return None if ts_ms is None else iso(ts_ms)
 
 
@@ -156,7 +156,7 @@ class AlertRecord:
             "tier": self.tier,
             "raised_at": iso(self.raised_ms),
             "updated_at": iso(self.updated_ms),
-            "cleared_at": _iso_or_none(self.cleared_ms),
+            "cleared_at": iso_or_none(self.cleared_ms),
             "acknowledged_by": self.acknowledged_by,
             "dispatched_to": self.dispatched_to,
             "resolved_by": self.resolved_by,
@@ -283,7 +283,7 @@ class IncidentRecord:
             "open_count": self.open_count,
             "opened_at": iso(self.opened_ms),
             "updated_at": iso(self.updated_ms),
-            "closed_at": _iso_or_none(self.closed_ms),
+            "closed_at": iso_or_none(self.closed_ms),
             "opened_ms": self.opened_ms,
             "updated_ms": self.updated_ms,
             "closed_ms": self.closed_ms,

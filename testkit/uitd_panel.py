@@ -12,6 +12,7 @@ from gateway.ingest.uitd import (
     Command,
     Frame,
     FrameReader,
+    PartFlag,
     PartStatus,
     UitdTime,
     UnitType,
@@ -21,11 +22,12 @@ from gateway.ingest.uitd import (
 )
 
 CST = timezone(timedelta(hours=8))
-FIRE_ALARM = 1 << 1
-FAULT = 1 << 2
-SUPERVISORY = 1 << 4
-POWER_FAULT = 1 << 8
-NORMAL = 1
+# Part status words, as plain ints, from the codec's table.
+FIRE_ALARM = int(PartFlag.FIRE_ALARM)
+FAULT = int(PartFlag.FAULT)
+SUPERVISORY = int(PartFlag.SUPERVISORY)
+POWER_FAULT = int(PartFlag.POWER_FAULT)
+NORMAL = int(PartFlag.NORMAL)
 
 
 def now_cst() -> UitdTime:

@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from alerts.records import iso
+from alerts.records import iso, iso_or_none
 
 HazardState = Literal["reported", "assigned", "rectifying", "rectified", "verified"]
 HAZARD_STATES: Final[tuple[str, ...]] = ("reported", "assigned", "rectifying", "rectified", "verified")
@@ -18,10 +18,6 @@ OPEN_HAZARD_STATES: Final[tuple[str, ...]] = ("reported", "assigned", "rectifyin
 # The states in which the rectification deadline runs (an overdue one raises a supervisory alert).
 DEADLINE_STATES: Final[tuple[str, ...]] = ("assigned", "rectifying")
 HazardSource = Literal["inspection", "mobile", "api"]
-
-
-def _iso_or_none(ts_ms: int | None) -> str | None:
-    return None if ts_ms is None else iso(ts_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +164,13 @@ class HazardRecord:
             "inspection_id": self.inspection_id,
             "photo": self.photo,
             "assignee": self.assignee,
-            "deadline_at": _iso_or_none(self.deadline_ms),
+            "deadline_at": iso_or_none(self.deadline_ms),
             "rectify_photo": self.rectify_photo,
             "rectify_note": self.rectify_note,
             "reported_at": iso(self.reported_ms),
             "updated_at": iso(self.updated_ms),
-            "rectified_at": _iso_or_none(self.rectified_ms),
-            "verified_at": _iso_or_none(self.verified_ms),
+            "rectified_at": iso_or_none(self.rectified_ms),
+            "verified_at": iso_or_none(self.verified_ms),
             "verified_by": self.verified_by,
             "deadline_ms": self.deadline_ms,
             "reported_ms": self.reported_ms,

@@ -242,10 +242,7 @@ class InspectionStore:
         if since_ms is not None:
             where.append("ts_ms >= ?")
             args.append(since_ms)
-        sql = "SELECT * FROM inspections" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY ts_ms DESC, id DESC LIMIT ? OFFSET ?"
-        with self._core.lock:
-            rows = self._core.db.execute(sql, [*args, limit, offset]).fetchall()
+        rows = self._page("inspections", where, args, order="ts_ms DESC, id DESC", limit=limit, offset=offset)
         return [InspectionRecord.from_row(r) for r in rows]
 
     def inspected_between(self, *, start_ms: int, end_ms: int) -> set[str]:
@@ -374,10 +371,7 @@ class InspectionStore:
         if point is not None:
             where.append("point = ?")
             args.append(point)
-        sql = "SELECT * FROM hazards" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY reported_ms DESC, id DESC LIMIT ? OFFSET ?"
-        with self._core.lock:
-            rows = self._core.db.execute(sql, [*args, limit, offset]).fetchall()
+        rows = self._page("hazards", where, args, order="reported_ms DESC, id DESC", limit=limit, offset=offset)
         return [self._hazard(r) for r in rows]
 
     def deadline_hazards(self) -> list[HazardRecord]:
@@ -393,6 +387,15 @@ class InspectionStore:
                 RULES,
             ).fetchall()
         return {r[0]: r[1] for r in rows}
+
+    def _page(
+        self, table: str, where: list[str], args: list[Any], *, order: str, limit: int, offset: int
+    ) -> list[sqlite3.Row]:
+        """One page of ``table``'s rows matching every condition of ``where``, in ``order``."""
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+        with self._core.lock:
+            return self._core.db.execute(sql, [*args, limit, offset]).fetchall()
 
     # ------------------------------------------------------------------ inside a transaction
     def _insert_hazard(

@@ -13,14 +13,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
 from alerts.config import SmsConfig
-from alerts.sms import SmsMessage, request
+from alerts.sms import ProviderEndpoint, SmsMessage, request
 from alerts.webhook import SendResult
 
 ENDPOINT = "https://dysmsapi.aliyuncs.com/"
@@ -72,21 +75,80 @@ def signed_headers(
     return headers
 
 
-def _parse(status: int, body: bytes) -> SendResult:
+def parse_answer(
+    status: int,
+    body: bytes,
+    *,
+    id_field: str,
+    retryable: frozenset[str] | set[str],
+    label: str,
+    retry_after_s: Mapping[str, float] | None = None,
+) -> SendResult:
+    """An RPC answer: ``Code`` ``OK`` with the provider's id in ``id_field``, or the error, retryable when its code
+    is in ``retryable`` (after ``retry_after_s[code]`` seconds where the provider sets a pace)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
     code = str(data.get("Code", ""))
     if status == 200 and code == "OK":
-        return SendResult(ok=True, status=status, provider_id=data.get("BizId"))
+        return SendResult(ok=True, status=status, provider_id=data.get(id_field))
     return SendResult(
-        ok=False, status=status, retryable=code in RETRYABLE, error=f"aliyun {code}: {data.get('Message')}"
+        ok=False,
+        status=status,
+        retryable=code in retryable,
+        retry_after_s=(retry_after_s or {}).get(code),
+        error=f"{label} {code}: {data.get('Message')}",
     )
 
 
+def _parse(status: int, body: bytes) -> SendResult:
+    return parse_answer(status, body, id_field="BizId", retryable=RETRYABLE, label="aliyun")
+
+
+class AliyunAccount(ProviderEndpoint, Protocol):
+    """What a call reads of an Aliyun provider's config (SMS or voice)."""
+
+    @property
+    def endpoint(self) -> str | None: ...
+
+    @property
+    def access_key_id(self) -> str | None: ...
+
+    @property
+    def access_key_secret(self) -> SecretStr | None: ...
+
+
+async def rpc(
+    session: aiohttp.ClientSession,
+    config: AliyunAccount,
+    *,
+    endpoint: str,
+    action: str,
+    version: str,
+    query: dict[str, str],
+    parse: Callable[[int, bytes], SendResult],
+) -> SendResult:
+    """One RPC call (``action`` of API ``version``) with its parameters in the query string and an empty body,
+    signed now with a fresh nonce, to ``config.endpoint`` or else the provider's ``endpoint``."""
+    url = config.endpoint or endpoint
+    headers = signed_headers(
+        method="POST",
+        url=url,
+        query=query,
+        body=b"",
+        key_id=config.access_key_id or "",
+        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
+        action=action,
+        version=version,
+        now=datetime.now(tz=UTC),
+        nonce=uuid.uuid4().hex,
+    )
+    full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
+    return await request(session, config, "POST", full, parse=parse, data=b"", headers=headers)
+
+
 async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
-    url = config.endpoint or ENDPOINT
     query = {
         "PhoneNumbers": phone_number(message.phone),
         "SignName": config.sign_name or "",
@@ -94,18 +156,6 @@ async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMe
         "TemplateParam": orjson.dumps(message.params).decode(),
         "OutId": message.msg_id,
     }
-    body = b""
-    headers = signed_headers(
-        method="POST",
-        url=url,
-        query=query,
-        body=body,
-        key_id=config.access_key_id or "",
-        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
-        action="SendSms",
-        version="2017-05-25",
-        now=datetime.now(tz=UTC),
-        nonce=uuid.uuid4().hex,
+    return await rpc(
+        session, config, endpoint=ENDPOINT, action="SendSms", version="2017-05-25", query=query, parse=_parse
     )
-    full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
-    return await request(session, config, "POST", full, parse=_parse, data=body, headers=headers)

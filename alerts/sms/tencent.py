@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from pydantic import SecretStr
 
 from alerts.config import SmsConfig
-from alerts.sms import SmsMessage, request
+from alerts.sms import ProviderEndpoint, SmsMessage, request
 from alerts.webhook import SendResult
 
 ENDPOINT = "https://sms.tencentcloudapi.com/"
@@ -79,7 +82,11 @@ def signed_headers(
     }
 
 
-def _parse(status: int, body: bytes) -> SendResult:
+def parse_response(
+    status: int, body: bytes, *, label: str, retryable_prefixes: tuple[str, ...]
+) -> dict[str, Any] | SendResult:
+    """An API 3.0 answer's ``Response`` object, or the failure it carries (``Response.Error``, retryable when its
+    code starts with one of ``retryable_prefixes``)."""
     try:
         response = orjson.loads(body).get("Response", {})
     except (orjson.JSONDecodeError, AttributeError):
@@ -90,9 +97,16 @@ def _parse(status: int, body: bytes) -> SendResult:
         return SendResult(
             ok=False,
             status=status,
-            retryable=code.startswith(RETRYABLE_PREFIXES),
-            error=f"tencent {code}: {error.get('Message')}",
+            retryable=code.startswith(retryable_prefixes),
+            error=f"{label} {code}: {error.get('Message')}",
         )
+    return cast("dict[str, Any]", response)
+
+
+def _parse(status: int, body: bytes) -> SendResult:
+    response = parse_response(status, body, label="tencent", retryable_prefixes=RETRYABLE_PREFIXES)
+    if isinstance(response, SendResult):
+        return response
     statuses = response.get("SendStatusSet") or []
     if not statuses:
         return SendResult(ok=False, status=status, error="tencent: empty SendStatusSet")
@@ -108,25 +122,58 @@ def _parse(status: int, body: bytes) -> SendResult:
     )
 
 
-async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
-    url = config.endpoint or ENDPOINT
-    payload = orjson.dumps(
-        {
-            "PhoneNumberSet": [message.phone],
-            "SmsSdkAppId": config.sdk_app_id,
-            "SignName": config.sign_name,
-            "TemplateId": message.template.template_id,
-            "TemplateParamSet": [message.params.get(name, "") for name in message.template.params],
-            "SessionContext": message.msg_id,
-        }
-    )
+class TencentAccount(ProviderEndpoint, Protocol):
+    """What a call reads of a Tencent Cloud provider's config (SMS or voice)."""
+
+    @property
+    def endpoint(self) -> str | None: ...
+
+    @property
+    def secret_id(self) -> str | None: ...
+
+    @property
+    def secret_key(self) -> SecretStr | None: ...
+
+    @property
+    def region(self) -> str: ...
+
+
+async def api3(
+    session: aiohttp.ClientSession,
+    config: TencentAccount,
+    *,
+    endpoint: str,
+    action: str,
+    body: dict[str, Any],
+    parse: Callable[[int, bytes], SendResult],
+    service: str = SERVICE,
+    version: str = VERSION,
+) -> SendResult:
+    """One API 3.0 call: ``body`` as JSON, signed now for ``service``, to ``config.endpoint`` or else the
+    provider's ``endpoint``."""
+    url = config.endpoint or endpoint
+    payload = orjson.dumps(body)
     headers = signed_headers(
         url=url,
         payload=payload,
         secret_id=config.secret_id or "",
         secret_key=config.secret_key.get_secret_value() if config.secret_key else "",
-        action="SendSms",
+        action=action,
         region=config.region,
         timestamp=int(datetime.now(tz=UTC).timestamp()),
+        service=service,
+        version=version,
     )
-    return await request(session, config, "POST", url, parse=_parse, data=payload, headers=headers)
+    return await request(session, config, "POST", url, parse=parse, data=payload, headers=headers)
+
+
+async def send(session: aiohttp.ClientSession, config: SmsConfig, message: SmsMessage) -> SendResult:
+    body = {
+        "PhoneNumberSet": [message.phone],
+        "SmsSdkAppId": config.sdk_app_id,
+        "SignName": config.sign_name,
+        "TemplateId": message.template.template_id,
+        "TemplateParamSet": [message.params.get(name, "") for name in message.template.params],
+        "SessionContext": message.msg_id,
+    }
+    return await api3(session, config, endpoint=ENDPOINT, action="SendSms", body=body, parse=_parse)

@@ -1,5 +1,5 @@
 """Aliyun voice service ``SingleCallByTts`` (Dyvmsapi 2017-05-25), signed with V3 ``ACS3-HMAC-SHA256`` exactly as
-the SMS API is (:func:`alerts.sms.aliyun.signed_headers`).
+the SMS API is, by the same call (:func:`alerts.sms.aliyun.rpc`).
 
 Parameters, as documented: ``CalledNumber`` (the callee, 11 digits for a mainland mobile), ``TtsCode`` (an approved
 TTS template), ``TtsParam`` (the template's variables as a JSON object), ``PlayTimes`` (1-3), ``OutId`` (ours, 1-15
@@ -10,15 +10,11 @@ day (``isv.BUSINESS_LIMIT_CONTROL``): retried later, the call was not placed.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import aiohttp
 import orjson
 
 from alerts.config import VoiceConfig
-from alerts.sms import request
-from alerts.sms.aliyun import _enc, phone_number, signed_headers
+from alerts.sms.aliyun import parse_answer, phone_number, rpc
 from alerts.voice import VoiceCall
 from alerts.webhook import SendResult
 
@@ -27,25 +23,17 @@ RETRYABLE = {"isp.SYSTEM_ERROR", "Throttling", "Throttling.User", "ServiceUnavai
 
 
 def _parse(status: int, body: bytes) -> SendResult:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
-    code = str(data.get("Code", ""))
-    if status == 200 and code == "OK":
-        return SendResult(ok=True, status=status, provider_id=data.get("CallId"))
-    retry_after = 60.0 if code == "isv.BUSINESS_LIMIT_CONTROL" else None
-    return SendResult(
-        ok=False,
-        status=status,
-        retryable=code in RETRYABLE,
-        retry_after_s=retry_after,
-        error=f"aliyun voice {code}: {data.get('Message')}",
+    return parse_answer(
+        status,
+        body,
+        id_field="CallId",
+        retryable=RETRYABLE,
+        label="aliyun voice",
+        retry_after_s={"isv.BUSINESS_LIMIT_CONTROL": 60.0},
     )
 
 
 async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceCall) -> SendResult:
-    url = config.endpoint or ENDPOINT
     query = {
         "CalledNumber": phone_number(call.phone),
         "TtsCode": call.template.template_id,
@@ -55,17 +43,6 @@ async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceC
     }
     if config.called_show_number:
         query["CalledShowNumber"] = config.called_show_number
-    headers = signed_headers(
-        method="POST",
-        url=url,
-        query=query,
-        body=b"",
-        key_id=config.access_key_id or "",
-        key_secret=config.access_key_secret.get_secret_value() if config.access_key_secret else "",
-        action="SingleCallByTts",
-        version="2017-05-25",
-        now=datetime.now(tz=UTC),
-        nonce=uuid.uuid4().hex,
+    return await rpc(
+        session, config, endpoint=ENDPOINT, action="SingleCallByTts", version="2017-05-25", query=query, parse=_parse
     )
-    full = url + ("&" if "?" in url else "?") + "&".join(f"{_enc(k)}={_enc(v)}" for k, v in sorted(query.items()))
-    return await request(session, config, "POST", full, parse=_parse, data=b"", headers=headers)

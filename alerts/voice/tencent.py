@@ -1,5 +1,5 @@
 """Tencent Cloud voice message ``SendTtsVoice`` (vms, API 2020-09-02), signed with ``TC3-HMAC-SHA256`` exactly as
-the SMS API is (:func:`alerts.sms.tencent.signed_headers`, service ``vms``).
+the SMS API is, by the same call (:func:`alerts.sms.tencent.api3`, service ``vms``).
 
 Body, as documented: ``TemplateId``, ``CalledNumber`` (E.164 with ``+``), ``VoiceSdkAppid``, ``TemplateParamSet``
 (the template's parameters in order), ``PlayTimes`` (at most 3) and ``SessionContext`` (ours).  The answer is
@@ -9,14 +9,10 @@ Body, as documented: ``TemplateId``, ``CalledNumber`` (E.164 with ``+``), ``Voic
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import aiohttp
-import orjson
 
 from alerts.config import VoiceConfig
-from alerts.sms import request
-from alerts.sms.tencent import signed_headers
+from alerts.sms.tencent import api3, parse_response
 from alerts.voice import VoiceCall
 from alerts.webhook import SendResult
 
@@ -27,19 +23,9 @@ RETRYABLE_PREFIXES = ("InternalError", "RequestLimitExceeded", "LimitExceeded", 
 
 
 def _parse(status: int, body: bytes) -> SendResult:
-    try:
-        response = orjson.loads(body).get("Response", {})
-    except (orjson.JSONDecodeError, AttributeError):
-        return SendResult(ok=False, status=status, error=f"HTTP {status}: not JSON")
-    error = response.get("Error")
-    if error:
-        code = str(error.get("Code", ""))
-        return SendResult(
-            ok=False,
-            status=status,
-            retryable=code.startswith(RETRYABLE_PREFIXES),
-            error=f"tencent voice {code}: {error.get('Message')}",
-        )
+    response = parse_response(status, body, label="tencent voice", retryable_prefixes=RETRYABLE_PREFIXES)
+    if isinstance(response, SendResult):
+        return response
     call_id = (response.get("SendStatus") or {}).get("CallId")
     if not call_id:
         return SendResult(ok=False, status=status, error="tencent voice: no SendStatus.CallId")
@@ -47,26 +33,21 @@ def _parse(status: int, body: bytes) -> SendResult:
 
 
 async def send(session: aiohttp.ClientSession, config: VoiceConfig, call: VoiceCall) -> SendResult:
-    url = config.endpoint or ENDPOINT
-    payload = orjson.dumps(
-        {
-            "TemplateId": call.template.template_id,
-            "CalledNumber": call.phone,
-            "VoiceSdkAppid": config.sdk_app_id,
-            "TemplateParamSet": call.ordered_params,
-            "PlayTimes": call.play_times,
-            "SessionContext": call.out_id,
-        }
-    )
-    headers = signed_headers(
-        url=url,
-        payload=payload,
-        secret_id=config.secret_id or "",
-        secret_key=config.secret_key.get_secret_value() if config.secret_key else "",
+    body = {
+        "TemplateId": call.template.template_id,
+        "CalledNumber": call.phone,
+        "VoiceSdkAppid": config.sdk_app_id,
+        "TemplateParamSet": call.ordered_params,
+        "PlayTimes": call.play_times,
+        "SessionContext": call.out_id,
+    }
+    return await api3(
+        session,
+        config,
+        endpoint=ENDPOINT,
         action="SendTtsVoice",
-        region=config.region,
-        timestamp=int(datetime.now(tz=UTC).timestamp()),
+        body=body,
+        parse=_parse,
         service=SERVICE,
         version=VERSION,
     )
-    return await request(session, config, "POST", url, parse=_parse, data=payload, headers=headers)

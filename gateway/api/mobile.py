@@ -327,6 +327,39 @@ async def _read_form(request: web.Request, form: Form, *, photo_limit: int) -> N
         form.fields[name[:40]] = raw.decode("utf-8", errors="replace").strip()
 
 
+class _Again(Exception):
+    """The submission cannot be taken: the form comes back with the answers kept and ``error`` on top."""
+
+    def __init__(self, error: str, status: int = 422, *, reason: str = "form") -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+        self.reason = reason  # what the refusal is counted as
+
+
+async def _take_form(
+    request: web.Request, form: Form, *, parts: InspectionParts, point: InspectionPoint, t: dict[str, str], what: str
+) -> None:
+    """Read the submitted form into ``form``; :class:`_Again` when the photo is too large or the body malformed."""
+    try:
+        await _read_form(request, form, photo_limit=parts.deadlines.config.inspections.photo_max_kb * 1024)
+    except PhotoRefused as exc:
+        raise _Again(str(exc), 413, reason="photo") from None
+    except Exception as exc:  # a malformed multipart body (aiohttp raises several kinds): refused, never a 500
+        log.info("mobile %s for %s refused: %s", what, point.id, exc)
+        raise _Again(t["err.form"], 400) from None
+
+
+async def _form_photo(parts: InspectionParts, form: Form, point: InspectionPoint) -> str | None:
+    """The id of the form's photo once stored (None without one); :class:`_Again` when it is refused."""
+    if form.photo is None:
+        return None
+    try:
+        return (await parts.save_photo(form.photo, filename=form.photo_name, building=point.building)).id
+    except PhotoRefused as exc:
+        raise _Again(str(exc), reason="photo") from None
+
+
 async def inspection_page(request: web.Request) -> web.Response:
     found = _authorise(request)
     if isinstance(found, web.Response):
@@ -345,36 +378,23 @@ async def submit_inspection(request: web.Request) -> web.Response:
     parts, point, token = found
     lang = _lang(request)
     t = TEXT[lang]
-    config = parts.deadlines.config.inspections
     form = Form()
-
-    def again(error: str, status: int = 422, *, reason: str = "form") -> web.Response:
-        parts.refused(reason)
-        page = _inspection_form(parts, point, token, lang, form=form, error=error)
-        return _page(lang, t["title"], page, status=status)
-
     try:
-        await _read_form(request, form, photo_limit=config.photo_max_kb * 1024)
-    except PhotoRefused as exc:
-        return again(str(exc), 413, reason="photo")
-    except Exception as exc:  # a malformed multipart body (aiohttp raises several kinds): refused, never a 500
-        log.info("mobile form for %s refused: %s", point.id, exc)
-        return again(t["err.form"], 400)
-    inspector = form.fields.get("inspector", "")[:60]
-    if not inspector:
-        return again(t["err.name"])
-    results = []
-    for i, item in enumerate(point.items):
-        value = form.fields.get(f"item-{i}")
-        if value not in ("ok", "fail"):
-            return again(t["err.items"])
-        results.append(CheckResult(item=item, ok=value == "ok"))
-    photo_id = None
-    if form.photo is not None:
-        try:
-            photo_id = (await parts.save_photo(form.photo, filename=form.photo_name, building=point.building)).id
-        except PhotoRefused as exc:
-            return again(str(exc), reason="photo")
+        await _take_form(request, form, parts=parts, point=point, t=t, what="form")
+        inspector = form.fields.get("inspector", "")[:60]
+        if not inspector:
+            raise _Again(t["err.name"])
+        results = []
+        for i, item in enumerate(point.items):
+            value = form.fields.get(f"item-{i}")
+            if value not in ("ok", "fail"):
+                raise _Again(t["err.items"])
+            results.append(CheckResult(item=item, ok=value == "ok"))
+        photo_id = await _form_photo(parts, form, point)
+    except _Again as refused:
+        parts.refused(refused.reason)
+        page = _inspection_form(parts, point, token, lang, form=form, error=refused.error)
+        return _page(lang, t["title"], page, status=refused.status)
     note = form.fields.get("note", "")[:500] or None
     inspection, hazards = await asyncio.to_thread(
         parts.store.record_inspection,
@@ -414,31 +434,20 @@ async def submit_hazard(request: web.Request) -> web.Response:
     lang = _lang(request)
     t = TEXT[lang]
     form = Form()
-
-    def again(error: str, status: int = 422, *, reason: str = "form") -> web.Response:
-        parts.refused(reason)
-        return _page(lang, t["hazard.title"], _hazard_form(point, token, lang, form=form, error=error), status=status)
-
     try:
-        await _read_form(request, form, photo_limit=parts.deadlines.config.inspections.photo_max_kb * 1024)
-    except PhotoRefused as exc:
-        return again(str(exc), 413, reason="photo")
-    except Exception as exc:  # a malformed multipart body: refused, never a 500
-        log.info("mobile hazard form for %s refused: %s", point.id, exc)
-        return again(t["err.form"], 400)
-    description = form.fields.get("description", "")[:500]
-    reporter = form.fields.get("reporter", "")[:60]
-    category = form.fields.get("category", "other")
-    if not description:
-        return again(t["err.description"])
-    if not reporter:
-        return again(t["err.name"])
-    photo_id = None
-    if form.photo is not None:
-        try:
-            photo_id = (await parts.save_photo(form.photo, filename=form.photo_name, building=point.building)).id
-        except PhotoRefused as exc:
-            return again(str(exc), reason="photo")
+        await _take_form(request, form, parts=parts, point=point, t=t, what="hazard form")
+        description = form.fields.get("description", "")[:500]
+        reporter = form.fields.get("reporter", "")[:60]
+        category = form.fields.get("category", "other")
+        if not description:
+            raise _Again(t["err.description"])
+        if not reporter:
+            raise _Again(t["err.name"])
+        photo_id = await _form_photo(parts, form, point)
+    except _Again as refused:
+        parts.refused(refused.reason)
+        page = _hazard_form(point, token, lang, form=form, error=refused.error)
+        return _page(lang, t["hazard.title"], page, status=refused.status)
     hazard = await asyncio.to_thread(
         parts.store.report_hazard,
         building=point.building,

@@ -50,18 +50,37 @@ class RobotEmulator(Emulator):
         self.messages.append(message)
         self.changed()
 
-    def _refuse(self, reason: str) -> None:
+    def _note(self, reason: str) -> None:
         self.errors.append(reason)
         self.changed()
 
+    def _refuse(self, reason: str, answer: dict[str, Any], status: int = 200) -> web.Response:
+        self._note(reason)
+        return web.json_response(answer, status=status)
+
+    async def _deliver(
+        self, message: Callable[[], dict[str, Any]], *, throttled: dict[str, Any], ok: dict[str, Any]
+    ) -> web.Response:
+        """The common tail of a valid request: a scripted answer if one is due, else the platform's rate limit
+        (answered ``throttled``), else the message is accepted (answered ``ok``)."""
+        scripted = await self.scripted()
+        if scripted is not None:
+            self.changed()
+            return scripted
+        if self._over_limit():
+            self.changed()
+            return web.json_response(throttled)
+        self._accept(message())
+        return web.json_response(ok)
+
     async def _json(self, request: web.Request) -> dict[str, Any] | None:
         if not request.content_type.startswith("application/json"):
-            self._refuse(f"content-type {request.content_type}")
+            self._note(f"content-type {request.content_type}")
             return None
         try:
             body = json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            self._refuse("body is not JSON")
+            self._note("body is not JSON")
             return None
         return body if isinstance(body, dict) else None
 
@@ -76,33 +95,28 @@ class WeComRobot(RobotEmulator):
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         if request.method != "POST" or request.path != "/cgi-bin/webhook/send":
-            self._refuse(f"{request.method} {request.path}")
-            return web.json_response({"errcode": 404, "errmsg": "not found"}, status=404)
+            return self._refuse(f"{request.method} {request.path}", {"errcode": 404, "errmsg": "not found"}, 404)
         if request.query.get("key") != self.key:
-            self._refuse("invalid key")
-            return web.json_response({"errcode": 93000, "errmsg": "invalid webhook url"})
+            return self._refuse("invalid key", {"errcode": 93000, "errmsg": "invalid webhook url"})
         body = await self._json(request)
         if body is None:
             return web.json_response({"errcode": 40058, "errmsg": "invalid json"})
         if body.get("msgtype") != "markdown" or not isinstance(body.get("markdown"), dict):
-            self._refuse(f"msgtype {body.get('msgtype')!r}")
-            return web.json_response({"errcode": 40008, "errmsg": "invalid message type"})
+            return self._refuse(
+                f"msgtype {body.get('msgtype')!r}", {"errcode": 40008, "errmsg": "invalid message type"}
+            )
         content = body["markdown"].get("content")
         if not isinstance(content, str) or not content:
-            self._refuse("empty content")
-            return web.json_response({"errcode": 44004, "errmsg": "empty content"})
+            return self._refuse("empty content", {"errcode": 44004, "errmsg": "empty content"})
         if len(content.encode()) > 4096:
-            self._refuse("content over 4096 bytes")
-            return web.json_response({"errcode": 40058, "errmsg": "content exceed max length 4096"})
-        scripted = await self.scripted()
-        if scripted is not None:
-            self.changed()
-            return scripted
-        if self._over_limit():
-            self.changed()
-            return web.json_response({"errcode": 45009, "errmsg": "api freq out of limit"})
-        self._accept({"content": content})
-        return web.json_response({"errcode": 0, "errmsg": "ok"})
+            return self._refuse(
+                "content over 4096 bytes", {"errcode": 40058, "errmsg": "content exceed max length 4096"}
+            )
+        return await self._deliver(
+            lambda: {"content": content},
+            throttled={"errcode": 45009, "errmsg": "api freq out of limit"},
+            ok={"errcode": 0, "errmsg": "ok"},
+        )
 
 
 class DingTalkRobot(RobotEmulator):
@@ -116,42 +130,32 @@ class DingTalkRobot(RobotEmulator):
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         if request.method != "POST" or request.path != "/robot/send":
-            self._refuse(f"{request.method} {request.path}")
-            return web.json_response({"errcode": 404, "errmsg": "not found"}, status=404)
+            return self._refuse(f"{request.method} {request.path}", {"errcode": 404, "errmsg": "not found"}, 404)
         if request.query.get("access_token") != self.key:
-            self._refuse("invalid access_token")
-            return web.json_response({"errcode": 300001, "errmsg": "token is not exist"})
+            return self._refuse("invalid access_token", {"errcode": 300001, "errmsg": "token is not exist"})
         assert self.secret is not None
         stamp = request.query.get("timestamp", "")
         # aiohttp has already percent-decoded the query: compare with the base64 value itself.
         sign = request.query.get("sign", "")
         if not stamp.isdigit() or abs(int(stamp) - time.time() * 1000) > 3_600_000:
-            self._refuse(f"timestamp {stamp!r}")
-            return web.json_response({"errcode": 310000, "errmsg": "invalid timestamp"})
+            return self._refuse(f"timestamp {stamp!r}", {"errcode": 310000, "errmsg": "invalid timestamp"})
         digest = hmac.new(self.secret.encode(), f"{stamp}\n{self.secret}".encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(base64.b64encode(digest).decode(), sign):
-            self._refuse("sign not match")
-            return web.json_response({"errcode": 310000, "errmsg": "sign not match"})
+            return self._refuse("sign not match", {"errcode": 310000, "errmsg": "sign not match"})
         body = await self._json(request)
         if body is None:
             return web.json_response({"errcode": 43004, "errmsg": "invalid json"})
         kind = body.get("msgtype")
         part = body.get(kind) if isinstance(kind, str) else None
         if kind not in ("markdown", "actionCard") or not isinstance(part, dict):
-            self._refuse(f"msgtype {kind!r}")
-            return web.json_response({"errcode": 40035, "errmsg": "invalid msgtype"})
+            return self._refuse(f"msgtype {kind!r}", {"errcode": 40035, "errmsg": "invalid msgtype"})
         if not part.get("title") or not part.get("text"):
-            self._refuse("markdown needs title and text")
-            return web.json_response({"errcode": 40035, "errmsg": "missing title or text"})
-        scripted = await self.scripted()
-        if scripted is not None:
-            self.changed()
-            return scripted
-        if self._over_limit():
-            self.changed()
-            return web.json_response({"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"})
-        self._accept({"title": part["title"], "text": part["text"], "at": body.get("at")})
-        return web.json_response({"errcode": 0, "errmsg": "ok"})
+            return self._refuse("markdown needs title and text", {"errcode": 40035, "errmsg": "missing title or text"})
+        return await self._deliver(
+            lambda: {"title": part["title"], "text": part["text"], "at": body.get("at")},
+            throttled={"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"},
+            ok={"errcode": 0, "errmsg": "ok"},
+        )
 
 
 class FeishuBot(RobotEmulator):
@@ -167,36 +171,35 @@ class FeishuBot(RobotEmulator):
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         if request.method != "POST" or request.path != f"/open-apis/bot/v2/hook/{self.key}":
-            self._refuse(f"{request.method} {request.path}")
-            return web.json_response({"code": 19001, "msg": "param invalid: incoming webhook access token invalid"})
+            return self._refuse(
+                f"{request.method} {request.path}",
+                {"code": 19001, "msg": "param invalid: incoming webhook access token invalid"},
+            )
         body = await self._json(request)
         if body is None:
             return web.json_response({"code": 9499, "msg": "Bad Request"}, status=400)
         assert self.secret is not None
         stamp = str(body.get("timestamp", ""))
         if not stamp.isdigit() or abs(int(stamp) - time.time()) > 3600:
-            self._refuse(f"timestamp {stamp!r}")
-            return web.json_response({"code": 19021, "msg": "sign match fail or timestamp is not within one hour"})
+            return self._refuse(
+                f"timestamp {stamp!r}", {"code": 19021, "msg": "sign match fail or timestamp is not within one hour"}
+            )
         key = f"{stamp}\n{self.secret}".encode()
         expected = base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode()
         if not hmac.compare_digest(expected, str(body.get("sign", ""))):
-            self._refuse("sign match fail")
-            return web.json_response({"code": 19021, "msg": "sign match fail or timestamp is not within one hour"})
+            return self._refuse(
+                "sign match fail", {"code": 19021, "msg": "sign match fail or timestamp is not within one hour"}
+            )
         if body.get("msg_type") != "interactive" or not isinstance(body.get("card"), dict):
-            self._refuse(f"msg_type {body.get('msg_type')!r}")
-            return web.json_response({"code": 19002, "msg": "params error, msg_type need"})
-        scripted = await self.scripted()
-        if scripted is not None:
-            self.changed()
-            return scripted
-        if self._over_limit():
-            self.changed()
-            return web.json_response({"code": 11232, "msg": "frequency limited"})
+            return self._refuse(
+                f"msg_type {body.get('msg_type')!r}", {"code": 19002, "msg": "params error, msg_type need"}
+            )
         card = body["card"]
-        self._accept(
-            {
+        return await self._deliver(
+            lambda: {
                 "title": card.get("header", {}).get("title", {}).get("content"),
                 "text": "\n".join(e.get("content", "") for e in card.get("elements", []) if isinstance(e, dict)),
-            }
+            },
+            throttled={"code": 11232, "msg": "frequency limited"},
+            ok={"code": 0, "msg": "success", "data": {}},
         )
-        return web.json_response({"code": 0, "msg": "success", "data": {}})

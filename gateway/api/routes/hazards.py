@@ -4,13 +4,16 @@ Every step is audited on the hazard and sent, signed, to the governance platform
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
+from pydantic import BaseModel
 
 from alerts.inspections.records import OPEN_HAZARD_STATES
 from alerts.inspections.store import HazardNotFound, InvalidHazardStep, PhotoNotFound
 from gateway.api import inspection_models as im
-from gateway.api.framework import ApiError, Call, id_param, operation
+from gateway.api.framework import ApiError, Call, Handler, id_param, operation
 from gateway.api.inspection_parts import InspectionParts, parts_of
-from gateway.api.routes.listing import scope
+from gateway.api.routes.listing import page, scope
 from gateway.api.routes.state import check_scope
 
 _ID = (id_param("id", "hazard id"),)
@@ -38,23 +41,17 @@ async def list_hazards(call: Call) -> im.HazardPage:
     if q.state is not None:
         states = [s for s in (states or [q.state.value]) if s == q.state.value]
     parts = parts_of(call.app)
-    rows = await asyncio.to_thread(
-        parts.store.list_hazards,
-        building=where.building,
-        grid=where.grid,
-        states=states,
-        point=q.point,
-        limit=q.limit + 1,
-        offset=q.offset,
-    )
     now = parts.clock_ms()
-    items = [im.HazardOut.of(h, now_ms=now) for h in rows if call.who.sees_building(h.building)]
-    return im.HazardPage(
-        items=items[: q.limit],
+    listed = await page(
+        call,
         limit=q.limit,
         offset=q.offset,
-        next_offset=q.offset + q.limit if len(rows) > q.limit else None,
+        fetch=lambda limit, offset: parts.store.list_hazards(
+            building=where.building, grid=where.grid, states=states, point=q.point, limit=limit, offset=offset
+        ),
+        convert=lambda hazard: im.HazardOut.of(hazard, now_ms=now),
     )
+    return im.HazardPage(items=listed.items, limit=q.limit, offset=q.offset, next_offset=listed.next_offset)
 
 
 @operation(
@@ -138,6 +135,21 @@ def _deadline(parts: InspectionParts, deadline_ms: int | None, days: int | None)
     return deadline_ms
 
 
+def _step_operation(name: str, *, summary: str, body: type[BaseModel]) -> Callable[[Handler], Handler]:
+    """A lifecycle step: ``POST /hazards/{id}/<name>`` by an operator, 409 when the hazard's state does not allow it."""
+    return operation(
+        "POST",
+        f"/hazards/{{id}}/{name}",
+        summary=summary,
+        tag="hazards",
+        role="operator",
+        body=body,
+        response=im.HazardOut,
+        path_params=_ID,
+        errors=(409,),
+    )
+
+
 async def _step(
     call: Call,
     step: str,
@@ -169,16 +181,8 @@ async def _step(
     return im.HazardOut.of(hazard, now_ms=parts.clock_ms())
 
 
-@operation(
-    "POST",
-    "/hazards/{id}/assign",
-    summary="Assign a hazard to a roster member or a station, with a rectification deadline",
-    tag="hazards",
-    role="operator",
-    body=im.AssignIn,
-    response=im.HazardOut,
-    path_params=_ID,
-    errors=(409,),
+@_step_operation(
+    "assign", summary="Assign a hazard to a roster member or a station, with a rectification deadline", body=im.AssignIn
 )
 async def assign_hazard(call: Call) -> im.HazardOut:
     """The deadline defaults to now + `inspections.rectify_days`; past it an overdue alert is raised."""
@@ -188,64 +192,26 @@ async def assign_hazard(call: Call) -> im.HazardOut:
     return await _step(call, "assigned", assignee=body.to, deadline_ms=deadline, note=body.note)
 
 
-@operation(
-    "POST",
-    "/hazards/{id}/start",
-    summary="The assignee started the rectification",
-    tag="hazards",
-    role="operator",
-    body=im.StepIn,
-    response=im.HazardOut,
-    path_params=_ID,
-    errors=(409,),
-)
+@_step_operation("start", summary="The assignee started the rectification", body=im.StepIn)
 async def start_hazard(call: Call) -> im.HazardOut:
     body: im.StepIn = call.body
     return await _step(call, "rectifying", note=body.note)
 
 
-@operation(
-    "POST",
-    "/hazards/{id}/rectify",
-    summary="Report the hazard rectified, with a photo of the result",
-    tag="hazards",
-    role="operator",
-    body=im.RectifyIn,
-    response=im.HazardOut,
-    path_params=_ID,
-    errors=(409,),
-)
+@_step_operation("rectify", summary="Report the hazard rectified, with a photo of the result", body=im.RectifyIn)
 async def rectify_hazard(call: Call) -> im.HazardOut:
     body: im.RectifyIn = call.body
     return await _step(call, "rectified", photo=body.photo, note=body.note)
 
 
-@operation(
-    "POST",
-    "/hazards/{id}/verify",
-    summary="Verify a rectification: the hazard is closed",
-    tag="hazards",
-    role="operator",
-    body=im.StepIn,
-    response=im.HazardOut,
-    path_params=_ID,
-    errors=(409,),
-)
+@_step_operation("verify", summary="Verify a rectification: the hazard is closed", body=im.StepIn)
 async def verify_hazard(call: Call) -> im.HazardOut:
     body: im.StepIn = call.body
     return await _step(call, "verified", note=body.note)
 
 
-@operation(
-    "POST",
-    "/hazards/{id}/reopen",
-    summary="The rectification did not hold: back to rectifying, with a new deadline",
-    tag="hazards",
-    role="operator",
-    body=im.ReopenIn,
-    response=im.HazardOut,
-    path_params=_ID,
-    errors=(409,),
+@_step_operation(
+    "reopen", summary="The rectification did not hold: back to rectifying, with a new deadline", body=im.ReopenIn
 )
 async def reopen_hazard(call: Call) -> im.HazardOut:
     body: im.ReopenIn = call.body

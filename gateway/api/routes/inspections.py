@@ -16,7 +16,7 @@ from alerts.inspections.store import PhotoNotFound
 from gateway.api import inspection_models as im
 from gateway.api.framework import ApiError, Call, id_param, operation
 from gateway.api.inspection_parts import parts_of, refused
-from gateway.api.routes.listing import scope
+from gateway.api.routes.listing import page, scope
 from gateway.api.routes.state import check_scope
 
 _PHOTO_CSP = "default-src 'none'; sandbox"
@@ -78,22 +78,16 @@ async def list_inspections(call: Call) -> im.InspectionPage:
     q: im.InspectionQuery = call.query
     where = scope(call, building=q.building, grid=q.grid)
     store = parts_of(call.app).store
-    rows = await asyncio.to_thread(
-        store.list_inspections,
-        point=q.point,
-        building=where.building,
-        grid=where.grid,
-        since_ms=q.since,
-        limit=q.limit + 1,
-        offset=q.offset,
-    )
-    items = [im.InspectionOut.of(r) for r in rows if call.who.sees_building(r.building)]
-    return im.InspectionPage(
-        items=items[: q.limit],
+    listed = await page(
+        call,
         limit=q.limit,
         offset=q.offset,
-        next_offset=q.offset + q.limit if len(rows) > q.limit else None,
+        fetch=lambda limit, offset: store.list_inspections(
+            point=q.point, building=where.building, grid=where.grid, since_ms=q.since, limit=limit, offset=offset
+        ),
+        convert=im.InspectionOut.of,
     )
+    return im.InspectionPage(items=listed.items, limit=q.limit, offset=q.offset, next_offset=listed.next_offset)
 
 
 @operation(

@@ -66,6 +66,15 @@ def _station_buildings(config: FiregridConfig, station: str) -> set[str]:
     return set()
 
 
+def selected_devices(config: FiregridConfig, sel: Selection) -> list[f.DeviceFacts]:
+    """The devices a selection covers: its buildings and grid, narrowed to the station's area when it names one."""
+    buildings = sel.buildings
+    if sel.station is not None:
+        covered = _station_buildings(config, sel.station)
+        buildings = sorted(covered if buildings is None else covered & set(buildings))
+    return devices_of(config, buildings, sel.grid)
+
+
 def select(call: Call, q: r.ReportQuery) -> Selection:
     state = state_of(call)
     zone = state.config.notify.timezone
@@ -217,11 +226,7 @@ async def false_alarm_report(call: Call) -> r.FalseAlarmReport:
     sel = select(call, q)
     read = await facts(call, sel)
     config = state_of(call).config
-    buildings = sel.buildings
-    if sel.station is not None:
-        covered = _station_buildings(config, sel.station)
-        buildings = sorted(covered if buildings is None else covered & set(buildings))
-    devices = devices_of(config, buildings, sel.grid)
+    devices = selected_devices(config, sel)
     x = f.false_alarms(read.alerts, devices, sel.period)
     names = {b.id: b.name for b in config.buildings}
     groups = []
@@ -270,11 +275,7 @@ async def device_report(call: Call) -> r.DeviceReport:
     sel = select(call, q)
     read = await facts(call, sel)
     config = state_of(call).config
-    buildings = sel.buildings
-    if sel.station is not None:
-        covered = _station_buildings(config, sel.station)
-        buildings = sorted(covered if buildings is None else covered & set(buildings))
-    devices = devices_of(config, buildings, sel.grid)
+    devices = selected_devices(config, sel)
     groups = []
     if q.by is not None:
         groups = [

@@ -75,7 +75,10 @@ class SystemType(IntEnum):
 
 
 class SystemFlag(IntFlag):
-    """System status word (8.2.1.1), 2 bytes low byte first. Bit 0 set = normal operation, clear = test."""
+    """System status word (8.2.1.1), 2 bytes low byte first. Bit 0 set = normal operation, clear = test.
+
+    Each member is also a bool property of the objects carrying the word (``SystemState.fire_alarm``).
+    SHIELDED = disabled; STARTED = started / opened; MANUAL clear = automatic."""
 
     NORMAL = 1 << 0
     FIRE_ALARM = 1 << 1
@@ -94,7 +97,8 @@ class SystemFlag(IntFlag):
 
 
 class PartFlag(IntFlag):
-    """Part status word (8.2.1.2), 2 bytes low byte first; bits 9-15 reserved."""
+    """Part status word (8.2.1.2), 2 bytes low byte first; bits 9-15 reserved. Bit 0 clear = test state.
+    Each member is also a bool property of ``PartStatus`` (``.power_fault``)."""
 
     NORMAL = 1 << 0
     FIRE_ALARM = 1 << 1
@@ -120,15 +124,16 @@ class SystemOperationFlag(IntFlag):
 
 
 class UitdFlag(IntFlag):
-    """Running state of the UITD itself (8.2.1.8), 1 byte. Bit 0 set = normal monitoring, clear = test."""
+    """Running state of the UITD itself (8.2.1.8), 1 byte. Bit 0 set = normal monitoring, clear = test.
+    Each member is also a bool property of ``UitdStatus`` (``.channel_fault``)."""
 
     NORMAL = 1 << 0
     FIRE_ALARM = 1 << 1
     FAULT = 1 << 2
     MAIN_POWER_FAULT = 1 << 3
     BACKUP_POWER_FAULT = 1 << 4
-    CHANNEL_FAULT = 1 << 5
-    LINE_FAULT = 1 << 6
+    CHANNEL_FAULT = 1 << 5  # the communication channel to the monitoring centre
+    LINE_FAULT = 1 << 6  # the line to the monitored fire alarm panel
 
 
 class UitdOperationFlag(IntFlag):

@@ -14,7 +14,8 @@ import re
 import struct
 from dataclasses import dataclass, fields
 from datetime import datetime, tzinfo
-from typing import Any, ClassVar, Self
+from enum import IntFlag
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .codes import (
     ANALOG_SCALES,
@@ -190,11 +191,29 @@ def _codes(layout: str) -> list[str]:
     return [count + code for count, code in _FIELD_CODE.findall(layout)]
 
 
-def _bit(attr: str, bit: int, doc: str) -> property:
-    def get(self: object) -> bool:
-        return bool((getattr(self, attr) >> bit) & 1)
+def _flag_property(member: IntFlag) -> property:
+    def get(self: _StatusBits) -> bool:
+        return bool(self.status & member)
 
-    return property(get, doc=doc)
+    return property(get, doc=f"{type(member).__name__}.{member.name}: bit {member.value.bit_length() - 1}.")
+
+
+class _StatusBits:
+    """Mixin of objects with a ``status`` word: one bool property per member of its IntFlag table in ``codes.py``
+    (``PartFlag.FIRE_ALARM`` -> ``.fire_alarm``), so that each bit's number is written once, in the table."""
+
+    __slots__ = ()
+    status: int
+
+    def __init_subclass__(cls, *, status_flags: type[IntFlag] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status_flags is not None:
+            for member in status_flags:
+                setattr(cls, str(member.name).lower(), _flag_property(member))
+
+    if TYPE_CHECKING:
+        # The generated bit properties, for the type checker.
+        def __getattr__(self, name: str) -> bool: ...
 
 
 class _Fixed:
@@ -252,7 +271,7 @@ class _Fixed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SystemState(_Fixed, layout="BBH6s"):
+class SystemState(_StatusBits, _Fixed, layout="BBH6s", status_flags=SystemFlag):
     """Type 1: state of a building fire-protection system (8.2.1.1 + time). 10 bytes."""
 
     system_type: int
@@ -264,24 +283,9 @@ class SystemState(_Fixed, layout="BBH6s"):
     def flags(self) -> SystemFlag:
         return SystemFlag(self.status)
 
-    normal = _bit("status", 0, "Normal operation (clear = test state).")
-    fire_alarm = _bit("status", 1, "Fire alarm.")
-    fault = _bit("status", 2, "Fault.")
-    shielded = _bit("status", 3, "Shielded (disabled).")
-    supervisory = _bit("status", 4, "Supervisory.")
-    started = _bit("status", 5, "Started / opened.")
-    feedback = _bit("status", 6, "Feedback.")
-    delay = _bit("status", 7, "Delay state.")
-    main_power_fault = _bit("status", 8, "Main power fault.")
-    backup_power_fault = _bit("status", 9, "Backup power fault.")
-    bus_fault = _bit("status", 10, "Bus fault.")
-    manual = _bit("status", 11, "Manual (clear = automatic).")
-    config_changed = _bit("status", 12, "Configuration changed.")
-    reset = _bit("status", 13, "Reset.")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PartStatus(_Fixed, layout="BBBIH31s6s"):
+class PartStatus(_StatusBits, _Fixed, layout="BBBIH31s6s", status_flags=PartFlag):
     """Type 2: running status of one part (detector, module, ...) (8.2.1.2 + time). 46 bytes."""
 
     system_type: int
@@ -299,16 +303,6 @@ class PartStatus(_Fixed, layout="BBBIH31s6s"):
     @property
     def flags(self) -> PartFlag:
         return PartFlag(self.status)
-
-    normal = _bit("status", 0, "Normal operation (clear = test state).")
-    fire_alarm = _bit("status", 1, "Fire alarm.")
-    fault = _bit("status", 2, "Fault.")
-    shielded = _bit("status", 3, "Shielded (disabled).")
-    supervisory = _bit("status", 4, "Supervisory.")
-    started = _bit("status", 5, "Started / opened.")
-    feedback = _bit("status", 6, "Feedback.")
-    delay = _bit("status", 7, "Delay state.")
-    power_fault = _bit("status", 8, "Power fault.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -414,7 +408,7 @@ class SystemTime(_Fixed, layout="BB6s"):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class UitdStatus(_Fixed, layout="B6s"):
+class UitdStatus(_StatusBits, _Fixed, layout="B6s", status_flags=UitdFlag):
     """Type 21: running state of the UITD itself (8.2.1.8 + time). 7 bytes."""
 
     status: int
@@ -423,14 +417,6 @@ class UitdStatus(_Fixed, layout="B6s"):
     @property
     def flags(self) -> UitdFlag:
         return UitdFlag(self.status)
-
-    normal = _bit("status", 0, "Normal monitoring (clear = test state).")
-    fire_alarm = _bit("status", 1, "Fire alarm.")
-    fault = _bit("status", 2, "Fault.")
-    main_power_fault = _bit("status", 3, "Main power fault.")
-    backup_power_fault = _bit("status", 4, "Backup power fault.")
-    channel_fault = _bit("status", 5, "Communication channel to the monitoring centre faulty.")
-    line_fault = _bit("status", 6, "Line to the monitored fire alarm panel faulty.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
