@@ -132,10 +132,12 @@ def test_the_engine_snapshots_commit_in_the_alert_stores_transaction(tmp_path: P
 async def test_a_handed_over_row_never_overtakes_a_fire_waiting_for_its_endpoint(
     tmp_path: Path, hook: WebhookReceiver
 ) -> None:
-    # Two workers: one request at a time per endpoint.  The first request is held (then answered 599, retried).
+    # Two workers: one request at a time per endpoint.  The first request is held until the fire and a later
+    # warning are committed (then answered 599, retried).
     store = AlertStore(tmp_path / "alerts.sqlite", notify=notify_config(webhook_url=hook.endpoint, workers=2))
     notifier = Notifier(store, poll_s=NEVER)
-    hook.script = [("hang", 0.5)]
+    release = asyncio.Event()
+    hook.script = [("hold", release)]
     async with running(notifier):
         warning = alarm("yg02-hd-01", building="yg02", severity=Severity.WARNING, rule="heat_rise")
         await asyncio.to_thread(store.apply, [warning], now_ms=notifier.clock())
@@ -143,6 +145,7 @@ async def test_a_handed_over_row_never_overtakes_a_fire_waiting_for_its_endpoint
         await asyncio.to_thread(store.apply, [alarm("yg01-sd-03a")], now_ms=notifier.clock())
         later = alarm("yg03-hd-01", building="yg03", severity=Severity.WARNING, rule="heat_rise")
         await asyncio.to_thread(store.apply, [later], now_ms=notifier.clock())
+        release.set()
         await wait_until(lambda: notifier.idle and not store.outbox(state="pending"))
     order = [d.body["data"]["severity"] for d in hook.accepted]
     fire_rows = len(store.outbox(state="sent")) - order.count("warning")

@@ -18,8 +18,9 @@ class Emulator:
         self.port = 0
         self.errors: list[str] = []  # verification failures: a test asserts this stays empty
         self.requests = 0
-        # Scripted behaviour for the next requests: an int status to answer with, ("hang", seconds), or
-        # ("retry-after", status, value).  Consumed one per request; afterwards requests succeed.
+        # Scripted behaviour for the next requests: an int status to answer with, ("hang", seconds),
+        # ("hold", asyncio.Event) or ("retry-after", status, value).  Consumed one per request; afterwards requests
+        # succeed.
         self.script: list[Any] = []
         self._changed = asyncio.Event()
 
@@ -77,6 +78,11 @@ class Emulator:
             if len(step) > 2 and step[2] == "process":
                 return None
             return web.json_response({"error": "too late"}, status=599)
+        if step[0] == "hold":
+            # Hold the request until the test sets the event (``("hold", asyncio.Event())``), then answer 599: a
+            # request in flight for exactly as long as the test needs, with no clock involved.
+            await step[1].wait()
+            return web.json_response({"error": "held, then refused"}, status=599)
         if step[0] == "retry-after":
             return web.json_response({"error": "slow down"}, status=step[1], headers={"Retry-After": str(step[2])})
         if step[0] == "redirect":
