@@ -91,6 +91,10 @@ def test_fire_alarm_is_confirmed_after_commit_and_names_the_mapped_point(
         status, body = gateway.get("/api/v1/alerts?building=b01", token=TOKEN)
         items = json.loads(body)["items"]
         assert [(a["device"], a["floor"], a["severity"]) for a in items] == [("pp-3-east", 3, "fire")]
+        # the alert itself names the mapped building, floor and location
+        assert [(a["building"], a["floor"], a["location"]) for a in items] == [("b01", 3, "3层东走廊")]
+        status, body = gateway.get(f"/api/v1/alerts/{items[0]['id']}", token=TOKEN)
+        assert status == 200 and json.loads(body)["location"] == "3层东走廊", body
         # a fault of the other point (mapped with any part type) is trouble
         panel.send(part_status_frame(serial=102, source=UITD, parts=[(1, 1, 3, 9, FAULT)]))
         assert panel.answer(102) is not None

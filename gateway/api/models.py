@@ -166,6 +166,7 @@ class Alert(Model):
     grid: str | None = None
     floor: int | None = None
     device: str | None = None
+    location: str | None = Field(default=None, description="where the device is, from the device registry")
     reason: str | None = None
     reason_i18n: LocalizedText | None = Field(
         default=None,

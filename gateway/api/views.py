@@ -138,11 +138,16 @@ def _enum(enum: type[Enum], value: Any) -> Any:
 
 
 def alert(
-    record: AlertRecord, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+    record: AlertRecord,
+    *,
+    building_grids: Mapping[str, str],
+    rules: Mapping[str, RuleConfig] | None = None,
+    locations: Mapping[str, str] | None = None,
 ) -> m.Alert:
-    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none).
-    ``rules`` (rule id -> rule as configured) words the localized reason; without it the shipped rules do."""
-    return _alert(m.Alert, record, building_grids, rules)
+    """An alert as the API shows it (text cut to the API's limits, the grid from the building when it has none, the
+    device's place from ``locations``: device id -> the registry's location).  ``rules`` (rule id -> rule as
+    configured) words the localized reason; without it the shipped rules do."""
+    return _alert(m.Alert, record, building_grids, rules, locations)
 
 
 def reason_i18n(record: AlertRecord, rules: Mapping[str, RuleConfig] | None) -> m.LocalizedText:
@@ -172,8 +177,10 @@ def _alert(
     record: AlertRecord,
     building_grids: Mapping[str, str],
     rules: Mapping[str, RuleConfig] | None = None,
+    locations: Mapping[str, str] | None = None,
 ) -> _A:
     building = as_str(record.building, 64) or ""
+    location = locations.get(record.device) if locations is not None and record.device is not None else None
     cause = record.cause
     return model(
         id=record.id,
@@ -185,6 +192,7 @@ def _alert(
         grid=as_str(record.grid, 64) or building_grids.get(building),
         floor=record.floor,
         device=as_str(record.device, 64),
+        location=as_str(location, 200),
         reason=as_str(record.reason, 2000),
         reason_i18n=reason_i18n(record, rules),
         value=metric(record.value),
@@ -211,9 +219,13 @@ def _alert(
 
 
 def alert_detail(
-    record: AlertDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+    record: AlertDetail,
+    *,
+    building_grids: Mapping[str, str],
+    rules: Mapping[str, RuleConfig] | None = None,
+    locations: Mapping[str, str] | None = None,
 ) -> m.AlertDetail:
-    detail = _alert(m.AlertDetail, record, building_grids, rules)
+    detail = _alert(m.AlertDetail, record, building_grids, rules, locations)
     audit = [audit_entry(a) for a in record.audit]
     return detail.model_copy(update={"audit": audit, "evidence": [evidence(e) for e in record.evidence]})
 
@@ -269,7 +281,11 @@ def incident(record: IncidentRecord, *, building_grids: Mapping[str, str]) -> m.
 
 
 def incident_detail(
-    detail: IncidentDetail, *, building_grids: Mapping[str, str], rules: Mapping[str, RuleConfig] | None = None
+    detail: IncidentDetail,
+    *,
+    building_grids: Mapping[str, str],
+    rules: Mapping[str, RuleConfig] | None = None,
+    locations: Mapping[str, str] | None = None,
 ) -> m.IncidentDetail:
     """An incident with its alerts, their evidence (oldest first, at most 200), who was paged, its timeline and its
     response clock."""
@@ -297,7 +313,9 @@ def incident_detail(
     ]
     return m.IncidentDetail(
         **base.model_dump(),
-        alerts=[alert_detail(a, building_grids=building_grids, rules=rules) for a in detail.alerts],
+        alerts=[
+            alert_detail(a, building_grids=building_grids, rules=rules, locations=locations) for a in detail.alerts
+        ],
         evidence=[evidence(e) for e in samples],
         pages=pages,
         timeline=timeline,

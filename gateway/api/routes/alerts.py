@@ -51,7 +51,9 @@ async def list_alerts(call: Call) -> m.AlertPage:
             limit=limit,
             offset=offset,
         ),
-        convert=lambda record: v.alert(record, building_grids=where.building_grids, rules=rules),
+        convert=lambda record: v.alert(
+            record, building_grids=where.building_grids, rules=rules, locations=state_of(call).device_locations
+        ),
     )
     return m.AlertPage(items=listed.items, limit=q.limit, offset=q.offset, next_offset=listed.next_offset)
 
@@ -64,8 +66,12 @@ async def active_alerts(call: Call) -> list[m.Alert]:
     grids = state_of(call).building_grids
     records = await asyncio.to_thread(store.active_alerts)
     who = call.who
-    rules = state_of(call).rules
-    return [v.alert(r, building_grids=grids, rules=rules) for r in records if who.sees_building(r.building)]
+    rules, locations = state_of(call).rules, state_of(call).device_locations
+    return [
+        v.alert(r, building_grids=grids, rules=rules, locations=locations)
+        for r in records
+        if who.sees_building(r.building)
+    ]
 
 
 async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
@@ -75,7 +81,10 @@ async def _get_alert(call: Call, raw_id: str) -> m.AlertDetail:
     if record is None:
         raise ApiError(404, f"no alert {raw_id!r}")
     check_scope(call.who, building=record.building)
-    return v.alert_detail(record, building_grids=state_of(call).building_grids, rules=state_of(call).rules)
+    state = state_of(call)
+    return v.alert_detail(
+        record, building_grids=state.building_grids, rules=state.rules, locations=state.device_locations
+    )
 
 
 @operation(

@@ -95,7 +95,10 @@ async def _get(call: Call, incident_id: int) -> m.IncidentDetail:
     if detail is None:
         raise ApiError(404, f"no incident {incident_id}")
     check_scope(call.who, building=detail.incident.building)
-    return v.incident_detail(detail, building_grids=state_of(call).building_grids, rules=state_of(call).rules)
+    state = state_of(call)
+    return v.incident_detail(
+        detail, building_grids=state.building_grids, rules=state.rules, locations=state.device_locations
+    )
 
 
 @operation(

@@ -84,6 +84,7 @@ class ApiState:
     clock_ms: Callable[[], int]
     maintenance: dict[str, m.MaintenanceWindowOut] = field(default_factory=dict)
     _grids: tuple[FiregridConfig, dict[str, str]] | None = field(default=None, init=False, repr=False)
+    _locations: tuple[FiregridConfig, dict[str, str]] | None = field(default=None, init=False, repr=False)
     _index: DeviceIndex | None = field(default=None, init=False, repr=False)
     _rules: tuple[object, dict[str, RuleConfig]] | None = field(default=None, init=False, repr=False)
 
@@ -98,6 +99,14 @@ class ApiState:
         if self._grids is None or self._grids[0] is not config:
             self._grids = (config, {b.id: b.grid for b in config.buildings})
         return self._grids[1]
+
+    @property
+    def device_locations(self) -> dict[str, str]:
+        """Device id -> where it is (the registry's ``location``; built once per config; treat it as read-only)."""
+        config = self.config
+        if self._locations is None or self._locations[0] is not config:
+            self._locations = (config, {d.id: d.location for d in config.devices if d.location})
+        return self._locations[1]
 
     @property
     def rules(self) -> dict[str, RuleConfig]:

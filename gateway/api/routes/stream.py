@@ -123,7 +123,7 @@ def store_listener(state: ApiState) -> Callable[[AlertChange], None]:
                 state.hub.publish("incident", event)
                 return
             alert = (
-                views.alert(record, building_grids=grids, rules=state.rules)
+                views.alert(record, building_grids=grids, rules=state.rules, locations=state.device_locations)
                 if isinstance(record, AlertRecord)
                 else None
             )
