@@ -35,12 +35,13 @@ def test_no_module_is_longer_than_a_reader_can_hold(package: str) -> None:
 
 def test_the_repository_points_at_nothing_outside_it() -> None:
     """A user has only the repository: no path up out of it, no notes that are not in it."""
-    outside = re.compile(r"\.\./shared|FIELD-NOTES")
+    # Spelled in pieces so this file does not match its own check (nor a repository-wide grep for the same words).
+    outside = re.compile("|".join((r"\.\./" + "shared", "FIELD" + "-NOTES")))
     files = _tracked("*.py", "*.md", "*.toml", "*.yml", "*.yaml", "Makefile", "Dockerfile")
     hits = [
         f"{p.relative_to(ROOT)}:{i}"
         for p in files
-        if p.exists() and p.name != "test_architecture.py"
+        if p.exists()
         for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
         if outside.search(line)
     ]
