@@ -460,6 +460,13 @@ class Notifier:
         ceiling = min(retry.max_s, retry.base_s * (2 ** min(attempts, 30)))
         return int(1000 * self.rng.uniform(ceiling / 2, ceiling))  # jitter: spread retries of many rows
 
+    def _retry_delay_ms(self, attempts: int, result: SendResult) -> int:
+        """When to try a retryable failure again: the receiver's ``Retry-After`` (capped) if it gave one, else the
+        jittered backoff."""
+        if result.retry_after_s is not None:
+            return int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+        return self._backoff(attempts)
+
     def _outcome(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
         self._unflushed.add(outcome.id)
@@ -531,9 +538,7 @@ class Notifier:
             log.error("webhook endpoint %s answered 410 Gone: disabled", item.target)
             self._count("endpoint_disabled")
         elif result.retryable:
-            delay = self._backoff(item.attempts)
-            if result.retry_after_s is not None:
-                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            delay = self._retry_delay_ms(item.attempts, result)
             self._outcome(Outcome(item.id, "pending", now, result.error, next_ms=now + delay))
             self._count(f"{item.channel}_retry")
         else:
@@ -629,9 +634,7 @@ class Notifier:
             )
             self._count("sms_unknown")
         elif result.retryable:
-            delay = self._backoff(item.attempts)
-            if result.retry_after_s is not None:
-                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            delay = self._retry_delay_ms(item.attempts, result)
             self.store.mark_retry(item.id, next_ms=now + delay, error=result.error)
             self._count("sms_retry")
         else:
@@ -695,9 +698,7 @@ class Notifier:
             )
             self._count("voice_unknown")
         elif result.retryable:
-            delay = self._backoff(item.attempts)
-            if result.retry_after_s is not None:
-                delay = int(1000 * min(result.retry_after_s, self.notify.retry.max_retry_after_s))
+            delay = self._retry_delay_ms(item.attempts, result)
             self.store.mark_retry(item.id, next_ms=now + delay, error=result.error)
             self._count("voice_retry")
         else:
