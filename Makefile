@@ -13,7 +13,8 @@ test: system-deps venv-test lint typecheck pytest
 
 # Debian packages the tests talk to for real: a Mosquitto broker, InfluxDB 1.x, Chromium for the browser test and a
 # CJK font so the dashboard's Chinese renders in its screenshots, the monthly report's PDF and charts and the QR
-# sheet's PDF; poppler-utils (pdftoppm, pdftotext) so the report and QR sheet tests can render and read the PDFs.
+# sheet's PDF; poppler-utils (pdftoppm, pdftotext) so the report and QR sheet tests can render and read the PDFs;
+# PostgreSQL's server binaries (initdb, postgres) for cluster mode's store tests, each run on its own free port.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
@@ -21,6 +22,7 @@ system-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing="$$missing fonts-wqy-microhei"; \
 	{ command -v pdftoppm && command -v pdftotext; } >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

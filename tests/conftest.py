@@ -1,4 +1,5 @@
-"""Shared fixtures: real Mosquitto and InfluxDB servers on free loopback ports (see testkit/services.py)."""
+"""Shared fixtures: real Mosquitto, InfluxDB and PostgreSQL servers on free loopback ports (see testkit/services.py
+and testkit/postgres.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.postgres import PostgresServer
 from testkit.services import InfluxServer, MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +38,20 @@ def influx(tmp_path: Path) -> Iterator[InfluxServer]:
 @pytest.fixture
 def community_config_path() -> Path:
     return EXAMPLES / "community.yaml"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the whole run (``initdb`` takes a second); tests take a fresh database
+    each through ``pg_url``.  A test that kills or stops the server must start its own ``PostgresServer``."""
+    server = PostgresServer(workdir=tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the shared server."""
+    return postgres.create_database()
