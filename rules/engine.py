@@ -19,21 +19,22 @@ Design notes (see ``docs/rules.md``):
   cleared and the rule re-armed, so a condition that is still there is raised for real.
 
 This module holds the inputs and the rule mechanics (pending, raise, clear, flapping, count); the rest is composed
-in: ``plans`` (which rules apply to a device, compiled once per shape), ``state`` (per building, device and rule),
-``timers`` (deadlines and the heap that wakes the engine), ``correlation`` (rules over a building's active alerts),
-``maintenance`` (what is under test) and ``snapshot`` (a building's state as bytes).
+in: ``plans`` (which rules apply to a device), ``state`` (per building, device and rule), ``timers`` (deadlines and
+the heap that wakes the engine), ``correlation`` (rules over a building's active alerts), ``maintenance`` (what is
+under test), ``rate`` (rise per minute) and ``snapshot`` (a building's state as bytes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
-from array import array
 from collections.abc import Iterable, Mapping
 
 from rules.compiled import ABSENCE, COUNT, EVENT, RATE, CRule
 from rules.correlation import Correlator
 from rules.maintenance import Maintenance, covers
 from rules.plans import Planner
+from rules.rate import rise_per_minute
 from rules.ruleset import RuleSet
 from rules.snapshot import SnapshotError, decode, encode
 from rules.state import DRILL, EVIDENCE_MAX, MAINT, REAL, BState, DevState, Live, RState, Transitions, alert_key
@@ -61,7 +62,6 @@ PRESENCE_SAVE_MS = 60_000
 REORDER_MS = 60_000  # a sample older than the device's newest by more than this is a clock jump, not reordering
 ALARM_EVENT = "alarm"  # EventType.ALARM: a detector entered alarm (the fast lane)
 ALARM_METRIC = "alarm"  # the metric that carries a detector's own alarm decision in telemetry
-RATE_BUF_MAX = 32  # samples kept per rate-of-rise window
 
 
 def _sort(out: list[AlertTransition]) -> list[AlertTransition]:
@@ -75,7 +75,12 @@ def _sort(out: list[AlertTransition]) -> list[AlertTransition]:
 class Engine:
     """The rules engine.  Not thread-safe: the gateway serialises calls (``runtime.engine_lock``)."""
 
-    def __init__(self, rule_set: RuleSet, *, registry: Mapping[str, DeviceRef]) -> None:
+    def __init__(
+        self, rule_set: RuleSet, *, registry: Mapping[str, DeviceRef], owned: Iterable[str] | None = None
+    ) -> None:
+        """``owned``: the buildings judged, when ownership moves at run time (cluster mode: :meth:`adopt`,
+        :meth:`release`); ``None``: every building it hears of (a single gateway, a static ``mqtt.buildings``)."""
+        self._owned: set[str] | None = None if owned is None else set(owned)
         self._rule_set = rule_set
         self._registry = registry
         self._transition = Transitions(registry)
@@ -89,7 +94,8 @@ class Engine:
         self._now: int | None = None  # engine clock: the latest tick
         self._maint = Maintenance()
         for window in rule_set.maintenance:
-            self.set_maintenance(window)
+            if self.owns(window.building):
+                self.set_maintenance(window)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -110,6 +116,8 @@ class Engine:
             ref = item.ref
             b = self._buildings.get(ref.building)
             if b is None:
+                if self._owned is not None and ref.building not in self._owned:
+                    return out  # not ours (any more): another gateway judges it
                 b = self._building(ref.building)
             drill = item.drill
             dev = (b.drills if drill else b.devices).get(ref.device)
@@ -210,6 +218,46 @@ class Engine:
             self._rearm(b, dev)
         return _sort(out)
 
+    def owns(self, building: str) -> bool:
+        """Whether this engine judges the building (always, unless it was built with ``owned``)."""
+        return self._owned is None or building in self._owned
+
+    def adopt(self, building: str, *, snapshot: bytes | None, active: Iterable[ActiveAlert | AlertTransition]) -> None:
+        """Take a building over (cluster mode: its partition's lease was acquired): its state becomes the last
+        owner's ``snapshot`` (``None``, or one that does not decode: afresh) with the ``active`` alerts the store holds
+        open, so nothing raised is raised again; its configured maintenance windows are installed; and, once the
+        clock runs, each registered device the snapshot does not know starts its absence clock now."""
+        if self._owned is not None:
+            self._owned.add(building)
+        self._forget(building)
+        if snapshot is not None:
+            with contextlib.suppress(SnapshotError):
+                self.restore(building, snapshot)
+        self.seed_active(a for a in active if a.building == building)
+        for window in self._rule_set.maintenance:
+            if window.building == building and self._maint.get(building, window.id) is None:
+                self._install_window(window)
+        if self._now is not None:
+            b = self._building(building)
+            for ref in self._registry.values():
+                if ref.building == building and ref.device not in b.devices:
+                    self._new_device(b, ref, REAL, self._now)
+        self._dirty.add(building)
+
+    def release(self, building: str) -> None:
+        """Let a building go (its lease was lost or handed over): its state, windows and pending snapshot are dropped
+        and later inputs for it ignored; its timers go stale (``tick`` skips superseded deadlines).  The new owner
+        carries on from the store's last snapshot.  Only for an engine built with ``owned``."""
+        if self._owned is None:
+            raise ValueError("release() needs an engine built with owned=...: this one judges every building")
+        self._owned.discard(building)
+        self._forget(building)
+
+    def _forget(self, building: str) -> None:
+        self._buildings.pop(building, None)
+        self._dirty.discard(building)
+        self._maint.drop(building)
+
     def behind(self) -> bool:
         """Timers due by the engine clock are still waiting: a ``tick`` with a ``limit`` stopped short of them."""
         return self._timers.behind(self._now)
@@ -235,7 +283,10 @@ class Engine:
         return _sort(out)
 
     def set_maintenance(self, window: MaintenanceWindow) -> list[AlertTransition]:
-        """Put a device, floor or building under test.  Returns transitions if the window is already over."""
+        """Put a device, floor or building under test.  Returns transitions if the window is already over.  A
+        building this engine does not own is left to its owner (nothing is installed)."""
+        if not self.owns(window.building):
+            return []
         self._install_window(window)
         if self._now is not None and window.end_ms <= self._now:
             return self.tick(self._now)
@@ -343,7 +394,9 @@ class Engine:
 
     def _event(self, e: DeviceEvent, out: list[AlertTransition]) -> None:
         ref = e.ref
-        b = self._buildings.get(ref.building) or self._building(ref.building)
+        b = self._buildings.get(ref.building) or self._claim(ref.building)
+        if b is None:
+            return  # not ours (any more): another gateway judges it
         space = DRILL if e.drill else REAL
         dev = b.space(space).get(ref.device)
         if dev is None or (dev.ref is not ref and dev.ref.kind != ref.kind):
@@ -384,7 +437,9 @@ class Engine:
 
     def _status(self, s: StatusChange, out: list[AlertTransition]) -> None:
         ref = s.ref
-        b = self._buildings.get(ref.building) or self._building(ref.building)
+        b = self._buildings.get(ref.building) or self._claim(ref.building)
+        if b is None:
+            return  # not ours (any more): another gateway judges it
         dev = b.devices.get(ref.device)
         if dev is None:
             if ref.kind == "unknown" and ref.device in self._registry:
@@ -436,7 +491,7 @@ class Engine:
         self, b: BState, dev: DevState, cr: CRule, st: RState, value: MetricValue, ts: int, out: list[AlertTransition]
     ) -> None:
         if cr.kind == RATE:
-            rate = self._rate(cr, st, value, ts)
+            rate = rise_per_minute(cr, st, value, ts)
             if rate is None:
                 return
             alarm = rate + 1e-9 >= cr.rate  # "exactly 8.3 °C/min" must not be lost to float rounding
@@ -480,36 +535,6 @@ class Engine:
                 self._timers.arm(b.id, dev, st.csince + wait)
         else:
             st.csince = None
-
-    def _rate(self, cr: CRule, st: RState, value: MetricValue, ts: int) -> float | None:
-        """Rise per minute over the window, robust to one bad sample: median of the first three samples against the
-        median of the last three.  None while the window holds too few samples or spans too little time."""
-        buf = st.buf
-        if buf is None:
-            buf = st.buf = array("d")
-        assert not isinstance(value, str)
-        buf.append(float(ts))
-        buf.append(float(value))
-        cutoff = ts - cr.window_ms
-        drop = 0
-        n = len(buf)
-        while drop < n and buf[drop] < cutoff:
-            drop += 2
-        if len(buf) - drop > 2 * RATE_BUF_MAX:
-            drop = len(buf) - 2 * RATE_BUF_MAX
-        if drop:
-            del buf[:drop]
-        count = len(buf) // 2
-        if count < cr.min_samples:
-            return None
-        t0 = _median3(buf[0], buf[2], buf[4])
-        v0 = _median3(buf[1], buf[3], buf[5])
-        t1 = _median3(buf[-6], buf[-4], buf[-2])
-        v1 = _median3(buf[-5], buf[-3], buf[-1])
-        span = t1 - t0
-        if span < cr.window_ms / 4:
-            return None  # too little time between the ends to call it a rate (a gap or a burst)
-        return (v1 - v0) * 60_000.0 / span
 
     def _reason(self, cr: CRule, value: MetricValue) -> str:
         if isinstance(value, bool) or not isinstance(value, float | int):
@@ -713,6 +738,11 @@ class Engine:
 
     # --- plumbing ---------------------------------------------------------------------------------------------
 
+    def _claim(self, building: str) -> BState | None:
+        if self._owned is not None and building not in self._owned:
+            return None
+        return self._building(building)  # None above: not ours, another gateway's engine judges it
+
     def _building(self, building: str) -> BState:
         b = self._buildings.get(building)
         if b is None:
@@ -762,15 +792,9 @@ class Engine:
     def _adopt_registry(self, now: int) -> None:
         """At the first tick, every registered device starts its absence clock, heard from or not."""
         for ref in self._registry.values():
+            if self._owned is not None and ref.building not in self._owned:
+                continue
             b = self._building(ref.building)
             if ref.device not in b.devices:
                 self._new_device(b, ref, REAL, now)
                 self._dirty.add(ref.building)
-
-
-def _median3(a: float, b: float, c: float) -> float:
-    if a > b:
-        a, b = b, a
-    if b > c:
-        b = c
-    return a if a > b else b

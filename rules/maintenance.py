@@ -40,6 +40,10 @@ class Maintenance:
         windows = self._by_building.get(building)
         return windows.pop(window_id, None) if windows else None
 
+    def drop(self, building: str) -> None:
+        """Forget every window of the building (the engine let the building go to another gateway)."""
+        self._by_building.pop(building, None)
+
     def find(self, window_id: str) -> MaintenanceWindow | None:
         """The window with that id, in whichever building it is."""
         for windows in self._by_building.values():
