@@ -36,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.service.service import Service
 from testkit.gateway import write_config
 from testkit.nats import NatsCluster, NatsNode, partition_of, store_unmapped
+from testkit.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -122,6 +123,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[Incoming] = []
+        self.acked = 0  # messages[:acked] have been acknowledged (a mid is acknowledged once: the broker reuses them)
 
     def __call__(self, message: Incoming) -> None:
         self.messages.append(message)
@@ -129,10 +131,13 @@ class Inbox:
     def payloads(self) -> list[str]:
         return [m.payload.decode() for m in self.messages]
 
-    def ack_all(self, ingest: PartitionIngest) -> int:
+    def ack_all(self, ingest: PartitionIngest, *, keep: Callable[[Incoming], bool] = lambda m: False) -> int:
+        """Acknowledge what came since the last call, but for ``keep``'s messages (never acknowledged)."""
         by_lane: dict[int, list[tuple[int, int]]] = {}
-        for m in self.messages:
-            by_lane.setdefault(m.lane, []).append((m.generation, m.mid))
+        for m in self.messages[self.acked :]:
+            if not keep(m):
+                by_lane.setdefault(m.lane, []).append((m.generation, m.mid))
+        self.acked = len(self.messages)
         return ingest.ack(by_lane)
 
 
@@ -145,9 +150,10 @@ def test_the_gateway_computes_the_brokers_partition() -> None:
 
 
 async def test_open_partitions_get_their_buildings_once_with_the_device_topic(cluster: NatsCluster) -> None:
-    """Six of sixteen partitions open on one gateway; three devices, one per node, publish for 48 buildings: each
-    message of an open partition arrives once, with the device's own topic and its partition's lane, and nothing of
-    the others."""
+    """Six of sixteen partitions open on one gateway (whose first broker URL is a dead node: it moves on to the
+    next); three devices, one per node, publish for 48 buildings: each message of an open partition arrives once,
+    with the device's own topic and its partition's lane, and nothing of the others.  Then two partitions are closed
+    and the devices publish again: nothing of those two arrives, the other four get theirs."""
     metrics = Metrics()
     inbox = Inbox()
     ingest = PartitionIngest(
@@ -156,7 +162,8 @@ async def test_open_partitions_get_their_buildings_once_with_the_device_topic(cl
         client_prefix="gw-a",
         metrics=metrics,
         on_message=inbox,
-        urls=cluster.mqtt_urls,
+        urls=[f"mqtt://127.0.0.1:{free_port()}", *cluster.mqtt_urls],
+        backoff_max_s=0.5,
     )
     opened = [0, 3, 5, 8, 12, 15]
     for p in opened:
@@ -170,36 +177,62 @@ async def test_open_partitions_get_their_buildings_once_with_the_device_topic(cl
     buildings = [f"bldg-{i:02d}" for i in range(48)]
     assert {partition_of(b, PARTITIONS) for b in buildings} - set(opened), "some buildings in closed partitions"
     devices = [Device(node, f"ingest-dev-{node.name}") for node in cluster.nodes]
-    expected: dict[str, int] = {}
-    try:
+
+    async def publish_round(tag: str, open_now: list[int]) -> dict[str, int]:
+        """Every device publishes once for every building; the topics an open partition must deliver."""
+        expected: dict[str, int] = {}
 
         def publish_everything() -> None:
             for b in buildings:
                 for i, device in enumerate(devices):
                     topic = f"firegrid/{b}/d{i}/telemetry"
-                    device.publish(topic, f"{b}/d{i}".encode())
-                    if partition_of(b, PARTITIONS) in opened:
+                    device.publish(topic, f"{tag}:{b}/d{i}".encode())
+                    if partition_of(b, PARTITIONS) in open_now:
                         expected[topic] = partition_of(b, PARTITIONS)
 
         await asyncio.to_thread(publish_everything)
+        return expected
+
+    async def check_round(tag: str, expected: dict[str, int]) -> None:
+        got = lambda: [m for m in inbox.messages if m.payload.decode().startswith(f"{tag}:")]  # noqa: E731
+        await until(lambda: len(got()) >= len(expected), within_s=30, what=f"{len(expected)} messages of {tag}")
+        topics = [m.topic for m in got()]
+        assert len(topics) == len(set(topics)), "a message arrived twice"
+        assert set(topics) == set(expected), "exactly the open partitions' messages, under the device's own topic"
+        for m in got():
+            assert m.lane == partition_lane(expected[m.topic])
+            assert m.payload.decode() == f"{tag}:" + m.topic.split("/", 1)[1].rsplit("/", 1)[0]
+
+    try:
+        expected = await publish_round("one", opened)
+        await check_round("one", expected)
+        # partition 3's commit "has not happened" when it is closed: its messages stay unacknowledged
+        unacked = [m for m in inbox.messages if m.lane == partition_lane(3)]
+        assert unacked
+        assert inbox.ack_all(ingest, keep=lambda m: m.lane == partition_lane(3)) == len(expected) - len(unacked)
+        for p in opened:
+            if p != 3:
+                await until(lambda p=p: cluster.ack_pending(partition_filter(p)) == 0, within_s=10, what="the PUBACKs")
+
+        closed = [3, 12]
+        for p in closed:
+            await ingest.close(p)
+        still = [p for p in opened if p not in closed]
+        assert ingest.open_partitions == still
+        later = await publish_round("two", still)
+        await check_round("two", later)
+        assert len(inbox.messages) == len(expected) + len(later)
+        # the late commit of partition 3's messages: their acknowledgements are dropped with the closed session
+        late = {partition_lane(3): [(m.generation, m.mid) for m in unacked]}
+        assert ingest.ack(late) == 0
+        assert inbox.ack_all(ingest) == len(later)
     finally:
         for device in devices:
             device.close()
-
-    await until(lambda: len(inbox.messages) >= len(expected), within_s=30, what=f"{len(expected)} messages")
-    topics = [m.topic for m in inbox.messages]
-    assert len(topics) == len(set(topics)), "a message arrived twice"
-    assert set(topics) == set(expected), "exactly the open partitions' messages, under the device's own topic"
-    for m in inbox.messages:
-        assert m.lane == partition_lane(expected[m.topic])
-        assert m.payload.decode() == m.topic.split("/", 1)[1].rsplit("/", 1)[0]
-    assert inbox.ack_all(ingest) == len(expected)
-    for p in opened:
-        await until(lambda p=p: cluster.ack_pending(partition_filter(p)) == 0, within_s=10, what="the PUBACKs")
-    await ingest.close_all()
+        await ingest.close_all()
     assert ingest.open_partitions == []
     assert metrics.partition_sessions._value.get() == 0
-    print(f"{len(expected)} messages of {len(opened)} open partitions, from 3 nodes, each once")
+    print(f"{len(expected)} then {len(later)} messages of {len(opened)} then {len(still)} open partitions, each once")
 
 
 async def test_a_new_owner_gets_every_unacknowledged_message(cluster: NatsCluster) -> None:
@@ -282,6 +315,9 @@ async def test_a_closed_session_never_reconnects_and_a_lost_one_only_while_owned
     await a.open(partition)
     first_session = a.session(partition)
     assert first_session is not None and first_session.connections == 1
+    # reopened in the same process: an acknowledgement meant for the first session's message ids goes nowhere
+    assert first_session.generation > 0
+    assert a.ack({partition_lane(partition): [(0, 1)]}) == 0
     owned[partition] = False  # A's lease has moved on
     b = PartitionIngest(
         config=mqtt_config(cluster), partitions=PARTITIONS, client_prefix="gw-r", metrics=Metrics(),
