@@ -163,14 +163,15 @@ class PartitionIngest:
             client_id=session_client_id(self.client_prefix, partition),
             topics=[partition_filter(partition)],
             topic_rewrite=self._rewriter(partition),
-            urls=self._urls,
+            # partition NN starts at node NN mod N: the sessions, and the consumers' delivery work, spread over nodes
+            urls=self._urls[partition % len(self._urls) :] + self._urls[: partition % len(self._urls)],
             may_reconnect=lambda: self._may_reconnect(partition),
             generation=self._next_generation.get(partition, 0),
         )
         task = asyncio.create_task(ingest.run(), name=f"partition-{partition}")
         session = _Session(ingest=ingest, task=task)
         self._sessions[partition] = session
-        task.add_done_callback(lambda _task: self._ended(partition, session))
+        task.add_done_callback(lambda done: self._ended(partition, session, done))
         self.metrics.partition_sessions.set(len(self._sessions))
         log.info("partition %d: session %s opening", partition, ingest.config.client_id)
         return session
@@ -178,8 +179,10 @@ class PartitionIngest:
     def _may_reconnect(self, partition: int) -> bool:
         return partition in self._sessions and (self._owns is None or self._owns(partition))
 
-    def _ended(self, partition: int, session: _Session) -> None:
+    def _ended(self, partition: int, session: _Session, task: asyncio.Task[None]) -> None:
         """The session's supervisor returned: closed here, or it gave up reconnecting (no longer owned)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("partition %d: session failed", partition, exc_info=task.exception())
         self._next_generation[partition] = session.ingest.generation + 1
         if self._sessions.get(partition) is session:
             del self._sessions[partition]
