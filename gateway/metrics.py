@@ -74,6 +74,15 @@ class Metrics:
             "oldest telemetry points dropped to keep the spool under its cap",
             registry=r,
         )
+        # cluster mode (docs/cluster.md, "Partition sessions")
+        self.unmapped = Counter(
+            "firegrid_unmapped",
+            "publishes that escaped the broker's partition mapping, re-published into their partition",
+            registry=r,
+        )
+        self.partition_sessions = Gauge(
+            "firegrid_partition_sessions", "partition sessions this gateway has open", registry=r
+        )
         self._spool_source: Callable[[], tuple[int, int, int | None]] | None = None
         r.register(_SpoolCollector(self))
 

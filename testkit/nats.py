@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,10 @@ no_auth_user: "{USER}"
     def restart(self, *, kill: bool = False) -> None:
         self.kill() if kill else self.stop()
         self.start()
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
     def monitor(self, path: str, *, timeout: float = 2.0) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.monitor_url}{path}", timeout=timeout) as response:
@@ -376,3 +381,70 @@ class NatsCluster:
         if node.running:
             node.stop()
         return node.start(timeout=timeout)
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        """Every node's MQTT listener: any node serves any session."""
+        return [node.mqtt_url for node in self.nodes]
+
+    def consumers_everywhere(self, *topic_filters: str) -> bool:
+        """The MQTT subscriptions to ``topic_filters`` exist as consumers of ``$MQTT_msgs`` and every running replica
+        knows every consumer there is.  ``$MQTT_msgs`` keeps a message only while some consumer wants it, so a test
+        must see this before its devices publish (docs/cluster.md, finding 7)."""
+        wanted = {mqtt_subject(f) for f in topic_filters}
+        views = list(self.stream_info(MQTT_MSGS_STREAM))
+        if len(views) < len(self.running_nodes()):
+            return False
+        consumers = {c["name"]: c.get("config") or {} for _, d in views for c in d.get("consumer_detail") or []}
+        filters = {
+            f
+            for config in consumers.values()
+            for f in [config.get("filter_subject"), *(config.get("filter_subjects") or [])]
+        }
+        if not wanted <= filters:
+            return False
+        return all(int(d.get("state", {}).get("consumer_count", 0)) == len(consumers) for _, d in views)
+
+    def ack_pending(self, topic_filter: str) -> int:
+        """Messages delivered to the subscription ``topic_filter`` and not yet acknowledged, as the consumer's leader
+        counts them."""
+        return sum(int(c.get("num_ack_pending", 0)) for c in self.consumers(filter_subject=mqtt_subject(topic_filter)))
+
+
+def mqtt_subject(topic_filter: str) -> str:
+    """The ``$MQTT_msgs`` subject filter of an MQTT subscription: ``fgp/5/+/+/+`` -> ``$MQTT.msgs.fgp.5.*.*.*``."""
+    return "$MQTT.msgs." + topic_filter.replace("/", ".").replace("+", "*").replace("#", ">")
+
+
+def store_unmapped(node: NatsNode, topic: str, payload: bytes, *, timeout: float = 10.0) -> int:
+    """Put a QoS 1 message into ``$MQTT_msgs`` under the device's own, unmapped subject, as the server does with a
+    publish that escapes the mapping (docs/cluster.md, finding 1), and return its stream sequence.
+
+    The escape itself is a race (one pipelined connection in ten to forty): a test that needs one for sure creates
+    its result directly, through a JetStream publish on the node's NATS port (with the header the server's MQTT
+    layer puts on a QoS 1 publish), since an MQTT publish, or a plain NATS one, to that topic would be mapped.  MQTT
+    subscribers of the topic then receive it at QoS 1, as they receive a real escape."""
+    subject = "$MQTT.msgs." + topic.replace("/", ".")
+    headers = b"NATS/1.0\r\nNmqtt-Pub: 1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", node.client_port), timeout=timeout) as sock:
+        reader = sock.makefile("rb")
+        if not reader.readline().startswith(b"INFO "):
+            raise ServiceError(f"{node.name}: no NATS INFO line")
+        connect = {"verbose": False, "pedantic": False, "user": USER, "pass": PASSWORD, "headers": True}
+        sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nSUB _INBOX.store 1\r\n")
+        size = len(headers) + len(payload)
+        sock.sendall(f"HPUB {subject} _INBOX.store {len(headers)} {size}\r\n".encode() + headers + payload + b"\r\n")
+        while True:
+            line = reader.readline()
+            if not line:
+                raise ServiceError(f"{node.name} closed the NATS connection before the JetStream acknowledgement")
+            if line.startswith(b"-ERR"):
+                raise ServiceError(f"{node.name}: {line.decode().strip()}")
+            if line.startswith(b"PING"):
+                sock.sendall(b"PONG\r\n")
+                continue
+            if line.startswith((b"MSG ", b"HMSG ")):
+                body = json.loads(reader.read(int(line.split()[-1]) + 2))
+                if "error" in body or "seq" not in body:
+                    raise ServiceError(f"{node.name}: JetStream refused the message: {body}")
+                return int(body["seq"])

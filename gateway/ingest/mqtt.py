@@ -28,7 +28,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,7 @@ class Incoming:
     received_ms: int
     on_commit: Callable[[Rejected | None], None] | None = None
     lane: int = 0  # which MQTT session the message came by: MAIN_LANE or EVENT_LANE (its mid is acknowledged there)
+    retain: bool = False  # the PUBLISH's retain flag (the cluster's catch-all re-publishes with the same flag)
 
 
 MAIN_LANE = 0
@@ -160,21 +161,40 @@ class MqttIngest:
         ledger: FilterLedger | None = None,
         channels: tuple[str, ...] = CHANNELS,
         lane: int = MAIN_LANE,
+        client_id: str | None = None,
+        topics: Sequence[str] | None = None,
+        topic_rewrite: Callable[[str], str | None] | None = None,
+        urls: Sequence[str] | None = None,
+        may_reconnect: Callable[[], bool] | None = None,
+        generation: int = 0,
     ) -> None:
         """``lane=EVENT_LANE`` is the fast lane's session: it connects as ``<client_id>-events`` to ``channels``,
-        publishes no gateway status of its own and leaves the link metrics and ``on_link`` to the main session."""
-        self.config = (
-            config
-            if lane == MAIN_LANE
-            else config.model_copy(update={"client_id": f"{config.client_id}{EVENT_LANE_SUFFIX}"})
-        )
+        publishes no gateway status of its own and leaves the link metrics and ``on_link`` to the main session.
+
+        Cluster mode's partition sessions (gateway/ingest/partitions.py) use the other hooks: ``client_id`` as is
+        (no suffix, no will, no status: not the main session), ``topics`` in place of the channel filters,
+        ``topic_rewrite`` from the broker's topic to the one handed on (None: acknowledged at once and dropped; the
+        rewrite counts why), ``urls`` of the broker's nodes, tried in turn when one refuses or drops the connection,
+        ``may_reconnect`` asked before every reconnect (False ends :meth:`run`), and the first ``generation`` (a
+        session reopened in the same process must not take acknowledgements meant for its predecessor)."""
+        if client_id is not None:
+            config = config.model_copy(update={"client_id": client_id})
+        elif lane != MAIN_LANE:
+            config = config.model_copy(update={"client_id": f"{config.client_id}{EVENT_LANE_SUFFIX}"})
+        # every node of a cluster can serve any session: the same settings, one URL each
+        self._endpoints = [config.model_copy(update={"url": url}) for url in urls] if urls else [config]
+        self._endpoint = 0
+        self.config = self._endpoints[0]
         self._channels = channels
         self._lane = lane
-        self._primary = lane == MAIN_LANE
+        self._primary = lane == MAIN_LANE and client_id is None
+        self._topics = list(topics) if topics is not None else None
+        self._rewrite = topic_rewrite
+        self._may_reconnect = may_reconnect
         self._ledger = ledger
         self.metrics = metrics
         self._on_message = on_message
-        self.generation = 0
+        self.generation = generation
         self.connected = False
         self.connections = 0
         self._client: aiomqtt.Client | None = None
@@ -224,6 +244,10 @@ class MqttIngest:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay if attempt else 0.05)
+            if self._may_reconnect is not None and not self._stopping.is_set() and not self._may_reconnect():
+                # a partition whose lease is gone: reconnecting would take its session back from the new owner
+                log.info("MQTT session %s not reconnected: no longer ours", self.config.client_id)
+                break
 
     def _mark_disconnected(self) -> None:
         if self.connected and self.on_link is not None:
@@ -284,11 +308,40 @@ class MqttIngest:
                     payload=bytes(message.payload),
                     received_ms=int(time.time() * 1000),
                     lane=lane,
+                    retain=bool(message.retain),
                 )
             )
 
-        inner.on_message = on_message
+        inner.on_message = on_message if self._rewrite is None else self._rewriting(generation)
         return client
+
+    def _rewriting(self, generation: int) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+        """paho's ``on_message`` with ``topic_rewrite`` applied (kept apart: the main session's path is unchanged)."""
+        rewrite = self._rewrite
+        assert rewrite is not None
+        deliver = self._on_message
+        lane = self._lane
+
+        def on_message(client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+            topic = rewrite(message.topic)
+            if topic is None:
+                if message.qos:
+                    client.ack(message.mid, 1)  # refused for good: a redelivery would be refused again
+                return
+            deliver(
+                Incoming(
+                    generation=generation,
+                    mid=message.mid,
+                    qos=message.qos,
+                    topic=topic,
+                    payload=bytes(message.payload),
+                    received_ms=int(time.time() * 1000),
+                    lane=lane,
+                    retain=bool(message.retain),
+                )
+            )
+
+        return on_message
 
     def _catch_all(self) -> list[str]:
         """The whole district's filters, which a partitioned gateway's session may hold from before it was."""
@@ -301,7 +354,11 @@ class MqttIngest:
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
-            raise MqttUnavailable(f"cannot connect to {self.config.host}:{self.config.port}: {exc}") from exc
+            failed = self.config
+            if len(self._endpoints) > 1:  # any node can serve: the next one on the next attempt
+                self._endpoint = (self._endpoint + 1) % len(self._endpoints)
+                self.config = self._endpoints[self._endpoint]
+            raise MqttUnavailable(f"cannot connect to {failed.host}:{failed.port}: {exc}") from exc
         try:
             # Acknowledgements may flow from here on: a persistent session starts delivering right after CONNACK,
             # before our SUBSCRIBE is answered.  Holding back those acks would leave them in flight forever and
@@ -309,7 +366,7 @@ class MqttIngest:
             self._client = client
             self._paho = client._client
             self._install_reader()
-            wanted = subscriptions(self.config, self._channels)
+            wanted = self._topics if self._topics is not None else subscriptions(self.config, self._channels)
             stale = self._ledger.subscribing(wanted, catch_all=self._catch_all()) if self._ledger else []
             await client.subscribe([(topic, int(self.config.qos)) for topic in wanted])
             if stale:

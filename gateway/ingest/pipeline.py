@@ -35,7 +35,7 @@ from alerts.store import AlertStore
 from common.db import open_database
 from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
-from gateway.ingest.mqtt import Incoming
+from gateway.ingest.mqtt import EVENT_LANE, MAIN_LANE, Incoming
 from gateway.ingest.rejections import Rejections
 from gateway.metrics import Metrics
 from gateway.storage.influx import alert_line, reading_line
@@ -89,6 +89,8 @@ class Job:
 
     acks: list[tuple[int, int]] = field(default_factory=list)
     event_acks: list[tuple[int, int]] = field(default_factory=list)  # the fast lane's session (mqtt.event_lane)
+    # any other session's, by its lane (cluster mode: one session per partition, gateway/ingest/partitions.py)
+    lane_acks: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # other sources' acknowledgements, each with the contract's verdict on its message
     callbacks: list[tuple[Callable[[Rejected | None], None], Rejected | None]] = field(default_factory=list)
     telemetry: list[bytes] = field(default_factory=list)
@@ -118,6 +120,7 @@ class Pipeline:
         on_committed: Callable[[Job], None],
         ack: Callable[[list[tuple[int, int]]], int],
         ack_events: Callable[[list[tuple[int, int]]], int] | None = None,
+        ack_lanes: Callable[[Mapping[int, list[tuple[int, int]]]], int] | None = None,
         tick_interval_s: float = 1.0,
         gateway_topics: str = "firegrid/_gateway/",
     ) -> None:
@@ -139,6 +142,7 @@ class Pipeline:
         self._on_committed = on_committed
         self._ack = ack
         self._ack_events = ack_events
+        self._ack_lanes = ack_lanes
         self.tick_interval_s = tick_interval_s
         self.inbox: collections.deque[Incoming] = collections.deque()
         self.priority: collections.deque[Incoming] = collections.deque()
@@ -235,7 +239,13 @@ class Pipeline:
         for index, message in enumerate(batch):
             job.messages += 1
             if message.qos:
-                (job.event_acks if message.lane else job.acks).append((message.generation, message.mid))
+                lane = message.lane
+                if lane == MAIN_LANE:
+                    job.acks.append((message.generation, message.mid))
+                elif lane == EVENT_LANE:
+                    job.event_acks.append((message.generation, message.mid))
+                else:
+                    job.lane_acks.setdefault(lane, []).append((message.generation, message.mid))
             if message.topic.startswith(self._gateway_topics):
                 if message.on_commit is not None:
                     job.callbacks.append((message.on_commit, None))
@@ -354,6 +364,8 @@ class Pipeline:
                 self.metrics.acks.inc(self._ack(job.acks))
             if job.event_acks and self._ack_events is not None:
                 self.metrics.acks.inc(self._ack_events(job.event_acks))
+            if job.lane_acks and self._ack_lanes is not None:
+                self.metrics.acks.inc(self._ack_lanes(job.lane_acks))
             for callback, verdict in job.callbacks:
                 try:
                     callback(verdict)
