@@ -55,3 +55,22 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 def pg_url(postgres: PostgresServer) -> str:
     """The URL of a new, empty database on the shared server."""
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
+    """The store a test runs against, once per backend: a SQLite file in ``tmp_path``, or a fresh PostgreSQL
+    database on the session's server (cluster mode's store).  The test's connections to its database are ended
+    after it (a store the test did not close would otherwise hold the server's shutdown at the end of the run)."""
+    if request.param != "postgres":
+        yield tmp_path / "alerts.sqlite"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url: str = request.getfixturevalue("pg_url")
+    yield url
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (url.rsplit("/", 1)[1],)
+        )
