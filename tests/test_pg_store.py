@@ -107,3 +107,72 @@ def test_store_url_must_be_postgresql(tmp_path: Path) -> None:
     )
     done = _cli("check-config", str(config))
     assert done.returncode == 2 and "store.url" in done.stderr and "postgresql://" in done.stderr
+
+
+def test_period_facts_and_the_audit_export_read_the_same_on_either_store(store_target: str | Path) -> None:
+    """The report queries (correlated sub-selects, a UNION paged by row value) on both backends."""
+    from alerts.store import AlertStore
+    from testkit.emulators.scenario import alarm, notify_config
+
+    store = AlertStore(store_target, notify=notify_config(webhook_url="http://127.0.0.1:9/hook"))
+    try:
+        t0 = 1_700_000_000_000
+        changes = store.apply([alarm("yg01-sd-03a"), alarm("yg01-sd-04b")], now_ms=t0)
+        first = next(c.alert_id for c in changes if c.type == "alert.raised")
+        incident = next(c.incident_id for c in changes if c.type == "incident.opened")
+        assert first is not None and incident is not None
+        store.acknowledge_incident(incident, by="王网格", now_ms=t0 + 30_000)
+        store.resolve_incident(incident, actor="t", by_name="张站长", cause="real_fire", now_ms=t0 + 90_000)
+        facts = store.period_facts(start_ms=t0 - 1, end_ms=t0 + 100_000)
+        assert [(f.id, f.acknowledged_ms, f.resolved_ms, f.cause) for f in facts.incidents] == [
+            (incident, t0 + 30_000, t0 + 90_000, "real_fire")
+        ]
+        assert sorted(a.device for a in facts.alerts) == ["yg01-sd-03a", "yg01-sd-04b"]
+        assert store.period_facts(start_ms=t0 - 1, end_ms=t0 + 100_000, buildings=[]).incidents == ()
+        rows = list(store.audit_rows(start_ms=t0 - 1, end_ms=t0 + 100_000, buildings=["yg01"]))
+        assert [r.ts_ms for r in rows] == sorted(r.ts_ms for r in rows)
+        assert {(r.kind, r.action) for r in rows} >= {
+            ("alert", "raised"),
+            ("alert", "acknowledged"),
+            ("alert", "resolved"),
+            ("incident", "opened"),
+            ("incident", "resolved"),
+        }
+        detail = store.get_incident(incident)
+        assert detail is not None and detail.incident.state == "resolved" and len(detail.alerts) == 2
+        assert store.list_alerts(building=[]) == [] and len(store.list_alerts(building=["yg01"])) == 2
+    finally:
+        store.close()
+
+
+def test_retention_sweeps_the_postgresql_store_and_the_local_dead_letters(tmp_path: Path, pg_url: str) -> None:
+    from contextlib import closing
+
+    from alerts.store import AlertStore
+    from common.db import open_database
+    from gateway.config import RetentionConfig
+    from gateway.storage.retention import DAY_MS, Retention
+    from testkit.emulators.scenario import alarm
+
+    now = 1_790_000_000_000
+    store = AlertStore(pg_url)
+    old = store.apply([alarm("yg01-sd-03a")], now_ms=now - 500 * DAY_MS)[0].alert_id
+    kept = store.apply([alarm("yg02-sd-01", building="yg02")], now_ms=now - 500 * DAY_MS)[0].alert_id
+    assert old is not None and kept is not None
+    store.resolve(old, by="t", cause="false_alarm", now_ms=now - 499 * DAY_MS)  # resolved: goes; open: stays
+    local = tmp_path / "firegrid.sqlite"
+    with closing(open_database(local)) as db:
+        db.execute(
+            "INSERT INTO gateway_influx_dead_letters (ts_ms, status, error, line) VALUES (?, 400, 'bad', 'x')",
+            (now - 200 * DAY_MS,),
+        )
+    retention = Retention(local, config=RetentionConfig(batch_rows=2), url=pg_url)
+    try:
+        swept = retention.sweep(now_ms=now)
+        assert swept.alerts == 1 and swept.incidents == 1 and swept.dead_letters == 1
+        assert [a.id for a in store.list_alerts()] == [kept]
+        assert retention.sweep(now_ms=now).total == 0
+    finally:
+        retention.close()
+        store.close()
+    assert store_rows(local, "SELECT COUNT(*) AS n FROM gateway_influx_dead_letters") == [{"n": 0}]
