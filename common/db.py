@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias, overload
 
 from common.migrations import Migration, migrate
+from common.pg import PG_ERRORS, open_postgres
 from common.schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 30.0
@@ -105,11 +106,8 @@ def dialect_of(db: Connection) -> Dialect:
     return "sqlite" if isinstance(db, sqlite3.Connection) else "postgres"
 
 
-def database_errors() -> tuple[type[Exception], ...]:
-    """The exceptions either backend's driver raises (for an owner that must not fail on a store error)."""
-    from common.pg import PG_ERRORS
-
-    return (sqlite3.Error, *PG_ERRORS)
+# The exceptions either backend's driver raises (for an owner that must not fail on a store error).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *PG_ERRORS)
 
 
 @overload
@@ -147,8 +145,6 @@ def open_database(
     migration raised (the store then stays at the version it had) and ``common.pg.StoreUnreachable`` when the
     PostgreSQL server cannot be reached."""
     if is_postgres_url(target):
-        from common.pg import open_postgres
-
         return open_postgres(str(target), migrations=MIGRATIONS if migrations is None else migrations)
     return open_sqlite(target, row_factory=row_factory, migrations=migrations)
 

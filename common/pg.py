@@ -20,7 +20,6 @@ What the adapter does, and why it does so little:
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -172,13 +171,12 @@ class PgCursor:
 
 
 class PgConnection:
-    """A :class:`common.db.Connection` over one psycopg connection in autocommit mode.  Thread-safe as the owners
-    use it (each behind its own lock); the lock here only keeps two threads from interleaving one statement."""
+    """A :class:`common.db.Connection` over one psycopg connection in autocommit mode.  Used as the owners use a
+    SQLite connection: each behind its own lock (psycopg serializes the statements of one connection as well)."""
 
     def __init__(self, conn: psycopg.Connection[Row], *, url: str) -> None:
         self._conn = conn
         self.url = url
-        self._lock = threading.Lock()
 
     @property
     def in_transaction(self) -> bool:

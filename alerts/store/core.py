@@ -32,7 +32,7 @@ import orjson
 from alerts.config import NotifyConfig
 from alerts.dispatch import DispatchPlan
 from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentFacts, IncidentRecord, OutboxItem
-from common.db import Connection, Cursor, Row, database_errors, dialect_of
+from common.db import DATABASE_ERRORS, Connection, Cursor, Row, dialect_of
 
 Fence = Callable[[Cursor], None]
 
@@ -207,7 +207,7 @@ class Tx:
                 if self.core.outbox_listeners:
                     try:
                         fresh = self.core.fresh_outbox(self.cur)
-                    except database_errors():  # the hand-off is a shortcut: the commit must not fail for it
+                    except DATABASE_ERRORS:  # the hand-off is a shortcut: the commit must not fail for it
                         log.exception("reading the new outbox rows failed; the notifier's round finds them")
                         if self.core.dialect == "postgres":
                             raise  # a failed statement aborts a PostgreSQL transaction: COMMIT would roll back

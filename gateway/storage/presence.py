@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from common.db import Connection, database_errors, dialect_of, open_database
+from common.db import DATABASE_ERRORS, Connection, dialect_of, open_database
 from gateway.config import FiregridConfig
 from rules.types import DeviceRef, MetricValue, Reading, StatusChange
 
@@ -306,7 +306,7 @@ class Presence:
                     self._db.execute("SELECT 1")
                 self._db.execute("ROLLBACK")
             return True
-        except database_errors():
+        except DATABASE_ERRORS:
             return False
 
     def close(self) -> None:
