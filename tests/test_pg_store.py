@@ -19,6 +19,7 @@ import pytest
 from testkit.emulators.scenario import WEBHOOK_SECRET
 from testkit.emulators.webhook_receiver import WebhookReceiver
 from testkit.gateway import ROOT, Gateway, Publisher, store_rows, write_config
+from testkit.postgres import PostgresServer
 from testkit.services import MosquittoServer, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -176,3 +177,69 @@ def test_retention_sweeps_the_postgresql_store_and_the_local_dead_letters(tmp_pa
         retention.close()
         store.close()
     assert store_rows(local, "SELECT COUNT(*) AS n FROM gateway_influx_dead_letters") == [{"n": 0}]
+
+
+def test_a_reply_code_taken_by_a_concurrent_writer_is_drawn_again(
+    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways open incidents at once and draw the same SMS reply code: the unique index makes the second
+    wait for the first, find the code taken and draw another; both incidents stay open, with different codes."""
+    import secrets
+    import threading
+
+    from alerts.store import AlertStore
+    from testkit.emulators.scenario import alarm, notify_config
+
+    monkeypatch.setattr(secrets, "randbelow", lambda n: 0)  # every draw the smallest code of its length
+    notify = notify_config(webhook_url="http://127.0.0.1:9/hook")
+    first, second = AlertStore(pg_url, notify=notify), AlertStore(pg_url, notify=notify)
+    inserted, go_on = threading.Event(), threading.Event()
+
+    def hold(cur: object) -> None:
+        inserted.set()  # incident with code 1000 inserted, not committed
+        assert go_on.wait(10)
+
+    worker = threading.Thread(target=first.apply, args=([alarm("yg01-sd-03a")],), kwargs={"now_ms": 1, "also": hold})
+    worker.start()
+    other = threading.Thread(target=second.apply, args=([alarm("yg02-sd-01", building="yg02")],), kwargs={"now_ms": 1})
+    try:
+        assert inserted.wait(10)
+        other.start()
+        # The second writer's INSERT waits on the first's uncommitted code (a lock wait the server reports).
+        deadline = time.monotonic() + 10
+        database = pg_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres.url(), autocommit=True) as watch:
+            while not watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (database,)
+            ).fetchone():
+                assert time.monotonic() < deadline, "the second writer never waited on the code"
+                time.sleep(0.01)
+    finally:
+        go_on.set()
+        worker.join(10)
+        other.join(10)
+    codes = {i.building: i.ack_code for i in first.list_incidents(state="open")}
+    assert codes["yg01"] == "1000" and codes["yg02"] not in ("1000", None) and len(codes) == 2
+    first.close()
+    second.close()
+
+
+def test_a_lost_postgresql_server_fails_the_write_and_frees_the_store(tmp_path: Path) -> None:
+    """The server goes away under a running store: a write raises a driver error (the gateway's group commit then
+    stops, acknowledging nothing) instead of hanging, and the store's lock is not left held."""
+    from alerts.store import AlertStore
+    from common.db import DATABASE_ERRORS
+    from testkit.emulators.scenario import alarm
+    from testkit.postgres import PostgresServer as Server
+
+    server = Server(workdir=tmp_path / "pg").start()
+    try:
+        store = AlertStore(server.create_database())
+        store.apply([alarm("yg01-sd-03a")], now_ms=1)
+        server.kill()
+        for _ in range(2):  # and again: the first failure released the store's lock
+            with pytest.raises(DATABASE_ERRORS):
+                store.apply([alarm("yg01-sd-04b")], now_ms=2)
+        store.close()
+    finally:
+        server.remove()
