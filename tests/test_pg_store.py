@@ -243,3 +243,28 @@ def test_a_lost_postgresql_server_fails_the_write_and_frees_the_store(tmp_path: 
         store.close()
     finally:
         server.remove()
+
+
+def test_a_gateway_recovers_and_drains_only_its_own_buildings_outbox(store_target: str | Path) -> None:
+    """Cluster mode's outbox scope, on either store: each row names its building; ``due``, ``next_due_ms`` and the
+    restart's ``recover`` take a building filter (another gateway's sends in flight are not "interrupted")."""
+    from alerts.store import AlertStore
+    from testkit.emulators.scenario import alarm, notify_config
+
+    store = AlertStore(store_target, notify=notify_config(webhook_url="http://127.0.0.1:9/hook"))
+    try:
+        store.apply([alarm("yg01-sd-03a"), alarm("yg02-sd-01", building="yg02")], now_ms=1)
+        rows = store.outbox()
+        by_building = {b: {i.id for i in store.due(now_ms=5, buildings=[b])} for b in ("yg01", "yg02")}
+        assert by_building["yg01"] and by_building["yg02"] and not by_building["yg01"] & by_building["yg02"]
+        assert by_building["yg01"] | by_building["yg02"] == {r.id for r in rows}
+        mine, theirs = min(by_building["yg01"]), min(by_building["yg02"])
+        assert store.claim(mine, now_ms=2) is not None and store.claim(theirs, now_ms=2) is not None
+        assert store.claim(mine, now_ms=3) is None  # claimed once
+        assert store.recover(now_ms=4, buildings=["yg01"]) == 1
+        states = {r.id: r.state for r in store.outbox()}
+        assert states[mine] == "unknown" and states[theirs] == "attempting"
+        assert store.next_due_ms(buildings=["yg01"], channels=["webhook"]) == 1
+        assert store.recover(now_ms=4, buildings=[]) == 0
+    finally:
+        store.close()

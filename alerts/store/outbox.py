@@ -16,20 +16,26 @@ class Outbox:
 
     _core: Core
 
-    def recover(self, *, now_ms: int) -> int:
+    def recover(self, *, now_ms: int, buildings: Collection[str] | None = None) -> int:
         """After a restart: an SMS caught in ``attempting`` may or may not have gone out.  It becomes ``unknown``
-        (to reconcile with the provider), never a blind resend."""
+        (to reconcile with the provider), never a blind resend.  ``buildings``: only the rows of these buildings
+        (in cluster mode another gateway's rows in ``attempting`` are its sends in flight, not interrupted ones)."""
+        scope, args = "", []
+        if buildings is not None:
+            wanted = list(buildings)
+            scope = f" AND building IN ({','.join('?' * len(wanted))})" if wanted else " AND 1 = 0"
+            args = wanted
         with self._core.tx() as cur:
             # A robot message is at least once (like a webhook): one interrupted mid-request goes again.
             cur.execute(
                 "UPDATE outbox SET state = 'pending', next_ms = ?, last_error = 'interrupted while sending'"
-                " WHERE state = 'attempting' AND channel = 'robot'",
-                (now_ms,),
+                " WHERE state = 'attempting' AND channel = 'robot'" + scope,
+                (now_ms, *args),
             )
             cur.execute(
                 "UPDATE outbox SET state = 'unknown', done_ms = ?, last_error = 'interrupted while sending'"
-                " WHERE state = 'attempting'",
-                (now_ms,),
+                " WHERE state = 'attempting'" + scope,
+                (now_ms, *args),
             )
             return int(cur.rowcount)
 
