@@ -11,6 +11,8 @@ What the adapter does, and why it does so little:
   included, so a literal ``%`` (``LIKE 'a%'``) is doubled.  A statement run without parameters is sent untouched
   (psycopg then does not parse it), so DDL and ``BEGIN`` pass as written.
 * Rows answer by index and by name (:class:`Row`), like ``sqlite3.Row``, whatever the owner asked for.
+* A ``bool`` parameter is sent as 0/1, as SQLite stores it (the flags are integer columns on both).
+* Not understood by the placeholder scan: ``/* */`` comments and dollar-quoted strings (no owner writes them).
 * Autocommit: the owners write ``BEGIN``/``COMMIT``/``ROLLBACK`` themselves, as on SQLite, so one of them alone
   decides what a transaction holds (the alert store: a whole engine batch with its outbox rows and the engine
   snapshots).  ``synchronous_commit`` keeps the server's default (on): a ``COMMIT`` that returned is durable, which
@@ -134,6 +136,12 @@ def translate(sql: str) -> str:
     return "".join(out)
 
 
+def _params(values: Sequence[Any]) -> tuple[Any, ...]:
+    # A flag is an integer column (the schema is SQLite's, which has no boolean type): a Python bool would reach
+    # PostgreSQL as a boolean and be refused for a BIGINT column, where SQLite stores it as 0/1.
+    return tuple(int(v) if isinstance(v, bool) else v for v in values)
+
+
 class PgCursor:
     """A :class:`common.db.Cursor` over a psycopg cursor."""
 
@@ -146,13 +154,13 @@ class PgCursor:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
         if parameters:
-            self._cur.execute(translate(sql), tuple(parameters))
+            self._cur.execute(translate(sql), _params(parameters))
         else:
             self._cur.execute(sql.encode())  # bytes: psycopg sends it as written, no placeholder parsing
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> PgCursor:
-        rows = [tuple(p) for p in seq_of_parameters]
+        rows = [_params(p) for p in seq_of_parameters]
         if rows:
             self._cur.executemany(translate(sql), rows)
         return self

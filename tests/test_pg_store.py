@@ -268,3 +268,24 @@ def test_a_gateway_recovers_and_drains_only_its_own_buildings_outbox(store_targe
         assert store.recover(now_ms=4, buildings=[]) == 0
     finally:
         store.close()
+
+
+def test_the_adapter_translates_placeholders_only_outside_quoted_text(pg_url: str) -> None:
+    from common.db import open_database
+    from common.pg import translate
+
+    assert translate("SELECT '?', \"a?\", ? -- why?\nFROM t WHERE x LIKE 'a%' AND y = ?") == (
+        "SELECT '?', \"a?\", %s -- why?\nFROM t WHERE x LIKE 'a%%' AND y = %s"
+    )
+    assert translate("SELECT 'it''s ?', ?") == "SELECT 'it''s ?', %s"
+    db = open_database(pg_url)
+    try:
+        row = db.execute("SELECT '?%' AS q, ? AS a, ? AS flag", ("x", True)).fetchone()
+        assert row["q"] == "?%" and row[1] == "x" and row["flag"] == 1 and tuple(row) == ("?%", "x", 1)
+        assert db.execute("SELECT 'no parameters: 100%'").fetchone() == ("no parameters: 100%",)
+        assert not db.in_transaction
+        db.execute("BEGIN")
+        assert db.in_transaction
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
