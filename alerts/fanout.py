@@ -8,10 +8,9 @@ alert causes are durable together with the alert.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -20,7 +19,70 @@ from alerts.links import link_for
 from alerts.records import iso
 from alerts.robots.render import IncidentUpdate
 from alerts.routing import Recipient, ack_timeout_s, recipients, robots_for, tier_count, voice_tier
+from common.db import Cursor, Row
 from rules.types import Severity
+
+
+class OutboxCursor(Cursor, Protocol):
+    """The cursor of the store's write transaction (``alerts.store.core.TxCursor``): it learns of every outbox row
+    the transaction inserts, which it hands to the notifier after the commit."""
+
+    def outbox_added(self, item_id: int, priority: int) -> None: ...
+
+
+# Two-argument MAX/MIN are SQLite's; CASE is everyone's.  (``pages.severity``, qualified: in an upsert PostgreSQL
+# would find the bare name ambiguous with ``excluded``.)
+_RAISE_PRIORITY = "priority = CASE WHEN priority < ? THEN ? ELSE priority END"
+_KEEP_WORST_PAGE = (
+    "severity = CASE WHEN excluded.severity > pages.severity THEN excluded.severity ELSE pages.severity END"
+)
+
+
+def insert_outbox(
+    cur: OutboxCursor,
+    *,
+    msg_id: str,
+    channel: str,
+    target: str,
+    event: str,
+    priority: int,
+    alert_id: int | None,
+    incident_id: int | None,
+    recipient: str | None,
+    phone: str | None,
+    body: bytes,
+    next_ms: int,
+    created_ms: int,
+    dedup: str | None,
+    building: str | None,
+) -> int:
+    """One pending outbox row; its id (from ``RETURNING``, which the hand-off needs on PostgreSQL, where ids of
+    concurrent transactions commit out of order).  ``building``: whose gateway drains it in cluster mode."""
+    row = cur.execute(
+        "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient, phone,"
+        " body, state, next_ms, created_ms, dedup, building) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?,?)"
+        " RETURNING id",
+        (
+            msg_id,
+            channel,
+            target,
+            event,
+            priority,
+            alert_id,
+            incident_id,
+            recipient,
+            phone,
+            body,
+            next_ms,
+            created_ms,
+            dedup,
+            building,
+        ),
+    ).fetchone()
+    item_id = int(row[0])
+    cur.outbox_added(item_id, priority)
+    return item_id
+
 
 SEVERITY_ZH = {"fire": "火警", "supervisory": "监管告警", "trouble": "故障", "warning": "预警"}
 
@@ -43,7 +105,7 @@ def _matches(pattern: str, event: str) -> bool:
     return pattern == event
 
 
-def _location(row: sqlite3.Row) -> str:
+def _location(row: Row) -> str:
     floor = row["floor"]
     parts = []
     if floor is not None:
@@ -81,7 +143,7 @@ def escalate_at(
 
 
 def enqueue(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     notify: NotifyConfig,
     event: str,
     data: Mapping[str, Any],
@@ -120,40 +182,36 @@ def enqueue(
         for row in rows:
             dedup = f"{event}:{subject}:{row[1]}"
             cur.execute(
-                "UPDATE outbox SET body = ?, priority = MAX(priority, ?) WHERE dedup = ? AND state = 'pending'",
-                (body, row[2], dedup),
+                f"UPDATE outbox SET body = ?, {_RAISE_PRIORITY} WHERE dedup = ? AND state = 'pending'",
+                (body, row[2], row[2], dedup),
             )
             if cur.rowcount == 0:
                 fresh.append((*row, dedup))
         rows_d = fresh
     else:
         rows_d = [(*row, None) for row in rows]
-    if rows_d:
-        cur.executemany(
-            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-            [
-                (
-                    f"msg_{uuid.uuid4().hex}",
-                    ch,
-                    target,
-                    event,
-                    prio,
-                    alert_id,
-                    incident_id,
-                    rcp,
-                    phone,
-                    body,
-                    now_ms,
-                    now_ms,
-                    dedup,
-                )
-                for ch, target, prio, rcp, phone, dedup in rows_d
-            ],
+    building = data.get("building")
+    for ch, target, prio, rcp, phone, dedup in rows_d:
+        insert_outbox(
+            cur,
+            msg_id=f"msg_{uuid.uuid4().hex}",
+            channel=ch,
+            target=target,
+            event=event,
+            priority=prio,
+            alert_id=alert_id,
+            incident_id=incident_id,
+            recipient=rcp,
+            phone=phone,
+            body=body,
+            next_ms=now_ms,
+            created_ms=now_ms,
+            dedup=dedup,
+            building=None if building is None else str(building),
         )
 
 
-def _params(row: sqlite3.Row, building_names: Mapping[str, str], lang: str) -> dict[str, str]:
+def _params(row: Row, building_names: Mapping[str, str], lang: str) -> dict[str, str]:
     severity = Severity(int(row["severity"]))
     return {
         "building": building_names.get(row["building"], row["building"])[:20],
@@ -178,10 +236,10 @@ def _add_link(
 
 
 def call(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     notify: NotifyConfig,
     building_names: Mapping[str, str],
-    row: sqlite3.Row,
+    row: Row,
     people: list[Recipient],
     *,
     tier: int,
@@ -199,29 +257,27 @@ def call(
         body = orjson.dumps({"lang": person.lang, "params": _params(row, building_names, person.lang), "tier": tier})
         msg_id = f"voice_{uuid.uuid4().hex}"
         _paged(cur, incident_id, now_ms, msg_id=msg_id, person=person, why=f"tier {tier}", channel="voice")
-        cur.execute(
-            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-            (
-                msg_id,
-                "voice",
-                "voice",
-                "voice.call",
-                prio,
-                int(row["id"]),
-                incident_id,
-                person.name,
-                person.phone,
-                body,
-                now_ms,
-                now_ms,
-                key,
-            ),
+        insert_outbox(
+            cur,
+            msg_id=msg_id,
+            channel="voice",
+            target="voice",
+            event="voice.call",
+            priority=prio,
+            alert_id=int(row["id"]),
+            incident_id=incident_id,
+            recipient=person.name,
+            phone=person.phone,
+            body=body,
+            next_ms=now_ms,
+            created_ms=now_ms,
+            dedup=key,
+            building=str(row["building"]),
         )
 
 
 def page(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     notify: NotifyConfig,
     building_names: Mapping[str, str],
     alert_id: int,
@@ -275,40 +331,39 @@ def page(
         if waiting is not None:
             # Coalesce: the SMS not yet sent carries the newest picture (severity, count).
             cur.execute(
-                "UPDATE outbox SET body = ?, priority = MAX(priority, ?), alert_id = ? WHERE id = ?",
-                (body, prio, alert_id, waiting["id"]),
+                f"UPDATE outbox SET body = ?, {_RAISE_PRIORITY}, alert_id = ? WHERE id = ?",
+                (body, prio, prio, alert_id, waiting["id"]),
             )
             cur.execute(
-                "UPDATE pages SET severity = MAX(severity, ?) WHERE incident_id = ? AND phone = ?",
-                (int(severity), incident_id, person.phone),
+                "UPDATE pages SET severity = CASE WHEN severity < ? THEN ? ELSE severity END"
+                " WHERE incident_id = ? AND phone = ?",
+                (int(severity), int(severity), incident_id, person.phone),
             )
             continue
         if page is not None and int(page["severity"]) >= int(severity):
             continue  # this person already has this incident at this severity
         send_at = now_ms if page is None else max(now_ms, int(page["last_ms"]) + interval_ms)
         msg_id = f"sms_{uuid.uuid4().hex}"
-        cur.execute(
-            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-            (
-                msg_id,
-                "sms",
-                "sms",
-                "sms.page",
-                prio,
-                alert_id,
-                incident_id,
-                person.name,
-                person.phone,
-                body,
-                send_at,
-                now_ms,
-                dedup,
-            ),
+        insert_outbox(
+            cur,
+            msg_id=msg_id,
+            channel="sms",
+            target="sms",
+            event="sms.page",
+            priority=prio,
+            alert_id=alert_id,
+            incident_id=incident_id,
+            recipient=person.name,
+            phone=person.phone,
+            body=body,
+            next_ms=send_at,
+            created_ms=now_ms,
+            dedup=dedup,
+            building=str(row["building"]),
         )
         cur.execute(
             "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
-            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            f" ON CONFLICT(incident_id, phone) DO UPDATE SET {_KEEP_WORST_PAGE},"
             " last_ms = excluded.last_ms",
             (incident_id, person.phone, int(severity), send_at),
         )
@@ -317,7 +372,7 @@ def page(
 
 
 def page_incident(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     notify: NotifyConfig,
     building_names: Mapping[str, str],
     incident_id: int,
@@ -369,28 +424,26 @@ def page_incident(
         )
         if cur.rowcount:
             continue
-        cur.execute(
-            "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-            " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-            (
-                msg_id,
-                "sms",
-                "sms",
-                "sms.page",
-                priority(int(severity), "sms", news=True),
-                row["alert_id"],
-                incident_id,
-                person.name,
-                person.phone,
-                body,
-                now_ms,
-                now_ms,
-                dedup,
-            ),
+        insert_outbox(
+            cur,
+            msg_id=msg_id,
+            channel="sms",
+            target="sms",
+            event="sms.page",
+            priority=priority(int(severity), "sms", news=True),
+            alert_id=row["alert_id"],
+            incident_id=incident_id,
+            recipient=person.name,
+            phone=person.phone,
+            body=body,
+            next_ms=now_ms,
+            created_ms=now_ms,
+            dedup=dedup,
+            building=str(row["building"]),
         )
         cur.execute(
             "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
-            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            f" ON CONFLICT(incident_id, phone) DO UPDATE SET {_KEEP_WORST_PAGE},"
             " last_ms = excluded.last_ms",
             (incident_id, person.phone, int(severity), now_ms),
         )
@@ -405,7 +458,7 @@ def mask_phone(phone: str) -> str:
 
 
 def _paged(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     incident_id: int,
     now_ms: int,
     *,
@@ -436,7 +489,7 @@ ROBOT_STATUS: dict[str, str | None] = {
 }
 
 
-def _status_now(cur: sqlite3.Cursor, incident: sqlite3.Row) -> str:
+def _status_now(cur: OutboxCursor, incident: Row) -> str:
     if incident["closed_ms"] is not None:
         return "resolved"
     if incident["state"] in ("dispatched", "on_scene", "resolved"):
@@ -451,7 +504,7 @@ def _status_now(cur: sqlite3.Cursor, incident: sqlite3.Row) -> str:
     return "raised"
 
 
-def _by(cur: sqlite3.Cursor, incident_id: int, status: str, alerts: Sequence[sqlite3.Row]) -> str | None:
+def _by(cur: OutboxCursor, incident_id: int, status: str, alerts: Sequence[Row]) -> str | None:
     """Who took the step ``status`` reports: the incident's timeline, else the alert that took it alone."""
     step = cur.execute(
         "SELECT actor, by_name, detail FROM incident_events WHERE incident_id = ? AND action = ?"
@@ -472,7 +525,7 @@ def _by(cur: sqlite3.Cursor, incident_id: int, status: str, alerts: Sequence[sql
 
 
 def tell_robots(
-    cur: sqlite3.Cursor,
+    cur: OutboxCursor,
     notify: NotifyConfig,
     building_names: Mapping[str, str],
     event: str,
@@ -550,34 +603,32 @@ def tell_robots(
         if event == "incident.updated" and seen is not None and int(severity) <= int(seen["severity"]):
             send_at = max(now_ms, int(seen["last_ms"]) + robot.update_interval_s * 1000)
         cur.execute(
-            "UPDATE outbox SET body = ?, priority = MAX(priority, ?), event = ?, next_ms = MIN(next_ms, ?)"
-            " WHERE dedup = ? AND state = 'pending'",
-            (body, prio, f"robot.{status}", send_at, dedup),
+            f"UPDATE outbox SET body = ?, {_RAISE_PRIORITY}, event = ?,"
+            " next_ms = CASE WHEN next_ms > ? THEN ? ELSE next_ms END WHERE dedup = ? AND state = 'pending'",
+            (body, prio, prio, f"robot.{status}", send_at, send_at, dedup),
         )
         if not cur.rowcount:
-            cur.execute(
-                "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, recipient,"
-                " phone, body, state, next_ms, created_ms, dedup) VALUES (?,?,?,?,?,?,?,?,?,?,'pending',?,?,?)",
-                (
-                    f"robot_{uuid.uuid4().hex}",
-                    "robot",
-                    robot.target,
-                    f"robot.{status}",
-                    prio,
-                    None,
-                    incident_id,
-                    name,
-                    None,
-                    body,
-                    send_at,
-                    now_ms,
-                    dedup,
-                ),
+            insert_outbox(
+                cur,
+                msg_id=f"robot_{uuid.uuid4().hex}",
+                channel="robot",
+                target=robot.target,
+                event=f"robot.{status}",
+                priority=prio,
+                alert_id=None,
+                incident_id=incident_id,
+                recipient=name,
+                phone=None,
+                body=body,
+                next_ms=send_at,
+                created_ms=now_ms,
+                dedup=dedup,
+                building=str(incident["building"]),
             )
         due = cur.execute("SELECT next_ms FROM outbox WHERE dedup = ? AND state = 'pending'", (dedup,)).fetchone()
         cur.execute(
             "INSERT INTO pages (incident_id, phone, severity, last_ms) VALUES (?,?,?,?)"
-            " ON CONFLICT(incident_id, phone) DO UPDATE SET severity = MAX(severity, excluded.severity),"
+            f" ON CONFLICT(incident_id, phone) DO UPDATE SET {_KEEP_WORST_PAGE},"
             " last_ms = excluded.last_ms",
             (incident_id, robot.target, int(severity), int(due[0]) if due is not None else send_at),
         )

@@ -1,4 +1,8 @@
-"""The one way to open the SQLite store: one pragma policy, and the schema brought to the current version.
+"""The one way to open the store: SQLite (a file, the default) or PostgreSQL (cluster mode), with its schema brought
+to the current version, behind one small typed connection interface (:class:`Connection`, :class:`Cursor`) that both
+backends satisfy, so mypy checks every owner's code against both.
+
+SQLite: one pragma policy for every connection.
 
 Every owner of the file (the alert store, presence, engine snapshots, the MQTT filter ledger, InfluxDB dead letters)
 opens its own connection with ``open_database``; none of them creates tables any more.
@@ -26,38 +30,133 @@ The pragma policy, and why it is the same for every connection:
   transaction each.
 * ``check_same_thread=False``: the owners are used from the event loop and from the commit thread, each behind its
   own lock.
+
+PostgreSQL (``open_database("postgresql://...")``): :class:`common.pg.PgConnection` over a psycopg 3 connection in
+autocommit mode, so that the owners' own ``BEGIN``/``COMMIT`` decide what one transaction holds, as on SQLite; the
+server's ``synchronous_commit`` is left on (a commit is durable before the gateway acknowledges its messages).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, TypeAlias, overload
 
 from common.migrations import Migration, migrate
+from common.pg import PG_ERRORS, open_postgres
 from common.schema import MIGRATIONS
 
 BUSY_TIMEOUT_S = 30.0
 
 RowFactory = Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]
 
+Dialect = Literal["sqlite", "postgres"]
+
+PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+# A row as the owners read it: by index, by name (``sqlite3.Row``, ``common.pg.Row``), as a sequence.  Dynamically
+# typed, as the sqlite3 API's rows are: the record classes read their columns and convert them.
+Row: TypeAlias = Any
+
+
+class Cursor(Protocol):
+    """What the owners use of a cursor; ``sqlite3.Cursor`` and :class:`common.pg.PgCursor` both are one.  Rows are
+    ``Any`` as in the sqlite3 API: by index always, by name for an owner that asked for named rows (every
+    PostgreSQL row answers both)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> Cursor: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the owners use of a connection (autocommit: they write ``BEGIN``/``COMMIT`` themselves)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> Cursor: ...
+
+    def cursor(self) -> Cursor: ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(PG_SCHEMES)
+
+
+def dialect_of(db: Connection) -> Dialect:
+    return "sqlite" if isinstance(db, sqlite3.Connection) else "postgres"
+
+
+# The exceptions either backend's driver raises (for an owner that must not fail on a store error).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *PG_ERRORS)
+
+
+@overload
+def open_database(
+    target: Path,
+    *,
+    row_factory: RowFactory | None = None,
+    migrations: Sequence[Migration] | None = None,
+) -> sqlite3.Connection: ...
+
+
+@overload
+def open_database(
+    target: str | Path,
+    *,
+    row_factory: RowFactory | None = None,
+    migrations: Sequence[Migration] | None = None,
+) -> Connection: ...
+
 
 def open_database(
+    target: str | Path,
+    *,
+    row_factory: RowFactory | None = None,
+    migrations: Sequence[Migration] | None = None,
+) -> Connection:
+    """Open the store at ``target``, migrated to the latest version: a path (SQLite, created with its directory if
+    need be) or a ``postgresql://`` URL.
+
+    ``row_factory``: e.g. ``sqlite3.Row`` for an owner that reads columns by name (SQLite only; PostgreSQL rows
+    always answer by name and by index).  ``migrations``: the schema's list, ``common.schema.MIGRATIONS``, unless
+    given (tests pass their own).
+
+    Raises ``common.migrations.SchemaTooNew`` for a store from a newer release, ``MigrationFailed`` when a
+    migration raised (the store then stays at the version it had) and ``common.pg.StoreUnreachable`` when the
+    PostgreSQL server cannot be reached."""
+    if is_postgres_url(target):
+        return open_postgres(str(target), migrations=MIGRATIONS if migrations is None else migrations)
+    return open_sqlite(target, row_factory=row_factory, migrations=migrations)
+
+
+def open_sqlite(
     path: str | Path,
     *,
     row_factory: RowFactory | None = None,
     migrations: Sequence[Migration] | None = None,
 ) -> sqlite3.Connection:
-    """Open (creating it and its directory if need be) the store at ``path``, migrated to the latest version.
-
-    ``row_factory``: e.g. ``sqlite3.Row`` for an owner that reads columns by name (Python-side only; the database
-    sees the same connection either way).  ``migrations``: the schema's list, ``common.schema.MIGRATIONS``, unless
-    given (tests pass their own).
-
-    Raises ``common.migrations.SchemaTooNew`` for a file from a newer release and ``MigrationFailed`` when a
-    migration raised (the file then stays at the version it had)."""
+    """``open_database`` for a file, typed as the sqlite3 connection itself: for the owners that stay local per
+    machine even in cluster mode (the MQTT filter ledger, InfluxDB's dead letters) and SQLite-only tools."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)

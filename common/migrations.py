@@ -1,4 +1,5 @@
-"""Schema versions of the SQLite store: an ordered list of migrations, tracked in ``PRAGMA user_version``.
+"""Schema versions of the store: an ordered list of migrations, tracked in ``PRAGMA user_version`` on SQLite and in
+the one-row table ``schema_version`` on PostgreSQL (:func:`common.pg.migrate_postgres`).
 
 A migration is a version number and either an SQL script or a function of the connection.  ``migrate`` applies the
 ones above the file's ``user_version`` in order, each in ONE transaction together with its version bump, so a
@@ -14,6 +15,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.db import Connection
 
 
 class SchemaError(Exception):
@@ -47,11 +52,14 @@ class MigrationFailed(SchemaError):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Migration:
     """One schema step.  ``apply`` is an SQL script (statements separated by ``;``) or a function that changes the
-    schema through the connection it is given; either runs inside the migration's transaction and must not commit."""
+    schema through the connection it is given; either runs inside the migration's transaction and must not commit.
+    ``postgres``: the same step for a PostgreSQL store (same version number, same meaning); a list of migrations
+    with a step that has none cannot open a PostgreSQL store."""
 
     version: int
     name: str
     apply: str | Callable[[sqlite3.Connection], None]
+    postgres: str | Callable[[Connection], None] | None = None
 
 
 def latest_version(migrations: Sequence[Migration]) -> int:

@@ -143,7 +143,25 @@ class InfluxConfig(Section):
 
 
 class StoreConfig(Section):
+    """``path``: the SQLite store (the default).  ``url``: cluster mode's shared PostgreSQL store
+    (``postgresql://user@host:port/db``; a password is better kept out of the file, in ``PGPASSWORD`` or
+    ``~/.pgpass``, which libpq reads).  With ``url`` the shared state (alerts, incidents, outbox, presence, engine
+    snapshots, inspections) lives there and ``path`` keeps only what is this machine's own: the MQTT filter ledger
+    and InfluxDB's dead letters."""
+
     path: Path = Path("var/firegrid.sqlite")
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// (or postgres://) URL")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if self.url else "sqlite"
 
 
 # ``ingest`` can only push telemetry (POST /api/v1/ingest/...): a vendor's gateway holds it, and it reads nothing.

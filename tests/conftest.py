@@ -52,6 +52,25 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 @pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    """The URL of a new, empty database on the shared server."""
-    return postgres.create_database()
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the shared server.  The test's connections to it are ended after it (a
+    store the test did not close, a failed one's above all, would otherwise hold the server's shutdown at the end of
+    the run)."""
+    url = postgres.create_database()
+    yield url
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (url.rsplit("/", 1)[1],)
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """The store a test runs against, once per backend: a SQLite file in ``tmp_path``, or a fresh PostgreSQL
+    database on the session's server (cluster mode's store)."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return tmp_path / "alerts.sqlite"

@@ -13,18 +13,18 @@ from testkit.emulators.scenario import alarm, notify_config, sms_section
 T0 = 1_700_000_000_000
 
 
-def make_store(tmp_path: Path, **kwargs: object) -> AlertStore:
+def make_store(target: str | Path, **kwargs: object) -> AlertStore:
     config = notify_config(
         webhook_url="http://127.0.0.1:9/hook",
         sms=sms_section("aliyun", "http://127.0.0.1:9"),
         governance_url="http://127.0.0.1:9/gov",
         **kwargs,  # type: ignore[arg-type]
     )
-    return AlertStore(tmp_path / "alerts.sqlite", notify=config, building_names={"yg01": "阳光花园 1号楼"})
+    return AlertStore(target, notify=config, building_names={"yg01": "阳光花园 1号楼"})
 
 
-def test_lifecycle_with_audit_trail(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_lifecycle_with_audit_trail(store_target: str | Path) -> None:
+    store = make_store(store_target)
     changes = store.apply([alarm("yg01-sd-03a")], now_ms=T0)
     assert [c.type for c in changes] == ["alert.raised", "incident.opened"]
     alert_id = changes[0].alert_id
@@ -49,8 +49,8 @@ def test_lifecycle_with_audit_trail(tmp_path: Path) -> None:
         store.resolve(alert_id, by="x", cause="aliens", now_ms=T0)
 
 
-def test_clearing_is_recorded_but_does_not_close(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_clearing_is_recorded_but_does_not_close(store_target: str | Path) -> None:
+    store = make_store(store_target)
     alert_id = store.apply([alarm("yg01-sd-03a")], now_ms=T0)[0].alert_id
     assert alert_id is not None
     changes = store.apply([alarm("yg01-sd-03a", transition="cleared")], now_ms=T0 + 5000)
@@ -60,8 +60,8 @@ def test_clearing_is_recorded_but_does_not_close(tmp_path: Path) -> None:
     assert [a.id for a in store.active_alerts()] == [alert_id]
 
 
-def test_retrigger_updates_never_duplicates(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_retrigger_updates_never_duplicates(store_target: str | Path) -> None:
+    store = make_store(store_target)
     first = store.apply([alarm("yg01-sd-03a", severity=Severity.WARNING)], now_ms=T0)[0]
     store.apply([alarm("yg01-sd-03a", transition="cleared")], now_ms=T0 + 1000)
     again = store.apply([alarm("yg01-sd-03a", severity=Severity.FIRE)], now_ms=T0 + 2000)
@@ -76,8 +76,8 @@ def test_retrigger_updates_never_duplicates(tmp_path: Path) -> None:
     assert new.type == "alert.raised" and new.alert_id != first.alert_id
 
 
-def test_outbox_rows_are_written_with_the_transition(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_outbox_rows_are_written_with_the_transition(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm("yg01-sd-03a")], now_ms=T0)
     rows = store.outbox()
     channels = sorted({(r.channel, r.event) for r in rows})
@@ -88,12 +88,12 @@ def test_outbox_rows_are_written_with_the_transition(tmp_path: Path) -> None:
     assert all(r.state == "pending" for r in rows)
     store.close()
     # Durable: a new store on the same file sees the same pending outbox.
-    reopened = make_store(tmp_path)
+    reopened = make_store(store_target)
     assert len(reopened.outbox(state="pending")) == len(rows)
 
 
-def test_fire_first_in_outbox_order(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_fire_first_in_outbox_order(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm("yg01-ex-01", severity=Severity.SUPERVISORY, building="yg01")], now_ms=T0)
     store.apply([alarm("yg02-sd-01", building="yg02")], now_ms=T0)
     due = store.due(now_ms=T0, limit=1000)
@@ -101,8 +101,8 @@ def test_fire_first_in_outbox_order(tmp_path: Path) -> None:
     assert fire_positions == list(range(len(fire_positions))) and fire_positions
 
 
-def test_two_hundred_detectors_one_incident_one_sms_per_recipient(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_two_hundred_detectors_one_incident_one_sms_per_recipient(store_target: str | Path) -> None:
+    store = make_store(store_target)
     batch = [alarm(f"yg01-sd-{i:03d}", floor=i % 18 + 1) for i in range(200)]
     changes = store.apply(batch, now_ms=T0)
     assert sum(c.type == "alert.raised" for c in changes) == 200
@@ -118,8 +118,8 @@ def test_two_hundred_detectors_one_incident_one_sms_per_recipient(tmp_path: Path
     assert len(store.list_incidents()) == 2
 
 
-def test_grouping_window_and_drills_apart(tmp_path: Path) -> None:
-    store = make_store(tmp_path, group_window_s=60)
+def test_grouping_window_and_drills_apart(store_target: str | Path) -> None:
+    store = make_store(store_target, group_window_s=60)
     store.apply([alarm("yg01-sd-001")], now_ms=T0)
     store.apply([alarm("yg01-sd-002")], now_ms=T0 + 59_000)  # inside the (sliding) window
     store.apply([alarm("yg01-sd-003")], now_ms=T0 + 200_000)  # long after: a new incident
@@ -129,8 +129,8 @@ def test_grouping_window_and_drills_apart(tmp_path: Path) -> None:
     assert incidents[0].drill is True
 
 
-def test_drill_never_pages_the_roster(tmp_path: Path) -> None:
-    store = make_store(tmp_path, drill_receivers={"members": [{"name": "演练", "phone": "+8613900000009"}]})
+def test_drill_never_pages_the_roster(store_target: str | Path) -> None:
+    store = make_store(store_target, drill_receivers={"members": [{"name": "演练", "phone": "+8613900000009"}]})
     store.apply([alarm("yg01-sd-001", drill=True, key="drill:x")], now_ms=T0)
     sms = store.outbox(channel="sms")
     assert [r.phone for r in sms] == ["+8613900000009"]
@@ -138,15 +138,15 @@ def test_drill_never_pages_the_roster(tmp_path: Path) -> None:
     assert store.next_escalation_ms() is None
 
 
-def test_test_alerts_are_recorded_not_paged(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_test_alerts_are_recorded_not_paged(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm("yg01-sd-001", test=True)], now_ms=T0)
     assert len(store.list_alerts()) == 1
     assert {r.channel for r in store.outbox()} == {"governance"}
 
 
-def test_filters_and_paging(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_filters_and_paging(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm(f"yg01-sd-{i}") for i in range(5)], now_ms=T0)
     store.apply([alarm("hp02-ex-1", building="hp02", grid="g02", severity=Severity.SUPERVISORY)], now_ms=T0)
     assert len(store.list_alerts(grid="g01")) == 5
@@ -156,8 +156,8 @@ def test_filters_and_paging(tmp_path: Path) -> None:
     assert store.list_alerts(building=[]) == []  # an empty scope sees nothing
 
 
-def test_escalation_queue_only_for_unacknowledged_fire(tmp_path: Path) -> None:
-    store = make_store(tmp_path, ack_timeout_s=60)
+def test_escalation_queue_only_for_unacknowledged_fire(store_target: str | Path) -> None:
+    store = make_store(store_target, ack_timeout_s=60)
     fire = store.apply([alarm("yg01-sd-001")], now_ms=T0)[0].alert_id
     store.apply([alarm("yg01-ex-1", severity=Severity.SUPERVISORY)], now_ms=T0)
     assert store.next_escalation_ms() == T0 + 60_000
@@ -171,8 +171,8 @@ def test_escalation_queue_only_for_unacknowledged_fire(tmp_path: Path) -> None:
     assert store.next_escalation_ms() is None
 
 
-def test_listeners_see_committed_changes(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_listeners_see_committed_changes(store_target: str | Path) -> None:
+    store = make_store(store_target)
     seen: list[str] = []
     store.add_listener(lambda change: seen.append(change.type))
     store.add_listener(lambda change: 1 / 0)  # a broken listener does not break the store
@@ -182,8 +182,8 @@ def test_listeners_see_committed_changes(tmp_path: Path) -> None:
     assert seen == ["alert.raised", "incident.opened", "alert.acknowledged"]
 
 
-def test_batch_keeps_engine_order_per_key(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_batch_keeps_engine_order_per_key(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm("d1", severity=Severity.WARNING)], now_ms=T0)
     # In one group commit: the condition cleared, then came back as fire.  The alert must end active.
     store.apply(
@@ -194,8 +194,8 @@ def test_batch_keeps_engine_order_per_key(tmp_path: Path) -> None:
     assert alert.condition == "active" and alert.severity.label == "fire"
 
 
-def test_prune_keeps_pending_and_recent_sms(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_prune_keeps_pending_and_recent_sms(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm("d1")], now_ms=T0)
     rows = store.outbox()
     for row in rows:
@@ -208,8 +208,8 @@ def test_prune_keeps_pending_and_recent_sms(tmp_path: Path) -> None:
     assert store.outbox(state="pending")
 
 
-def test_new_fire_overtakes_followers_of_a_known_incident(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_new_fire_overtakes_followers_of_a_known_incident(store_target: str | Path) -> None:
+    store = make_store(store_target)
     store.apply([alarm(f"yg01-sd-{i}") for i in range(200)], now_ms=T0)  # one smoky stairwell
     store.apply([alarm("yg02-sd-1", building="yg02")], now_ms=T0 + 10)  # a second building starts burning
     first = store.due(now_ms=T0 + 10, limit=4, channel="webhook")

@@ -130,3 +130,45 @@ def test_a_sliced_sweep_sees_every_device_once_per_round(tmp_path: Path) -> None
         assert presence.sweep(now_ms=later) == 0
     finally:
         presence.close()
+
+
+def test_presence_and_kept_readings_survive_a_restart_on_either_store(tmp_path: Path, store_target: Path | str) -> None:
+    """What a restart must not forget (last seen, last values, status; kept readings without InfluxDB), in the
+    SQLite file or in cluster mode's PostgreSQL store; ``writable`` answers for either."""
+    from gateway.config import load_config
+    from gateway.ingest.contract import registry_from_config
+    from gateway.storage.presence import Presence
+    from rules.types import Reading, StatusChange
+
+    extra = {"store": {"url": store_target}} if isinstance(store_target, str) else None
+    config_path, _ = write_config(
+        tmp_path, mqtt_url="mqtt://127.0.0.1:1", influx_url=None, devices=4, buildings=2, extra=extra
+    )
+    config = load_config(config_path)
+    refs = registry_from_config(config)
+    t0 = 1_700_000_000_000
+    presence = Presence(config=config, db_path=tmp_path / "presence.sqlite")
+    presence.keep_history = True
+    try:
+        assert presence.writable()
+        presence.reading(Reading(ref=refs["d000"], ts_ms=t0, values={"obscuration": 1.5, "battery": 87}))
+        presence.reading(Reading(ref=refs["d000"], ts_ms=t0 + 1000, values={"obscuration": 2.5}))
+        presence.status(StatusChange(ref=refs["d001"], ts_ms=t0 + 500, online=False))
+        presence.flush()
+        # A second flush updates the rows it wrote (an upsert on both stores).
+        presence.seen(refs["d001"], t0 + 2000)
+        presence.flush()
+    finally:
+        presence.close()
+    again = Presence(config=config, db_path=tmp_path / "presence.sqlite")
+    try:
+        d0 = again.get_device("d000", now_ms=t0 + 2000)
+        d1 = again.get_device("d001", now_ms=t0 + 2000)
+        assert d0 is not None and d0["last_seen_ms"] == t0 + 1000 and d0["battery"] == 87
+        assert d0["last_values"] == {"obscuration": 2.5, "battery": 87}
+        assert d1 is not None and d1["status"] == "offline" and d1["last_seen_ms"] == t0 + 2000
+        assert [r["ts_ms"] for r in again.history("d000")] == [t0 + 1000, t0]
+    finally:
+        again.close()
+    if isinstance(store_target, str):  # cluster mode: nothing of it in the local file
+        assert not (tmp_path / "presence.sqlite").exists()

@@ -51,7 +51,7 @@ WEST = Station(
 PLAN = DispatchPlan(stations=(EAST, WEST), locations={"yg01": YG01, "yg02": YG01}, travel_speed_kmh=15)
 
 
-def make_store(tmp_path: Path, **extra: object) -> AlertStore:
+def make_store(target: str | Path, **extra: object) -> AlertStore:
     config = notify_config(
         webhook_url="http://127.0.0.1:9/hook",
         sms=sms_section("aliyun", "http://127.0.0.1:9"),
@@ -59,7 +59,7 @@ def make_store(tmp_path: Path, **extra: object) -> AlertStore:
         roster=ROSTER + MEMBERS,
         **extra,  # type: ignore[arg-type]
     )
-    return AlertStore(tmp_path / "alerts.sqlite", notify=config, building_names={"yg01": "阳光花园 1号楼"}, plan=PLAN)
+    return AlertStore(target, notify=config, building_names={"yg01": "阳光花园 1号楼"}, plan=PLAN)
 
 
 def fire(store: AlertStore, building: str = "yg01", *, at: int = T0, drill: bool = False) -> int:
@@ -92,8 +92,8 @@ def test_the_pure_choice_prefers_the_nearest_available_station() -> None:
         choose(PLAN, building="yg01", grid="g01", on_duty=bool, roster=everyone, committed={}, station="st-x")
 
 
-def test_the_closed_loop_acts_on_every_alert_and_keeps_a_timeline(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_the_closed_loop_acts_on_every_alert_and_keeps_a_timeline(store_target: str | Path) -> None:
+    store = make_store(store_target)
     incident = fire(store)
     seen: list[str] = []
     store.add_listener(lambda change: seen.append(change.type))
@@ -147,8 +147,8 @@ def test_the_closed_loop_acts_on_every_alert_and_keeps_a_timeline(tmp_path: Path
     assert incident_events == ["incident.acknowledged", "incident.dispatched", "incident.on_scene", "incident.resolved"]
 
 
-def test_a_station_late_on_scene_escalates_at_its_target(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_a_station_late_on_scene_escalates_at_its_target(store_target: str | Path) -> None:
+    store = make_store(store_target)
     incident = fire(store)
     store.dispatch_incident(incident, actor="duty-token", now_ms=T0 + 10_000)
     deadline = T0 + 10_000 + 180_000
@@ -171,8 +171,8 @@ def test_a_station_late_on_scene_escalates_at_its_target(tmp_path: Path) -> None
     ]
 
 
-def test_a_second_fire_gets_the_next_station_and_a_drill_pages_no_real_member(tmp_path: Path) -> None:
-    store = make_store(tmp_path, drill_receivers={"members": [{"name": "演练员", "phone": "+8613900000009"}]})
+def test_a_second_fire_gets_the_next_station_and_a_drill_pages_no_real_member(store_target: str | Path) -> None:
+    store = make_store(store_target, drill_receivers={"members": [{"name": "演练员", "phone": "+8613900000009"}]})
     first = fire(store)
     store.dispatch_incident(first, actor="t", now_ms=T0 + 1_000)
     second = fire(store, "yg02", at=T0 + 2_000)
@@ -189,7 +189,7 @@ def test_a_second_fire_gets_the_next_station_and_a_drill_pages_no_real_member(tm
     assert late_phones == {"+8613900000009"}  # ...the drill never wakes the leader, only its own receivers
 
 
-def test_supervisory_escalates_only_on_a_route_that_says_so(tmp_path: Path) -> None:
+def test_supervisory_escalates_only_on_a_route_that_says_so(store_target: str | Path) -> None:
     routes = [
         *ROUTES,
         {
@@ -199,7 +199,7 @@ def test_supervisory_escalates_only_on_a_route_that_says_so(tmp_path: Path) -> N
             "tiers": [{"roles": ["grid_worker"]}, {"roles": ["duty_officer"]}],
         },
     ]
-    store = make_store(tmp_path, routes=routes)
+    store = make_store(store_target, routes=routes)
     store.apply([alarm("yg01-ex-1", severity=Severity.SUPERVISORY)], now_ms=T0)
     assert store.next_escalation_ms() == T0 + 900_000
     changes = store.escalate_due(now_ms=T0 + 900_000)
@@ -221,12 +221,14 @@ async def aliyun() -> AsyncIterator[AliyunSms]:
 
 
 @pytest.mark.timeout(60)
-async def test_the_notifier_pages_the_leader_when_the_station_is_late(tmp_path: Path, aliyun: AliyunSms) -> None:
+async def test_the_notifier_pages_the_leader_when_the_station_is_late(
+    store_target: str | Path, aliyun: AliyunSms
+) -> None:
     """The real notifier on an injected clock: the dispatch pages reach the SMS emulator at once; nothing more
     until the target; at the target the leader and the duty officer are paged, once."""
     now = [1_800_000_000_000]
     notify = notify_config(sms=sms_section("aliyun", aliyun.url), roster=ROSTER + MEMBERS, ack_timeout_s=60)
-    store = AlertStore(tmp_path / "alerts.sqlite", notify=notify, plan=PLAN)
+    store = AlertStore(store_target, notify=notify, plan=PLAN)
     notifier = Notifier(store, clock=lambda: now[0])
     task = asyncio.create_task(notifier.run())
     try:

@@ -38,10 +38,10 @@ GOV_SECRET = "whsec_" + "dGVzdC1vbmx5LWdvdmVybmFuY2Utc2VjcmV0LTMy"
 OPERATOR = {"Authorization": "Bearer demo-operator-token"}
 
 
-def small_config(tmp_path: Path, **inspections: Any) -> FiregridConfig:
+def small_config(tmp_path: Path, store_url: str | None = None, **inspections: Any) -> FiregridConfig:
     return parse_config(
         {
-            "store": {"path": str(tmp_path / "firegrid.sqlite")},
+            "store": {"path": str(tmp_path / "firegrid.sqlite"), "url": store_url},
             "buildings": [{"id": "b1", "name": "一号楼", "grid": "g1", "floors": 6}],
             "devices": [{"id": "ex1", "building": "b1", "kind": "extinguisher", "floor": 1}],
             "inspections": {"secret": SECRET, **inspections},
@@ -56,8 +56,9 @@ def small_config(tmp_path: Path, **inspections: Any) -> FiregridConfig:
 
 
 @pytest.fixture
-def parts(tmp_path: Path) -> Iterator[tuple[FiregridConfig, AlertStore, InspectionStore]]:
-    config = small_config(tmp_path)
+def parts(tmp_path: Path, store_target: str | Path) -> Iterator[tuple[FiregridConfig, AlertStore, InspectionStore]]:
+    """On both backends: the SQLite file, or a PostgreSQL store (photos stay in the local store's directory)."""
+    config = small_config(tmp_path, store_url=store_target if isinstance(store_target, str) else None)
     alerts = AlertStore.from_config(config)
     yield config, alerts, InspectionStore(alerts, config=config.inspections)
     alerts.close()

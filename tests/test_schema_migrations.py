@@ -428,3 +428,147 @@ def test_the_real_later_migrations_add_to_the_adopted_file_with_nothing_lost(v0:
     assert {"state", "station", "cause", "note", "external_ref"} <= set(columns(v0, "incidents"))
     with closing(raw(v0)) as db:
         assert db.execute("SELECT count(*) FROM incident_events").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------ PostgreSQL (cluster mode's store)
+
+
+def test_every_migration_has_a_postgresql_form_of_the_same_version() -> None:
+    """One schema on both backends: the same version numbers, and PostgreSQL's column types (milliseconds need
+    BIGINT: an INTEGER would overflow in 1970 + 24 days)."""
+    for migration in MIGRATIONS:
+        assert isinstance(migration.postgres, str), migration.name
+        assert "INTEGER" not in migration.postgres and "BLOB" not in migration.postgres, migration.name
+        assert len(statements(migration.postgres)) == len(statements(migration.apply)), migration.name  # type: ignore[arg-type]
+    assert [m.version for m in MIGRATIONS][-1] == SCHEMA_VERSION and MIGRATIONS[4].name == "cluster"
+
+
+def test_the_cluster_migration_gives_old_outbox_rows_their_building(tmp_path: Path) -> None:
+    path = tmp_path / "v4.sqlite"
+    with closing(open_database(path, migrations=MIGRATIONS[:4])) as db:
+        db.execute(
+            "INSERT INTO incidents (id, building, code, severity, opened_ms, last_alert_ms, updated_ms)"
+            " VALUES (7, 'yg02', '1234', 4, 1, 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO alerts (id, key, rule, severity, building, state, condition, incident_id, ts_ms, raised_ms,"
+            " updated_ms) VALUES (3, 'k', 'smoke', 4, 'yg01', 'raised', 'active', 7, 1, 1, 1)"
+        )
+        for msg, alert_id, incident_id in (("a", 3, 7), ("i", None, 7), ("n", None, None)):
+            db.execute(
+                "INSERT INTO outbox (msg_id, channel, target, event, priority, alert_id, incident_id, body, state,"
+                " next_ms, created_ms) VALUES (?, 'webhook', 'x', 'e', 1, ?, ?, x'00', 'pending', 1, 1)",
+                (msg, alert_id, incident_id),
+            )
+    with closing(open_database(path)) as db:
+        rows = dict(db.execute("SELECT msg_id, building FROM outbox").fetchall())
+    assert rows == {"a": "yg01", "i": "yg02", "n": None}
+    assert version_of(path) == SCHEMA_VERSION
+
+
+def _pg_version(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_a_new_postgresql_store_gets_every_migration(pg_url: str) -> None:
+    db = open_database(pg_url)
+    try:
+        assert _pg_version(pg_url) == SCHEMA_VERSION
+        tables = {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+        assert {"alerts", "outbox", "incidents", "incident_events", "gateway_devices", "hazards", "photos"} <= tables
+        kinds = dict(
+            db.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'outbox'"
+            ).fetchall()
+        )
+        assert kinds["created_ms"] == "bigint" and kinds["body"] == "bytea" and kinds["building"] == "text"
+    finally:
+        db.close()
+    # Opening it again runs nothing: still one version row.
+    open_database(pg_url).close()
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_concurrent_openers_of_a_postgresql_store_migrate_it_once(pg_url: str) -> None:
+    """Eight gateways starting at once: the advisory lock lets one run each migration; the others find it done."""
+    runs: list[int] = []
+
+    def first(db: Any) -> None:
+        db.execute("CREATE TABLE ran (n BIGINT)")
+        db.execute("INSERT INTO ran VALUES (1)")
+        runs.append(1)
+
+    def second(db: Any) -> None:
+        db.execute("INSERT INTO ran VALUES (2)")
+        runs.append(2)
+
+    steps = (
+        Migration(version=1, name="first", apply="", postgres=first),
+        Migration(version=2, name="second", apply="", postgres=second),
+    )
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def opener() -> None:
+        try:
+            start.wait(10)
+            open_database(pg_url, migrations=steps).close()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert sorted(runs) == [1, 2]
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT n FROM ran").fetchall()) == [1, 2]
+    assert _pg_version(pg_url) == 2
+
+
+def test_a_postgresql_store_from_a_newer_release_is_refused(pg_url: str) -> None:
+    open_database(pg_url).close()
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew) as refused:
+        open_database(pg_url)
+    assert refused.value.found == SCHEMA_VERSION + 1 and refused.value.known == SCHEMA_VERSION
+    with pytest.raises(SchemaTooNew):
+        AlertStore(pg_url)
+    assert _pg_version(pg_url) == SCHEMA_VERSION + 1
+
+
+def test_a_failed_postgresql_migration_leaves_the_store_at_its_old_version(pg_url: str) -> None:
+    open_database(pg_url).close()
+
+    def half(db: Any) -> None:
+        db.execute("ALTER TABLE alerts ADD COLUMN source TEXT")
+        raise RuntimeError("disk on fire")
+
+    failing = Migration(version=SCHEMA_VERSION + 1, name="half done", apply="", postgres=half)
+    with pytest.raises(MigrationFailed) as failed:
+        open_database(pg_url, migrations=(*MIGRATIONS, failing))
+    assert failed.value.from_version == SCHEMA_VERSION and "disk on fire" in str(failed.value)
+    assert _pg_version(pg_url) == SCHEMA_VERSION
+    db = open_database(pg_url)
+    try:
+        cols = {
+            r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'alerts'")
+        }
+        assert "source" not in cols
+    finally:
+        db.close()

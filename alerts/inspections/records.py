@@ -3,13 +3,13 @@ is rendered from them (:meth:`InspectionRecord.payload`, :meth:`HazardRecord.pay
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
 
 from alerts.records import iso, iso_or_none
+from common.db import Row
 
 HazardState = Literal["reported", "assigned", "rectifying", "rectified", "verified"]
 HAZARD_STATES: Final[tuple[str, ...]] = ("reported", "assigned", "rectifying", "rectified", "verified")
@@ -41,7 +41,7 @@ class InspectionRecord:
     source: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> InspectionRecord:
+    def from_row(cls, row: Row) -> InspectionRecord:
         results = tuple(CheckResult(item=str(r["item"]), ok=bool(r["ok"])) for r in orjson.loads(row["results"]))
         return cls(
             row["id"],
@@ -113,9 +113,7 @@ class HazardRecord:
     audit: tuple[HazardAuditEntry, ...] = ()
 
     @classmethod
-    def from_row(
-        cls, row: sqlite3.Row, *, building_name: str, audit: tuple[HazardAuditEntry, ...] = ()
-    ) -> HazardRecord:
+    def from_row(cls, row: Row, *, building_name: str, audit: tuple[HazardAuditEntry, ...] = ()) -> HazardRecord:
         return cls(
             row["id"],
             row["building"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +33,8 @@ from alerts.inspections.records import (
     PointState,
 )
 from alerts.store import AlertStore
-from alerts.store.core import Core
+from alerts.store.core import Core, TxCursor
+from common.db import Row
 from rules.types import Severity
 
 log = logging.getLogger("firegrid.inspections")
@@ -137,7 +137,7 @@ class InspectionStore:
     def photo_path(self, photo_id: str) -> Path:
         return self.photo_dir / f"{photo_id}.jpg"
 
-    def _check_photo(self, cur: sqlite3.Cursor, photo_id: str | None) -> None:
+    def _check_photo(self, cur: TxCursor, photo_id: str | None) -> None:
         if photo_id is not None and cur.execute("SELECT 1 FROM photos WHERE id = ?", (photo_id,)).fetchone() is None:
             raise PhotoNotFound(f"no photo {photo_id!r}")
 
@@ -146,7 +146,7 @@ class InspectionStore:
         """Remember when each point was first known (its first deadline counts from then)."""
         with self._core.tx() as cur:
             cur.executemany(
-                "INSERT OR IGNORE INTO inspection_points_seen (point, since_ms) VALUES (?, ?)",
+                "INSERT INTO inspection_points_seen (point, since_ms) VALUES (?, ?) ON CONFLICT (point) DO NOTHING",
                 [(p, now_ms) for p in points],
             )
 
@@ -175,11 +175,12 @@ class InspectionStore:
         with self._core.tx() as cur:
             self._check_photo(cur, photo)
             cur.execute(
-                "INSERT OR IGNORE INTO inspection_points_seen (point, since_ms) VALUES (?, ?)", (point.id, now_ms)
+                "INSERT INTO inspection_points_seen (point, since_ms) VALUES (?, ?) ON CONFLICT (point) DO NOTHING",
+                (point.id, now_ms),
             )
             cur.execute(
                 "INSERT INTO inspections (point, building, grid, inspector, ts_ms, results, failed, note, photo,"
-                " source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " source) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     point.id,
                     point.building,
@@ -193,7 +194,7 @@ class InspectionStore:
                     source,
                 ),
             )
-            inspection_id = int(cur.lastrowid or 0)
+            inspection_id = int(cur.fetchone()[0])
             row = cur.execute("SELECT * FROM inspections WHERE id = ?", (inspection_id,)).fetchone()
             inspection = InspectionRecord.from_row(row)
             severity = Severity.WARNING if not failed else Severity.SUPERVISORY
@@ -305,7 +306,8 @@ class InspectionStore:
         """Take one lifecycle step (``assigned``, ``rectifying``, ``rectified``, ``verified``, ``reopened``)."""
         allowed, target = _STEPS[step]
         with self._core.tx() as cur:
-            row = cur.execute("SELECT * FROM hazards WHERE id = ?", (hazard_id,)).fetchone()
+            # FOR UPDATE on PostgreSQL: the state read here decides the step.
+            row = cur.execute("SELECT * FROM hazards WHERE id = ?" + cur.for_update, (hazard_id,)).fetchone()
             if row is None:
                 raise HazardNotFound(f"no hazard {hazard_id}")
             if row["state"] not in allowed:
@@ -388,9 +390,7 @@ class InspectionStore:
             ).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def _page(
-        self, table: str, where: list[str], args: list[Any], *, order: str, limit: int, offset: int
-    ) -> list[sqlite3.Row]:
+    def _page(self, table: str, where: list[str], args: list[Any], *, order: str, limit: int, offset: int) -> list[Row]:
         """One page of ``table``'s rows matching every condition of ``where``, in ``order``."""
         sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
@@ -400,7 +400,7 @@ class InspectionStore:
     # ------------------------------------------------------------------ inside a transaction
     def _insert_hazard(
         self,
-        cur: sqlite3.Cursor,
+        cur: TxCursor,
         *,
         building: str,
         grid: str | None,
@@ -417,7 +417,8 @@ class InspectionStore:
     ) -> HazardRecord:
         cur.execute(
             "INSERT INTO hazards (building, grid, floor, point, location, category, description, state, source,"
-            " reporter, inspection_id, photo, reported_ms, updated_ms) VALUES (?,?,?,?,?,?,?,'reported',?,?,?,?,?,?)",
+            " reporter, inspection_id, photo, reported_ms, updated_ms) VALUES (?,?,?,?,?,?,?,'reported',?,?,?,?,?,?)"
+            " RETURNING id",
             (
                 building,
                 grid,
@@ -434,13 +435,13 @@ class InspectionStore:
                 now_ms,
             ),
         )
-        hazard_id = int(cur.lastrowid or 0)
+        hazard_id = int(cur.fetchone()[0])
         return self._hazard_event(
             cur, hazard_id, "hazard.reported", by=reporter, detail={"source": source}, now_ms=now_ms
         )
 
     def _hazard_event(
-        self, cur: sqlite3.Cursor, hazard_id: int, event: str, *, by: str | None, detail: dict[str, Any], now_ms: int
+        self, cur: TxCursor, hazard_id: int, event: str, *, by: str | None, detail: dict[str, Any], now_ms: int
     ) -> HazardRecord:
         cur.execute(
             "INSERT INTO hazard_audit (hazard_id, ts_ms, action, by, detail) VALUES (?,?,?,?,?)",
@@ -452,7 +453,7 @@ class InspectionStore:
         self._event(cur, event, data, severity=Severity.SUPERVISORY, now_ms=now_ms)
         return hazard
 
-    def _event(self, cur: sqlite3.Cursor, event: str, data: dict[str, Any], *, severity: Severity, now_ms: int) -> None:
+    def _event(self, cur: TxCursor, event: str, data: dict[str, Any], *, severity: Severity, now_ms: int) -> None:
         # The same outbox, signer and webhooks as alerts: the governance platform gets every step, webhooks
         # subscribed to ``hazard.*`` / ``inspection.*`` (or ``*``) get them too.
         fanout.enqueue(
@@ -468,7 +469,7 @@ class InspectionStore:
             now_ms=now_ms,
         )
 
-    def _hazard(self, row: sqlite3.Row, audit: tuple[HazardAuditEntry, ...] = ()) -> HazardRecord:
+    def _hazard(self, row: Row, audit: tuple[HazardAuditEntry, ...] = ()) -> HazardRecord:
         return HazardRecord.from_row(row, building_name=self._core.building_name(row["building"]), audit=audit)
 
     def _committed(self) -> None:

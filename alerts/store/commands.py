@@ -4,14 +4,13 @@ and the events it causes; resolving the last open alert of an incident closes it
 
 from __future__ import annotations
 
-import sqlite3
-
 from alerts.records import CAUSES, OPEN_STATES, AlertChange
-from alerts.store.core import Core, audit
+from alerts.store.core import Core, TxCursor, audit
 from alerts.store.errors import AlertNotFound, InvalidTransition
 from alerts.store.events import alert_event, incident_event
 from alerts.store.incidents import close
 from alerts.store.voice import cancel_calls
+from common.db import Row
 
 
 class Commands:
@@ -86,8 +85,9 @@ class Commands:
         return changes[0]
 
 
-def _load(cur: sqlite3.Cursor, alert_id: int) -> sqlite3.Row:
-    row = cur.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+def _load(cur: TxCursor, alert_id: int) -> Row:
+    # FOR UPDATE on PostgreSQL: the state read here decides the step, so no one else's step may slip in between.
+    row = cur.execute("SELECT * FROM alerts WHERE id = ?" + cur.for_update, (alert_id,)).fetchone()
     if row is None:
         raise AlertNotFound(alert_id)
-    return row  # type: ignore[no-any-return]
+    return row

@@ -1,18 +1,30 @@
 """What the store's parts share: one connection behind one lock, the notify config, the buildings' names and the
-listeners; the ``BEGIN IMMEDIATE`` transaction every write runs in; and the row -> record readers.
+listeners; the transaction every write runs in (:class:`Tx`, with its cursor :class:`TxCursor`); and the
+row -> record readers.
+
+The write transaction: ``BEGIN IMMEDIATE`` on SQLite, where it makes every write transaction of the file run alone.
+On PostgreSQL a plain ``BEGIN`` (read committed): several gateways and console instances write at once, and what
+the SQLite lock gave for free is kept by the statements themselves: a row that a transaction reads to decide what
+to write is read ``FOR UPDATE`` (:attr:`TxCursor.for_update`, empty on SQLite), a claim is one ``UPDATE ...
+RETURNING``, and a uniqueness (one open alert per key, one open incident per SMS reply code) is a unique index.
+
+The fence (:meth:`Core.set_fence`): a check called inside every write transaction right after it began; if it
+raises, the transaction rolls back and the exception propagates (cluster mode's leases use it to refuse the
+writes of a gateway that no longer owns its buildings).
 
 The outbox hand-off: a transaction that added outbox rows hands them, as read inside it, to the outbox listeners
 (the notifier) right after its ``COMMIT`` succeeded, so the notifier need not find them with a query of its own.  A
-transaction that rolled back (or whose ``COMMIT`` failed) hands nothing.  The database stays the record: a row the
-notifier could not start at once, or that no listener heard of (none was registered, or it was written by another
-connection), is found by its next round as before."""
+transaction that rolled back (or whose ``COMMIT`` failed) hands nothing.  The rows handed over are the ones the
+transaction itself inserted (their ids come back from ``INSERT ... RETURNING``): not "every id above the last one
+seen", which on PostgreSQL would skip the rows of a concurrent transaction that took lower ids and committed later.
+The database stays the record: a row the notifier could not start at once, or that no listener heard of (none was
+registered, or it was written by another connection), is found by its next round as before."""
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +32,9 @@ import orjson
 from alerts.config import NotifyConfig
 from alerts.dispatch import DispatchPlan
 from alerts.records import ALERT_COLUMNS, AlertChange, AlertRecord, IncidentFacts, IncidentRecord, OutboxItem
+from common.db import DATABASE_ERRORS, Connection, Cursor, Row, dialect_of
+
+Fence = Callable[[Cursor], None]
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +54,34 @@ class Core:
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         *,
         notify: NotifyConfig,
         building_names: dict[str, str],
         plan: DispatchPlan | None = None,
     ) -> None:
         self.db = db
+        self.dialect = dialect_of(db)
+        self.fence: Fence | None = None
         self.lock = threading.RLock()
         self.notify = notify
         self.building_names = building_names
         self.plan = plan or DispatchPlan()
         self.listeners: list[Callable[[AlertChange], None]] = []
         self.outbox_listeners: list[Callable[[Sequence[OutboxItem]], None]] = []
-        self._outbox_seen = 0  # the highest outbox id handed over (or there before the first listener came)
 
     def tx(self) -> Tx:
         return Tx(self)
 
+    def set_fence(self, check: Fence | None) -> None:
+        """``check(cur)`` inside every write transaction, right after it began (None: no check).  If it raises, the
+        transaction rolls back (nothing of it is written, no outbox row is handed over) and the exception reaches
+        the caller."""
+        with self.lock:
+            self.fence = check
+
     def add_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
         with self.lock:
-            if not self.outbox_listeners:
-                # Rows already there are the listener's own to find (its first round reads the outbox).
-                self._outbox_seen = int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
             self.outbox_listeners.append(callback)
 
     def remove_outbox_listener(self, callback: Callable[[Sequence[OutboxItem]], None]) -> None:
@@ -69,26 +89,23 @@ class Core:
             if callback in self.outbox_listeners:
                 self.outbox_listeners.remove(callback)
 
-    def fresh_outbox(self, cur: sqlite3.Cursor) -> tuple[list[OutboxItem], int]:
-        """Inside a write transaction: the pending outbox rows added since the last hand-off (fire first, at most
-        :data:`HANDOFF_LIMIT`), and the highest outbox id now.  Reads only the new rows (by primary key); a
-        transaction that added none reads one index entry."""
-        top = int(cur.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0])
-        if top <= self._outbox_seen:
-            return [], top
-        # NOT INDEXED: walk the rowid range of the new rows only; the planner would otherwise take the pending-rows
-        # index and read the whole backlog (a receiver down for an hour) on every commit.  The bodies are read for
-        # the chosen few only.
+    def fresh_outbox(self, cur: TxCursor) -> list[OutboxItem]:
+        """Inside a write transaction: the outbox rows it inserted that are still pending, fire first, at most
+        :data:`HANDOFF_LIMIT`.  Reads those rows only, by primary key; a transaction that added none reads nothing."""
+        if not cur.added:
+            return []
+        # Candidates by the priority they were inserted with (a later coalesce may raise it: take some spare).
+        best = sorted(cur.added, key=lambda p: (-p[0], p[1]))[: 2 * HANDOFF_LIMIT]
+        ids = [item_id for _, item_id in best]
         rows = cur.execute(
-            "SELECT * FROM outbox WHERE id IN (SELECT id FROM outbox NOT INDEXED WHERE id > ? AND state = 'pending'"
-            " ORDER BY priority DESC, id LIMIT ?) ORDER BY priority DESC, id",
-            (self._outbox_seen, HANDOFF_LIMIT),
+            f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(ids))}) AND state = 'pending'"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (*ids, HANDOFF_LIMIT),
         ).fetchall()
-        return [OutboxItem.from_row(r) for r in rows], top
+        return [OutboxItem.from_row(r) for r in rows]
 
-    def hand_off(self, items: Sequence[OutboxItem], top: int) -> None:
+    def hand_off(self, items: Sequence[OutboxItem]) -> None:
         """After the ``COMMIT`` that made ``items`` durable (under the lock, so hand-offs keep the commits' order)."""
-        self._outbox_seen = max(self._outbox_seen, top)
         if not items:
             return
         for callback in list(self.outbox_listeners):
@@ -108,29 +125,76 @@ class Core:
     def building_name(self, building: str) -> str:
         return self.building_names.get(building, building)
 
-    def alert_record(self, row: sqlite3.Row) -> AlertRecord:
+    def alert_record(self, row: Row) -> AlertRecord:
         """``row``: an ``alerts`` row joined with its incident's ``code`` (:data:`ALERT_WITH_CODE`)."""
         return AlertRecord.from_row(row, building_name=self.building_name(row[6]))
 
     def incident_record(
-        self, row: sqlite3.Row, alert_ids: tuple[int, ...] = (), facts: IncidentFacts | None = None
+        self, row: Row, alert_ids: tuple[int, ...] = (), facts: IncidentFacts | None = None
     ) -> IncidentRecord:
         return IncidentRecord.from_row(
             row, building_name=self.building_name(row["building"]), alert_ids=alert_ids, facts=facts
         )
 
 
+class TxCursor:
+    """The cursor of one write transaction: the connection's cursor, plus what the transaction's writers need to
+    know of it: the backend's row-lock clause (:attr:`for_update`) and the outbox rows it inserted (for the
+    hand-off)."""
+
+    def __init__(self, cur: Cursor, *, for_update: str) -> None:
+        self._cur = cur
+        self.for_update = for_update
+        self.added: list[tuple[int, int]] = []  # (priority, id) of each outbox row inserted
+
+    def outbox_added(self, item_id: int, priority: int) -> None:
+        self.added.append((priority, item_id))
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> TxCursor:
+        self._cur.execute(sql, parameters)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> TxCursor:
+        self._cur.executemany(sql, seq_of_parameters)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    def close(self) -> None:
+        self._cur.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cur)
+
+
 class Tx:
-    """``with core.tx() as cur``: one IMMEDIATE transaction under the store lock, committed on success."""
+    """``with core.tx() as cur``: one write transaction under the store lock (``BEGIN IMMEDIATE`` on SQLite, a
+    plain ``BEGIN`` on PostgreSQL), fenced, committed on success."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    def __enter__(self) -> sqlite3.Cursor:
-        self.core.lock.acquire()
+    def __enter__(self) -> TxCursor:
+        core = self.core
+        core.lock.acquire()
         try:
-            self.cur = self.core.db.cursor()
-            self.cur.execute("BEGIN IMMEDIATE")
+            postgres = core.dialect == "postgres"
+            self.cur = TxCursor(core.db.cursor(), for_update=" FOR UPDATE" if postgres else "")
+            self.cur.execute("BEGIN" if postgres else "BEGIN IMMEDIATE")
+            if core.fence is not None:
+                try:
+                    core.fence(self.cur)
+                except BaseException:
+                    self.cur.execute("ROLLBACK")
+                    raise
         except BaseException:
             self.core.lock.release()
             raise
@@ -143,12 +207,14 @@ class Tx:
                 if self.core.outbox_listeners:
                     try:
                         fresh = self.core.fresh_outbox(self.cur)
-                    except sqlite3.Error:  # the hand-off is a shortcut: the commit must not fail for it
+                    except DATABASE_ERRORS:  # the hand-off is a shortcut: the commit must not fail for it
                         log.exception("reading the new outbox rows failed; the notifier's round finds them")
+                        if self.core.dialect == "postgres":
+                            raise  # a failed statement aborts a PostgreSQL transaction: COMMIT would roll back
                 self.cur.execute("COMMIT")
                 # Only now, committed, may the notifier hear of them; a rollback or a failed COMMIT hands nothing.
                 if fresh is not None:
-                    self.core.hand_off(*fresh)
+                    self.core.hand_off(fresh)
             else:
                 self.cur.execute("ROLLBACK")
         finally:
@@ -160,19 +226,21 @@ def to_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def incident_facts(cur: sqlite3.Cursor | sqlite3.Connection, incident_id: int) -> IncidentFacts:
-    """What an incident's alerts say about it, in one aggregate over the ``alerts_incident`` index."""
-    floors, devices, confirmed = cur.execute(
-        "SELECT GROUP_CONCAT(DISTINCT floor), COUNT(DISTINCT device), MAX(COALESCE(confirmed, 0)) FROM alerts"
-        " WHERE incident_id = ?",
+def incident_facts(cur: Cursor | Connection, incident_id: int) -> IncidentFacts:
+    """What an incident's alerts say about it, over the ``alerts_incident`` index (the floors in a query of their
+    own: a portable spelling of SQLite's ``GROUP_CONCAT``)."""
+    devices, confirmed = cur.execute(
+        "SELECT COUNT(DISTINCT device), MAX(COALESCE(confirmed, 0)) FROM alerts WHERE incident_id = ?",
         (incident_id,),
     ).fetchone()
-    found = sorted({int(f) for f in str(floors).split(",") if f}) if floors is not None else []
-    return IncidentFacts(tuple(found), int(devices or 0), bool(confirmed))
+    floors = cur.execute(
+        "SELECT DISTINCT floor FROM alerts WHERE incident_id = ? AND floor IS NOT NULL", (incident_id,)
+    ).fetchall()
+    return IncidentFacts(tuple(sorted(int(f[0]) for f in floors)), int(devices or 0), bool(confirmed))
 
 
 def log_step(
-    cur: sqlite3.Cursor,
+    cur: Cursor,
     incident_id: int,
     now_ms: int,
     action: str,
@@ -188,7 +256,7 @@ def log_step(
     )
 
 
-def audit(cur: sqlite3.Cursor, alert_id: int, now_ms: int, action: str, by: str | None, detail: Any) -> None:
+def audit(cur: Cursor, alert_id: int, now_ms: int, action: str, by: str | None, detail: Any) -> None:
     cur.execute(
         "INSERT INTO audit (alert_id, ts_ms, action, by, detail) VALUES (?,?,?,?,?)",
         (alert_id, now_ms, action, by, to_json(detail)),

@@ -4,18 +4,17 @@ after the commit)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 from alerts import fanout
 from alerts.records import AlertChange, AlertRecord, IncidentRecord
-from alerts.store.core import ALERT_WITH_CODE, Core, incident_facts
+from alerts.store.core import ALERT_WITH_CODE, Core, TxCursor, incident_facts
 
 
 def alert_event(
     core: Core,
-    cur: sqlite3.Cursor,
+    cur: TxCursor,
     event: str,
     alert_id: int,
     now_ms: int,
@@ -35,7 +34,7 @@ def alert_event(
 
 def incident_event(
     core: Core,
-    cur: sqlite3.Cursor,
+    cur: TxCursor,
     event: str,
     incident_id: int,
     now_ms: int,
@@ -61,7 +60,7 @@ def incident_event(
 
 def _emit(
     core: Core,
-    cur: sqlite3.Cursor,
+    cur: TxCursor,
     event: str,
     record: AlertRecord | IncidentRecord,
     data: dict[str, Any],

@@ -1,4 +1,5 @@
-"""The alert store: alerts with their audit trail, incidents, and the notification outbox, in one SQLite file.
+"""The alert store: alerts with their audit trail, incidents, and the notification outbox, in one SQLite file or
+(cluster mode) one PostgreSQL database shared by several gateways.
 
 Lifecycle: ``raised`` -> ``acknowledged`` -> ``dispatched`` -> ``resolved`` (with a cause).  Nothing is sent from
 here: ``alerts.delivery.Notifier`` drains the outbox.
@@ -30,7 +31,7 @@ from alerts.store.reports import Reports
 from alerts.store.responders import Responders
 from alerts.store.transitions import Transitions
 from alerts.store.voice import Voice
-from common.db import open_database
+from common.db import Cursor, is_postgres_url, open_database
 
 
 class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outbox, Voice, Responders):
@@ -39,16 +40,21 @@ class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outb
 
     def __init__(
         self,
-        path: str | Path,
+        target: str | Path,
         *,
         notify: NotifyConfig | None = None,
         building_names: Mapping[str, str] | None = None,
         plan: DispatchPlan | None = None,
+        local_path: Path | None = None,
     ) -> None:
-        """``plan``: the micro fire stations and the buildings' locations incidents are dispatched by."""
-        self.path = Path(path)
+        """``target``: the SQLite file, or a ``postgresql://`` URL.  ``plan``: the micro fire stations and the
+        buildings' locations incidents are dispatched by.  ``local_path``: for a PostgreSQL store, the local SQLite
+        file's path (its directory keeps what stays on this machine, e.g. inspection photos); a file store is its
+        own."""
+        self.target: str | Path = target if is_postgres_url(target) else Path(target)
+        self.path = self.target if isinstance(self.target, Path) else (local_path or Path("var/firegrid.sqlite"))
         self._core = Core(
-            open_database(self.path, row_factory=sqlite3.Row),
+            open_database(self.target, row_factory=sqlite3.Row),
             notify=notify or NotifyConfig(),
             building_names=dict(building_names or {}),
             plan=plan,
@@ -59,15 +65,24 @@ class AlertStore(Transitions, Commands, IncidentCommands, Queries, Reports, Outb
     def from_config(cls, config: Any) -> AlertStore:
         """From a ``FiregridConfig`` (duck-typed: the alerts package does not import the gateway)."""
         path = config.resolve_path(config.store.path)
+        url = getattr(config.store, "url", None)
         names = {b.id: b.name for b in config.buildings}
         plan = config.dispatch_plan() if hasattr(config, "dispatch_plan") else None
-        return cls(path, notify=config.notify, building_names=names, plan=plan)
+        return cls(url or path, notify=config.notify, building_names=names, plan=plan, local_path=path)
 
     @property
     def core(self) -> Core:
         """The connection, lock and outbox writers, for a store that keeps its tables beside the alerts' and must
         commit its notifications in the same transactions (``alerts.inspections.store``)."""
         return self._core
+
+    @property
+    def postgres(self) -> bool:
+        return self._core.dialect == "postgres"
+
+    def set_fence(self, check: Callable[[Cursor], None] | None) -> None:
+        """See :meth:`alerts.store.core.Core.set_fence`."""
+        self._core.set_fence(check)
 
     @property
     def notify(self) -> NotifyConfig:

@@ -10,16 +10,16 @@ resolving its last open alert, which closes it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from alerts import dispatch, fanout, routing
 from alerts.records import CAUSES, AlertChange, IncidentRecord
-from alerts.store.core import Core, audit, incident_facts, log_step
+from alerts.store.core import Core, TxCursor, audit, incident_facts, log_step
 from alerts.store.errors import IncidentNotFound, InvalidIncidentTransition
 from alerts.store.events import alert_event, incident_event
 from alerts.store.voice import cancel_calls
+from common.db import Connection, Cursor, Row
 
 # The states from which each step may be taken.
 _ACK_FROM = ("open", "acknowledged", "dispatched", "on_scene")
@@ -229,7 +229,7 @@ class IncidentCommands:
         return None if found is None else found.name
 
 
-def committed(cur: sqlite3.Cursor | sqlite3.Connection) -> dict[str, int]:
+def committed(cur: Cursor | Connection) -> dict[str, int]:
     """Station id -> the open incident it is committed to (dispatched or on scene)."""
     rows = cur.execute(
         "SELECT station, MAX(id) FROM incidents WHERE station IS NOT NULL AND closed_ms IS NULL"
@@ -238,11 +238,12 @@ def committed(cur: sqlite3.Cursor | sqlite3.Connection) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
-def late_arrivals(core: Core, cur: sqlite3.Cursor, now_ms: int, out: list[AlertChange]) -> None:
+def late_arrivals(core: Core, cur: TxCursor, now_ms: int, out: list[AlertChange]) -> None:
     """Escalate every dispatched incident whose station is not on scene by its target: page the station leader and
     the duty officers, and put the breach on the timeline.  Each breach is escalated once."""
     rows = cur.execute(
-        "SELECT * FROM incidents WHERE arrive_by_ms IS NOT NULL AND arrive_by_ms <= ? ORDER BY arrive_by_ms",
+        "SELECT * FROM incidents WHERE arrive_by_ms IS NOT NULL AND arrive_by_ms <= ? ORDER BY arrive_by_ms"
+        + cur.for_update,
         (now_ms,),
     ).fetchall()
     for row in rows:
@@ -288,7 +289,7 @@ def late_arrivals(core: Core, cur: sqlite3.Cursor, now_ms: int, out: list[AlertC
 
 def close(
     core: Core,
-    cur: sqlite3.Cursor,
+    cur: TxCursor,
     incident_id: int,
     *,
     now_ms: int,
@@ -311,28 +312,29 @@ def close(
     log_step(cur, incident_id, now_ms, "resolved", actor=actor, by_name=by_name, detail={"cause": cause, "note": note})
 
 
-def _load(cur: sqlite3.Cursor, incident_id: int) -> sqlite3.Row:
-    row = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+def _load(cur: TxCursor, incident_id: int) -> Row:
+    # FOR UPDATE on PostgreSQL: the state read here decides the step (see alerts.store.core).
+    row = cur.execute("SELECT * FROM incidents WHERE id = ?" + cur.for_update, (incident_id,)).fetchone()
     if row is None:
         raise IncidentNotFound(incident_id)
-    return row  # type: ignore[no-any-return]
+    return row
 
 
-def _raised(cur: sqlite3.Cursor, incident_id: int) -> list[int]:
+def _raised(cur: TxCursor, incident_id: int) -> list[int]:
     rows = cur.execute(
         "SELECT id FROM alerts WHERE incident_id = ? AND state = 'raised' AND open = 1 ORDER BY id", (incident_id,)
     )
     return [int(r[0]) for r in rows]
 
 
-def _open_alerts(cur: sqlite3.Cursor, incident_id: int) -> list[int]:
+def _open_alerts(cur: TxCursor, incident_id: int) -> list[int]:
     rows = cur.execute("SELECT id FROM alerts WHERE incident_id = ? AND open = 1 ORDER BY id", (incident_id,))
     return [int(r[0]) for r in rows]
 
 
 def _ack_alerts(
     core: Core,
-    cur: sqlite3.Cursor,
+    cur: TxCursor,
     ids: Sequence[int],
     *,
     by: str,
@@ -354,7 +356,7 @@ def _ack_alerts(
         cancel_calls(cur, incident_id, now_ms=now_ms, reason=f"acknowledged by {by}")
 
 
-def _latest(cur: sqlite3.Cursor, incident_id: int, action: str) -> int | None:
+def _latest(cur: TxCursor, incident_id: int, action: str) -> int | None:
     """When the latest ``action`` step of the incident happened (a re-dispatch restarts the clock)."""
     row = cur.execute(
         "SELECT MAX(ts_ms) FROM incident_events WHERE incident_id = ? AND action = ?", (incident_id, action)

@@ -3,7 +3,7 @@ budget and rate limits read, reconciling an SMS whose fate is unknown, disabling
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from alerts.records import OutboxItem, OutboxRecord, Outcome
@@ -16,20 +16,26 @@ class Outbox:
 
     _core: Core
 
-    def recover(self, *, now_ms: int) -> int:
+    def recover(self, *, now_ms: int, buildings: Collection[str] | None = None) -> int:
         """After a restart: an SMS caught in ``attempting`` may or may not have gone out.  It becomes ``unknown``
-        (to reconcile with the provider), never a blind resend."""
+        (to reconcile with the provider), never a blind resend.  ``buildings``: only the rows of these buildings
+        (in cluster mode another gateway's rows in ``attempting`` are its sends in flight, not interrupted ones)."""
+        scope, args = "", []
+        if buildings is not None:
+            wanted = list(buildings)
+            scope = f" AND building IN ({','.join('?' * len(wanted))})" if wanted else " AND 1 = 0"
+            args = wanted
         with self._core.tx() as cur:
             # A robot message is at least once (like a webhook): one interrupted mid-request goes again.
             cur.execute(
                 "UPDATE outbox SET state = 'pending', next_ms = ?, last_error = 'interrupted while sending'"
-                " WHERE state = 'attempting' AND channel = 'robot'",
-                (now_ms,),
+                " WHERE state = 'attempting' AND channel = 'robot'" + scope,
+                (now_ms, *args),
             )
             cur.execute(
                 "UPDATE outbox SET state = 'unknown', done_ms = ?, last_error = 'interrupted while sending'"
-                " WHERE state = 'attempting'",
-                (now_ms,),
+                " WHERE state = 'attempting'" + scope,
+                (now_ms, *args),
             )
             return int(cur.rowcount)
 
@@ -37,12 +43,14 @@ class Outbox:
         """Take a pending row out of coalescing (``attempting``) and return its body as it is now: an update
         coalesced into it after it was picked goes out with it, one made after this goes into a new row."""
         with self._core.tx() as cur:
-            row = cur.execute("SELECT body FROM outbox WHERE id = ? AND state = 'pending'", (item_id,)).fetchone()
-            if row is None:
-                return None
-            # (The attempt is counted when its outcome is recorded.)
-            cur.execute("UPDATE outbox SET state = 'attempting', attempt_ms = ? WHERE id = ?", (now_ms, item_id))
-            return bytes(row["body"])
+            # One statement: of two notifiers (cluster mode) claiming the same row, one gets it.  (The attempt is
+            # counted when its outcome is recorded.)
+            row = cur.execute(
+                "UPDATE outbox SET state = 'attempting', attempt_ms = ? WHERE id = ? AND state = 'pending'"
+                " RETURNING body",
+                (now_ms, item_id),
+            ).fetchone()
+            return None if row is None else bytes(row[0])
 
     def due(
         self,
@@ -52,16 +60,26 @@ class Outbox:
         exclude: Iterable[int] = (),
         channel: str | None = None,
         exclude_targets: Iterable[str] = (),
+        buildings: Collection[str] | None = None,
     ) -> list[OutboxItem]:
         """Pending rows whose time has come, highest priority (fire) first, skipping ``exclude`` (in flight) and
-        rows for ``exclude_targets`` (endpoints already at their share of the workers)."""
+        rows for ``exclude_targets`` (endpoints already at their share of the workers).  ``buildings``: only the
+        rows of these buildings (a cluster gateway drains the outbox of the buildings it owns; None: every row)."""
         skip = set(exclude)
         # Walk the (channel, priority, id) index and stop after ``limit`` rows: never sort the whole backlog.
+        # (INDEXED BY is SQLite's; PostgreSQL's planner picks the partial index by itself.)
         sql = "SELECT * FROM outbox WHERE state = 'pending' AND next_ms <= ?"
         args: list[Any] = [now_ms]
         if channel is not None:
-            sql = "SELECT * FROM outbox INDEXED BY outbox_due WHERE state = 'pending' AND channel = ? AND next_ms <= ?"
+            hint = " INDEXED BY outbox_due" if self._core.dialect == "sqlite" and buildings is None else ""
+            sql = f"SELECT * FROM outbox{hint} WHERE state = 'pending' AND channel = ? AND next_ms <= ?"
             args = [channel, now_ms]
+        if buildings is not None:
+            wanted = list(buildings)
+            if not wanted:
+                return []
+            sql += f" AND building IN ({','.join('?' * len(wanted))})"
+            args.extend(wanted)
         targets = list(exclude_targets)
         if targets:
             sql += f" AND target NOT IN ({','.join('?' * len(targets))})"
@@ -73,11 +91,22 @@ class Outbox:
         return [OutboxItem.from_row(r) for r in rows if r["id"] not in skip][:limit]
 
     def next_due_ms(
-        self, *, exclude: Iterable[int] = (), channels: Iterable[str] | None = None, _channel: str | None = None
+        self,
+        *,
+        exclude: Iterable[int] = (),
+        channels: Iterable[str] | None = None,
+        buildings: Collection[str] | None = None,
+        _channel: str | None = None,
     ) -> int | None:
-        """When the next pending row (not in ``exclude``, in one of ``channels``) is due."""
+        """When the next pending row (not in ``exclude``, in one of ``channels``, of one of ``buildings``) is due."""
         sql = "SELECT MIN(next_ms) FROM outbox WHERE state = 'pending'"
         args: list[Any] = []
+        if buildings is not None:
+            wanted_b = list(buildings)
+            if not wanted_b:
+                return None
+            sql += f" AND building IN ({','.join('?' * len(wanted_b))})"
+            args.extend(wanted_b)
         skip = list(exclude)
         if skip:
             sql += f" AND id NOT IN ({','.join('?' * len(skip))})"
@@ -87,7 +116,7 @@ class Outbox:
             if not wanted:
                 return None
             # One indexed MIN per channel (channel, next_ms): never a scan of the whole backlog.
-            found = [self.next_due_ms(exclude=skip, channels=None, _channel=ch) for ch in wanted]
+            found = [self.next_due_ms(exclude=skip, channels=None, buildings=buildings, _channel=ch) for ch in wanted]
             times = [t for t in found if t is not None]
             return min(times) if times else None
         if _channel is not None:
@@ -191,7 +220,9 @@ class Outbox:
     def reconcile_sms(self, item_id: int, *, delivered: bool, now_ms: int) -> None:
         """An operator checked an ``unknown`` SMS with the provider: mark it ``sent``, or queue it again."""
         with self._core.tx() as cur:
-            row = cur.execute("SELECT state FROM outbox WHERE id = ? AND channel = 'sms'", (item_id,)).fetchone()
+            row = cur.execute(
+                "SELECT state FROM outbox WHERE id = ? AND channel = 'sms'" + cur.for_update, (item_id,)
+            ).fetchone()
             if row is None or row["state"] != "unknown":
                 raise AlertStoreError(f"outbox row {item_id} is not an SMS in state unknown")
             if delivered:
@@ -208,7 +239,8 @@ class Outbox:
     def disable_endpoint(self, target: str, *, reason: str, now_ms: int) -> None:
         with self._core.tx() as cur:
             cur.execute(
-                "INSERT OR REPLACE INTO endpoints (target, disabled_ms, reason) VALUES (?,?,?)",
+                "INSERT INTO endpoints (target, disabled_ms, reason) VALUES (?,?,?) ON CONFLICT (target)"
+                " DO UPDATE SET disabled_ms = excluded.disabled_ms, reason = excluded.reason",
                 (target, now_ms, reason),
             )
             cur.execute(

@@ -105,7 +105,7 @@ class Queries:
             if value is None:
                 return
             values = [value] if isinstance(value, str) else list(value)
-            where.append(f"a.{column} IN ({','.join('?' * len(values))})" if values else "0")
+            where.append(f"a.{column} IN ({','.join('?' * len(values))})" if values else "1 = 0")
             args.extend(values)
 
         any_of("state", state)
@@ -155,7 +155,7 @@ class Queries:
         for column, value in (("building", building), ("grid", grid)):
             if value is not None:
                 values = [value] if isinstance(value, str) else list(value)
-                where.append(f"{column} IN ({','.join('?' * len(values))})" if values else "0")
+                where.append(f"{column} IN ({','.join('?' * len(values))})" if values else "1 = 0")
                 args.extend(values)
         if since_ms is not None:
             where.append("updated_ms >= ?")

@@ -8,13 +8,13 @@ store written before incidents had a lifecycle of their own still gives every fi
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from alerts.figures import AlertFacts, IncidentFacts
 from alerts.store.core import Core
+from common.db import Row
 from rules.types import Severity
 
 # Per incident: the first time of each step from its events, else from its alerts.
@@ -70,7 +70,7 @@ def _scope(column: str, buildings: Sequence[str] | None, grid: str | None) -> tu
     sql = ""
     args: list[Any] = []
     if buildings is not None:
-        sql += f" AND {column}building IN ({','.join('?' * len(buildings))})" if buildings else " AND 0"
+        sql += f" AND {column}building IN ({','.join('?' * len(buildings))})" if buildings else " AND 1 = 0"
         args.extend(buildings)
     if grid is not None:
         sql += f" AND {column}grid = ?"
@@ -120,7 +120,7 @@ class Reports:
             " SELECT e.ts_ms, 'incident', e.incident_id, e.incident_id, i.building, i.grid, e.action,"
             " COALESCE(e.by_name, e.actor), e.detail, e.id FROM incident_events e JOIN incidents i"
             f" ON i.id = e.incident_id WHERE e.ts_ms >= ? AND e.ts_ms < ?{where_i}"
-            ") WHERE (ts_ms, kind, seq) > (?, ?, ?) ORDER BY ts_ms, kind, seq LIMIT 5000"
+            ") AS steps WHERE (ts_ms, kind, seq) > (?, ?, ?) ORDER BY ts_ms, kind, seq LIMIT 5000"
         )
         after: tuple[int, str, int] = (-1, "", -1)
         while True:
@@ -136,7 +136,7 @@ class Reports:
             after = (int(last[0]), str(last[1]), int(last[9]))
 
 
-def _incident(r: sqlite3.Row) -> IncidentFacts:
+def _incident(r: Row) -> IncidentFacts:
     return IncidentFacts(
         id=r["id"],
         building=r["building"],
@@ -155,7 +155,7 @@ def _incident(r: sqlite3.Row) -> IncidentFacts:
     )
 
 
-def _alert(r: sqlite3.Row) -> AlertFacts:
+def _alert(r: Row) -> AlertFacts:
     return AlertFacts(
         id=r["id"],
         incident_id=r["incident_id"],

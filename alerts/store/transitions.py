@@ -10,15 +10,15 @@ crash either loses both (the broker redelivers) or keeps both (the outbox resume
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 
 from alerts import fanout, routing
 from alerts.records import AlertChange
-from alerts.store.core import Core, audit, log_step, to_json
+from alerts.store.core import Core, TxCursor, audit, log_step, to_json
 from alerts.store.events import alert_event, incident_event
 from alerts.store.incidents import late_arrivals
+from common.db import Cursor
 from rules.types import AlertTransition, Severity
 
 
@@ -32,7 +32,7 @@ class Transitions:
         transitions: Iterable[AlertTransition],
         *,
         now_ms: int,
-        also: Callable[[sqlite3.Cursor], None] | None = None,
+        also: Callable[[Cursor], None] | None = None,
     ) -> list[AlertChange]:
         """Persist engine transitions, incident grouping and the outbox rows they cause, in ONE transaction.
         ``also``: more writes of the same group commit, made in that transaction (the gateway's engine snapshots,
@@ -74,7 +74,7 @@ class Transitions:
         with self._core.tx() as cur:
             due = cur.execute(
                 "SELECT * FROM alerts WHERE escalate_at_ms IS NOT NULL AND escalate_at_ms <= ? AND open = 1"
-                " ORDER BY severity DESC, escalate_at_ms",
+                " ORDER BY severity DESC, escalate_at_ms" + cur.for_update,
                 (now_ms,),
             ).fetchall()
             for row in due:
@@ -121,9 +121,9 @@ class Transitions:
         return changes
 
 
-def _apply_one(core: Core, cur: sqlite3.Cursor, t: AlertTransition, now_ms: int, out: list[AlertChange]) -> None:
+def _apply_one(core: Core, cur: TxCursor, t: AlertTransition, now_ms: int, out: list[AlertChange]) -> None:
     drill = bool(getattr(t, "drill", False))
-    row = cur.execute("SELECT * FROM alerts WHERE key = ? AND open = 1", (t.key,)).fetchone()
+    row = cur.execute("SELECT * FROM alerts WHERE key = ? AND open = 1" + cur.for_update, (t.key,)).fetchone()
     if t.transition == "cleared":
         if row is None or row["condition"] == "cleared":
             return  # nothing open to clear (already resolved by a person, or cleared twice)
@@ -146,7 +146,7 @@ def _apply_one(core: Core, cur: sqlite3.Cursor, t: AlertTransition, now_ms: int,
         cur.execute(
             "INSERT INTO alerts (key, rule, severity, building, floor, device, grid, state, condition, reason,"
             " value, confirmed, flapping, test, drill, incident_id, ts_ms, raised_ms, updated_ms,"
-            " escalate_at_ms, evidence) VALUES (?,?,?,?,?,?,?,'raised','active',?,?,?,?,?,?,?,?,?,?,?,?)",
+            " escalate_at_ms, evidence) VALUES (?,?,?,?,?,?,?,'raised','active',?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 t.key,
                 t.rule,
@@ -169,7 +169,7 @@ def _apply_one(core: Core, cur: sqlite3.Cursor, t: AlertTransition, now_ms: int,
                 evidence,
             ),
         )
-        alert_id = int(cur.lastrowid or 0)
+        alert_id = int(cur.fetchone()[0])
         audit(cur, alert_id, now_ms, "raised", None, {"reason": t.reason, "severity": t.severity.label})
         alert_event(core, cur, "alert.raised", alert_id, now_ms, out, news=new_incident)
         incident_event(
@@ -213,42 +213,46 @@ def _apply_one(core: Core, cur: sqlite3.Cursor, t: AlertTransition, now_ms: int,
     alert_event(core, cur, "alert.updated", alert_id, now_ms, out)
     if rose:
         cur.execute(
-            "UPDATE incidents SET severity = MAX(severity, ?), updated_ms = ? WHERE id = ?",
-            (severity, now_ms, row["incident_id"]),
+            "UPDATE incidents SET severity = CASE WHEN severity < ? THEN ? ELSE severity END, updated_ms = ?"
+            " WHERE id = ?",
+            (severity, severity, now_ms, row["incident_id"]),
         )
         incident_event(core, cur, "incident.updated", int(row["incident_id"]), now_ms, out, test=bool(row["test"]))
         if not row["test"]:
             fanout.page(cur, core.notify, core.building_names, alert_id, tier=int(row["tier"]), now_ms=now_ms)
 
 
-def _join_incident(
-    core: Core, cur: sqlite3.Cursor, t: AlertTransition, drill: bool, now_ms: int
-) -> tuple[int, bool, bool]:
+def _join_incident(core: Core, cur: TxCursor, t: AlertTransition, drill: bool, now_ms: int) -> tuple[int, bool, bool]:
     window_ms = int(core.notify.group_window_s * 1000)
     row = cur.execute(
         "SELECT id, severity FROM incidents WHERE building = ? AND drill = ? AND closed_ms IS NULL"
-        " AND last_alert_ms >= ? ORDER BY id DESC LIMIT 1",
+        " AND last_alert_ms >= ? ORDER BY id DESC LIMIT 1" + cur.for_update,
         (t.building, int(drill), now_ms - window_ms),
     ).fetchone()
     if row is not None:
         rose = int(t.severity) > int(row["severity"])
         cur.execute(
             "UPDATE incidents SET last_alert_ms = ?, updated_ms = ?, alert_count = alert_count + 1,"
-            " open_count = open_count + 1, severity = MAX(severity, ?) WHERE id = ?",
-            (now_ms, now_ms, int(t.severity), row["id"]),
+            " open_count = open_count + 1, severity = CASE WHEN severity < ? THEN ? ELSE severity END WHERE id = ?",
+            (now_ms, now_ms, int(t.severity), int(t.severity), row["id"]),
         )
         return int(row["id"]), False, rose
-    cur.execute(
-        "INSERT INTO incidents (building, grid, drill, code, severity, opened_ms, last_alert_ms, updated_ms,"
-        " alert_count, open_count) VALUES (?,?,?,?,?,?,?,?,1,1)",
-        (t.building, t.grid, int(drill), _new_code(cur), int(t.severity), now_ms, now_ms, now_ms),
-    )
-    incident_id = int(cur.lastrowid or 0)
+    incident_id = None
+    while incident_id is None:
+        # The reply code is unique among open incidents (an index): a code another writer took meanwhile inserts
+        # nothing here, and we draw again.
+        found = cur.execute(
+            "INSERT INTO incidents (building, grid, drill, code, severity, opened_ms, last_alert_ms, updated_ms,"
+            " alert_count, open_count) VALUES (?,?,?,?,?,?,?,?,1,1)"
+            " ON CONFLICT (code) WHERE closed_ms IS NULL DO NOTHING RETURNING id",
+            (t.building, t.grid, int(drill), _new_code(cur), int(t.severity), now_ms, now_ms, now_ms),
+        ).fetchone()
+        incident_id = None if found is None else int(found[0])
     log_step(cur, incident_id, now_ms, "opened", actor="system", detail={"rule": t.rule, "severity": t.severity.label})
     return incident_id, True, True
 
 
-def _new_code(cur: sqlite3.Cursor) -> str:
+def _new_code(cur: Cursor) -> str:
     # A short code for acknowledging by SMS reply; unique among open incidents.
     for digits in (4, 4, 4, 5, 6, 6, 6, 8):
         code = str(secrets.randbelow(9 * 10 ** (digits - 1)) + 10 ** (digits - 1))

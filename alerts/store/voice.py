@@ -3,10 +3,9 @@ alert's audit trail, and calling off the calls still waiting once nobody needs w
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from alerts.store.core import Core, audit
+from alerts.store.core import Core, TxCursor, audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +20,7 @@ class VoiceCallRecord:
     state: str
 
 
-def cancel_calls(cur: sqlite3.Cursor, incident_id: int, *, now_ms: int, reason: str) -> None:
+def cancel_calls(cur: TxCursor, incident_id: int, *, now_ms: int, reason: str) -> None:
     """Call off the voice calls of an incident still waiting (acknowledged, dispatched or resolved meanwhile)."""
     left = cur.execute(
         "SELECT 1 FROM alerts WHERE incident_id = ? AND open = 1 AND state = 'raised' LIMIT 1", (incident_id,)

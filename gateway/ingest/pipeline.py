@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 from alerts.inspections.deadlines import RULES as DEADLINE_RULES
 from alerts.records import AlertRecord
 from alerts.store import AlertStore
-from common.db import open_database
+from common.db import Connection, Cursor, open_database
 from gateway.ingest.contract import Decoder, Reason, Rejected
 from gateway.ingest.dedup import Dedup
 from gateway.ingest.mqtt import EVENT_LANE, MAIN_LANE, Incoming
@@ -57,26 +56,34 @@ def now_ms() -> int:
 
 
 class EngineState:
-    """Per-building engine snapshots in the SQLite store (table ``gateway_engine_state``)."""
+    """Per-building engine snapshots in the store (table ``gateway_engine_state``): the SQLite file at ``path``, or
+    with ``url`` the PostgreSQL store (cluster mode; ``path`` is then the local file the alert store was given too,
+    so that the pipeline still sees the two share one store and writes the snapshots in the alert transaction)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, url: str | None = None) -> None:
         self.path = Path(path)
-        self._db = open_database(path)
+        self._db = open_database(url or self.path)
 
     def load(self) -> dict[str, bytes]:
         return {b: bytes(d) for b, d in self._db.execute("SELECT building, data FROM gateway_engine_state")}
 
     def save(self, snapshots: Mapping[str, bytes], *, at_ms: int) -> None:
         self._db.execute("BEGIN")
-        self.write(self._db, snapshots, at_ms=at_ms)
-        self._db.execute("COMMIT")
+        try:
+            self.write(self._db, snapshots, at_ms=at_ms)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @staticmethod
-    def write(db: sqlite3.Connection | sqlite3.Cursor, snapshots: Mapping[str, bytes], *, at_ms: int) -> None:
-        """Inside a transaction someone else commits (the alert store's, when both live in one file)."""
+    def write(db: Connection | Cursor, snapshots: Mapping[str, bytes], *, at_ms: int) -> None:
+        """Inside a transaction someone else commits (the alert store's, when both live in one store)."""
         db.executemany(
-            "INSERT OR REPLACE INTO gateway_engine_state (building, data, updated_ms) VALUES (?, ?, ?)",
-            [(b, sqlite3.Binary(d), at_ms) for b, d in snapshots.items()],
+            "INSERT INTO gateway_engine_state (building, data, updated_ms) VALUES (?, ?, ?) ON CONFLICT (building)"
+            " DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+            [(b, bytes(d), at_ms) for b, d in snapshots.items()],
         )
 
     def close(self) -> None:

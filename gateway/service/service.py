@@ -34,6 +34,7 @@ from alerts.inspections.store import InspectionStore
 from alerts.store import AlertStore
 from common.gc_pause import gc_paused
 from common.migrations import SchemaError
+from common.pg import StoreUnreachable
 from gateway.api import create_api_app
 from gateway.api.hub import Hub
 from gateway.api.ingest import add_ingest_routes
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         exit_with_problems(exc.problems)
     except SchemaError as exc:  # a store from a newer release, or a migration that failed: nothing was changed
         exit_with_problems([str(exc)])
+    except StoreUnreachable as exc:  # store.url: the PostgreSQL server is down, or refused us
+        exit_with_problems([str(exc)])
     except KeyboardInterrupt:
         return 130
 
@@ -107,8 +110,8 @@ class Service:
         self.engine = Engine(load_rule_set(config), registry=registry)
         self.store = AlertStore.from_config(config)
         self.notifier = Notifier(self.store, config.notify)
-        self.engine_state = EngineState(db_path)
-        self.retention = Retention(db_path, config=config.retention)
+        self.engine_state = EngineState(db_path, url=config.store.url)
+        self.retention = Retention(db_path, config=config.retention, url=config.store.url)
         # Side work that must never stop the gateway (retention, creating the InfluxDB database): cancelled at
         # shutdown, and its ending is not a reason to stop.
         self._side_tasks: list[asyncio.Task[None]] = []

@@ -1,4 +1,5 @@
-"""Device registry and presence, kept in the SQLite store so that a restart does not forget it.
+"""Device registry and presence, kept in the store (the SQLite file, or in cluster mode the shared PostgreSQL store)
+so that a restart does not forget it.
 
 A device is *online* when its retained ``status`` says so and it has spoken within its kind's heartbeat period;
 *offline* when its status (or last will) says ``offline`` or it has been silent longer than the heartbeat;
@@ -10,7 +11,6 @@ the last second of "last seen" in a crash is harmless; the next message restores
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from common.db import open_database
+from common.db import DATABASE_ERRORS, Connection, dialect_of, open_database
 from gateway.config import FiregridConfig
 from rules.types import DeviceRef, MetricValue, Reading, StatusChange
 
@@ -70,13 +70,20 @@ class DeviceState:
 
 
 _COLUMNS = "device, building, kind, floor, grid, registered, last_seen_ms, last_values, battery, status, status_ts_ms"
+_UPSERT_DEVICE = (
+    f"INSERT INTO gateway_devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+)
 
 
 class Presence:
     """Registry + presence.  ``list_devices``/``get_device`` are what the API serves."""
 
     def __init__(self, *, config: FiregridConfig, db_path: Path) -> None:
-        self._db = open_database(db_path)
+        """``db_path``: the SQLite store; with ``store.url`` (cluster mode) the PostgreSQL store is used instead."""
+        url = config.store.url
+        self._db: Connection = open_database(url) if url else open_database(db_path)
+        self._postgres = dialect_of(self._db) == "postgres"
         self._lock = threading.Lock()
         self._heartbeats = {kind.value: s for kind, s in config.presence.heartbeat_s.items()}
         grids = {b.id: b.grid for b in config.buildings}
@@ -229,19 +236,22 @@ class Presence:
             if self._closed:
                 return
             self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO gateway_devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows
-            )
-            if history:
-                self._db.executemany(
-                    "INSERT INTO gateway_readings (device, building, kind, ts_ms, value) VALUES (?,?,?,?,?)",
-                    history,
-                )
-                self._db.execute(
-                    "DELETE FROM gateway_readings WHERE id <= (SELECT MAX(id) FROM gateway_readings) - ?",
-                    (self.history_limit,),
-                )
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany(_UPSERT_DEVICE, rows)
+                if history:
+                    self._db.executemany(
+                        "INSERT INTO gateway_readings (device, building, kind, ts_ms, value) VALUES (?,?,?,?,?)",
+                        history,
+                    )
+                    self._db.execute(
+                        "DELETE FROM gateway_readings WHERE id <= (SELECT MAX(id) FROM gateway_readings) - ?",
+                        (self.history_limit,),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def list_devices(
         self,
@@ -290,10 +300,13 @@ class Presence:
     def writable(self) -> bool:
         try:
             with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
+                # SQLite: can we take the write lock?  PostgreSQL: does the server answer a transaction?
+                self._db.execute("BEGIN" if self._postgres else "BEGIN IMMEDIATE")
+                if self._postgres:
+                    self._db.execute("SELECT 1")
                 self._db.execute("ROLLBACK")
             return True
-        except sqlite3.Error:
+        except DATABASE_ERRORS:
             return False
 
     def close(self) -> None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.db import open_database
+from common.db import Connection, dialect_of, open_database
 from gateway.config import RetentionConfig
 
 log = logging.getLogger("firegrid.retention")
@@ -55,14 +54,19 @@ class Swept:
 class Retention:
     """Thread-safe by its lock; :meth:`sweep` is synchronous (tests and the CLI call it directly)."""
 
-    def __init__(self, path: str | Path, *, config: RetentionConfig) -> None:
+    def __init__(self, path: str | Path, *, config: RetentionConfig, url: str | None = None) -> None:
+        """``path``: the SQLite store.  ``url``: the PostgreSQL store of cluster mode, which then holds everything
+        swept here but the dead letters (this machine's own, in the file at ``path``)."""
         self.config = config
-        self._db = open_database(path)
+        self._db: Connection = open_database(url) if url else open_database(Path(path))
+        self._local: Connection = open_database(Path(path)) if url else self._db
         self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._local is not self._db:
+                self._local.close()
 
     def _cutoff(self, days: int, now_ms: int) -> int | None:
         return None if days <= 0 else now_ms - days * DAY_MS
@@ -76,26 +80,29 @@ class Retention:
         alerts_cutoff = self._cutoff(self.config.alerts_days, now_ms)
         readings_cutoff = self._cutoff(self.config.readings_days, now_ms)
         dead_cutoff = self._cutoff(self.config.dead_letters_days, now_ms)
-        jobs: list[tuple[str, int, Callable[[sqlite3.Connection, int, int], dict[str, int]]]] = []
+        jobs: list[tuple[Connection, int, Callable[[Connection, int, int], dict[str, int]]]] = []
         if alerts_cutoff is not None:
             cutoffs["alerts"] = alerts_cutoff
-            jobs += [("alerts", alerts_cutoff, _alerts_batch), ("incidents", alerts_cutoff, _incidents_batch)]
+            jobs += [(self._db, alerts_cutoff, _alerts_batch), (self._db, alerts_cutoff, _incidents_batch)]
         if readings_cutoff is not None:
             cutoffs["readings"] = readings_cutoff
-            jobs.append(("readings", readings_cutoff, _simple("gateway_readings", "readings")))
+            jobs.append((self._db, readings_cutoff, _simple("gateway_readings", "readings")))
         if dead_cutoff is not None:
             cutoffs["dead_letters"] = dead_cutoff
-            jobs.append(("dead_letters", dead_cutoff, _simple("gateway_influx_dead_letters", "dead_letters")))
+            jobs.append((self._local, dead_cutoff, _simple("gateway_influx_dead_letters", "dead_letters")))
         limit = self.config.batch_rows
-        for _name, cutoff, batch in jobs:
+        for db, cutoff, batch in jobs:
             while True:
                 with self._lock:
-                    self._db.execute("BEGIN IMMEDIATE")
+                    # SQLite: take the write lock at once (no upgrade deadlock with the gateway's commit).
+                    # PostgreSQL: a plain transaction (the deletes lock their own rows).
+                    db.execute("BEGIN IMMEDIATE" if dialect_of(db) == "sqlite" else "BEGIN")
                     try:
-                        removed = batch(self._db, cutoff, limit)
-                        self._db.execute("COMMIT")
+                        removed = batch(db, cutoff, limit)
+                        db.execute("COMMIT")
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
                         raise
                 batches += 1
                 for key, n in removed.items():
@@ -134,7 +141,7 @@ class Retention:
             await asyncio.sleep(self.config.interval_s)
 
 
-def _ids(db: sqlite3.Connection, sql: str, cutoff: int, limit: int) -> list[int]:
+def _ids(db: Connection, sql: str, cutoff: int, limit: int) -> list[int]:
     return [int(r[0]) for r in db.execute(sql, (cutoff, limit))]
 
 
@@ -142,7 +149,7 @@ def _in(ids: list[int]) -> str:
     return f"({','.join('?' * len(ids))})"
 
 
-def _alerts_batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[str, int]:
+def _alerts_batch(db: Connection, cutoff: int, limit: int) -> dict[str, int]:
     ids = _ids(db, "SELECT id FROM alerts WHERE open = 0 AND updated_ms < ? ORDER BY id LIMIT ?", cutoff, limit)
     if not ids:
         return {"alerts": 0}
@@ -151,7 +158,7 @@ def _alerts_batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[str, 
     return {"alerts": alerts, "audit": audit}
 
 
-def _incidents_batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[str, int]:
+def _incidents_batch(db: Connection, cutoff: int, limit: int) -> dict[str, int]:
     ids = _ids(
         db,
         "SELECT id FROM incidents i WHERE closed_ms IS NOT NULL AND updated_ms < ?"
@@ -167,9 +174,9 @@ def _incidents_batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[st
     return {"incidents": incidents, "incident_events": events}
 
 
-def _simple(table: str, key: str) -> Callable[[sqlite3.Connection, int, int], dict[str, int]]:
+def _simple(table: str, key: str) -> Callable[[Connection, int, int], dict[str, int]]:
     # The table name is one of two constants above, never input.
-    def batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[str, int]:
+    def batch(db: Connection, cutoff: int, limit: int) -> dict[str, int]:
         n = db.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts_ms < ? ORDER BY id LIMIT ?)",
             (cutoff, limit),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.migrations import user_version
+from common.pg import redact
 from gateway.config import load_or_exit
 
 
@@ -77,6 +78,14 @@ def backup(source: Path, out: Path) -> BackupResult:
 
 def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
+    if config.store.url:
+        # The shared store is PostgreSQL's to copy: its own tool takes a consistent snapshot of a live database.
+        print(
+            "firegrid backup: store.url names a PostgreSQL store; back it up with pg_dump (e.g. pg_dump -Fc -f"
+            f" firegrid.dump {redact(config.store.url)}). This command copies SQLite stores only.",
+            file=sys.stderr,
+        )
+        return 2
     source = config.resolve_path(config.store.path)
     try:
         result = backup(source, Path(args.out))

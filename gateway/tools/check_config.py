@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from common.pg import redact
 from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load_or_exit
 from rules.loader import load_rule_set
 
@@ -23,9 +24,10 @@ def summary(config: FiregridConfig) -> str:
     if config.mqtt.buildings:
         part = config.owned()
         owned = f"; this gateway owns {len(config.mqtt.buildings)} buildings ({len(part.devices)} devices)"
+    store = f"PostgreSQL store {redact(config.store.url)}" if config.store.url else f"SQLite store {config.store.path}"
     return (
         f"ok: {len(config.buildings)} buildings in {len(grids)} grids, {len(config.devices)} devices ({by_kind}); "
-        f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}{owned}"
+        f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}; {store}{owned}"
         + (f"; {len(config.inspection_points)} inspection points" if config.inspection_points else "")
     )
 
