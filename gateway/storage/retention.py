@@ -7,7 +7,9 @@ What goes, and only when it is older than its kind's limit:
 * a closed incident whose last change is older than ``alerts_days`` and that has no alert left, with its events
   and its paging marks;
 * the local copy of readings (``gateway_readings``) older than ``readings_days``;
-* lines InfluxDB refused, older than ``dead_letters_days``.
+* lines InfluxDB refused, older than ``dead_letters_days``;
+* the change log (``change_log``, what ``firegrid console`` follows) older than :data:`CHANGE_LOG_DAYS`: a feed for
+  consoles that are at most seconds behind, not the record (that is the alerts, incidents and their audit).
 
 Each batch (``batch_rows``) is one short transaction on this module's own connection, so the gateway's group
 commit waits at most one batch behind it (SQLite's busy timeout), and the event loop never waits at all
@@ -32,6 +34,7 @@ from gateway.config import RetentionConfig
 log = logging.getLogger("firegrid.retention")
 
 DAY_MS = 86_400_000
+CHANGE_LOG_DAYS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +47,21 @@ class Swept:
     incident_events: int = 0
     readings: int = 0
     dead_letters: int = 0
+    change_log: int = 0
     batches: int = 0
     cutoffs: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return self.alerts + self.audit + self.incidents + self.incident_events + self.readings + self.dead_letters
+        return (
+            self.alerts
+            + self.audit
+            + self.incidents
+            + self.incident_events
+            + self.readings
+            + self.dead_letters
+            + self.change_log
+        )
 
 
 class Retention:
@@ -70,7 +82,9 @@ class Retention:
     def sweep(self, *, now_ms: int, pause: Callable[[], None] | None = None) -> Swept:
         """Remove everything older than its limit at ``now_ms``; ``pause()`` runs between batches (a real sweep
         yields the database to the gateway there)."""
-        counts = dict.fromkeys(("alerts", "audit", "incidents", "incident_events", "readings", "dead_letters"), 0)
+        counts = dict.fromkeys(
+            ("alerts", "audit", "incidents", "incident_events", "readings", "dead_letters", "change_log"), 0
+        )
         batches = 0
         cutoffs: dict[str, int] = {}
         alerts_cutoff = self._cutoff(self.config.alerts_days, now_ms)
@@ -86,6 +100,9 @@ class Retention:
         if dead_cutoff is not None:
             cutoffs["dead_letters"] = dead_cutoff
             jobs.append(("dead_letters", dead_cutoff, _simple("gateway_influx_dead_letters", "dead_letters")))
+        change_cutoff = now_ms - CHANGE_LOG_DAYS * DAY_MS
+        cutoffs["change_log"] = change_cutoff
+        jobs.append(("change_log", change_cutoff, _simple("change_log", "change_log")))
         limit = self.config.batch_rows
         for _name, cutoff, batch in jobs:
             while True:
@@ -168,7 +185,7 @@ def _incidents_batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[st
 
 
 def _simple(table: str, key: str) -> Callable[[sqlite3.Connection, int, int], dict[str, int]]:
-    # The table name is one of two constants above, never input.
+    # The table name is one of the constants above, never input.
     def batch(db: sqlite3.Connection, cutoff: int, limit: int) -> dict[str, int]:
         n = db.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts_ms < ? ORDER BY id LIMIT ?)",

@@ -103,33 +103,38 @@ async def stream(call: Call) -> web.StreamResponse:
     return response
 
 
+def render_change(state: ApiState, change: AlertChange) -> tuple[str, dict[str, Any]]:
+    """An alert-store change as the live stream sends it: (``alert`` or ``incident``, the event's JSON object).
+    The hub's events and the store's change log (what ``firegrid console`` follows) are both made here."""
+    grids = state.building_grids
+    kind = views.as_str(change.type, 64) or "alert.changed"
+    record = change.record
+    event: dict[str, Any] = {"change": kind, "ts_ms": change.ts_ms}
+    if kind.startswith("incident."):
+        incident = views.incident(record, building_grids=grids) if isinstance(record, IncidentRecord) else None
+        event["building"] = incident.building if incident else None
+        event["incident"] = incident.model_dump(mode="json") if incident else None
+        return "incident", event
+    alert = (
+        views.alert(record, building_grids=grids, rules=state.rules, locations=state.device_locations)
+        if isinstance(record, AlertRecord)
+        else None
+    )
+    event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
+    event["alert"] = alert.model_dump(mode="json") if alert else None
+    return "alert", event
+
+
 def store_listener(state: ApiState) -> Callable[[AlertChange], None]:
-    """Publish each alert-store change to the hub as an ``alert`` event.
+    """Publish each alert-store change to the hub as an ``alert`` or ``incident`` event.
 
     Called by the store, possibly inside its transaction or from a worker thread: it must never raise (that could
     abort the store's write) and never block.
     """
-    grids = state.building_grids
 
     def on_change(change: AlertChange) -> None:
         try:
-            kind = views.as_str(change.type, 64) or "alert.changed"
-            record = change.record
-            event: dict[str, Any] = {"change": kind, "ts_ms": change.ts_ms}
-            if kind.startswith("incident."):
-                incident = views.incident(record, building_grids=grids) if isinstance(record, IncidentRecord) else None
-                event["building"] = incident.building if incident else None
-                event["incident"] = incident.model_dump(mode="json") if incident else None
-                state.hub.publish("incident", event)
-                return
-            alert = (
-                views.alert(record, building_grids=grids, rules=state.rules, locations=state.device_locations)
-                if isinstance(record, AlertRecord)
-                else None
-            )
-            event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
-            event["alert"] = alert.model_dump(mode="json") if alert else None
-            state.hub.publish("alert", event)
+            state.hub.publish(*render_change(state, change))
         except Exception:  # never let the dashboard break an alert write
             log.exception("could not publish an alert change to the live stream")
 
