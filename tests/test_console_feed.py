@@ -15,6 +15,8 @@ from alerts.store import AlertStore, InvalidTransition
 from gateway.config import RetentionConfig
 from gateway.service.console_feed import ChangeFeed, ChangeRow, PostgresChanges, SqliteChanges
 from gateway.storage.retention import DAY_MS, Retention
+from gateway.tools.console import Console
+from testkit.api import config_for_tests
 from testkit.emulators.scenario import alarm
 
 T0 = 1_700_000_000_000
@@ -166,3 +168,25 @@ async def test_postgres_feed_wakes_on_notify_and_keeps_late_commits(pg_url: str)
         feed.stop()
         task.cancel()
         await feed.close()
+
+
+async def test_console_renders_rows_a_process_without_the_api_wrote(
+    tmp_path: Path, community_config_path: Path
+) -> None:
+    config = config_for_tests(community_config_path, tmp_path)
+    console = Console(config)
+    writer = AlertStore(config.resolve_path(config.store.path))  # no HTTP API: its rows carry no rendering
+    try:
+        await console.feed.start()
+        changes = await asyncio.to_thread(writer.apply, [alarm("yg01-sd-03a")], now_ms=T0)
+        async with console.hub.subscribe() as sub:
+            assert await console.feed.catch_up() == 2
+            first = await asyncio.wait_for(sub.get(), 5)
+            second = await asyncio.wait_for(sub.get(), 5)
+        assert first is not None and second is not None
+        assert first.type == "alert" and first.data["change"] == "alert.raised"
+        assert first.data["alert"]["id"] == changes[0].alert_id and first.data["alert"]["building"] == "yg01"
+        assert second.type == "incident" and second.data["incident"]["id"] == changes[0].incident_id
+    finally:
+        writer.close()
+        await console.close()

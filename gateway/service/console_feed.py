@@ -365,9 +365,17 @@ class PresenceMirror:
         self.refreshed = 0
 
     def _read(self) -> list[tuple[Any, ...]]:
+        """In the worker thread: the rows that differ from the records (a district's 100,000 devices are compared
+        here, not on the event loop; a record the loop changes meanwhile is only compared again next time)."""
         if self._db is None:
             self._db = open_database(self.path)
-        return [tuple(r) for r in self._db.execute(f"SELECT {_PRESENCE_COLUMNS} FROM gateway_devices")]
+        devices = self.presence.devices
+        changed = []
+        for row in self._db.execute(f"SELECT {_PRESENCE_COLUMNS} FROM gateway_devices"):
+            state = devices.get(row[0])
+            if state is None or _facts(state) != _row_facts(row):
+                changed.append(tuple(row))
+        return changed
 
     def apply(self, rows: list[tuple[Any, ...]]) -> int:
         """Bring the records up to ``rows``; returns how many changed."""
@@ -387,12 +395,7 @@ class PresenceMirror:
                     registered=False,
                     heartbeat_s=self._heartbeats.get(kind, 300),
                 )
-            if (state.last_seen_ms, state.status, state.status_ts_ms, state.battery) == (
-                seen,
-                status,
-                status_ts,
-                battery,
-            ):
+            if _facts(state) == _row_facts(row):
                 continue
             state.last_seen_ms = seen
             state.last_values = orjson.loads(values) if values else {}
@@ -423,3 +426,12 @@ class PresenceMirror:
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _facts(state: DeviceState) -> tuple[Any, ...]:
+    """What a gateway's flush changes about a device (``last_values`` changes only with ``last_seen_ms``)."""
+    return (state.last_seen_ms, state.battery, state.status, state.status_ts_ms)
+
+
+def _row_facts(row: tuple[Any, ...] | sqlite3.Row) -> tuple[Any, ...]:
+    return (row[6], row[8], row[9], row[10])  # the columns of _facts, in _PRESENCE_COLUMNS

@@ -130,6 +130,12 @@ class Console:
     """Everything ``firegrid console`` runs, so tests can run it in-process too."""
 
     def __init__(self, config: FiregridConfig) -> None:
+        # store.url (PostgreSQL) comes with cluster mode's store; read duck-typed so this module needs no change then
+        url: str | None = getattr(config.store, "url", None)
+        if url:
+            # the feed follows PostgreSQL already (LISTEN); presence below still reads the SQLite file, so refuse
+            # rather than show an empty district
+            raise ConfigError(["store.url: firegrid console reads presence from the SQLite store only (so far)"])
         self.config = config
         self.metrics = Metrics()
         db_path = config.resolve_path(config.store.path)
@@ -148,7 +154,7 @@ class Console:
         self.app = create_api_app(self.runtime)
         self.app.middlewares.append(_console_only)
         self._add_routes()
-        self.feed = ChangeFeed(source=source_for(path=db_path), publish=self._publish)
+        self.feed = ChangeFeed(source=source_for(path=db_path, url=url), publish=self._publish)
         self.mirror = PresenceMirror(self.presence, path=db_path, config=config)
         hub = self.hub
 
