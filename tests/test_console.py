@@ -187,9 +187,16 @@ def test_two_consoles_follow_a_gateway_through_the_store(
     publisher = Publisher(mosquitto.port)
     streams: list[Stream] = []
     try:
-        # every building of the config, from both
+        # every building of the config, from both; the gateway's dashboard and tokens
         for console in (a, b):
             assert {x["id"] for x in console.items("/api/v1/buildings")} == {"b00", "b01", "b02", "b03"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{console.port}/", timeout=10) as page:
+                assert page.status == 200 and b"<html" in page.read().lower()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{console.port}/api/v1/alerts", timeout=10)
+                raise AssertionError("no token, yet answered")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
         stream_a, stream_b = Stream(a.port), Stream(b.port)
         streams += [stream_a, stream_b]
 
@@ -233,6 +240,14 @@ def test_two_consoles_follow_a_gateway_through_the_store(
             timeout=15,
             what="d000's presence on console B",
         )
+
+        # a hazard reported through console B is in the store, and console A lists it
+        status, hazard = b.call(
+            "POST", "/api/v1/hazards", {"building": "b02", "category": "blocked exit", "description": "bikes"}
+        )
+        assert status == 201, hazard
+        assert store_rows(store, "SELECT building FROM hazards WHERE id = ?", (hazard["id"],)) == [{"building": "b02"}]
+        assert hazard["id"] in {h["id"] for h in a.items("/api/v1/hazards?open=true")}
 
         # what needs a gateway's own memory says so
         for method, route, body in (

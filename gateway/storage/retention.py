@@ -137,13 +137,14 @@ class Retention:
                 if swept.total:
                     log.info(
                         "retention removed %d alerts (%d audit entries), %d incidents (%d events), %d readings,"
-                        " %d dead letters in %d batches",
+                        " %d dead letters, %d change-log rows in %d batches",
                         swept.alerts,
                         swept.audit,
                         swept.incidents,
                         swept.incident_events,
                         swept.readings,
                         swept.dead_letters,
+                        swept.change_log,
                         swept.batches,
                     )
             except Exception:  # a failed sweep must never stop the gateway: it is tried again next time

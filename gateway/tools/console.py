@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from alerts.inspections.store import InspectionStore
 from alerts.records import AlertChange
 from alerts.store import AlertStore
 from common.migrations import SchemaError
@@ -43,7 +44,9 @@ from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load
 from gateway.metrics import Metrics
 from gateway.service.console_feed import ChangeFeed, ChangeRow, PresenceMirror, source_for
 from gateway.service.logs import setup_logging
+from gateway.storage.inspections import InspectionDeadlines
 from gateway.storage.presence import Presence
+from rules.types import AlertTransition
 
 log = logging.getLogger("firegrid.console")
 
@@ -126,6 +129,16 @@ async def _console_only(
     return refused if refused is not None else await handler(request)
 
 
+class DeadlinesOfTheGateways(InspectionDeadlines):
+    """Inspection deadlines as a console sees them: judged by the gateway that owns each building (its check runs
+    every ``inspections.check_interval_s``), never here.  The API checks the deadlines right after an inspection
+    or a hazard step; on a console that raised or cleared overdue alerts beside the owning gateway's own check, so
+    the step's effect on an overdue alert shows at that gateway's next check instead."""
+
+    async def check(self, *, now_ms: int | None = None) -> list[AlertTransition]:
+        return []
+
+
 class Console:
     """Everything ``firegrid console`` runs, so tests can run it in-process too."""
 
@@ -150,6 +163,10 @@ class Console:
             hub=self.hub,
             started_ms=int(time.time() * 1000),
             live_from_store=True,
+        )
+        self.runtime.inspections = InspectionStore(self.store, config=config.inspections)
+        self.runtime.deadlines = DeadlinesOfTheGateways(
+            config=config, store=self.runtime.inspections, presence=self.presence
         )
         self.app = create_api_app(self.runtime)
         self.app.middlewares.append(_console_only)
