@@ -8,15 +8,19 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
 from alerts.store import AlertStore, InvalidTransition
+from gateway.api import RENDERINGS_KEY, create_api_app
+from gateway.api.routes.state import STATE_KEY
+from gateway.api.routes.stream import store_listener
 from gateway.config import RetentionConfig
 from gateway.service.console_feed import ChangeFeed, ChangeRow, PostgresChanges, SqliteChanges
 from gateway.storage.retention import DAY_MS, Retention
 from gateway.tools.console import Console
-from testkit.api import config_for_tests
+from testkit.api import build_runtime, config_for_tests
 from testkit.emulators.scenario import alarm
 
 T0 = 1_700_000_000_000
@@ -190,3 +194,21 @@ async def test_console_renders_rows_a_process_without_the_api_wrote(
     finally:
         writer.close()
         await console.close()
+
+
+def test_the_change_log_holds_what_the_gateways_stream_sends(tmp_path: Path, community_config_path: Path) -> None:
+    runtime = build_runtime(config_for_tests(community_config_path, tmp_path))
+    app = create_api_app(runtime)
+    assert runtime.store is not None and runtime.hub is not None
+    runtime.store.add_listener(store_listener(app[STATE_KEY], app[RENDERINGS_KEY]))
+    try:
+        changes = runtime.store.apply([alarm("yg01-sd-03a")], now_ms=T0)
+        rows = _log(runtime.store.path)
+        events = list(runtime.hub._history)
+        assert [e.type for e in events] == [r[1] for r in rows] == ["alert", "incident"]
+        # the same JSON, byte for byte: rendered once, inside the transaction, for both
+        assert [orjson.loads(e.payload) for e in events] == [orjson.loads(r[2]) for r in rows]
+        assert events[0].data["alert"]["id"] == changes[0].alert_id
+        assert app[RENDERINGS_KEY]._kept == {}  # nothing held once told
+    finally:
+        runtime.store.close()
