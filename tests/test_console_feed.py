@@ -212,3 +212,38 @@ def test_the_change_log_holds_what_the_gateways_stream_sends(tmp_path: Path, com
         assert app[RENDERINGS_KEY]._kept == {}  # nothing held once told
     finally:
         runtime.store.close()
+
+
+async def test_postgres_feed_comes_back_after_its_connections_are_cut(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as setup:
+        await setup.execute(PG_CHANGE_LOG)
+        got: list[int] = []
+        arrived = asyncio.Event()
+
+        def publish(row: ChangeRow) -> None:
+            got.append(row.id)
+            arrived.set()
+
+        feed = ChangeFeed(source=PostgresChanges(pg_url), publish=publish, safety_poll_s=120)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(feed.started.wait(), 10)
+            # the server drops the feed's LISTEN and query connections (a failover, an idle timeout)
+            await setup.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            async with setup.transaction():
+                cur = await setup.execute(
+                    "INSERT INTO change_log (ts_ms, kind, data) VALUES (%s, 'alert', '{}') RETURNING id", (T0,)
+                )
+                row = await cur.fetchone()
+                await setup.execute("NOTIFY firegrid_changes")
+            assert row is not None
+            # the feed notices, reconnects and reads what was committed while it was away
+            await asyncio.wait_for(arrived.wait(), 15)
+            assert got == [row[0]] and feed.healthy
+        finally:
+            feed.stop()
+            task.cancel()
+            await feed.close()
