@@ -18,13 +18,18 @@ transaction that rolled back (or whose ``COMMIT`` failed) hands nothing.  The ro
 transaction itself inserted (their ids come back from ``INSERT ... RETURNING``): not "every id above the last one
 seen", which on PostgreSQL would skip the rows of a concurrent transaction that took lower ids and committed later.
 The database stays the record: a row the notifier could not start at once, or that no listener heard of (none was
-registered, or it was written by another connection), is found by its next round as before."""
+registered, or it was written by another connection), is found by its next round as before.
+
+The change log: every change the listeners will hear of (:meth:`Core.note_change`, from ``events._emit``) is also
+written to ``change_log`` just before that ``COMMIT``, in the same transaction, rendered as the live stream sends it
+(:attr:`Core.change_renderer`, set by the HTTP API): a process that only reads the store (``firegrid console``) sees
+exactly the committed changes, in commit order on SQLite."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -46,6 +51,9 @@ HANDOFF_LIMIT = 64
 # An alert joined with its incident's SMS reply code: what AlertRecord reads.
 ALERT_FROM = "FROM alerts a JOIN incidents i ON i.id = a.incident_id"
 ALERT_WITH_CODE = f"SELECT {ALERT_COLUMNS} {ALERT_FROM}"
+
+# A change as the live stream sends it: (event type, JSON object), or None for one it does not show.
+ChangeRenderer = Callable[[AlertChange], "tuple[str, Mapping[str, Any]] | None"]
 
 
 class Core:
@@ -69,6 +77,9 @@ class Core:
         self.plan = plan or DispatchPlan()
         self.listeners: list[Callable[[AlertChange], None]] = []
         self.outbox_listeners: list[Callable[[Sequence[OutboxItem]], None]] = []
+        # The change log (module docstring): the open transaction's changes, and how to render them.
+        self.change_renderer: ChangeRenderer | None = None
+        self._changes: list[AlertChange] = []
 
     def tx(self) -> Tx:
         return Tx(self)
@@ -113,6 +124,49 @@ class Core:
                 callback(items)
             except Exception:  # a broken listener must not break the store (the rows are durable: a round finds them)
                 log.exception("outbox listener failed")
+
+    def note_change(self, change: AlertChange) -> None:
+        """Inside a write transaction: ``change`` goes to the change log when the transaction commits."""
+        self._changes.append(change)
+
+    def log_changes(self, cur: Cursor) -> None:
+        """Inside the write transaction, just before its ``COMMIT``: the noted changes as ``change_log`` rows.  On
+        PostgreSQL the same transaction also runs ``NOTIFY firegrid_changes``, which the server delivers only when
+        (and if) the transaction commits: the consoles' wake-up (``gateway.service.console_feed``)."""
+        changes, self._changes = self._changes, []
+        if changes:
+            cur.executemany(
+                "INSERT INTO change_log (ts_ms, kind, building, alert_id, incident_id, data) VALUES (?,?,?,?,?,?)",
+                [self._change_row(change) for change in changes],
+            )
+            if self.dialect == "postgres":
+                cur.execute("NOTIFY firegrid_changes")
+
+    def drop_changes(self) -> None:
+        self._changes = []
+
+    def _change_row(self, change: AlertChange) -> tuple[int, str, str | None, int | None, int | None, str]:
+        rendered = None
+        if self.change_renderer is not None:
+            try:
+                rendered = self.change_renderer(change)
+            except Exception:  # a rendering bug must not stop an alert's write: the reader renders it from the store
+                log.exception("could not render a change for the change log")
+        if rendered is None:
+            # No renderer (a process without the HTTP API): the ids and the change's name; the reader renders the
+            # record from the store.
+            kind = "incident" if change.type.startswith("incident.") else "alert"
+            rendered = (kind, {"change": change.type, "ts_ms": change.ts_ms, "building": change.data.get("building")})
+        kind, data = rendered
+        building = data.get("building")
+        return (
+            change.ts_ms,
+            kind,
+            building if isinstance(building, str) else None,
+            change.alert_id,
+            change.incident_id,
+            to_json(data),
+        )
 
     def publish(self, changes: Sequence[AlertChange]) -> None:
         for change in changes:
@@ -203,6 +257,11 @@ class Tx:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if exc_type is None:
+                try:
+                    self.core.log_changes(self.cur)  # in this transaction: committed with the change, or not at all
+                except BaseException:
+                    self.cur.execute("ROLLBACK")
+                    raise
                 fresh = None
                 if self.core.outbox_listeners:
                     try:
@@ -216,6 +275,7 @@ class Tx:
                 if fresh is not None:
                     self.core.hand_off(fresh)
             else:
+                self.core.drop_changes()
                 self.cur.execute("ROLLBACK")
         finally:
             self.cur.close()

@@ -87,4 +87,6 @@ def _emit(
     )
     if not test:
         fanout.tell_robots(cur, core.notify, core.building_names, event, incident_id, now_ms=now_ms)
-    out.append(AlertChange(event, alert_id, incident_id, now_ms, data, record))
+    change = AlertChange(event, alert_id, incident_id, now_ms, data, record)
+    core.note_change(change)  # the change log, written with this transaction (alerts.store.core)
+    out.append(change)

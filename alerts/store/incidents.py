@@ -220,8 +220,11 @@ class IncidentCommands:
             log_step(cur, incident_id, now_ms, "external_ref", actor=actor, detail={"ref": ref, "system": system})
             row = cur.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
             record = self._core.incident_record(row, facts=incident_facts(cur, incident_id))
-        # The live views hear of it; the webhooks do not (the platform that set it needs no echo).
-        self._core.publish([AlertChange("incident.updated", None, incident_id, now_ms, record.payload(), record)])
+            # The live views hear of it (the change log too); the webhooks do not (the platform that set it needs
+            # no echo).
+            change = AlertChange("incident.updated", None, incident_id, now_ms, record.payload(), record)
+            self._core.note_change(change)
+        self._core.publish([change])
         return record
 
     def _station_name(self, station_id: str | None) -> str | None:

@@ -44,7 +44,7 @@ from gateway.api.openapi import DOCS_CSS, EXTRA_PATHS_KEY, ExtraPaths, build_ope
 from gateway.api.routes.links import add_action_links
 from gateway.api.routes.sms import add_sms_inbound
 from gateway.api.routes.state import STATE_KEY, ApiState
-from gateway.api.routes.stream import inspection_listener, store_listener
+from gateway.api.routes.stream import Renderings, inspection_listener, store_listener
 from gateway.api.routes.voice import add_voice_receipts
 from gateway.api.runtime import Runtime
 
@@ -53,6 +53,7 @@ __all__ = ["STATIC_DIR", "Hub", "create_api_app", "setup_api"]
 log = logging.getLogger("firegrid.api")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+RENDERINGS_KEY: web.AppKey[Renderings] = web.AppKey("firegrid_renderings", Renderings)
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -93,6 +94,10 @@ def _install(app: web.Application, runtime: Runtime, *, clock_ms: Callable[[], i
             pass
     state = ApiState(runtime=runtime, hub=hub, clock_ms=clock_ms or _wall_clock_ms)
     app[STATE_KEY] = state
+    renderings = app[RENDERINGS_KEY] = Renderings(state, keep=not runtime.live_from_store)
+    if runtime.store is not None:
+        # The store's change log carries each change as this API's live stream sends it (firegrid console)
+        runtime.store.core.change_renderer = renderings.for_log
     app[AUTH_KEY] = TokenAuthenticator(runtime.config)
     app[BODY_LIMIT_KEY] = limit
 
@@ -162,8 +167,8 @@ async def _bind_hub(app: web.Application) -> None:
     state = app[STATE_KEY]
     state.hub.bind(asyncio.get_running_loop())
     store = state.runtime.store
-    if store is not None:
-        store.add_listener(store_listener(state))
+    if store is not None and not state.runtime.live_from_store:
+        store.add_listener(store_listener(state, app[RENDERINGS_KEY]))
     parts = app.get(PARTS_KEY)
     if parts is not None:
         parts.store.add_listener(inspection_listener(state))

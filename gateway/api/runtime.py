@@ -14,6 +14,9 @@ Notes the types do not say:
   like any other.
 * ``inspections``, ``deadlines``: the inspection store and its deadline checks (``gateway.storage.inspections``).
 * ``mqtt``, ``pipeline``, ``dead_letters``, ``started_ms``: for ``/readyz`` and diagnostics.
+* ``live_from_store``: True in ``firegrid console``, whose hub is fed from the store's change log (every change,
+  its own included): the API then does not also publish the store changes it makes itself, which would show them
+  twice.
 """
 
 from __future__ import annotations
@@ -65,3 +68,4 @@ class Runtime:
     # ``store`` when the gateway gave none.
     inspections: InspectionStore | None = None
     deadlines: InspectionDeadlines | None = None
+    live_from_store: bool = False

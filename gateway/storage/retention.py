@@ -7,7 +7,9 @@ What goes, and only when it is older than its kind's limit:
 * a closed incident whose last change is older than ``alerts_days`` and that has no alert left, with its events
   and its paging marks;
 * the local copy of readings (``gateway_readings``) older than ``readings_days``;
-* lines InfluxDB refused, older than ``dead_letters_days``.
+* lines InfluxDB refused, older than ``dead_letters_days``;
+* the change log (``change_log``, what ``firegrid console`` follows) older than :data:`CHANGE_LOG_DAYS`: a feed for
+  consoles that are at most seconds behind, not the record (that is the alerts, incidents and their audit).
 
 Each batch (``batch_rows``) is one short transaction on this module's own connection, so the gateway's group
 commit waits at most one batch behind it (SQLite's busy timeout), and the event loop never waits at all
@@ -31,6 +33,7 @@ from gateway.config import RetentionConfig
 log = logging.getLogger("firegrid.retention")
 
 DAY_MS = 86_400_000
+CHANGE_LOG_DAYS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +46,21 @@ class Swept:
     incident_events: int = 0
     readings: int = 0
     dead_letters: int = 0
+    change_log: int = 0
     batches: int = 0
     cutoffs: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return self.alerts + self.audit + self.incidents + self.incident_events + self.readings + self.dead_letters
+        return (
+            self.alerts
+            + self.audit
+            + self.incidents
+            + self.incident_events
+            + self.readings
+            + self.dead_letters
+            + self.change_log
+        )
 
 
 class Retention:
@@ -74,7 +86,9 @@ class Retention:
     def sweep(self, *, now_ms: int, pause: Callable[[], None] | None = None) -> Swept:
         """Remove everything older than its limit at ``now_ms``; ``pause()`` runs between batches (a real sweep
         yields the database to the gateway there)."""
-        counts = dict.fromkeys(("alerts", "audit", "incidents", "incident_events", "readings", "dead_letters"), 0)
+        counts = dict.fromkeys(
+            ("alerts", "audit", "incidents", "incident_events", "readings", "dead_letters", "change_log"), 0
+        )
         batches = 0
         cutoffs: dict[str, int] = {}
         alerts_cutoff = self._cutoff(self.config.alerts_days, now_ms)
@@ -90,6 +104,9 @@ class Retention:
         if dead_cutoff is not None:
             cutoffs["dead_letters"] = dead_cutoff
             jobs.append((self._local, dead_cutoff, _simple("gateway_influx_dead_letters", "dead_letters")))
+        change_cutoff = now_ms - CHANGE_LOG_DAYS * DAY_MS
+        cutoffs["change_log"] = change_cutoff
+        jobs.append((self._db, change_cutoff, _simple("change_log", "change_log")))
         limit = self.config.batch_rows
         for db, cutoff, batch in jobs:
             while True:
@@ -127,13 +144,14 @@ class Retention:
                 if swept.total:
                     log.info(
                         "retention removed %d alerts (%d audit entries), %d incidents (%d events), %d readings,"
-                        " %d dead letters in %d batches",
+                        " %d dead letters, %d change-log rows in %d batches",
                         swept.alerts,
                         swept.audit,
                         swept.incidents,
                         swept.incident_events,
                         swept.readings,
                         swept.dead_letters,
+                        swept.change_log,
                         swept.batches,
                     )
             except Exception:  # a failed sweep must never stop the gateway: it is tried again next time
@@ -175,7 +193,7 @@ def _incidents_batch(db: Connection, cutoff: int, limit: int) -> dict[str, int]:
 
 
 def _simple(table: str, key: str) -> Callable[[Connection, int, int], dict[str, int]]:
-    # The table name is one of two constants above, never input.
+    # The table name is one of the constants above, never input.
     def batch(db: Connection, cutoff: int, limit: int) -> dict[str, int]:
         n = db.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts_ms < ? ORDER BY id LIMIT ?)",

@@ -38,6 +38,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "run", "gateway.service.service", "run the gateway: MQTT ingest, rules, alerts, InfluxDB and the HTTP API"
     ),
+    Subcommand(
+        "console",
+        "gateway.tools.console",
+        "one city-wide API and dashboard over the shared store: every building, live, no MQTT or engine of its own",
+    ),
     Subcommand("demo", "gateway.tools.demo", "a whole community live on this machine, no external services needed"),
     Subcommand("simulate", "simulators.cli", "simulate a community's devices and fire scenarios over MQTT"),
     Subcommand("replay", "gateway.tools.replay", "run recorded traffic through the rules and print the alert timeline"),

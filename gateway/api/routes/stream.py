@@ -103,33 +103,68 @@ async def stream(call: Call) -> web.StreamResponse:
     return response
 
 
-def store_listener(state: ApiState) -> Callable[[AlertChange], None]:
-    """Publish each alert-store change to the hub as an ``alert`` event.
+def render_change(state: ApiState, change: AlertChange) -> tuple[str, dict[str, Any]]:
+    """An alert-store change as the live stream sends it: (``alert`` or ``incident``, the event's JSON object).
+    The hub's events and the store's change log (what ``firegrid console`` follows) are both made here."""
+    grids = state.building_grids
+    kind = views.as_str(change.type, 64) or "alert.changed"
+    record = change.record
+    event: dict[str, Any] = {"change": kind, "ts_ms": change.ts_ms}
+    if kind.startswith("incident."):
+        incident = views.incident(record, building_grids=grids) if isinstance(record, IncidentRecord) else None
+        event["building"] = incident.building if incident else None
+        event["incident"] = incident.model_dump(mode="json") if incident else None
+        return "incident", event
+    alert = (
+        views.alert(record, building_grids=grids, rules=state.rules, locations=state.device_locations)
+        if isinstance(record, AlertRecord)
+        else None
+    )
+    event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
+    event["alert"] = alert.model_dump(mode="json") if alert else None
+    return "alert", event
+
+
+class Renderings:
+    """Each change rendered once.  The store renders it for its change log inside the transaction
+    (:meth:`for_log`, the store's ``change_renderer``), and the hub's listener, told right after the ``COMMIT`` in
+    the same thread, takes that rendering (:meth:`take`) instead of making it again: about 45 us a change, which a
+    storm's batch would otherwise pay twice, once inside the store's lock.  ``keep=False`` (a console, whose hub is
+    fed from the change log) keeps nothing."""
+
+    LIMIT = 4096  # a change rendered but never told (its COMMIT failed) must not be kept for ever
+
+    def __init__(self, state: ApiState, *, keep: bool) -> None:
+        self.state = state
+        self.keep = keep
+        self._kept: dict[int, tuple[AlertChange, tuple[str, dict[str, Any]]]] = {}
+
+    def for_log(self, change: AlertChange) -> tuple[str, dict[str, Any]]:
+        rendered = render_change(self.state, change)
+        if self.keep:
+            if len(self._kept) >= self.LIMIT:
+                self._kept.clear()
+            self._kept[id(change)] = (change, rendered)  # the change itself is held, so its id is not reused
+        return rendered
+
+    def take(self, change: AlertChange) -> tuple[str, dict[str, Any]]:
+        kept = self._kept.pop(id(change), None)
+        if kept is not None and kept[0] is change:
+            return kept[1]
+        return render_change(self.state, change)
+
+
+def store_listener(state: ApiState, renderings: Renderings | None = None) -> Callable[[AlertChange], None]:
+    """Publish each alert-store change to the hub as an ``alert`` or ``incident`` event (rendered once: see
+    :class:`Renderings`).
 
     Called by the store, possibly inside its transaction or from a worker thread: it must never raise (that could
     abort the store's write) and never block.
     """
-    grids = state.building_grids
 
     def on_change(change: AlertChange) -> None:
         try:
-            kind = views.as_str(change.type, 64) or "alert.changed"
-            record = change.record
-            event: dict[str, Any] = {"change": kind, "ts_ms": change.ts_ms}
-            if kind.startswith("incident."):
-                incident = views.incident(record, building_grids=grids) if isinstance(record, IncidentRecord) else None
-                event["building"] = incident.building if incident else None
-                event["incident"] = incident.model_dump(mode="json") if incident else None
-                state.hub.publish("incident", event)
-                return
-            alert = (
-                views.alert(record, building_grids=grids, rules=state.rules, locations=state.device_locations)
-                if isinstance(record, AlertRecord)
-                else None
-            )
-            event["building"] = alert.building if alert else views.as_str(change.data.get("building"))
-            event["alert"] = alert.model_dump(mode="json") if alert else None
-            state.hub.publish("alert", event)
+            state.hub.publish(*(renderings.take(change) if renderings is not None else render_change(state, change)))
         except Exception:  # never let the dashboard break an alert write
             log.exception("could not publish an alert change to the live stream")
 
