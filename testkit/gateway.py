@@ -89,8 +89,16 @@ def write_config(
 
 
 def store_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows straight from the gateway's SQLite store, as dicts.  Read-only, so a test looking cannot take a lock
-    the gateway is waiting for or change what it checks."""
+    """Rows straight from the gateway's store, as dicts: its SQLite file (read-only, so a test looking cannot take
+    a lock the gateway is waiting for or change what it checks), or a PostgreSQL URL (``?`` placeholders either
+    way, read in a read-only transaction)."""
+    if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(db, row_factory=dict_row) as pg:
+            pg.read_only = True
+            return list(pg.execute(sql.replace("?", "%s"), params))  # type: ignore[arg-type]
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         conn.row_factory = sqlite3.Row

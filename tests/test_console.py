@@ -155,8 +155,16 @@ def _alarm(publisher: Publisher, building: str, device: str) -> None:
     publisher.publish(f"firegrid/{building}/{device}/telemetry", json.dumps(reading))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """The shared store: the SQLite file (None), or a PostgreSQL database's URL (cluster mode's store)."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def config_path(tmp_path: Path, mosquitto: MosquittoServer) -> tuple[Path, int]:
+def config_path(tmp_path: Path, mosquitto: MosquittoServer, backend: str | None) -> tuple[Path, int]:
     return write_config(
         tmp_path,
         mqtt_url=mosquitto.url,
@@ -164,6 +172,7 @@ def config_path(tmp_path: Path, mosquitto: MosquittoServer) -> tuple[Path, int]:
         devices=8,
         buildings=4,
         extra={
+            **({"store": {"url": backend}} if backend else {}),
             "notify": {
                 "ack_timeout_s": ACK_TIMEOUT_S,
                 "roster": [
@@ -171,16 +180,16 @@ def config_path(tmp_path: Path, mosquitto: MosquittoServer) -> tuple[Path, int]:
                     {"name": "station leader", "phone": "+8613800000002", "role": "station_leader"},
                 ],
                 "routes": [{"name": "fire", "tiers": [{"roles": ["grid_worker"]}, {"roles": ["station_leader"]}]}],
-            }
+            },
         },
     )
 
 
 def test_two_consoles_follow_a_gateway_through_the_store(
-    tmp_path: Path, mosquitto: MosquittoServer, config_path: tuple[Path, int]
+    tmp_path: Path, mosquitto: MosquittoServer, config_path: tuple[Path, int], backend: str | None
 ) -> None:
     path, http_port = config_path
-    store = tmp_path / "firegrid.sqlite"
+    store = backend or tmp_path / "firegrid.sqlite"
     gateway = Gateway(path, http_port, tmp_path / "gateway.log").start()
     a = Console(path, "console-a").start()
     b = Console(path, "console-b").start()
