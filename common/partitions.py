@@ -33,8 +33,9 @@ def partition_of(building: str, partitions: int) -> int:
 def quotas(*, partitions: int, members: Iterable[str], current: Mapping[int, str]) -> dict[str, int]:
     """How many partitions each live member should own: floor(P/N) each, and ceil(P/N) for P mod N of them.
 
-    The ceil quotas go to the members that own the most today (then by name), so a balanced assignment is its own
-    plan: nobody is over quota and nothing moves."""
+    The ceil quotas go to the members that own at least ceil(P/N) today (then by name), so a balanced assignment is
+    its own plan (nobody is over quota, nothing moves), and the choice holds still while owners over quota hand
+    partitions over one by one (ranking by the count itself would flip as the counts pass each other)."""
     live = sorted(set(members))
     if not live:
         return {}
@@ -43,7 +44,7 @@ def quotas(*, partitions: int, members: Iterable[str], current: Mapping[int, str
     for owner in current.values():
         if owner in owned:
             owned[owner] += 1
-    ranked = sorted(live, key=lambda m: (-owned[m], m))
+    ranked = sorted(live, key=lambda m: (owned[m] <= base, m))
     return {m: base + (1 if i < extra else 0) for i, m in enumerate(ranked)}
 
 

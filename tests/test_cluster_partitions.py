@@ -135,5 +135,10 @@ def test_a_restarted_member_gets_its_own_partitions_back() -> None:
 
 def test_quotas_favour_who_owns_most_then_name() -> None:
     assert quotas(partitions=16, members=["b", "a", "c"], current={}) == {"a": 6, "b": 5, "c": 5}
-    assert quotas(partitions=16, members=["a", "b", "c"], current={0: "c"}) == {"c": 6, "a": 5, "b": 5}
+    assert quotas(partitions=16, members=["a", "b", "c"], current={p: "c" for p in range(6)}) == {"c": 6, "a": 5, "b": 5}
+    # a and b both over ceil (8 each) while c comes back: a keeps the ceil quota whoever hands over first
+    eight_eight = {p: "a" if p < 8 else "b" for p in range(16)}
+    assert quotas(partitions=16, members=["a", "b", "c"], current=eight_eight)["a"] == 6
+    seven_nine = {p: "a" if p < 6 else "b" for p in range(15)}
+    assert quotas(partitions=16, members=["a", "b", "c"], current=seven_nine)["a"] == 6
     assert plan(partitions=4, members=[], current={0: "a"}, previous={}) == {}

@@ -418,9 +418,11 @@ class LeaseManager:
         cur = await self._execute(
             "UPDATE partition_leases SET owner = %s, epoch = epoch + 1,"
             " expires_at = now() + %s * interval '1 second',"
-            " previous_owner = CASE WHEN %s THEN owner ELSE previous_owner END"
+            # previous_owner names the member that wants the partition back: the one it was taken from, or the
+            # one that stopped; cleared when that member has it again (see plan(): it is only a preference).
+            " previous_owner = CASE WHEN %s THEN owner WHEN previous_owner = %s THEN NULL ELSE previous_owner END"
             " WHERE partition = %s AND epoch = %s AND owner IS NOT DISTINCT FROM %s" + condition + " RETURNING epoch",
-            (self.member, self.ttl_s, takeover, lease.partition, lease.epoch, lease.owner),
+            (self.member, self.ttl_s, takeover, self.member, lease.partition, lease.epoch, lease.owner),
         )
         row = await cur.fetchone()
         if row is None:
@@ -441,7 +443,8 @@ class LeaseManager:
 
     async def _release(self, partition: int, *, final: bool) -> None:
         """Drain (``on_release``), stop fencing the partition, then free the row.  ``final`` (a graceful stop):
-        this member becomes the partition's ``previous_owner``, so a restart brings it back here."""
+        this member becomes the partition's ``previous_owner``, so a restart brings it back here; a hand-over
+        leaves ``previous_owner`` alone (the releaser does not want it back)."""
         if partition not in self._held:
             return
         await self._on_release(partition)
@@ -449,12 +452,11 @@ class LeaseManager:
         self._publish_fence()
         if epoch is None:
             return
-        previous = "%s" if final else "coalesce(previous_owner, %s)"
         await self._execute(
-            "UPDATE partition_leases SET owner = NULL, expires_at = NULL, previous_owner = "
-            + previous
-            + " WHERE partition = %s AND owner = %s AND epoch = %s",
-            (self.member, partition, self.member, epoch),
+            "UPDATE partition_leases SET owner = NULL, expires_at = NULL,"
+            " previous_owner = CASE WHEN %s THEN %s ELSE previous_owner END"
+            " WHERE partition = %s AND owner = %s AND epoch = %s",
+            (final, self.member, partition, self.member, epoch),
         )
         log.info("released partition %d epoch %d", partition, epoch)
         await self._notify()
