@@ -15,7 +15,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import psycopg
 import pytest
@@ -93,16 +93,27 @@ class Exclusive:
             await asyncio.sleep(0.01)
 
 
-async def _settled(members: list[Recorder], *, timeout: float = 20.0) -> None:
+async def _until(check: Callable[[], bool], *, within: float) -> bool:
+    """Poll ``check`` until it holds or ``within`` seconds pass; whether it held."""
+    deadline = time.monotonic() + within
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
+async def _settled(members: list[Recorder], *, within: float = 20.0) -> None:
     """Until the members own every partition between them, each floor(P/N) or ceil(P/N)."""
     low, high = P // len(members), math.ceil(P / len(members))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def settled() -> bool:
         sizes = [len(r.owned) for r in members]
-        if sum(sizes) == P and all(low <= n <= high for n in sizes):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not settled in {timeout} s: {[(r.manager.member, sorted(r.owned)) for r in members]}")
+        return sum(sizes) == P and all(low <= n <= high for n in sizes)
+
+    if not await _until(settled, within=within):
+        raise AssertionError(f"not settled in {within} s: {[(r.manager.member, sorted(r.owned)) for r in members]}")
 
 
 @pytest.fixture
@@ -175,9 +186,7 @@ async def test_a_restarted_member_gets_its_partitions_back_under_new_epochs(db: 
     assert set(a.owned) | set(b.owned) >= set(c_had)
     again = await _start(started, db, "c")
     await _settled([a, b, again])
-    history = {r.manager.member + str(i): r.events for i, r in enumerate(started)}
-    import json, pathlib
-    pathlib.Path("/tmp/leases_hist.json").write_text(json.dumps({"c_had": sorted(c_had), "h": history}))
+    history = {f"{r.manager.member}{i}": r.events for i, r in enumerate(started)}
     assert set(again.owned) == set(c_had), history  # sticky: the same partitions, not just as many
     assert all(again.owned[p] > c_had[p] + 1 for p in c_had)  # c -> (a or b) -> c: two acquisitions later
     assert {p: o for p, (o, _e) in _rows(db).items() if o == "c"}.keys() == c_had.keys()
@@ -202,11 +211,23 @@ async def test_the_fence_refuses_a_commit_after_a_takeover_and_the_renewal_repor
     assert lost.value.partitions == (3,)
     assert _probes(db) == {"kept"}  # the refused write rolled back
 
-    deadline = time.monotonic() + 5
-    while ("lose", 3) not in a.events and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert ("lose", 3) in a.events
+    assert await _until(lambda: ("lose", 3) in a.events, within=5)
     assert 3 not in a.owned and 3 not in a.manager.fence.epochs
+
+
+async def test_a_member_whose_lock_session_dies_drops_everything_and_peers_take_it(
+    db: str, started: list[Recorder]
+) -> None:
+    a, b = await _start(started, db, "a"), await _start(started, db, "b")
+    await _settled([a, b])
+    had = dict(a.owned)
+    assert a.manager._lock_conn is not None
+    with psycopg.connect(db, autocommit=True) as conn:  # as a network cut of that one connection would
+        conn.execute("SELECT pg_terminate_backend(%s)", (a.manager._lock_conn.info.backend_pid,))
+    assert await _until(lambda: a.manager.broken and set(b.owned) >= set(had), within=10)
+    assert a.manager.broken and not a.owned and not a.manager.fence.epochs
+    assert sorted(p for kind, p in a.events if kind == "lose") == sorted(had)
+    assert set(b.owned) == set(range(P)) and all(b.owned[p] > e for p, e in had.items())
 
 
 def test_a_takeover_waits_for_a_fenced_commit(db: str) -> None:

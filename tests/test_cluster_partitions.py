@@ -133,9 +133,10 @@ def test_a_restarted_member_gets_its_own_partitions_back() -> None:
     assert back == first
 
 
-def test_quotas_favour_who_owns_most_then_name() -> None:
+def test_quotas_favour_who_is_at_ceil_already_then_name() -> None:
     assert quotas(partitions=16, members=["b", "a", "c"], current={}) == {"a": 6, "b": 5, "c": 5}
-    assert quotas(partitions=16, members=["a", "b", "c"], current={p: "c" for p in range(6)}) == {"c": 6, "a": 5, "b": 5}
+    six_for_c = {p: "c" for p in range(6)}
+    assert quotas(partitions=16, members=["a", "b", "c"], current=six_for_c) == {"c": 6, "a": 5, "b": 5}
     # a and b both over ceil (8 each) while c comes back: a keeps the ceil quota whoever hands over first
     eight_eight = {p: "a" if p < 8 else "b" for p in range(16)}
     assert quotas(partitions=16, members=["a", "b", "c"], current=eight_eight)["a"] == 6

@@ -10,7 +10,7 @@ One asyncio task does, every ``probe_interval_s`` (or at once when a peer NOTIFY
    ``epoch = epoch + 1`` (``on_acquire``); hand over what the plan gives a peer (``on_release``, then release).
 
 A crashed member's PostgreSQL session ends with its process, which frees its session-level advisory lock: a peer's
-``pg_try_advisory_lock`` on the member's key then succeeds, and its leases are taken at once.  A hung member keeps
+``pg_try_advisory_lock_shared`` on the member's key then succeeds, and its leases are taken at once.  A hung member keeps
 its session (and its lock) but stops renewing: its leases expire after the TTL, by the database's clock.  A member
 that wakes after its leases expired drops them all (``on_lose``) before it does anything else, and acquires again
 only what a fresh plan gives it, under new epochs.
@@ -161,6 +161,12 @@ class LeaseManager:
         self._fence.check(cursor)
 
     @property
+    def broken(self) -> bool:
+        """The advisory lock's connection died: this manager dropped every lease and does nothing more; the service
+        must stop it and start a new one (a new session, a new lock) to rejoin."""
+        return self._broken
+
+    @property
     def owned(self) -> dict[int, int]:
         """``{partition: epoch}`` held now."""
         return dict(self._held)
@@ -179,10 +185,13 @@ class LeaseManager:
         self._loop_task = asyncio.create_task(self._run(), name=f"leases-{self.member}")
 
     async def stop(self) -> None:
-        """Release everything gracefully: mark the member stopping, hand over each partition (``on_release``, then
-        release with this member as ``previous_owner``, so it comes back here after a restart), NOTIFY, close."""
+        """Release everything gracefully: mark the member stopping, drain every partition (``on_release``), release
+        them with this member as ``previous_owner`` (so a restart brings them back here), NOTIFY, close."""
         self._stopping = True
         self._wake.set()
+        if self._conn is None:  # never started
+            await self.close()
+            return
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
@@ -191,11 +200,32 @@ class LeaseManager:
             await self._notify()
             if self._releasing:
                 await asyncio.gather(*self._releasing.values(), return_exceptions=True)
-            await asyncio.gather(*(self._release(p, final=True) for p in sorted(self._held)))
+            await self._release_all()
         except psycopg.Error as exc:
             log.warning("graceful lease release failed (peers take the leases when they expire): %s", exc)
         finally:
             await self.close()
+
+    async def _release_all(self) -> None:
+        # Drain every partition in parallel, then free them all in one statement: peers then see one snapshot with
+        # all of them free and compute the same plan, rather than racing for them one at a time (which can leave
+        # a share the planner later moves again, and costs the partitions their way back here on restart).
+        held = dict(self._held)
+        for result in await asyncio.gather(*(self._on_release(p) for p in held), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("on_release failed during stop: %r", result)
+        for p in held:
+            self._held.pop(p, None)
+        self._publish_fence()
+        partitions = sorted(held)
+        await self._execute(
+            "UPDATE partition_leases AS l SET owner = NULL, expires_at = NULL, previous_owner = l.owner"
+            " FROM unnest(%s::int[], %s::bigint[]) AS h(partition, epoch)"
+            " WHERE l.partition = h.partition AND l.epoch = h.epoch AND l.owner = %s",
+            (partitions, [held[p] for p in partitions], self.member),
+        )
+        log.info("released partitions %s for a graceful stop", partitions)
+        await self._notify()
 
     async def close(self) -> None:
         """Stop the tasks and close the connections without releasing anything (what a crash amounts to)."""
@@ -289,6 +319,8 @@ class LeaseManager:
                     await self._probe()
             except psycopg.Error as exc:
                 log.warning("lease tick failed: %s", exc)
+            except Exception:  # a callback's failure must not end the renewals of every other lease
+                log.exception("lease tick failed")
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
@@ -363,19 +395,22 @@ class LeaseManager:
             if member == self.member:
                 if fresh and not stopping and not self._stopping:
                     live.append(member)
-            elif await self._session_alive(member):
-                if fresh and not stopping:
-                    live.append(member)
-            else:
+            elif not fresh:
+                continue  # dead for planning; its leases expired with its heartbeat (one transaction renews both)
+            elif not await self._session_alive(member):
                 dead.add(member)
+            elif not stopping:
+                live.append(member)
         return live, dead
 
     async def _session_alive(self, member: str) -> bool:
+        # Shared: a member holds its key exclusively, so the shared lock is granted only when that session is
+        # gone, and peers probing the same member at the same moment do not make each other see it alive.
         key = member_key(member)
-        cur = await self._execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        cur = await self._execute("SELECT pg_try_advisory_lock_shared(%s)", (key,))
         row = await cur.fetchone()
         if row is not None and row[0]:
-            await self._execute("SELECT pg_advisory_unlock(%s)", (key,))  # at once: it was only a question
+            await self._execute("SELECT pg_advisory_unlock_shared(%s)", (key,))  # at once: it was only a question
             return False
         return True
 
@@ -435,16 +470,15 @@ class LeaseManager:
 
     async def _hand_over(self, partition: int) -> None:
         try:
-            await self._release(partition, final=False)
-        except psycopg.Error as exc:
-            log.warning("hand-over of partition %d failed: %s", partition, exc)
+            await self._release(partition)
+        except Exception:
+            log.exception("hand-over of partition %d failed", partition)
         finally:
             self._releasing.pop(partition, None)
 
-    async def _release(self, partition: int, *, final: bool) -> None:
-        """Drain (``on_release``), stop fencing the partition, then free the row.  ``final`` (a graceful stop):
-        this member becomes the partition's ``previous_owner``, so a restart brings it back here; a hand-over
-        leaves ``previous_owner`` alone (the releaser does not want it back)."""
+    async def _release(self, partition: int) -> None:
+        """A hand-over: drain (``on_release``), stop fencing the partition, then free the row.  ``previous_owner``
+        stays as it was: the releaser does not want it back (a graceful stop, :meth:`_release_all`, does)."""
         if partition not in self._held:
             return
         await self._on_release(partition)
@@ -453,10 +487,9 @@ class LeaseManager:
         if epoch is None:
             return
         await self._execute(
-            "UPDATE partition_leases SET owner = NULL, expires_at = NULL,"
-            " previous_owner = CASE WHEN %s THEN %s ELSE previous_owner END"
-            " WHERE partition = %s AND owner = %s AND epoch = %s",
-            (final, self.member, partition, self.member, epoch),
+            "UPDATE partition_leases SET owner = NULL, expires_at = NULL WHERE partition = %s AND owner = %s"
+            " AND epoch = %s",
+            (partition, self.member, epoch),
         )
         log.info("released partition %d epoch %d", partition, epoch)
         await self._notify()
