@@ -10,9 +10,9 @@ One asyncio task does, every ``probe_interval_s`` (or at once when a peer NOTIFY
    ``epoch = epoch + 1`` (``on_acquire``); hand over what the plan gives a peer (``on_release``, then release).
 
 A crashed member's PostgreSQL session ends with its process, which frees its session-level advisory lock: a peer's
-``pg_try_advisory_lock_shared`` on the member's key then succeeds, and its leases are taken at once.  A hung member keeps
-its session (and its lock) but stops renewing: its leases expire after the TTL, by the database's clock.  A member
-that wakes after its leases expired drops them all (``on_lose``) before it does anything else, and acquires again
+``pg_try_advisory_lock_shared`` on the member's key then succeeds, and its leases are taken at once.  A hung member
+keeps its session (and its lock) but stops renewing: its leases expire after the TTL, by the database's clock.  A
+member that wakes after its leases expired drops them all (``on_lose``) before it does anything else, and acquires again
 only what a fresh plan gives it, under new epochs.
 """
 
