@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import psycopg
 import pytest
 
-from gateway.cluster import LEASE_DDL, LeaseLost, LeaseManager
+from gateway.cluster import LEASE_DDL, LeaseLost, LeaseManager, MemberBusy, PartitionCountMismatch
 from testkit.lease_member import LeaseMember
 
 P = 16
@@ -261,6 +261,22 @@ def test_a_takeover_waits_for_a_fenced_commit(db: str) -> None:
     peer.join(timeout=10)
     assert outcome["done"] >= committed and outcome["rows"] == 0
     assert _rows(db)[0] == ("a", 7) and _probes(db) == {"first"}
+
+
+async def test_a_member_with_another_partition_count_or_a_taken_id_does_not_start(
+    db: str, started: list[Recorder]
+) -> None:
+    await _settled([await _start(started, db, "a")])
+    for partitions in (P - 1, P + 1):
+        other = LeaseManager(url=db, member="b", partitions=partitions, **FAST)
+        with pytest.raises(PartitionCountMismatch):
+            await other.start()
+        await other.close()
+    twin = LeaseManager(url=db, member="a", partitions=P, register_timeout_s=0.5, **FAST)
+    with pytest.raises(MemberBusy):
+        await twin.start()
+    await twin.close()
+    assert {o for o, _e in _rows(db).values()} == {"a"}  # neither touched a lease
 
 
 def test_the_manager_refuses_bad_timings() -> None:

@@ -11,7 +11,7 @@ docs/cluster.md, "Ownership: partitions, leases, fencing", explains the timings.
 from __future__ import annotations
 
 from gateway.cluster.fence import Fence, LeaseLost
-from gateway.cluster.leases import LeaseManager, MemberBusy
+from gateway.cluster.leases import LeaseManager, MemberBusy, PartitionCountMismatch
 from gateway.cluster.schema import LEASE_DDL
 
-__all__ = ["LEASE_DDL", "Fence", "LeaseLost", "LeaseManager", "MemberBusy"]
+__all__ = ["LEASE_DDL", "Fence", "LeaseLost", "LeaseManager", "MemberBusy", "PartitionCountMismatch"]

@@ -265,9 +265,11 @@ class LeaseManager:
     async def _prepare_rows(self) -> None:
         cur = await self._execute("SELECT max(partition) FROM partition_leases")
         row = await cur.fetchone()
-        if row is not None and row[0] is not None and row[0] >= self.partitions:
+        if row is not None and row[0] is not None and row[0] != self.partitions - 1:
+            # Another member started with another P: the broker's mapping has one P, so one of them is wrong.
             raise PartitionCountMismatch(
-                f"partition_leases has partition {row[0]}, but this gateway has {self.partitions} partitions"
+                f"partition_leases holds {row[0] + 1} partitions, but this gateway has cluster.partitions "
+                f"{self.partitions}"
             )
         await self._execute(
             "INSERT INTO partition_leases (partition, owner, epoch) SELECT p, NULL, 0 FROM generate_series(0, %s) p"
