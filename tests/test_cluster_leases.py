@@ -215,6 +215,21 @@ async def test_the_fence_refuses_a_commit_after_a_takeover_and_the_renewal_repor
     assert 3 not in a.owned and 3 not in a.manager.fence.epochs
 
 
+async def test_a_refused_commit_makes_the_manager_renew_at_once(db: str, started: list[Recorder]) -> None:
+    slow = Recorder(db, "a", lease_ttl_s=30.0, renew_interval_s=10.0, probe_interval_s=0.2)
+    await slow.manager.start()
+    started.append(slow)
+    await _settled([slow])
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE partition_leases SET owner = 'b', epoch = epoch + 1 WHERE partition = 5")
+    refused = time.monotonic()
+    with pytest.raises(LeaseLost), psycopg.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO fence_probe (tag) VALUES ('refused')")
+        slow.manager.check_fence(cur)  # the store's hook
+    assert await _until(lambda: ("lose", 5) in slow.events, within=5)
+    assert time.monotonic() - refused < 3  # not the next renewal, 10 s away
+
+
 async def test_a_member_whose_lock_session_dies_drops_everything_and_peers_take_it(
     db: str, started: list[Recorder]
 ) -> None:

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from common.partitions import plan
-from gateway.cluster.fence import Fence
+from gateway.cluster.fence import Fence, LeaseLost
 from gateway.config import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class LeaseManager:
         self._db_lock = asyncio.Lock()  # one statement or transaction at a time on the work connection
         self._lock_conn: psycopg.AsyncConnection[Any] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
 
@@ -157,8 +158,19 @@ class LeaseManager:
         return self._fence
 
     def check_fence(self, cursor: psycopg.Cursor[Any]) -> None:
-        """The store's commit hook (``core.set_fence(manager.check_fence)``): the current fence's check."""
-        self._fence.check(cursor)
+        """The store's commit hook (``core.set_fence(manager.check_fence)``): the current fence's check.  Callable
+        from any thread; a failed check makes the manager renew at once, so ``on_lose`` follows without waiting for
+        the next renewal."""
+        try:
+            self._fence.check(cursor)
+        except LeaseLost:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._renew_now)
+            raise
+
+    def _renew_now(self) -> None:
+        self._next_renewal = 0.0
+        self._wake.set()
 
     @property
     def broken(self) -> bool:
@@ -175,6 +187,7 @@ class LeaseManager:
 
     async def start(self) -> None:
         """Take the member's advisory lock, create the partition rows if missing, register, and start the task."""
+        self._loop = asyncio.get_running_loop()
         self._lock_conn = await self._connect()
         await self._take_member_lock()
         self._conn = await self._connect()
