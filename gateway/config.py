@@ -423,6 +423,31 @@ class IngestConfig(Section):
     commit_timeout_s: float = Field(default=30.0, gt=0)  # answer 503 if the pipeline has not committed by then
 
 
+class ClusterConfig(Section):
+    """Cluster mode (docs/cluster.md): gateways share one PostgreSQL store and own the broker's building partitions
+    through leases.  Timings: a crashed member's partitions move within about ``probe_interval_s`` (its advisory
+    lock frees with its session), a hung one's within ``lease_ttl_s`` + ``probe_interval_s``, a stopped one's at once
+    (it releases and NOTIFYs)."""
+
+    member: Ident  # this gateway's id in the cluster: unique, and stable across restarts (partitions come back)
+    partitions: int = Field(default=256, ge=1, le=4096)  # P: must equal the broker mapping's {{partition(P,1)}}
+    lease_ttl_s: float = Field(default=10.0, gt=0, le=600)
+    renew_interval_s: float = Field(default=2.0, gt=0)
+    probe_interval_s: float = Field(default=1.0, gt=0)
+    # The broker's MQTT ack wait (NATS ``mqtt { ack_wait }``), which the deployment must set to this: a failed
+    # owner's in-flight messages reach the new owner up to one ack wait after it connects.
+    ack_wait_s: float = Field(default=3.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _intervals(self) -> ClusterConfig:
+        # Three renewals per TTL: one lost renewal (a GC pause, a slow query) must not cost the leases.
+        if self.renew_interval_s > self.lease_ttl_s / 3:
+            raise ValueError("renew_interval_s must be at most lease_ttl_s / 3")
+        if self.probe_interval_s > self.renew_interval_s:
+            raise ValueError("probe_interval_s must be at most renew_interval_s")
+        return self
+
+
 class FiregridConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -451,6 +476,7 @@ class FiregridConfig(BaseSettings):
     inspection_points: list[InspectionPoint] = Field(default_factory=list)
     uitd: UitdConfig = Field(default_factory=UitdConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    cluster: ClusterConfig | None = None  # None: one gateway (or a district split by ``mqtt.buildings``)
 
     # Filled in by load_config: the directory relative paths in the file are resolved against.
     _base_dir: Path = Path(".")
@@ -508,6 +534,7 @@ class FiregridConfig(BaseSettings):
         problems.extend(self._station_problems())
         problems.extend(self._point_problems(by_id))
         problems.extend(self._uitd_problems(by_id))
+        problems.extend(self._cluster_problems())
         for name, platform in (("onenet", self.ingest.onenet), ("ctwing", self.ingest.ctwing)):
             for i, mapped in enumerate(platform.devices if platform is not None else []):
                 if mapped.device not in device_ids:
@@ -532,6 +559,21 @@ class FiregridConfig(BaseSettings):
                     problems.append(f"stations[{i}].members[{j}]: unknown roster member {name!r}")
             if station.leader is not None and station.leader not in roster:
                 problems.append(f"stations[{i}].leader: unknown roster member {station.leader!r}")
+        return problems
+
+    def _cluster_problems(self) -> list[str]:
+        if self.cluster is None:
+            return []
+        problems: list[str] = []
+        scheme = urlsplit(self.store.url).scheme if self.store.url else ""
+        if scheme not in ("postgresql", "postgres"):
+            problems.append("store.url: cluster mode needs a postgresql:// URL (the gateways share one store)")
+        if self.mqtt.protocol != "v311":
+            problems.append("mqtt.protocol: cluster mode needs v311 (the NATS broker speaks only MQTT 3.1.1)")
+        if self.mqtt.buildings is not None:
+            problems.append("mqtt.buildings: not with cluster mode (partition leases decide what a gateway owns)")
+        if self.mqtt.shared_group is not None:
+            problems.append("mqtt.shared_group: not with cluster mode (partition leases decide what a gateway owns)")
         return problems
 
     def dispatch_plan(self) -> DispatchPlan:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.partitions import partition_of as partition_of  # one definition, shared with the gateway
 from testkit.services import ManagedProcess, ServiceError, _port_open, _tail, _wait_until, free_port
 
 ACCOUNT = "FIREGRID"
@@ -72,23 +73,6 @@ def nats_version(binary: str | None = None) -> str:
     if match is None:
         raise ServiceError(f"unexpected nats-server --version output: {out!r}")
     return match.group(1)
-
-
-def fnv1a32(data: bytes) -> int:
-    """32-bit FNV-1a, the hash NATS's ``partition()`` mapping function uses."""
-    h = 0x811C9DC5
-    for byte in data:
-        h ^= byte
-        h = (h * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
-def partition_of(building: str, partitions: int) -> int:
-    """The partition the server's ``{{partition(P,1)}}`` computes for a building: FNV-1a of the token, modulo P.
-
-    A gateway must compute the same number the broker does, to know which buildings a partition lease covers; the
-    spike's test (a) checks this against the running server for many buildings."""
-    return fnv1a32(building.encode()) % partitions
 
 
 def partition_token(partition: int) -> str:

@@ -29,6 +29,17 @@ def summary(config: FiregridConfig) -> str:
         f"ok: {len(config.buildings)} buildings in {len(grids)} grids, {len(config.devices)} devices ({by_kind}); "
         f"MQTT {config.mqtt.host}:{config.mqtt.port}; {influx}; {store}{owned}"
         + (f"; {len(config.inspection_points)} inspection points" if config.inspection_points else "")
+        + (f"\n{cluster_summary(config)}" if config.cluster is not None else "")
+    )
+
+
+def cluster_summary(config: FiregridConfig) -> str:
+    cluster = config.cluster
+    assert cluster is not None
+    return (
+        f"cluster: member {cluster.member}, {cluster.partitions} partitions, lease TTL {cluster.lease_ttl_s:g} s, "
+        f"renew every {cluster.renew_interval_s:g} s, probe every {cluster.probe_interval_s:g} s, "
+        f"broker ack wait {cluster.ack_wait_s:g} s"
     )
 
 
