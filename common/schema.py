@@ -332,6 +332,35 @@ CREATE TABLE IF NOT EXISTS change_log (
 CREATE INDEX IF NOT EXISTS change_log_ts ON change_log(ts_ms);
 """
 
+# Cluster mode's ownership (``gateway.cluster``): the gateways (``cluster_members``), one lease per partition with its
+# fencing epoch (``partition_leases``), and, when ``cluster.audit_commits`` is on (drills, acceptance tests), one row
+# per partition a fenced transaction committed under (``cluster_commits``: the record that proves a fenced-off
+# gateway committed nothing under an old epoch).  Every time here is the database's clock (``now()``): gateways'
+# clocks may drift, the server's is one.  A SQLite store gets the tables too (one schema, one version number on
+# both backends) and never uses them: cluster mode needs the PostgreSQL store.
+LEASES = """
+CREATE TABLE IF NOT EXISTS cluster_members (
+    member       TEXT PRIMARY KEY,
+    heartbeat_at TIMESTAMPTZ,
+    started_at   TIMESTAMPTZ,
+    stopping     BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS partition_leases (
+    partition      INT PRIMARY KEY,
+    owner          TEXT NULL,
+    epoch          BIGINT NOT NULL,
+    expires_at     TIMESTAMPTZ NULL,
+    previous_owner TEXT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster_commits (
+    member    TEXT NOT NULL,
+    partition INT NOT NULL,
+    epoch     BIGINT NOT NULL,
+    at        TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cluster_commits_at ON cluster_commits(at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # The schema as the releases before versions created it, table by table with IF NOT EXISTS: such a file has
     # user_version 0 and all or only some of the tables (each owner created its own when first opened), so this
@@ -349,6 +378,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(version=4, name="inspections and hazards", apply=INSPECTIONS, postgres=postgres_ddl(INSPECTIONS)),
     Migration(version=5, name="cluster", apply=CLUSTER, postgres=postgres_ddl(CLUSTER)),
     Migration(version=6, name="change log", apply=CHANGE_LOG, postgres=postgres_ddl(CHANGE_LOG)),
+    Migration(version=7, name="cluster leases", apply=LEASES, postgres=LEASES),
 )
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

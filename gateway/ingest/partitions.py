@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from common.partitions import partition_of
 from gateway.config import MqttConfig
 from gateway.ingest.mqtt import Incoming, MqttIngest
 from gateway.metrics import Metrics
@@ -36,21 +37,6 @@ MAPPED_PREFIX = "fgp"  # the broker's mapping writes fgp.<NN>.<building>.<device
 PARTITION_LANE_BASE = 2  # lanes 0 and 1 are the single gateway's main and event sessions
 WRONG_PARTITION = "wrong_partition"  # the rejection reason counted in firegrid_rejections
 CLOSE_TIMEOUT_S = 10.0
-
-
-# LEAD: a local copy until common/partitions.py lands (another helper moves testkit.nats.partition_of there); then
-# import partition_of from common.partitions and delete these two functions.
-def _fnv1a32(data: bytes) -> int:
-    h = 0x811C9DC5
-    for byte in data:
-        h ^= byte
-        h = (h * 0x01000193) & 0xFFFFFFFF
-    return h
-
-
-def partition_of(building: str, partitions: int) -> int:
-    """The partition NATS's ``{{partition(P,1)}}`` puts a building in: FNV-1a (32 bit) of its id, modulo P."""
-    return _fnv1a32(building.encode()) % partitions
 
 
 class PartitionUnavailable(Exception):
