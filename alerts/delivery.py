@@ -33,7 +33,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -81,10 +81,14 @@ class Notifier:
         rng: random.Random | None = None,
         drain_s: float = 3.0,
         poll_s: float = 5.0,
+        scope: Callable[[], Collection[str] | None] | None = None,
     ) -> None:
         """``poll_s``: the longest sleep between rounds over the database when nothing is due sooner (a fake clock
-        may have moved; rows written by another connection are found)."""
+        may have moved; rows written by another connection are found).  ``scope``: the buildings whose outbox and
+        escalations this notifier drains, asked at every round (cluster mode: those of the partitions this gateway
+        holds a lease on, so a building's notifications have one sender); None: every building."""
         self.store = store
+        self._scope: Callable[[], Collection[str] | None] = scope or (lambda: None)
         self.notify = notify or store.notify
         self.clock = clock
         self.workers = workers or self.notify.workers
@@ -221,6 +225,10 @@ class Notifier:
         return await self._loop.run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
 
     # ------------------------------------------------------------------ main loop
+    def set_scope(self, scope: Callable[[], Collection[str] | None]) -> None:
+        """See ``scope`` in the constructor (cluster mode sets it once the leases are wired)."""
+        self._scope = scope
+
     async def run(self) -> None:
         """Until ``stop()`` (or cancellation): resume the outbox left by a previous run, then deliver and escalate."""
         self._loop = asyncio.get_running_loop()
@@ -231,7 +239,7 @@ class Notifier:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         try:
             await self._io(self.store.add_outbox_listener, self._on_committed)
-            recovered = await self._io(self.store.recover, now_ms=self.clock())
+            recovered = await self._io(self.store.recover, now_ms=self.clock(), buildings=self._scope())
             if recovered:
                 log.warning("%d SMS were interrupted mid-request: marked unknown (not resent)", recovered)
             self._ready = True
@@ -330,10 +338,11 @@ class Notifier:
             self.store.record_outcomes(outcomes)
             skip = skip - {o.id for o in outcomes}  # recorded now: a retry due at once may go in this round
         now = self.clock()
-        nxt_esc = self.store.next_escalation_ms()
+        scope = self._scope()
+        nxt_esc = self.store.next_escalation_ms(buildings=scope)
         if nxt_esc is not None and nxt_esc <= now:
-            self._count("escalated", len(self.store.escalate_due(now_ms=now)))
-            nxt_esc = self.store.next_escalation_ms()
+            self._count("escalated", len(self.store.escalate_due(now_ms=now, buildings=scope)))
+            nxt_esc = self.store.next_escalation_ms(buildings=scope)
         if now >= self._next_prune_ms:
             self._next_prune_ms = now + 3_600_000
             pruned = self.store.prune_outbox(before_ms=now - self.notify.retry.keep_done_s * 1000)
@@ -347,17 +356,17 @@ class Notifier:
             if n <= 0:
                 picked: list[OutboxItem] = []
             elif channel == "webhook":
-                picked = self._pick_webhooks(now, n, skip, dict(endpoints or {}))
+                picked = self._pick_webhooks(now, n, skip, dict(endpoints or {}), scope)
             elif channel == "robot":
-                picked = self._pick_robots(now, n, skip, held or {})
+                picked = self._pick_robots(now, n, skip, held or {}, scope)
             else:
-                picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel)
+                picked = self.store.due(now_ms=now, limit=n, exclude=skip, channel=channel, buildings=scope)
             items.extend(picked)
             if n - len(picked) > 0:
                 still_free.append(channel)
         # Sleep until the next row a free worker could take, or the next escalation; a busy channel's workers wake
         # us when they finish (no busy-waiting on rows that are already in flight).
-        nxt_due = self.store.next_due_ms(exclude=skip | {i.id for i in items}, channels=still_free)
+        nxt_due = self.store.next_due_ms(exclude=skip | {i.id for i in items}, channels=still_free, buildings=scope)
         waits = [t for t in (nxt_due, nxt_esc) if t is not None]
         timeout = self.poll_s  # also re-check now and then (a fake clock may have moved)
         waits.extend(t for t in (held or {}).values())
@@ -365,14 +374,21 @@ class Notifier:
             timeout = min(timeout, max(0.0, (min(waits) - self.clock()) / 1000))
         return items, timeout
 
-    def _pick_webhooks(self, now: int, n: int, skip: set[int], busy: dict[str, int]) -> list[OutboxItem]:
+    def _pick_webhooks(
+        self, now: int, n: int, skip: set[int], busy: dict[str, int], scope: Collection[str] | None
+    ) -> list[OutboxItem]:
         """Up to ``n`` due webhook rows in priority order, at most ``per_endpoint`` in flight per endpoint."""
         picked: list[OutboxItem] = []
         taken = set(skip)
         while len(picked) < n:
             full = [url for url, k in busy.items() if k >= self.per_endpoint]
             rows = self.store.due(
-                now_ms=now, limit=n - len(picked), exclude=taken, channel="webhook", exclude_targets=full
+                now_ms=now,
+                limit=n - len(picked),
+                exclude=taken,
+                channel="webhook",
+                exclude_targets=full,
+                buildings=scope,
             )
             if not rows:
                 break
@@ -383,12 +399,16 @@ class Notifier:
                     picked.append(row)
         return picked
 
-    def _pick_robots(self, now: int, n: int, skip: set[int], held: dict[str, int]) -> list[OutboxItem]:
+    def _pick_robots(
+        self, now: int, n: int, skip: set[int], held: dict[str, int], scope: Collection[str] | None
+    ) -> list[OutboxItem]:
         """The highest-priority due row of each robot that may take one now (one per robot per round)."""
         picked: list[OutboxItem] = []
         blocked = set(held)
         while len(picked) < n:
-            rows = self.store.due(now_ms=now, limit=1, exclude=skip, channel="robot", exclude_targets=sorted(blocked))
+            rows = self.store.due(
+                now_ms=now, limit=1, exclude=skip, channel="robot", exclude_targets=sorted(blocked), buildings=scope
+            )
             if not rows:
                 break
             picked.append(rows[0])

@@ -152,6 +152,12 @@ class PgCursor:
     def rowcount(self) -> int:
         return self._cur.rowcount
 
+    @property
+    def raw(self) -> psycopg.Cursor[Row]:
+        """The psycopg cursor itself, for SQL written in psycopg's own placeholders (``%s``, ``%(name)s``) that
+        must run inside this cursor's transaction (cluster mode's lease fence)."""
+        return self._cur
+
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
         if parameters:
             self._cur.execute(translate(sql), _params(parameters))

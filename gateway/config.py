@@ -437,6 +437,22 @@ class ClusterConfig(Section):
     # The broker's MQTT ack wait (NATS ``mqtt { ack_wait }``), which the deployment must set to this: a failed
     # owner's in-flight messages reach the new owner up to one ack wait after it connects.
     ack_wait_s: float = Field(default=3.0, gt=0, le=60)
+    # The broker's nodes (their MQTT listeners): every partition session may connect to any of them and moves to the
+    # next when one refuses or drops it.  Empty: ``mqtt.url`` alone.
+    brokers: list[str] = Field(default_factory=list)
+    # Write one ``cluster_commits`` row per partition for every fenced store transaction (member, partition, epoch,
+    # time): the record that proves a fenced-off gateway committed nothing under an old epoch.  For drills and
+    # acceptance tests: it costs a write per held partition per transaction.
+    audit_commits: bool = False
+
+    @field_validator("brokers")
+    @classmethod
+    def _brokers(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(f"{url!r}: each broker must be an mqtt:// or mqtts:// URL with a host")
+        return value
 
     @model_validator(mode="after")
     def _intervals(self) -> ClusterConfig:

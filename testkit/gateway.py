@@ -127,7 +127,11 @@ class Gateway(ManagedProcess):
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
         status, body = self.get("/readyz")
-        return status is not None and json.loads(body)["checks"]["mqtt"]["ok"]
+        if status is None:
+            return False
+        checks = json.loads(body)["checks"]
+        # cluster mode: the member runs and every partition session it owns is connected
+        return bool(checks["cluster"]["ok"] if "cluster" in checks else checks["mqtt"]["ok"])
 
     def get(self, path: str, *, token: str | None = None) -> tuple[int | None, str]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}")

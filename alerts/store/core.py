@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -54,6 +54,17 @@ ALERT_WITH_CODE = f"SELECT {ALERT_COLUMNS} {ALERT_FROM}"
 
 # A change as the live stream sends it: (event type, JSON object), or None for one it does not show.
 ChangeRenderer = Callable[[AlertChange], "tuple[str, Mapping[str, Any]] | None"]
+
+
+def building_scope(buildings: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition (`` AND building IN (...)``) and its parameters that keep a query to ``buildings``: a
+    cluster gateway's share of the store.  None: no condition (every building); empty: nothing at all."""
+    if buildings is None:
+        return "", ()
+    wanted = tuple(buildings)
+    if not wanted:
+        return " AND 1 = 0", ()
+    return f" AND building IN ({','.join('?' * len(wanted))})", wanted
 
 
 class Core:
@@ -201,6 +212,11 @@ class TxCursor:
         self.for_update = for_update
         self.added: list[tuple[int, int]] = []  # (priority, id) of each outbox row inserted
 
+    @property
+    def inner(self) -> Cursor:
+        """The connection's own cursor (the fence runs on it: cluster mode's lease check needs the backend's)."""
+        return self._cur
+
     def outbox_added(self, item_id: int, priority: int) -> None:
         self.added.append((priority, item_id))
 
@@ -245,7 +261,7 @@ class Tx:
             self.cur.execute("BEGIN" if postgres else "BEGIN IMMEDIATE")
             if core.fence is not None:
                 try:
-                    core.fence(self.cur)
+                    core.fence(self.cur.inner)
                 except BaseException:
                     self.cur.execute("ROLLBACK")
                     raise

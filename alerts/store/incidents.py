@@ -10,12 +10,12 @@ resolving its last open alert, which closes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from alerts import dispatch, fanout, routing
 from alerts.records import CAUSES, AlertChange, IncidentRecord
-from alerts.store.core import Core, TxCursor, audit, incident_facts, log_step
+from alerts.store.core import Core, TxCursor, audit, building_scope, incident_facts, log_step
 from alerts.store.errors import IncidentNotFound, InvalidIncidentTransition
 from alerts.store.events import alert_event, incident_event
 from alerts.store.voice import cancel_calls
@@ -241,13 +241,19 @@ def committed(cur: Cursor | Connection) -> dict[str, int]:
     return {str(r[0]): int(r[1]) for r in rows}
 
 
-def late_arrivals(core: Core, cur: TxCursor, now_ms: int, out: list[AlertChange]) -> None:
+def late_arrivals(
+    core: Core, cur: TxCursor, now_ms: int, out: list[AlertChange], *, buildings: Collection[str] | None = None
+) -> None:
     """Escalate every dispatched incident whose station is not on scene by its target: page the station leader and
-    the duty officers, and put the breach on the timeline.  Each breach is escalated once."""
+    the duty officers, and put the breach on the timeline.  Each breach is escalated once.  ``buildings``: only
+    their incidents (None: every building)."""
+    scope, scoped = building_scope(buildings)
     rows = cur.execute(
-        "SELECT * FROM incidents WHERE arrive_by_ms IS NOT NULL AND arrive_by_ms <= ? ORDER BY arrive_by_ms"
+        "SELECT * FROM incidents WHERE arrive_by_ms IS NOT NULL AND arrive_by_ms <= ?"
+        + scope
+        + " ORDER BY arrive_by_ms"
         + cur.for_update,
-        (now_ms,),
+        (now_ms, *scoped),
     ).fetchall()
     for row in rows:
         incident_id = int(row["id"])

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from alerts.records import OutboxItem, OutboxRecord, Outcome
-from alerts.store.core import Core
+from alerts.store.core import Core, building_scope
 from alerts.store.errors import AlertStoreError
 
 
@@ -20,11 +20,7 @@ class Outbox:
         """After a restart: an SMS caught in ``attempting`` may or may not have gone out.  It becomes ``unknown``
         (to reconcile with the provider), never a blind resend.  ``buildings``: only the rows of these buildings
         (in cluster mode another gateway's rows in ``attempting`` are its sends in flight, not interrupted ones)."""
-        scope, args = "", []
-        if buildings is not None:
-            wanted = list(buildings)
-            scope = f" AND building IN ({','.join('?' * len(wanted))})" if wanted else " AND 1 = 0"
-            args = wanted
+        scope, args = building_scope(buildings)
         with self._core.tx() as cur:
             # A robot message is at least once (like a webhook): one interrupted mid-request goes again.
             cur.execute(
@@ -74,12 +70,11 @@ class Outbox:
             hint = " INDEXED BY outbox_due" if self._core.dialect == "sqlite" and buildings is None else ""
             sql = f"SELECT * FROM outbox{hint} WHERE state = 'pending' AND channel = ? AND next_ms <= ?"
             args = [channel, now_ms]
-        if buildings is not None:
-            wanted = list(buildings)
-            if not wanted:
-                return []
-            sql += f" AND building IN ({','.join('?' * len(wanted))})"
-            args.extend(wanted)
+        if buildings is not None and not buildings:
+            return []
+        scope, scoped = building_scope(buildings)
+        sql += scope
+        args.extend(scoped)
         targets = list(exclude_targets)
         if targets:
             sql += f" AND target NOT IN ({','.join('?' * len(targets))})"
@@ -101,12 +96,11 @@ class Outbox:
         """When the next pending row (not in ``exclude``, in one of ``channels``, of one of ``buildings``) is due."""
         sql = "SELECT MIN(next_ms) FROM outbox WHERE state = 'pending'"
         args: list[Any] = []
-        if buildings is not None:
-            wanted_b = list(buildings)
-            if not wanted_b:
-                return None
-            sql += f" AND building IN ({','.join('?' * len(wanted_b))})"
-            args.extend(wanted_b)
+        if buildings is not None and not buildings:
+            return None
+        scope, scoped = building_scope(buildings)
+        sql += scope
+        args.extend(scoped)
         skip = list(exclude)
         if skip:
             sql += f" AND id NOT IN ({','.join('?' * len(skip))})"

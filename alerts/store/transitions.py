@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from alerts import fanout, routing
 from alerts.records import AlertChange
-from alerts.store.core import Core, TxCursor, audit, log_step, to_json
+from alerts.store.core import Core, TxCursor, audit, building_scope, log_step, to_json
 from alerts.store.events import alert_event, incident_event
 from alerts.store.incidents import late_arrivals
 from common.db import Cursor
@@ -51,31 +51,37 @@ class Transitions:
         self._core.publish(changes)
         return changes
 
-    def next_escalation_ms(self) -> int | None:
-        """The next unacknowledged alert's escalation, or the next dispatched station's on-scene deadline."""
+    def next_escalation_ms(self, *, buildings: Collection[str] | None = None) -> int | None:
+        """The next unacknowledged alert's escalation, or the next dispatched station's on-scene deadline (of
+        ``buildings`` only, when given)."""
+        scope, scoped = building_scope(buildings)
         with self._core.lock:
             row = self._core.db.execute(
-                "SELECT MIN(escalate_at_ms) FROM alerts WHERE escalate_at_ms IS NOT NULL AND open = 1"
+                "SELECT MIN(escalate_at_ms) FROM alerts WHERE escalate_at_ms IS NOT NULL AND open = 1" + scope, scoped
             ).fetchone()
             late = self._core.db.execute(
-                "SELECT MIN(arrive_by_ms) FROM incidents WHERE arrive_by_ms IS NOT NULL"
+                "SELECT MIN(arrive_by_ms) FROM incidents WHERE arrive_by_ms IS NOT NULL" + scope, scoped
             ).fetchone()
         times = [int(t) for t in (row[0], late[0]) if t is not None]
         return min(times) if times else None
 
-    def escalate_due(self, *, now_ms: int) -> list[AlertChange]:
+    def escalate_due(self, *, now_ms: int, buildings: Collection[str] | None = None) -> list[AlertChange]:
         """Escalate every unacknowledged alert whose ack timeout has passed to its next tier, and every dispatched
         incident whose station is not on scene by its target.  Returns the escalations: ``alert.escalated`` for the
         alerts, ``incident.escalated`` for late stations; the ``incident.escalated`` that goes with an alert's
-        escalation (one per incident, for the governance platform) is published and sent, not returned."""
+        escalation (one per incident, for the governance platform) is published and sent, not returned.
+        ``buildings``: only theirs (a cluster gateway escalates the buildings it owns; None: every building)."""
         changes: list[AlertChange] = []
         alongside: list[AlertChange] = []
         escalated: dict[int, tuple[int, list[str], str]] = {}  # incident -> (tier, who, why): one event each
+        scope, scoped = building_scope(buildings)
         with self._core.tx() as cur:
             due = cur.execute(
                 "SELECT * FROM alerts WHERE escalate_at_ms IS NOT NULL AND escalate_at_ms <= ? AND open = 1"
-                " ORDER BY severity DESC, escalate_at_ms" + cur.for_update,
-                (now_ms,),
+                + scope
+                + " ORDER BY severity DESC, escalate_at_ms"
+                + cur.for_update,
+                (now_ms, *scoped),
             ).fetchall()
             for row in due:
                 if row["state"] != "raised":
@@ -116,7 +122,7 @@ class Transitions:
                 incident_event(
                     self._core, cur, "incident.escalated", incident_id, now_ms, alongside, extra={"escalated_to": names}
                 )
-            late_arrivals(self._core, cur, now_ms, changes)
+            late_arrivals(self._core, cur, now_ms, changes, buildings=buildings)
         self._core.publish([*changes, *alongside])
         return changes
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import FiregridConfig
 from gateway.metrics import Metrics
@@ -69,3 +69,5 @@ class Runtime:
     inspections: InspectionStore | None = None
     deadlines: InspectionDeadlines | None = None
     live_from_store: bool = False
+    # Cluster mode: the member's leases and partition sessions, for ``/readyz`` (gateway/service/cluster.py).
+    cluster_status: Callable[[], dict[str, Any]] | None = None

@@ -120,6 +120,7 @@ class LeaseManager:
         self._next_renewal = 0.0
         self._stopping = False
         self._broken = False  # the lock's session died: this incarnation may hold nothing any more
+        self._broken_event = asyncio.Event()
         self._wake = asyncio.Event()
         self._db_lock = asyncio.Lock()  # one statement or transaction at a time on the work connection
         self._lock_conn: psycopg.AsyncConnection[Any] | None = None
@@ -177,6 +178,10 @@ class LeaseManager:
         """The advisory lock's connection died: this manager dropped every lease and does nothing more; the service
         must stop it and start a new one (a new session, a new lock) to rejoin."""
         return self._broken
+
+    async def wait_broken(self) -> None:
+        """Returns once :attr:`broken` is true."""
+        await self._broken_event.wait()
 
     @property
     def owned(self) -> dict[int, int]:
@@ -318,6 +323,7 @@ class LeaseManager:
             # the fence find out which.  Rejoining needs a restart of the manager (a new session, a new lock).
             log.error("lease lock connection lost (%s); this member's leases will be taken by its peers", exc)
             self._broken = True
+            self._broken_event.set()
             self._wake.set()
 
     # -- the loop --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +64,18 @@ class EngineState:
         self.path = Path(path)
         self._db = open_database(url or self.path)
 
-    def load(self) -> dict[str, bytes]:
-        return {b: bytes(d) for b, d in self._db.execute("SELECT building, data FROM gateway_engine_state")}
+    def load(self, *, buildings: Collection[str] | None = None) -> dict[str, bytes]:
+        """Every building's snapshot, or only ``buildings``' (cluster mode: a partition just taken over)."""
+        if buildings is None:
+            return {b: bytes(d) for b, d in self._db.execute("SELECT building, data FROM gateway_engine_state")}
+        wanted = sorted(buildings)
+        if not wanted:
+            return {}
+        rows = self._db.execute(
+            f"SELECT building, data FROM gateway_engine_state WHERE building IN ({','.join('?' * len(wanted))})",
+            wanted,
+        )
+        return {b: bytes(d) for b, d in rows}
 
     def save(self, snapshots: Mapping[str, bytes], *, at_ms: int) -> None:
         self._db.execute("BEGIN")
@@ -145,6 +155,11 @@ class Pipeline:
         # One file for both (as the service opens them): the engine snapshots commit in the alert store's
         # transaction, one fsync per group commit instead of two.
         self._snapshots_with_alerts = engine_state.path.resolve() == alert_store.path.resolve()
+        # Cluster mode (gateway/service/cluster.py): the buildings this gateway may commit for, asked at each commit.
+        # A job's transitions and snapshots of a building whose partition was lost or handed over since the job was
+        # processed are dropped (the new owner judges the redelivered messages from the store's last snapshot), and
+        # every snapshot is written in the alert store's transaction, so that the lease fence checks it too.
+        self.commit_scope: Callable[[], Collection[str]] | None = None
         self.spool = spool
         self._on_committed = on_committed
         self._ack = ack
@@ -159,6 +174,8 @@ class Pipeline:
         self.closed = False
         self.on_backlog: Callable[[int], None] | None = None  # flow control hook (pause the MQTT reader)
         self.committed_messages = 0
+        self.submitted_messages = 0
+        self._committed = asyncio.Event()  # set after each commit: what settle() waits on
         self.last_commit_ms: int | None = None
         self.commit_error: str | None = None
         self._counts: collections.Counter[str] = collections.Counter()
@@ -168,6 +185,7 @@ class Pipeline:
     def submit(self, message: Incoming) -> None:
         if self.closed:
             return  # shutting down: never processed, never acknowledged, redelivered after the restart
+        self.submitted_messages += 1
         channel = message.topic.rpartition("/")[2]
         self._counts[channel if channel in ("telemetry", "event", "status") else "other"] += 1
         # Events (a call point pressed) jump the queue; their relative order per device is kept.
@@ -221,6 +239,24 @@ class Pipeline:
             if not committer.done():
                 await self._commits.put(None)
                 await committer
+
+    async def settle(self, *, timeout_s: float) -> bool:
+        """Wait until every message submitted so far has been committed and acknowledged (or ``timeout_s``
+        passed: False).  Cluster mode's hand-over: a paused partition's messages taken in are settled before its
+        session closes, so its next owner need not wait for the broker to redeliver them."""
+        target = self.submitted_messages
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.committed_messages < target:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or self.commit_error is not None:
+                return False
+            self._committed.clear()
+            self._work.set()  # a batch may be waiting for the next tick: take it now
+            try:
+                await asyncio.wait_for(self._committed.wait(), timeout=left)
+            except TimeoutError:
+                return False
+        return True
 
     def stop(self) -> None:
         """Finish what is in the inbox, commit it, then return from :meth:`run`."""
@@ -379,6 +415,7 @@ class Pipeline:
                 except Exception:  # one source's broken connection must not stop the commits of the others
                     log.exception("acknowledging a committed message failed")
             self.committed_messages += job.messages
+            self._committed.set()
             if job.readings:
                 self.metrics.readings.inc(job.readings)
                 lag = self.metrics.lag
@@ -396,9 +433,14 @@ class Pipeline:
         # first because its COMMIT hands a fire's pages to the notifier, which sends them while the spool syncs.
         at = now_ms()
         snapshots = job.snapshots
+        fenced = self.commit_scope is not None
+        if self.commit_scope is not None:
+            scope = self.commit_scope()
+            job.transitions = [t for t in job.transitions if t.building in scope]
+            snapshots = {b: data for b, data in snapshots.items() if b in scope}
         # Only with transitions: a telemetry-only commit keeps to its own connection, clear of the store's lock
         # (which the notifier and the API take), with the same number of syncs.
-        together = bool(snapshots) and bool(job.transitions) and self._snapshots_with_alerts
+        together = bool(snapshots) and (bool(job.transitions) or fenced) and self._snapshots_with_alerts
         if job.transitions or together:
             self.alert_store.apply(
                 job.transitions,
@@ -433,7 +475,7 @@ def restore_engine(
         except Exception:
             log.exception("could not restore the engine state of building %s; starting it fresh", building)
     alerts = []
-    for alert in _active_alerts(alert_store.active_alerts()):
+    for alert in active_alerts(alert_store.active_alerts()):
         if owns(alert.building):
             alerts.append(alert)
         else:
@@ -448,7 +490,8 @@ def restore_engine(
     return restored, len(alerts)
 
 
-def _active_alerts(rows: Iterable[AlertRecord]) -> list[ActiveAlert]:
+def active_alerts(rows: Iterable[AlertRecord]) -> list[ActiveAlert]:
+    """The store's open alerts as the engine holds them (those it must not raise again)."""
     out = []
     for row in rows:
         if row.condition == "cleared":

@@ -14,9 +14,13 @@ def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
     """Ready = MQTT connected, the store writable, and InfluxDB reachable or the spool taking the points."""
     checks: dict[str, Any] = {}
     mqtt = runtime.mqtt
-    checks["mqtt"] = {"ok": bool(mqtt and mqtt.connected), "error": None if mqtt is None else mqtt.last_error}
     events = runtime.mqtt_events
-    if events is not None:
+    if runtime.cluster_status is not None:
+        # cluster mode: the partition sessions of the leases held, not the single gateway's two sessions
+        checks["cluster"] = runtime.cluster_status()
+    else:
+        checks["mqtt"] = {"ok": bool(mqtt and mqtt.connected), "error": None if mqtt is None else mqtt.last_error}
+    if events is not None and runtime.cluster_status is None:
         # with the fast lane on, call points and alarm events come by this session only: without it they wait
         checks["mqtt_events"] = {"ok": events.connected, "error": events.last_error}
     store_ok = runtime.presence is not None and runtime.presence.writable()

@@ -25,6 +25,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +49,7 @@ from gateway.ingest.pipeline import EngineState, Job, Pipeline, restore_engine
 from gateway.ingest.rejections import Rejections
 from gateway.ingest.uitd_server import UitdServer
 from gateway.metrics import Metrics
+from gateway.service.cluster import ClusterMode
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
 from gateway.storage.influx import DeadLetters, InfluxError, InfluxWriter
@@ -107,7 +109,9 @@ class Service:
         decoder_registry = registry if district is config else registry_from_config(district)
         self.presence = Presence(config=config, db_path=db_path)
         self.rejections = Rejections(metrics=self.metrics)
-        self.engine = Engine(load_rule_set(config), registry=registry)
+        # Cluster mode: the engine judges only the buildings of the partitions this gateway holds a lease on, adopted
+        # and released as the leases move (gateway/service/cluster.py).
+        self.engine = Engine(load_rule_set(config), registry=registry, owned=() if config.cluster else None)
         self.store = AlertStore.from_config(config)
         self.notifier = Notifier(self.store, config.notify)
         self.engine_state = EngineState(db_path, url=config.store.url)
@@ -160,6 +164,7 @@ class Service:
             on_committed=self._committed,
             ack=self._ack,
             ack_events=self._ack_events,
+            ack_lanes=self._ack_lanes,
             gateway_topics=f"{config.mqtt.topic_prefix}/_gateway/",
         )
         lane = config.mqtt.event_lane
@@ -182,6 +187,24 @@ class Service:
                 lane=EVENT_LANE,
             )
         self.mqtt.on_link = self._link_changed
+        # Cluster mode: one session per owned partition instead of the two above, which are then never started.
+        self.cluster: ClusterMode | None = None
+        if config.cluster is not None:
+            assert config.store.url is not None  # the config's validators require it
+            self.cluster = ClusterMode(
+                config=config,
+                cluster=config.cluster,
+                url=config.store.url,
+                metrics=self.metrics,
+                engine=self.engine,
+                engine_lock=self.runtime.engine_lock,
+                engine_state=self.engine_state,
+                store=self.store,
+                presence=self.presence,
+                notifier=self.notifier,
+                pipeline=self.pipeline,
+            )
+            self.runtime.cluster_status = self.cluster.status
         self.uitd: UitdServer | None = None
         if config.uitd.listen is not None:
             # With mqtt.buildings, only this gateway's panels: another's UITD is denied (unknown_panel) rather than
@@ -223,6 +246,8 @@ class Service:
         the engine's snapshots and open alerts, then every registered device's state.  Here, not on the pipeline's
         first tick, where a district's adoption stalls the running event loop, alarms included (docs/performance.md).
         """
+        if self.cluster is not None:
+            return  # the engine owns nothing yet: each partition's buildings are adopted when its lease is won
         buildings, active = restore_engine(
             self.engine, state=self.engine_state, alert_store=self.store, owns=self.config.owns
         )
@@ -244,6 +269,9 @@ class Service:
     def _ack_events(self, items: list[tuple[int, int]]) -> int:
         return self.events.ack(items) if self.events is not None else 0
 
+    def _ack_lanes(self, acks: Mapping[int, list[tuple[int, int]]]) -> int:
+        return self.cluster.ingest.ack(acks) if self.cluster is not None else 0
+
     def _link_changed(self, connected: bool) -> None:
         """Hold the engine's absence timers while the gateway has no broker link (see MqttIngest.on_link).
 
@@ -263,6 +291,9 @@ class Service:
             self.notifier.wake()
 
     def _flow_control(self, backlog: int) -> None:
+        if self.cluster is not None:
+            self.cluster.flow_control(backlog, high_water=self.mqtt.high_water, low_water=self.mqtt.low_water)
+            return
         if backlog >= self.mqtt.high_water:
             self.mqtt.pause()
         elif backlog <= self.mqtt.low_water and self.mqtt.paused:
@@ -319,10 +350,15 @@ class Service:
             await self.uitd.start()
         tasks: dict[str, asyncio.Task[None]] = {
             "pipeline": asyncio.create_task(self.pipeline.run(), name="pipeline"),
-            "mqtt": asyncio.create_task(self.mqtt.run(), name="mqtt"),
-            **({"mqtt-events": asyncio.create_task(self.events.run(), name="mqtt-events")} if self.events else {}),
             "housekeeping": asyncio.create_task(self._housekeeping(), name="housekeeping"),
         }
+        if self.cluster is not None:
+            await self.cluster.start()
+            tasks["cluster"] = asyncio.create_task(self.cluster.watch(), name="cluster")
+        else:
+            tasks["mqtt"] = asyncio.create_task(self.mqtt.run(), name="mqtt")
+            if self.events is not None:
+                tasks["mqtt-events"] = asyncio.create_task(self.events.run(), name="mqtt-events")
         if self.writer is not None:
             tasks["influx"] = asyncio.create_task(self.writer.run(), name="influx")
         tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
@@ -376,6 +412,8 @@ class Service:
             with contextlib.suppress(BaseException):
                 await side
         self.mqtt.pause()  # take nothing more in
+        if self.cluster is not None:
+            self.cluster.pause()
         if self.events is not None:
             self.events.pause()
         if self.uitd is not None:
@@ -396,6 +434,18 @@ class Service:
         self.pipeline.closed = True
         if self.uitd is not None:
             await self.uitd.close()  # after the drain: the confirms of what was committed have gone out
+        if self.cluster is not None:
+            # Hand every partition over: what was taken in is committed and acknowledged above, so the sessions close
+            # with nothing in flight and peers take the leases (and the queues) at once.
+            try:
+                await asyncio.wait_for(self.cluster.stop(), SHUTDOWN_COMMIT_S)
+            except (TimeoutError, Exception) as exc:
+                log.warning("cluster hand-over incomplete (%r): peers take the leases when they expire", exc)
+            cluster_task = tasks.get("cluster")
+            if cluster_task is not None:
+                cluster_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await cluster_task
         self.mqtt.resume()
         self.mqtt.stop()
         if self.events is not None:
@@ -421,8 +471,8 @@ class Service:
         except (TimeoutError, Exception):
             notifier.cancel()
         for name in ("inspections", "housekeeping", "mqtt", "pipeline"):
-            task = tasks[name]
-            if not task.done():
+            task = tasks.get(name)
+            if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task

@@ -12,7 +12,7 @@ the last second of "last seen" in a crash is harmless; the next message restores
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,29 @@ class Presence:
                 location=d.location,
                 heartbeat_s=d.heartbeat_s or self._heartbeats.get(d.kind.value, 300),
             )
-        for row in self._db.execute(f"SELECT {_COLUMNS} FROM gateway_devices"):
+        self._owns = config.owns
+        self._load(self._db.execute(f"SELECT {_COLUMNS} FROM gateway_devices"))
+        # Cluster mode: the buildings whose devices this gateway judges (those of the partitions it holds a lease
+        # on); the sweep looks only at theirs, so a gateway does not report another's devices falling silent.
+        # None: every device (a single gateway).
+        self.scope: set[str] | None = None
+        self._dirty: set[str] = set()
+        self._history: list[tuple[str, str, str, int, str]] = []
+        self.keep_history = False  # no InfluxDB: recent telemetry lives in the store (demo)
+        self.history_limit = 200_000
+        # Called with a device's dict when its state (online/offline/unknown) changes: the SSE hub's "device" event.
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        self._last_state: dict[str, str] = {}
+        self._round: list[str] = []  # the devices of a sliced sweep's round, and how far it has got
+        self._round_at = 0
+        self._closed = False
+
+    def _load(self, rows: Iterable[Any]) -> None:
+        for row in rows:
             device, building, kind, floor, grid, registered, seen, values, battery, status, status_ts = row
             state = self.devices.get(device)
             if state is None:
-                if registered or not config.owns(building):
+                if registered or not self._owns(building):
                     continue  # removed from the registry since, or its building moved to another gateway
                 state = self.devices[device] = DeviceState(
                     device=device,
@@ -118,16 +136,20 @@ class Presence:
             state.battery = battery
             state.status = status
             state.status_ts_ms = status_ts
-        self._dirty: set[str] = set()
-        self._history: list[tuple[str, str, str, int, str]] = []
-        self.keep_history = False  # no InfluxDB: recent telemetry lives in the store (demo)
-        self.history_limit = 200_000
-        # Called with a device's dict when its state (online/offline/unknown) changes: the SSE hub's "device" event.
-        self.on_change: Callable[[dict[str, Any]], None] | None = None
-        self._last_state: dict[str, str] = {}
-        self._round: list[str] = []  # the devices of a sliced sweep's round, and how far it has got
-        self._round_at = 0
-        self._closed = False
+
+    def reload(self, buildings: Collection[str]) -> None:
+        """Read the buildings' devices again from the store (cluster mode: a partition was just taken over; its last
+        owner flushed what it knew), and look at them from now on."""
+        wanted = sorted(buildings)
+        if not wanted:
+            return
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM gateway_devices WHERE building IN ({','.join('?' * len(wanted))})", wanted
+            ).fetchall()
+        self._load(rows)
+        if self.scope is not None:
+            self.scope.update(wanted)
 
     def _state(self, ref: DeviceRef) -> DeviceState:
         state = self.devices.get(ref.device)
@@ -184,10 +206,18 @@ class Presence:
 
         With ``limit``, look at no more than that many devices, going on where the previous call stopped: a
         district's devices in slices, so that no single call holds the event loop for long (docs/performance.md)."""
+        scope = self.scope
         if limit is None:
-            return self._sweep(self.devices.items(), now_ms)
+            everything = self.devices.items()
+            return self._sweep(
+                everything if scope is None else [(d, s) for d, s in everything if s.building in scope], now_ms
+            )
         if self._round_at >= len(self._round):
-            self._round, self._round_at = list(self.devices), 0  # a copy: devices first heard of join the next round
+            # a copy: devices first heard of join the next round
+            self._round = (
+                list(self.devices) if scope is None else [d for d, s in self.devices.items() if s.building in scope]
+            )
+            self._round_at = 0
         devices = self.devices
         part = [(d, devices[d]) for d in self._round[self._round_at : self._round_at + limit]]
         self._round_at += limit
