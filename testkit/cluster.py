@@ -286,7 +286,7 @@ class DeviceLink:
         self.sock_ok = True
         self.connects += 1
         self.connect_started = time.monotonic()
-        if self.pipelined:
+        if self.pipelined and not self.generator.paused:
             self.next_cycle = self.connect_started + self.reconnect_every_s * random.uniform(0.7, 1.3)
             # Right behind the CONNECT, before the CONNACK: the publish that may escape the mapping.
             device = random.choice(self.devices)
@@ -314,7 +314,7 @@ class DeviceLink:
                 self.sock_ok = False  # no CONNACK: the node is in trouble, try the next one
                 self.node_index += 1
                 continue
-            if self.pipelined and self.connected.is_set() and now >= self.next_cycle:
+            if self.pipelined and not self.generator.paused and self.connected.is_set() and now >= self.next_cycle:
                 self.cycles += 1
                 self.sock_ok = False  # reconnect at once (the socket is closed by connect())
 
@@ -465,7 +465,12 @@ class LoadGenerator:
         self._ticker.start()
         return self
 
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
     def pause(self) -> None:
+        """No paced readings and no pipelined reconnects until :meth:`resume` (alarms still go out)."""
         self._paused.set()
 
     def resume(self) -> None:

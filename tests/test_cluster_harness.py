@@ -124,8 +124,8 @@ def test_load_recorder_catch_all_provocation_and_broker_fault(tmp_path: Path) ->
         harness.restart_node(killed)
         time.sleep(4)
         load.drain(timeout=60)
-        stats = load.stats()
         load.stop()
+        stats = load.stats()
 
         acks = load.acked()
         assert stats.unacknowledged == 0, stats
