@@ -913,7 +913,7 @@ class ClusterHarness:
         )
         self._sms_app = ThreadedApp(self.sms.app)
         self.sms.port = self._sms_app.port
-        self.pg_url = ""
+        self.pg_url = self.postgres.url("firegrid")  # the database start_services() creates
         self.gateways: dict[str, Process] = {}
         self.console: Process | None = None
         self.http_ports = {m: free_port() for m in [*self.members, "console"]}
@@ -980,6 +980,8 @@ class ClusterHarness:
         }
 
     def write_configs(self) -> dict[str, Path]:
+        """Every config file.  Written before :meth:`start_services` (to ask check-config early) they must be written
+        again after it: a NATS node whose port was taken meanwhile starts on another."""
         paths: dict[str, Path] = {}
         for name in [*self.members, None]:
             home = self.workdir / (name or "console")
