@@ -1287,3 +1287,122 @@ def puback_stall(acks: Iterable[Ack], *, since_mono: float, until_mono: float) -
     times = sorted(a.acked_mono for a in acks if a.acked_mono >= since_mono)
     gaps = [b - a for a, b in zip([since_mono, *times], times, strict=False)]
     return longest, max(gaps, default=0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Alarms around faults, and how the acceptance test reads the figures
+
+
+class AlarmScheduler:
+    """Publishes alarms and remembers them: around a fault (aimed at the victim's buildings, :meth:`around`) and in
+    the background (every ``background_every_s``, anywhere) from a thread of its own.  Single alarms and double
+    knocks alternate."""
+
+    def __init__(self, load: LoadGenerator, *, background_every_s: float = 2.0, seed: int = 11) -> None:
+        self.load = load
+        self.plan = AlarmPlan(load.layout)
+        self.background_every_s = background_every_s
+        self.fired: list[ScheduledAlarm] = []
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._background, name="background-alarms", daemon=True)
+        self._double = False
+
+    def fire(self, buildings: Sequence[str], label: str) -> ScheduledAlarm | None:
+        """One alarm in one of ``buildings`` (None when all their floors have had theirs)."""
+        site = self.plan.take(buildings)
+        if site is None:
+            return None
+        building, floor = site
+        with self._lock:
+            self._double = not self._double
+            double = self._double
+        if double:
+            alarm = ScheduledAlarm("double", building, floor, self.load.double_knock(building, floor), label)
+        else:
+            first, _ = self.load.layout.smoke_pair(building, floor)
+            alarm = ScheduledAlarm("single", building, floor, (self.load.alarm(first),), label)
+        with self._lock:
+            self.fired.append(alarm)
+        return alarm
+
+    def around(
+        self, buildings: Sequence[str], label: str, offsets: Sequence[float], fault: Callable[[], object]
+    ) -> float:
+        """Alarms at ``offsets`` seconds from the fault (negative: before it), the fault itself at 0; returns the
+        fault's wall-clock time."""
+        steps = sorted([(o, False) for o in offsets] + [(0.0, True)], key=lambda s: (s[0], not s[1]))
+        origin = time.monotonic() - min(0.0, steps[0][0])
+        fault_at = 0.0
+        for offset, is_fault in steps:
+            delay = origin + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if is_fault:
+                fault_at = time.time()
+                fault()
+            else:
+                self.fire(buildings, label)
+        return fault_at
+
+    def snapshot(self) -> list[ScheduledAlarm]:
+        with self._lock:
+            return list(self.fired)
+
+    def _background(self) -> None:
+        everywhere = self.load.layout.building_ids()
+        while not self._stop.wait(self.background_every_s):
+            self.fire(self._random.sample(everywhere, 10), "background")
+
+    def start(self) -> AlarmScheduler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+def affected(
+    alarm: ScheduledAlarm,
+    history: Sequence[LeaseChange],
+    *,
+    partition: int,
+    broker_fault: tuple[float, float] | None = None,
+    before_s: float = 3.0,
+    after_s: float = 15.0,
+) -> bool:
+    """Whether an alarm falls under a fault's budget: aimed at a fault; or published while the broker tier
+    recovered (``broker_fault``: from the kill to 5 s after the node was back); or in a partition whose owner
+    changed from ``before_s`` before its publish to ``after_s`` after (a takeover, a rebalance)."""
+    if alarm.label != "background":
+        return True
+    at = alarm.published_ms / 1000
+    if broker_fault is not None and broker_fault[0] - 1 <= at <= broker_fault[1] + 5:
+        return True
+    return any(c.partition == partition and at - before_s <= c.at <= at + after_s for c in history)
+
+
+def takeover_report(name: str, takeovers: Sequence[Takeover], limit: float) -> tuple[list[str], list[str]]:
+    """The figure line for one takeover and the failures: a partition never committed elsewhere, or later than
+    ``limit``; a victim that owned nothing (so nothing was tested)."""
+    failures: list[str] = []
+    committed = [t.committed_s for t in takeovers if t.committed_s is not None]
+    moved = [t.lease_moved_s for t in takeovers if t.lease_moved_s is not None]
+    per_partition = ", ".join(
+        f"p{t.partition}->{t.new_owner}:{'never' if t.committed_s is None else f'{t.committed_s:.2f}'}"
+        for t in takeovers
+    )
+    line = (
+        f"{name}: {len(takeovers)} partitions; lease moved within {max(moved, default=float('nan')):.2f} s, "
+        f"committing elsewhere within {max(committed, default=float('nan')):.2f} s (limit {limit:g} s); "
+        f"per partition {per_partition}"
+    )
+    for t in takeovers:
+        if t.committed_s is None or t.committed_s > limit:
+            failures.append(f"{name}: partition {t.partition} committing elsewhere after {t.committed_s} s > {limit} s")
+    if not takeovers:
+        failures.append(f"{name}: the victim owned no partition at the fault, nothing was taken over")
+    return [line], failures

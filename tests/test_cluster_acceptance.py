@@ -22,25 +22,20 @@ refusal or failure fails.
 from __future__ import annotations
 
 import contextlib
-import random
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from testkit.cluster import (
-    AlarmPlan,
+    AlarmScheduler,
     ClusterHarness,
-    LeaseChange,
-    LoadGenerator,
-    ScheduledAlarm,
-    Takeover,
+    affected,
     check_config,
     cluster_section_rejected,
     percentile,
     puback_stall,
+    takeover_report,
 )
 from testkit.gateway import wait_for
 
@@ -58,92 +53,9 @@ C_STOP_S = 25.0
 NATS_DOWN_S = 10.0
 
 
-class Alarms:
-    """Publishes alarms and remembers them: around the faults (aimed at the victim's buildings) and in the
-    background (every ``BACKGROUND_EVERY_S``, anywhere) from a thread of its own."""
-
-    def __init__(self, load: LoadGenerator, plan: AlarmPlan) -> None:
-        self.load = load
-        self.plan = plan
-        self.fired: list[ScheduledAlarm] = []
-        self._lock = threading.Lock()
-        self._random = random.Random(11)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._background, name="background-alarms", daemon=True)
-        self._double = False
-
-    def fire(self, buildings: list[str], label: str) -> ScheduledAlarm | None:
-        site = self.plan.take(buildings)
-        if site is None:
-            return None
-        building, floor = site
-        with self._lock:
-            self._double = not self._double
-            double = self._double
-        if double:
-            records = self.load.double_knock(building, floor)
-            alarm = ScheduledAlarm("double", building, floor, records, label)
-        else:
-            first, _ = self.load.layout.smoke_pair(building, floor)
-            alarm = ScheduledAlarm("single", building, floor, (self.load.alarm(first),), label)
-        with self._lock:
-            self.fired.append(alarm)
-        return alarm
-
-    def around(self, buildings: list[str], label: str, offsets: list[float], fault: Callable[[], object]) -> float:
-        """Alarms at ``offsets`` seconds from the fault (negative: before it), the fault itself at 0; returns the
-        fault's wall-clock time."""
-        steps = sorted([(o, False) for o in offsets] + [(0.0, True)], key=lambda s: (s[0], not s[1]))
-        origin = time.monotonic() - min(0.0, steps[0][0])
-        fault_at = 0.0
-        for offset, is_fault in steps:
-            delay = origin + offset - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if is_fault:
-                fault_at = time.time()
-                fault()
-            else:
-                self.fire(buildings, label)
-        return fault_at
-
-    def _background(self) -> None:
-        everywhere = self.load.layout.building_ids()
-        while not self._stop.wait(BACKGROUND_EVERY_S):
-            self.fire(self._random.sample(everywhere, 10), "background")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def _takeover_lines(name: str, takeovers: list[Takeover], limit: float) -> tuple[list[str], list[str]]:
-    figures, failures = [], []
-    committed = [t.committed_s for t in takeovers]
-    worst = max((c for c in committed if c is not None), default=float("nan"))
-    moved = [t.lease_moved_s for t in takeovers if t.lease_moved_s is not None]
-    figures.append(
-        f"{name}: {len(takeovers)} partitions; lease moved within {max(moved, default=float('nan')):.2f} s, "
-        f"committing elsewhere within {worst:.2f} s (limit {limit:g} s); per partition "
-        + ", ".join(
-            f"p{t.partition}->{t.new_owner}:{'never' if t.committed_s is None else f'{t.committed_s:.2f}'}"
-            for t in takeovers
-        )
-    )
-    for t in takeovers:
-        if t.committed_s is None or t.committed_s > limit:
-            failures.append(f"{name}: partition {t.partition} committing elsewhere after {t.committed_s} s > {limit} s")
-    if not takeovers:
-        failures.append(f"{name}: the victim owned no partition at the fault, nothing was taken over")
-    return figures, failures
-
-
 def test_cluster_acceptance(tmp_path: Path) -> None:
     harness = ClusterHarness(tmp_path)
-    alarms: Alarms | None = None
+    alarms: AlarmScheduler | None = None
     figures: list[str] = []
     failures: list[str] = []
     judged = False
@@ -163,8 +75,7 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
         poller = harness.start_poller()
         load = harness.start_load(rate=RATE)
         layout = harness.layout
-        alarms = Alarms(load, AlarmPlan(layout))
-        alarms.start()
+        alarms = AlarmScheduler(load, background_every_s=BACKGROUND_EVERY_S).start()
         time.sleep(WARMUP_S)
 
         # 1. SIGKILL gateway A.
@@ -219,7 +130,7 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
             ("gateway C SIGSTOP", "gw-c", c_parts, c_at, C_STOP_LIMIT_S),
             ("gateway B SIGTERM", "gw-b", b_parts, b_at, B_TERM_LIMIT_S),
         ):
-            lines, problems = _takeover_lines(name, harness.takeovers(victim, parts, fault_at=at), limit)
+            lines, problems = takeover_report(name, harness.takeovers(victim, parts, fault_at=at), limit)
             figures += lines
             failures += problems
         figures.append(f"gateway B exit status after SIGTERM: {b_exit}")
@@ -250,14 +161,16 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
 
         # Every alarm raised its alert: affected buildings within 15 s, the others at p99 < 1 s.
         def wanted_alerts() -> bool:
-            return all(lat is not None for _, lat in harness.alarm_latencies(alarms.fired))
+            return all(lat is not None for _, lat in harness.alarm_latencies(alarms.snapshot()))
 
         with contextlib.suppress(AssertionError):  # judged below, alarm by alarm
             wait_for(wanted_alerts, timeout=60, what="every alarm's alert", interval=0.5)
         history = watcher.history()
         affected_s, other_s = [], []
-        for alarm, latency in harness.alarm_latencies(alarms.fired):
-            hit = _affected(alarm, history, layout.partition(alarm.building), nats_at, nats_back_at)
+        for alarm, latency in harness.alarm_latencies(alarms.snapshot()):
+            hit = affected(
+                alarm, history, partition=layout.partition(alarm.building), broker_fault=(nats_at, nats_back_at)
+            )
             if latency is None:
                 failures.append(
                     f"{alarm.label}: {alarm.kind} alarm in {alarm.building} floor {alarm.floor} never raised"
@@ -271,7 +184,7 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
                 )
         p99 = percentile(other_s, 99)
         figures.append(
-            f"alarms: {len(alarms.fired)}; affected {len(affected_s)}, "
+            f"alarms: {len(alarms.snapshot())}; affected {len(affected_s)}, "
             f"max {max(affected_s, default=float('nan')):.2f} s "
             f"(limit {AFFECTED_ALARM_LIMIT_S:g} s); others {len(other_s)}, p50 {percentile(other_s, 50):.2f} s, "
             f"p99 {p99:.2f} s (limit {OTHER_ALARM_P99_S:g} s)"
@@ -318,16 +231,3 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
             for process in [*harness.gateways.values(), *([harness.console] if harness.console else [])]:
                 print(f"--- {process.name} log tail ---\n{process.log_tail(30)}")
         harness.close()
-
-
-def _affected(
-    alarm: ScheduledAlarm, history: list[LeaseChange], partition: int, nats_at: float, nats_back_at: float
-) -> bool:
-    """An alarm aimed at a fault; or published while the broker tier was recovering; or in a partition whose owner
-    changed from 3 s before its publish to 15 s after (a rebalance, a takeover)."""
-    if alarm.label != "background":
-        return True
-    at = alarm.published_ms / 1000
-    if nats_at - 1 <= at <= nats_back_at + 5:
-        return True
-    return any(c.partition == partition and at - 3 <= c.at <= at + 15 for c in history)

@@ -26,15 +26,20 @@ from common.webhooks import sign
 from testkit.cluster import (
     Ack,
     AlarmRecord,
+    AlarmScheduler,
     ClusterHarness,
     ConsolePoller,
     Layout,
+    LeaseChange,
     LeaseWatcher,
     Process,
     ScheduledAlarm,
+    Takeover,
+    affected,
     check_config,
     cluster_section_rejected,
     puback_stall,
+    takeover_report,
 )
 from testkit.emulators.scenario import WEBHOOK_SECRET
 from testkit.faults import ThreadedApp
@@ -117,12 +122,19 @@ def test_load_recorder_catch_all_provocation_and_broker_fault(tmp_path: Path) ->
         wait_for(lambda: not harness.missing_consumers(), timeout=30, what="every consumer on every node")
 
         load = harness.start_load(rate=200, reconnect_every_s=2.0)
-        time.sleep(4)  # load flows before the fault: the stall is measured against a running stream
+        alarms = AlarmScheduler(load, background_every_s=1.0).start()
+        time.sleep(3)  # load flows before the fault: the stall is measured against a running stream
         killed_at = time.monotonic()
-        killed = harness.kill_stream_leader()
-        time.sleep(3)
+        victims: list[str] = []
+        fault_at = alarms.around(
+            ["b005", "b006"], "leader killed", [-1.0, 0.5], lambda: victims.append(harness.kill_stream_leader())
+        )
+        assert abs(time.time() - fault_at - 0.5) < 0.5
+        killed = victims[0]
+        time.sleep(2.5)
         harness.restart_node(killed)
         time.sleep(4)
+        alarms.stop()
         load.drain(timeout=60)
         load.stop()
         stats = load.stats()
@@ -150,6 +162,27 @@ def test_load_recorder_catch_all_provocation_and_broker_fault(tmp_path: Path) ->
             for topic, _body in s.snapshot():
                 parts = topic.split("/")
                 assert parts[0] == "fgp" and int(parts[1]) == partition_of(parts[2], layout.partitions), topic
+        # The alarms: aimed ones where aimed, around the fault, each detector's reading with alarm true acknowledged
+        # and delivered; a double knock is two detectors of one floor.  No gateway, so no alert: no latency.
+        fired = alarms.snapshot()
+        aimed = [a for a in fired if a.label == "leader killed"]
+        assert {a.building for a in aimed} <= {"b005", "b006"}
+        assert len(aimed) == 2 and len(fired) >= 8, fired
+        assert {a.kind for a in fired} == {"single", "double"}
+        alarm_readings = {(r.device, r.seq) for a in fired for r in a.records}
+        assert alarm_readings <= wanted
+        for a in fired:
+            if a.kind == "double":
+                assert {r.device for r in a.records} == set(layout.smoke_pair(a.building, a.floor))
+        alarmed = {
+            (topic.split("/")[-2], int(body["seq"]))
+            for s in stand_ins
+            for topic, body in s.snapshot()
+            if body.get("alarm") is True
+        }
+        assert alarm_readings <= alarmed
+        assert all(latency is None for _, latency in harness.alarm_latencies(fired))
+
         escaped = catch_all.snapshot()
         assert all(topic.startswith("firegrid/") for topic, _ in escaped)
         longest, gap = puback_stall(acks, since_mono=killed_at, until_mono=killed_at + 10)
@@ -375,6 +408,21 @@ def test_alarm_plan_and_ack_figures() -> None:
     taken = [plan.take(["b000", "b001"]) for _ in range(9)]
     assert taken[-1] is None and len({t for t in taken if t}) == 8
     assert layout.smoke_pair("b000", 2) == ("b000-d2", "b000-d3")
+    record = AlarmRecord("b000-d0", "b000", 1, 1, 0, 100_000, 0.0)
+    background = ScheduledAlarm("single", "b000", 1, (record,), "background")
+    moved = [LeaseChange(7, "gw-a", "gw-b", 2, 110.0, 0.0)]
+    assert affected(ScheduledAlarm("single", "b000", 1, (record,), "A killed"), [], partition=7)
+    assert affected(background, moved, partition=7)  # its partition changed owner 10 s after the publish
+    assert not affected(background, moved, partition=8)
+    assert not affected(background, [LeaseChange(7, "gw-a", "gw-b", 2, 96.0, 0.0)], partition=7)
+    assert affected(background, [], partition=8, broker_fault=(90.0, 96.0))
+    assert not affected(background, [], partition=8, broker_fault=(110.0, 120.0))
+    lines, failures = takeover_report("kill", [Takeover(1, 0.8, 1.2, "gw-b"), Takeover(2, 0.9, None, None)], 5.0)
+    assert "committing elsewhere within 1.20 s" in lines[0] and "p2->None:never" in lines[0]
+    assert failures == ["kill: partition 2 committing elsewhere after None s > 5.0 s"]
+    assert takeover_report("kill", [], 5.0)[1] == [
+        "kill: the victim owned no partition at the fault, nothing was taken over"
+    ]
     acks = [Ack("d", i, i, i, float(i), float(i) + (5.0 if i == 3 else 0.1)) for i in range(6)]
     longest, gap = puback_stall(acks, since_mono=2.0, until_mono=4.0)
     assert longest == 5.0 and gap == pytest.approx(2.9)
