@@ -778,11 +778,35 @@ class Process(ManagedProcess):
         return self.proc.pid
 
     def start(self, *, timeout: float = 60.0) -> Process:
+        self.launch()
+        return self.wait_answers(timeout=timeout)
+
+    def launch(self) -> Process:
+        """Spawn without waiting (several processes that must start together: :meth:`wait_answers` after)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._spawn(self.argv, self.log_path, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.paused = False
+        return self
+
+    def wait_answers(self, *, timeout: float = 60.0) -> Process:
         wait_for(self._answers, timeout=timeout, what=f"{self.name} to answer HTTP", interval=0.1, error=HarnessError)
         return self
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on ``/metrics`` (0 when absent or the process does not answer)."""
+        request = urllib.request.Request(f"{self.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head.split("{", 1)[0] == name:
+                with contextlib.suppress(ValueError):
+                    total += float(value)
+        return total
 
     def _answers(self) -> bool:
         assert self.proc is not None
