@@ -591,9 +591,10 @@ class LeaseWatcher:
     """Polls ``partition_leases`` every ``interval`` seconds; a partition's owner is the lease's owner while
     ``expires_at`` is in the future (by PostgreSQL's clock), else nobody.  Every change is recorded."""
 
-    def __init__(self, url: str, *, interval: float = 0.1) -> None:
+    def __init__(self, url: str, *, interval: float = 0.1, partitions: int | None = None) -> None:
         self.url = url
         self.interval = interval
+        self.partitions = partitions  # the data partitions 0..P-1; a lease row beyond (the catch-all's) is recorded too
         self.changes: list[LeaseChange] = []
         self.owners: dict[int | str, str | None] = {}
         self.epochs: dict[int | str, int | None] = {}
@@ -656,7 +657,12 @@ class LeaseWatcher:
             return dict(self.owners)
 
     def owned_by(self, member: str) -> list[int]:
-        return sorted(p for p, o in self.snapshot().items() if o == member and isinstance(p, int))
+        """The data partitions ``member`` holds a live lease on (not the catch-all's, which commits nothing)."""
+        return sorted(
+            p
+            for p, o in self.snapshot().items()
+            if o == member and isinstance(p, int) and (self.partitions is None or 0 <= p < self.partitions)
+        )
 
     def history(self) -> list[LeaseChange]:
         with self._lock:
@@ -1045,7 +1051,7 @@ class ClusterHarness:
         return self.console
 
     def start_watcher(self) -> LeaseWatcher:
-        self.watcher = LeaseWatcher(self.pg_url).start()
+        self.watcher = LeaseWatcher(self.pg_url, partitions=self.layout.partitions).start()
         return self.watcher
 
     def start_poller(self) -> ConsolePoller:

@@ -226,13 +226,13 @@ def test_lease_watcher_and_postgres_checks(tmp_path: Path, pg_url: str) -> None:
             " device TEXT, state TEXT, open INT, raised_ms BIGINT)"
         )
         conn.execute("CREATE TABLE audit (id BIGSERIAL PRIMARY KEY, alert_id BIGINT, action TEXT)")
-        for p in range(16):
-            owner = "gw-a" if p < 8 else "gw-c"
+        for p in range(17):  # 16: a catch-all lease, as a gateway may keep one; it is no data partition
+            owner = "gw-a" if p < 8 or p == 16 else "gw-c"
             conn.execute(
                 "INSERT INTO partition_leases VALUES (%s, %s, 1, now() + interval '60 seconds', NULL)", (p, owner)
             )
 
-        watcher = harness.watcher = LeaseWatcher(pg_url).start()
+        watcher = harness.watcher = LeaseWatcher(pg_url, partitions=16).start()
         try:
             wait_for(lambda: not harness.unowned_partitions(), timeout=10, what="the watcher to see every owner")
             assert watcher.owned_by("gw-a") == list(range(8))
@@ -308,11 +308,25 @@ def test_console_poller_records_every_miss(tmp_path: Path, pg_url: str) -> None:
         assert request.query["active"] == "true"
         return web.json_response({"items": [{"id": i} for i in shown["alerts"]]})
 
+    async def metrics(_request: web.Request) -> web.Response:
+        text = (
+            "# HELP firegrid_mqtt_acks_total acks\n# TYPE firegrid_mqtt_acks_total counter\n"
+            "firegrid_mqtt_acks_total 1234.0\nfiregrid_mqtt_acks_created 1.7e9\n"
+            'firegrid_rejections_total{reason="stale"} 2.0\nfiregrid_rejections_total{reason="wrong_shape"} 3.0\n'
+        )
+        return web.Response(text=text)
+
     app = web.Application()
     app.router.add_get("/api/v1/buildings", buildings)
     app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/metrics", metrics)
     server = ThreadedApp(app).start()
     try:
+        # The bench reads a gateway's counters this way.
+        gateway = Process(name="fake", argv=[], http_port=server.port, workdir=tmp_path)
+        assert gateway.metric("firegrid_mqtt_acks_total") == 1234.0
+        assert gateway.metric("firegrid_rejections_total") == 5.0
+        assert gateway.metric("firegrid_absent_total") == 0.0
         poller = ConsolePoller(pg_url=pg_url, base_url=server.url, buildings=["b000", "b001", "b002"])
         problems = poller.poll_once()
         assert len(problems) == 2, problems
