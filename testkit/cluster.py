@@ -577,6 +577,16 @@ def _norm_partition(value: Any) -> int | str:
         return str(value)
 
 
+def _live(expires_at: Any, db_now: dt.datetime) -> bool:
+    """Whether a lease is live by the database's clock: ``expires_at`` a timestamp, or epoch seconds/milliseconds."""
+    if expires_at is None:
+        return False
+    if isinstance(expires_at, dt.datetime):
+        return bool(expires_at > db_now)
+    value = float(expires_at)
+    return (value / 1000 if value > 1e11 else value) > db_now.timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseChange:
     partition: int | str
@@ -622,7 +632,7 @@ class LeaseWatcher:
                     conn = _connect_pg(self.url)
                 try:
                     rows = conn.execute(
-                        "SELECT partition, owner, epoch, expires_at > clock_timestamp() AS live FROM partition_leases"
+                        "SELECT partition, owner, epoch, expires_at, clock_timestamp() FROM partition_leases"
                     ).fetchall()
                 except psycopg.errors.UndefinedTable:
                     rows = []
@@ -642,8 +652,9 @@ class LeaseWatcher:
         now, mono = time.time(), time.monotonic()
         with self._lock:
             self.polls += 1
-            for partition, owner, epoch, live in rows:
+            for partition, owner, epoch, expires_at, db_now in rows:
                 p = _norm_partition(partition)
+                live = _live(expires_at, db_now)
                 current = str(owner) if owner is not None and live else None
                 if p not in self.owners or self.owners[p] != current:
                     self.changes.append(
@@ -1114,7 +1125,8 @@ class ClusterHarness:
             owners = self.watcher.snapshot() if self.watcher else {}
             raise AssertionError(
                 f"{exc}; unowned partitions: {self.unowned_partitions()}; owners: {owners}; "
-                f"missing consumers: {self.missing_consumers()[:10]}"
+                f"missing consumers: {self.missing_consumers()[:10]}; "
+                f"lease watcher errors: {self.watcher.errors[-3:] if self.watcher else []}"
             ) from None
 
     # faults on the broker tier

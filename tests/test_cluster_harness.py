@@ -7,6 +7,7 @@ PostgreSQL, InfluxDB and receiver checks, and the signals the faults are made of
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import sys
@@ -412,6 +413,16 @@ def test_process_signals(tmp_path: Path) -> None:
         assert not server.running
     finally:
         server.stop(timeout=5)
+
+
+def test_lease_liveness_by_the_database_clock() -> None:
+    from testkit.cluster import _live
+
+    now = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
+    later, earlier = now + datetime.timedelta(seconds=5), now - datetime.timedelta(seconds=5)
+    assert _live(later, now) and not _live(earlier, now) and not _live(None, now)
+    assert _live(later.timestamp() * 1000, now) and not _live(earlier.timestamp() * 1000, now)  # epoch ms
+    assert _live(int(later.timestamp()), now) and not _live(int(earlier.timestamp()), now)  # epoch s
 
 
 def test_alarm_plan_and_ack_figures() -> None:
