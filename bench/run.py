@@ -32,7 +32,7 @@ START = "<!-- figures:start -->"
 END = "<!-- figures:end -->"
 NOT_BENCHES = {"__init__", "run", "common"}
 # Run order: cheap, CPU-only benches first; the peer last (it installs Node-RED on first use).
-ORDER = ["rules", "ingest", "paths", "alerts", "latency", "backlog", "scale", "simulate", "peer_nodered"]
+ORDER = ["rules", "ingest", "paths", "alerts", "latency", "backlog", "scale", "cluster", "simulate", "peer_nodered"]
 # Runs and timeouts the runner imposes in full mode, over what a bench declares, to keep make bench in budget.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "simulate": {"runs": 1},  # a generator-rate check, not a firegrid figure
