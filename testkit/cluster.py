@@ -941,6 +941,7 @@ class ClusterHarness:
             "renew_interval_s": renew_interval_s,
             "probe_interval_s": probe_interval_s,
             "ack_wait_s": ack_wait_s,
+            "audit_commits": True,  # cluster_commits: when a partition commits again, and under which epoch
         }
         self.postgres = PostgresServer(workdir=workdir / "pg")
         self.influx = InfluxServer(workdir=workdir / "influx")
@@ -985,9 +986,10 @@ class ClusterHarness:
         """A gateway's config (``member``) or the console's (None): same registry, store and notify sections."""
         name = member or "console"
         home = self.workdir / name
-        cluster = dict(self.cluster_settings, brokers=self.broker_urls())
-        if member is not None:
-            cluster = {"member": member, **cluster}
+        # the console needs no cluster section: it owns nothing, and reads the store every gateway writes
+        cluster = (
+            {"cluster": {"member": member, **self.cluster_settings, "brokers": self.broker_urls()}} if member else {}
+        )
         roster = [
             {"name": f"网格员{g}", "phone": grid_worker_phone(g), "role": "grid_worker", "grids": [f"g{g}"]}
             for g in range(self.layout.grids)
@@ -995,7 +997,7 @@ class ClusterHarness:
         return {
             "mqtt": {"url": self.broker_urls()[0], "protocol": "v311", "client_id": CLIENT_ID, "max_inflight": 1000},
             "store": {"url": self.pg_url, "path": str(home / "local.sqlite")},
-            "cluster": cluster,
+            **cluster,
             "influx": {
                 "url": self.influx.url,
                 "batch_size": 2000,
@@ -1046,6 +1048,18 @@ class ClusterHarness:
                 workdir=self.workdir / member,
             )
         return self.gateways[member]
+
+    def restart_gateway(self, member: str, *, timeout: float = 90.0) -> Process:
+        """Start a gateway that was killed again, as its rebooted host would, on a new HTTP port: its old one may
+        have been handed to some other process's outgoing connection meanwhile (free ports are ephemeral ones)."""
+        self.http_ports[member] = free_port()
+        home = self.workdir / member
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        (home / "firegrid.yaml").write_text(
+            yaml.dump(self.config_for(member), Dumper=dumper, allow_unicode=True, sort_keys=False)
+        )
+        self.gateways.pop(member, None)
+        return self.gateway(member).start(timeout=timeout)
 
     def start_gateways(self, members: Sequence[str] | None = None, *, timeout: float = 90.0) -> None:
         for member in members or self.members:

@@ -122,7 +122,7 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
         load.drain(timeout=90)
         load.stop()
         # A's host comes back: a rebooted host keeps its disk, so A drains what its InfluxDB spool still holds.
-        harness.gateway("gw-a").start(timeout=90)
+        harness.restart_gateway("gw-a", timeout=90)
 
         # Takeovers, judged by the first commit another member made on each victim partition.
         for name, victim, parts, at, limit in (
