@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import select
 import ssl
 import threading
 import time
@@ -53,6 +54,8 @@ EVENT_CHANNELS = ("event",)
 MAIN_CHANNELS = ("telemetry", "status")
 EVENT_LANE_SUFFIX = "-events"
 _READ_BURST = 1000  # packets handled per socket-readable event
+# While reading a slice, every this many packets the reader asks ``MqttIngest.urgent`` whether to stop early.
+_URGENT_EVERY = 32
 
 
 class MqttUnavailable(Exception):
@@ -148,6 +151,12 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
 
 class MqttIngest:
     """Connects, subscribes, feeds ``on_message``; reconnects forever with capped, jittered backoff."""
+
+    # Set by the service on the main session when there is a fast lane: True while something more urgent than this
+    # session's telemetry waits for the event loop (the fast lane's socket has data, an alarm waits for stage 1).
+    # The reader then ends its slice early (every ``_URGENT_EVERY`` packets it asks), instead of holding the loop
+    # for up to ``_READ_BURST`` packets; idle, the full slices keep ingest's throughput.
+    urgent: Callable[[], bool] | None = None
 
     def __init__(
         self,
@@ -418,10 +427,13 @@ class MqttIngest:
             return
 
         def read() -> None:
+            urgent = self.urgent
             try:
-                for _ in range(_READ_BURST):
+                for n in range(1, _READ_BURST + 1):
                     if client._sock is None:
                         raise MqttUnavailable("socket closed")
+                    if urgent is not None and not n % _URGENT_EVERY and urgent():
+                        break  # the loop's other readers first; this socket stays readable and comes next
                     rc = client._packet_read()
                     if rc == paho.MQTT_ERR_AGAIN:
                         pending = getattr(client._sock, "pending", None)  # TLS: bytes decrypted but unread
@@ -441,3 +453,20 @@ class MqttIngest:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    def has_input(self) -> bool:
+        """Bytes wait in this session's socket (a zero-timeout poll, a few microseconds; False while paused)."""
+        client = self._paho
+        if client is None or self._paused:
+            return False
+        sock = client._sock
+        if sock is None:
+            return False
+        pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but unread
+        if pending is not None and pending() > 0:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile: the reader reports it
+            return False
+        return bool(readable)
