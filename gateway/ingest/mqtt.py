@@ -58,6 +58,48 @@ _READ_BURST = 1000  # packets handled per socket-readable event
 _URGENT_EVERY = 32
 
 
+_RECV_CHUNK = 65536  # bytes per socket read of the buffered receive
+
+
+class _BufferedRecv:
+    """paho's ``_sock_recv`` for one client, served from a buffer filled by large socket reads.
+
+    paho reads each packet with three or four ``recv`` calls (its command byte, one per byte of the remaining
+    length, then the rest): three or four system calls, each with paho's exception handling around it, per
+    message.  This reads up to ``_RECV_CHUNK`` bytes at a time and hands paho what it asks for from them.  Bytes it
+    holds are invisible to the event loop's readiness, so the reader comes back by itself while any are left
+    (``pending``)."""
+
+    __slots__ = ("_client", "_data", "_pos")
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._data = b""
+        self._pos = 0
+
+    def __call__(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._data):
+            sock = self._client._sock
+            if sock is None:
+                raise ConnectionError("self._sock is None")
+            try:
+                data = sock.recv(_RECV_CHUNK)
+            except ssl.SSLWantReadError as err:
+                raise BlockingIOError() from err
+            except ssl.SSLWantWriteError as err:
+                self._client._call_socket_register_write()
+                raise BlockingIOError() from err
+            if not data:
+                return b""  # the broker closed the connection: paho's "connection lost"
+            self._data, self._pos = data, 0
+        start = self._pos
+        self._pos = end = min(start + bufsize, len(self._data))
+        return self._data[start:end]
+
+    def pending(self) -> int:
+        return len(self._data) - self._pos
+
+
 class MqttUnavailable(Exception):
     """The broker could not be reached or refused the connection (retried by the supervisor)."""
 
@@ -426,6 +468,9 @@ class MqttIngest:
         if sock is None:
             return
 
+        recv = client._sock_recv
+        if not isinstance(recv, _BufferedRecv):  # once per client: a resumed reader keeps the bytes it had
+            recv = client._sock_recv = _BufferedRecv(client)  # type: ignore[method-assign]  # paho's per-read hook
         filtered = client._on_message_filtered
 
         def handle_on_message(message: paho.MQTTMessage) -> None:
@@ -440,6 +485,8 @@ class MqttIngest:
 
         client._handle_on_message = handle_on_message  # type: ignore[method-assign]  # paho's own hook, per client
 
+        loop = asyncio.get_running_loop()
+
         def read() -> None:
             urgent = self.urgent
             try:
@@ -447,21 +494,28 @@ class MqttIngest:
                     if client._sock is None:
                         raise MqttUnavailable("socket closed")
                     if urgent is not None and not n % _URGENT_EVERY and urgent():
-                        break  # the loop's other readers first; this socket stays readable and comes next
+                        break  # the loop's other readers first; this socket (or the buffer) comes next
                     rc = client._packet_read()
                     if rc == paho.MQTT_ERR_AGAIN:
                         pending = getattr(client._sock, "pending", None)  # TLS: bytes decrypted but unread
                         if pending is not None and pending() > 0:
                             continue
-                        break
+                        return  # the buffer is empty and so is the socket: its readiness calls again
                     if rc > 0:
                         client._loop_rc_handle(rc)
                         raise MqttUnavailable(f"read failed: {paho.error_string(rc)}")
+                if recv.pending():
+                    # the slice ended with bytes in the buffer, which no readiness event announces: after the others
+                    loop.call_soon(again)
             except Exception as exc:  # a broken socket: let the supervisor reconnect
                 if not wrapper._disconnected.done():
                     wrapper._disconnected.set_exception(exc)
 
-        asyncio.get_running_loop().add_reader(sock.fileno(), read)  # replaces aiomqtt's reader for this fd
+        def again() -> None:
+            if not self._paused and self._paho is client:  # paused meanwhile: resume() reads the buffer first
+                read()
+
+        loop.add_reader(sock.fileno(), read)  # replaces aiomqtt's reader for this fd
         read()  # bytes may already be buffered
 
     @property
@@ -476,6 +530,9 @@ class MqttIngest:
         sock = client._sock
         if sock is None:
             return False
+        recv = client._sock_recv
+        if isinstance(recv, _BufferedRecv) and recv.pending():
+            return True
         pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but unread
         if pending is not None and pending() > 0:
             return True
