@@ -35,6 +35,7 @@ class Harness:
         self.service = Service(load_or_exit(str(config)))
         self.pipeline = self.service.pipeline
         self.gate = threading.Event()
+        self.fail: Exception | None = None  # raised by the next telemetry commit once the gate opens
         self.acks: list[int] = []
         self.event_acks: list[int] = []
         self.committed: list[Job] = []
@@ -46,6 +47,8 @@ class Harness:
         def held(job: Job) -> None:
             if job.readings:  # telemetry waits for the test; the fast lane's event jobs hold no reading
                 assert gate.wait(30), "the test never released the telemetry commits"
+                if self.fail is not None:
+                    raise self.fail
             real(job)
 
         def committed(job: Job) -> None:
@@ -73,8 +76,10 @@ class Harness:
         self.gate.set()
         self.pipeline.stop()
         assert self.task is not None
-        await asyncio.wait_for(self.task, 20)
-        await self.service.close()
+        try:
+            await asyncio.wait_for(self.task, 20)
+        finally:
+            await self.service.close()
 
     def send(self, topic: str, payload: dict[str, object], *, lane: int = MAIN_LANE) -> int:
         self._mid += 1
@@ -197,3 +202,19 @@ async def test_a_later_event_waits_for_an_earlier_one_that_could_not_overtake(tm
         await h.until("both events committed", lambda: len(h.event_acks) == 2)
         assert h.event_acks == [first, second]
         assert h.alarms() == ["d010", "d020", "d001"]
+
+
+async def test_after_a_failed_commit_nothing_queued_behind_it_commits(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.__aenter__()
+    assert h.task is not None
+    h.telemetry([1])
+    await h.until("the telemetry job at its commit", lambda: h.pipeline._ordered_busy is not None)
+    h.telemetry([2])
+    await h.until("stage 1 idle", h.stage1_idle)
+    h.fail = OSError("disk full")
+    h.gate.set()
+    with pytest.raises(OSError, match="disk full"):
+        await asyncio.wait_for(h.task, 20)  # fatal: the service stops, the broker redelivers what was not acked
+    assert h.acks == [] and h.pipeline.commit_error == "OSError: disk full"
+    await h.service.close()
