@@ -21,7 +21,11 @@ Time comes from an injectable ``clock`` (epoch ms) so tests drive escalation wit
 moving a fake clock, call ``wake()``.
 
 Every store call runs on the notifier's own database thread, never on the event loop: the gateway's commit thread
-may hold the store for a whole group commit (a 200-detector storm), and MQTT ingest and the API share this loop.
+may hold the store for a whole group commit (a 200-detector storm).  The notifier runs on whatever loop calls
+:meth:`Notifier.run`; ``firegrid run`` gives it a thread and loop of its own (``NotifierThread`` in the service), so
+that a telemetry burst's socket and batch slices on the ingest loop do not delay a webhook's start, POST and answer.
+Its entry points from other threads (``wake``, ``stop``, the store's listeners) hand over with
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations

@@ -9,10 +9,24 @@ Two stages, so that decoding the next batch overlaps with making the previous on
    decode and judge each message, update presence, run the engine, encode line protocol, snapshot the engine state
    of the buildings the batch touched.  The batch is cut right after a message that caused an alert transition, so
    a fire never waits for the rest of a telemetry batch.
-2. **commit** (one worker thread, strictly in order): append to the spool (fsync), ``AlertStore.apply`` the
-   transitions (one SQLite transaction with their outbox rows), save the engine snapshots.  Only then are the
-   batch's MQTT messages acknowledged, rejected and duplicate ones included (acknowledging those earlier could
-   overtake the commit of an earlier copy).
+2. **commit** (a worker thread, in order): append to the spool (fsync), ``AlertStore.apply`` the transitions (one
+   SQLite transaction with their outbox rows), save the engine snapshots.  Only then are the batch's MQTT messages
+   acknowledged, rejected and duplicate ones included (acknowledging those earlier could overtake the commit of an
+   earlier copy).
+
+   A job made only of the fast lane's messages (``mqtt.event_lane``) may **overtake** the telemetry jobs waiting
+   for their commit, on a second commit path, when that cannot reorder anything that must stay in order:
+
+   * no older job still to commit holds a transition of one of its buildings (a building's transitions reach the
+     store in the order the engine made them) or an acknowledgement of the fast lane's session (its PUBACKs go out
+     in the order of its PUBLISHes);
+   * its engine snapshots of buildings an older uncommitted job also touched are **not** written with it: they
+     hold that older job's effects, which are not durable yet (after a crash its messages come again and would be
+     judged on top of themselves).  Those snapshots are committed on the ordered path right behind the older jobs,
+     so a building's snapshot is only ever replaced by a newer one.  Until then the store holds the overtaking
+     job's alerts, which a restart seeds into the engine (``restore_engine``): an alarm is neither lost nor raised
+     twice;
+   * an ordered job never commits before an overtaking job made before it.
 
 The InfluxDB writer reads the spool on its own time: it is never on the acknowledgement path.
 """
@@ -23,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +64,15 @@ MAX_BATCH = 2000  # messages per group commit; bigger amortizes the commit, smal
 # Engine timers per tick: a district whose deadlines coincide is judged in slices, with MQTT intake (and any fire) in
 # between (docs/performance.md).
 TICK_SLICE = 2000
+# Telemetry jobs waiting for the ordered commit (besides the one committing): enough to overlap stage 1 with the
+# commit, few enough that the inbox, not the commit queue, holds the backlog (flow control counts only the inbox).
+MAX_WAITING = 3
+# The inbox's flow control (``on_backlog``) is asked when its length is a multiple of this (a power of two), and on
+# every urgent message: the high-water mark is overshot by less than this.
+FLOW_EVERY = 64
+FLOW_EVERY_MASK = FLOW_EVERY - 1
+# While an urgent message waits (``Pipeline.hurry``), stage 1 looks every this many messages and cuts its batch.
+HURRY_EVERY = 64
 
 
 def now_ms() -> int:
@@ -118,6 +142,9 @@ class Job:
     first_ts_ms: int = 0
     readings: int = 0
     messages: int = 0
+    seq: int = 0  # the order stage 1 made the jobs in (and so the order of the engine states they snapshot)
+    buildings: set[str] = field(default_factory=set)  # whose engine state the job's messages changed, snapshot or not
+    fast: bool = False  # only the fast lane's MQTT messages: may overtake the telemetry jobs waiting for a commit
 
 
 class Pipeline:
@@ -169,7 +196,22 @@ class Pipeline:
         self.inbox: collections.deque[Incoming] = collections.deque()
         self.priority: collections.deque[Incoming] = collections.deque()
         self._work = asyncio.Event()
-        self._commits: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2)
+        # Commit scheduling (module docstring): the ordered path's waiting jobs and the one it is committing; the
+        # overtaking path's jobs, first one committing.  ``_moved`` is set whenever either path takes or finishes a
+        # job.
+        self._ordered: collections.deque[Job] = collections.deque()
+        self._ordered_busy: Job | None = None
+        self._fast: collections.deque[Job] = collections.deque()
+        self._moved = asyncio.Event()
+        self._draining = False
+        self._seq = 0
+        # the two paths' threads may commit at once: the spool and the snapshots' own connection are one writer each
+        self._spool_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self.overtaken = 0  # jobs committed ahead of older ones (for tests and /metrics-minded readers)
+        # Set by the service: True while an urgent message waits to be read (the fast lane's socket has data):
+        # stage 1 then cuts its telemetry batch short so that the reader runs sooner.
+        self.hurry: Callable[[], bool] | None = None
         self._stopping = False
         self.closed = False
         self.on_backlog: Callable[[int], None] | None = None  # flow control hook (pause the MQTT reader)
@@ -189,7 +231,13 @@ class Pipeline:
         channel = message.topic.rpartition("/")[2]
         self._counts[channel if channel in ("telemetry", "event", "status") else "other"] += 1
         # Events (a call point pressed) jump the queue; their relative order per device is kept.
-        (self.priority if channel == "event" else self.inbox).append(message)
+        if channel == "event":
+            self.priority.append(message)
+        else:
+            self.inbox.append(message)
+            if len(self.inbox) & FLOW_EVERY_MASK:
+                self._work.set()
+                return  # flow control looks every FLOW_EVERY messages of the inbox (per message: 5-7 % of a burst)
         self._work.set()
         if self.on_backlog is not None:
             self.on_backlog(len(self.inbox) + len(self.priority))
@@ -199,8 +247,8 @@ class Pipeline:
         async with self.engine_lock:
             job = Job(transitions=list(transitions))
             self._finish(job)
-        if job.transitions or job.snapshots:
-            await self._commits.put(job)
+            if job.transitions or job.snapshots:
+                self._enqueue(job)  # under the lock: jobs are queued in the order their snapshots were taken
 
     @property
     def backlog(self) -> int:
@@ -209,12 +257,15 @@ class Pipeline:
     # --- stage 1 -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        committer = asyncio.create_task(self._commit_loop(), name="firegrid-commit")
+        committers = [
+            asyncio.create_task(self._commit_loop(fast=False), name="firegrid-commit"),
+            asyncio.create_task(self._commit_loop(fast=True), name="firegrid-commit-fast"),
+        ]
         next_tick = time.monotonic() + self.tick_interval_s
         try:
             while True:
-                if not self.backlog:
-                    if self._stopping:
+                if not self._ready():
+                    if self._stopping and not self.backlog:
                         break
                     self._work.clear()
                     timeout = max(0.0, next_tick - time.monotonic())
@@ -222,23 +273,31 @@ class Pipeline:
                         await asyncio.wait_for(self._work.wait(), timeout)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_interval_s
-                    job = await self._tick()
-                    if job is not None:
-                        await self._commits.put(job)
+                    await self._tick()
                     if self.engine.behind():
                         # the next slice right after the messages that arrive meanwhile (nothing above yields to
                         # the event loop when it has nothing to wait for)
                         next_tick = time.monotonic()
                         await asyncio.sleep(0)
-                if self.backlog:
-                    job = await self._process()
-                    await self._commits.put(job)
-                if committer.done():
-                    committer.result()  # a failed commit is fatal: re-raise it here
+                if self._ready():
+                    await self._process()
+                    await asyncio.sleep(0)  # the readers' turn (an urgent message may be waiting in a socket)
+                for committer in committers:
+                    if committer.done():
+                        committer.result()  # a failed commit is fatal: re-raise it here
         finally:
-            if not committer.done():
-                await self._commits.put(None)
-                await committer
+            self._draining = True
+            self._moved.set()
+            failed = any(c.done() and not c.cancelled() and c.exception() is not None for c in committers)
+            for committer in committers:
+                if failed:
+                    committer.cancel()  # after a failed commit nothing later may commit (its order is broken)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+
+    def _ready(self) -> bool:
+        """Stage 1 has a batch to make: an urgent message, or telemetry and room in the ordered commit's queue."""
+        return bool(self.priority) or (bool(self.inbox) and len(self._ordered) < MAX_WAITING)
 
     async def settle(self, *, timeout_s: float) -> bool:
         """Wait until every message submitted so far has been committed and acknowledged (or ``timeout_s``
@@ -264,22 +323,30 @@ class Pipeline:
         self._work.set()
 
     def _take(self) -> list[Incoming]:
+        # An urgent batch holds urgent messages only: small, and (from the fast lane) able to overtake.
+        queue = self.priority or self.inbox
         batch: list[Incoming] = []
-        for queue in (self.priority, self.inbox):
-            while queue and len(batch) < MAX_BATCH:
-                batch.append(queue.popleft())
+        while queue and len(batch) < MAX_BATCH:
+            batch.append(queue.popleft())
         return batch
 
-    async def _process(self) -> Job:
+    async def _process(self) -> None:
         async with self.engine_lock:
-            return self._process_sync(self._take())
+            urgent = bool(self.priority)
+            job = self._process_sync(self._take(), hurry=None if urgent else self.hurry)
+            self._enqueue(job)
 
-    def _process_sync(self, batch: list[Incoming]) -> Job:
-        job = Job()
+    def _process_sync(self, batch: list[Incoming], *, hurry: Callable[[], bool] | None = None) -> Job:
+        """``hurry`` (a telemetry batch only): asked every :data:`HURRY_EVERY` messages whether to cut it short."""
+        job = Job(fast=bool(batch) and all(m.lane == EVENT_LANE and m.on_commit is None for m in batch))
         decode = self.decoder.decode
         engine = self.engine
         presence = self.presence
         for index, message in enumerate(batch):
+            if hurry is not None and index and not index % HURRY_EVERY and index + 1 < len(batch) and hurry():
+                # an urgent message waits to be read: commit what is done, the rest goes back to the inbox's front
+                self.inbox.extendleft(reversed(batch[index:]))
+                break
             job.messages += 1
             if message.qos:
                 lane = message.lane
@@ -309,6 +376,7 @@ class Pipeline:
                 continue
             if message.on_commit is not None:
                 job.callbacks.append((message.on_commit, None))
+            job.buildings.add(decoded.topic.building)
             if decoded.clock_skew:
                 self.metrics.clock_skew.inc(decoded.clock_skew)
             duplicates = 0
@@ -358,14 +426,13 @@ class Pipeline:
         self._finish(job)
         return job
 
-    async def _tick(self) -> Job | None:
+    async def _tick(self) -> None:
         async with self.engine_lock:
             transitions = list(self.engine.tick(now_ms(), limit=TICK_SLICE))
             job = Job(transitions=transitions)
             self._finish(job)
-        if not job.transitions and not job.snapshots:
-            return None
-        return job
+            if job.transitions or job.snapshots:
+                self._enqueue(job)
 
     def _finish(self, job: Job) -> None:
         """Sort fire first, encode the alert points, snapshot what the engine touched."""
@@ -384,49 +451,107 @@ class Pipeline:
                     extra={"key": t.key, "device": t.device, "floor": t.floor, "transition": t.transition},
                 )
         job.snapshots.update(self.engine.dirty_snapshots())
+        self._seq += 1
+        job.seq = self._seq
+
+    def _enqueue(self, job: Job) -> None:
+        """Queue a job for its commit: on the overtaking path when it may go there (module docstring)."""
+        older = [*self._ordered, *((self._ordered_busy,) if self._ordered_busy is not None else ())]
+        if job.fast and self._may_overtake(job, older):
+            # what the older jobs changed, snapshot or not (a reading's time is in the state without making a snapshot)
+            touched = {b for o in older for b in (*o.buildings, *o.snapshots, *(t.building for t in o.transitions))}
+            held = {b: d for b, d in job.snapshots.items() if b in touched}
+            if held:
+                # committed right behind the older jobs that touched those buildings (same seq: after this job)
+                job.snapshots = {b: d for b, d in job.snapshots.items() if b not in touched}
+                self._ordered.append(Job(snapshots=held, seq=job.seq))
+            if older:
+                self.overtaken += 1
+            self._fast.append(job)
+        else:
+            self._ordered.append(job)
+        self._moved.set()
+
+    @staticmethod
+    def _may_overtake(job: Job, older: list[Job]) -> bool:
+        """Neither a building's transitions nor the fast lane's acknowledgements would change their order."""
+        buildings = {t.building for t in job.transitions}
+        return not any(o.event_acks or any(t.building in buildings for t in o.transitions) for o in older)
 
     # --- stage 2 -----------------------------------------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
+    def _next(self, *, fast: bool) -> Job | None:
+        """The job this path may commit now, if any."""
+        if fast:
+            return self._fast[0] if self._fast else None
+        if self._ordered_busy is not None or not self._ordered:
+            return None
+        job = self._ordered[0]
+        if self._fast and self._fast[0].seq <= job.seq:
+            return None  # an overtaking job made before this one commits first
+        return job
+
+    async def _commit_loop(self, *, fast: bool) -> None:
         while True:
-            job = await self._commits.get()
+            job = self._next(fast=fast)
             if job is None:
-                return
-            started = time.perf_counter()
+                if self._draining and not self._fast and not self._ordered:
+                    return
+                self._moved.clear()
+                await self._moved.wait()
+                continue
+            if not fast:
+                self._ordered.popleft()
+                self._ordered_busy = job
+                self._work.set()  # room in the queue: stage 1 may make the next batch
             try:
-                await asyncio.to_thread(self._commit_sync, job)
-            except Exception as exc:
-                # Nothing of this job is acknowledged; the broker redelivers it after we restart.
-                self.commit_error = f"{exc.__class__.__name__}: {exc}"
-                log.critical("group commit failed, acknowledging nothing: %s", self.commit_error)
+                await self._commit(job)
+            except BaseException:
+                self._work.set()  # stage 1 re-raises it; the job stays queued, so that nothing behind it commits
                 raise
-            self.metrics.commit_seconds.observe(time.perf_counter() - started)
-            self.metrics.commits.inc()
-            self.last_commit_ms = now = now_ms()
-            if job.acks:
-                self.metrics.acks.inc(self._ack(job.acks))
-            if job.event_acks and self._ack_events is not None:
-                self.metrics.acks.inc(self._ack_events(job.event_acks))
-            if job.lane_acks and self._ack_lanes is not None:
-                self.metrics.acks.inc(self._ack_lanes(job.lane_acks))
-            for callback, verdict in job.callbacks:
-                try:
-                    callback(verdict)
-                except Exception:  # one source's broken connection must not stop the commits of the others
-                    log.exception("acknowledging a committed message failed")
-            self.committed_messages += job.messages
-            self._committed.set()
-            if job.readings:
-                self.metrics.readings.inc(job.readings)
-                lag = self.metrics.lag
-                for ts in job.device_ts:
-                    lag.observe(max(0.0, (now - ts) / 1000))
-            counts, self._counts = self._counts, collections.Counter()
-            for channel, n in counts.items():
-                self.metrics.messages_in.labels(channel).inc(n)
-            self._on_committed(job)
-            if self.on_backlog is not None:
-                self.on_backlog(self.backlog)
+            if fast:
+                self._fast.popleft()
+            else:
+                self._ordered_busy = None
+            self._moved.set()
+            self._work.set()
+
+    async def _commit(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._commit_sync, job)
+        except Exception as exc:
+            # Nothing of this job is acknowledged; the broker redelivers it after we restart.
+            self.commit_error = f"{exc.__class__.__name__}: {exc}"
+            log.critical("group commit failed, acknowledging nothing: %s", self.commit_error)
+            raise
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.metrics.commits.inc()
+        self.last_commit_ms = now = now_ms()
+        if job.acks:
+            self.metrics.acks.inc(self._ack(job.acks))
+        if job.event_acks and self._ack_events is not None:
+            self.metrics.acks.inc(self._ack_events(job.event_acks))
+        if job.lane_acks and self._ack_lanes is not None:
+            self.metrics.acks.inc(self._ack_lanes(job.lane_acks))
+        for callback, verdict in job.callbacks:
+            try:
+                callback(verdict)
+            except Exception:  # one source's broken connection must not stop the commits of the others
+                log.exception("acknowledging a committed message failed")
+        self.committed_messages += job.messages
+        self._committed.set()
+        if job.readings:
+            self.metrics.readings.inc(job.readings)
+            lag = self.metrics.lag
+            for ts in job.device_ts:
+                lag.observe(max(0.0, (now - ts) / 1000))
+        counts, self._counts = self._counts, collections.Counter()
+        for channel, n in counts.items():
+            self.metrics.messages_in.labels(channel).inc(n)
+        self._on_committed(job)
+        if self.on_backlog is not None:
+            self.on_backlog(self.backlog)
 
     def _commit_sync(self, job: Job) -> None:
         # Every part is durable before anything of the job is acknowledged, in whatever order; the alert store goes
@@ -448,11 +573,15 @@ class Pipeline:
                 also=(lambda cur: EngineState.write(cur, snapshots, at_ms=at)) if together else None,
             )
         if self.spool is not None and (job.telemetry or job.alerts):
-            dropped = self.spool.append(telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at)
+            with self._spool_lock:
+                dropped = self.spool.append(
+                    telemetry=job.telemetry, alerts=job.alerts, first_ts_ms=job.first_ts_ms or at
+                )
             if dropped:  # the oldest telemetry made room under spool_max_mb: count it, as /metrics promises
                 self.metrics.spool_dropped.inc(dropped)
         if snapshots and not together:
-            self.engine_state.save(snapshots, at_ms=at)
+            with self._state_lock:
+                self.engine_state.save(snapshots, at_ms=at)
 
 
 def restore_engine(

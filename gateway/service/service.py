@@ -1,6 +1,6 @@
 """``firegrid run --config FILE``: the service.
 
-Composition (one process, one event loop):
+Composition (one process; the notifier on a thread with its own event loop):
 
     MQTT (aiomqtt, manual ack) -> Pipeline (decode, dedup, presence, rules engine)
         -> group commit [spool append + AlertStore.apply + engine snapshots] -> PUBACK
@@ -24,6 +24,7 @@ import itertools
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -114,6 +115,7 @@ class Service:
         self.engine = Engine(load_rule_set(config), registry=registry, owned=() if config.cluster else None)
         self.store = AlertStore.from_config(config)
         self.notifier = Notifier(self.store, config.notify)
+        self._notifier_thread = NotifierThread(self.notifier)
         self.engine_state = EngineState(db_path, url=config.store.url)
         self.retention = Retention(db_path, config=config.retention, url=config.store.url)
         # Side work that must never stop the gateway (retention, creating the InfluxDB database): cancelled at
@@ -187,6 +189,12 @@ class Service:
                 lane=EVENT_LANE,
             )
         self.mqtt.on_link = self._link_changed
+        if self.events is not None:
+            events, pipeline = self.events, self.pipeline
+            # While the fast lane has something to read (or an alarm waits for stage 1), the telemetry session's
+            # reader and stage 1's telemetry batch end their slices early (docs/performance.md, "The fast lane").
+            self.mqtt.urgent = lambda: bool(pipeline.priority) or events.has_input()
+            self.pipeline.hurry = events.has_input
         # Cluster mode: one session per owned partition instead of the two above, which are then never started.
         self.cluster: ClusterMode | None = None
         if config.cluster is not None:
@@ -361,7 +369,7 @@ class Service:
                 tasks["mqtt-events"] = asyncio.create_task(self.events.run(), name="mqtt-events")
         if self.writer is not None:
             tasks["influx"] = asyncio.create_task(self.writer.run(), name="influx")
-        tasks["notifier"] = asyncio.create_task(self.notifier.run(), name="notifier")
+        tasks["notifier"] = asyncio.create_task(self._notifier_thread.run(), name="notifier")
         self._side_tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
         if self.writer is not None and self.config.influx.create_database:
             self._side_tasks.append(asyncio.create_task(self._ensure_influx_database(), name="influx-database"))
@@ -469,6 +477,9 @@ class Service:
         try:
             await asyncio.wait_for(asyncio.shield(notifier), 5)
         except (TimeoutError, Exception):
+            self._notifier_thread.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(notifier), 5)
             notifier.cancel()
         for name in ("inspections", "housekeeping", "mqtt", "pipeline"):
             task = tasks.get(name)
@@ -492,6 +503,69 @@ class Service:
         if self.dead_letters is not None:
             self.dead_letters.close()
         self.store.close()
+
+
+class NotifierThread:
+    """The notifier on its own thread and event loop.
+
+    During a telemetry burst the ingest loop runs slices of socket reading and batch processing back to back; a
+    webhook's start, its POST and its answer would each wait for such a slice.  On its own loop they wait at most
+    for the interpreter's switch interval (5 ms).  The notifier already speaks to other threads only through its
+    thread-safe entry points (``wake``, ``stop``, the store's hand-off and change listeners), and its database work
+    runs on its own executor thread either way.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    async def run(self) -> None:
+        """Run the notifier on its thread until it returns; re-raises what it raised."""
+        caller = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = caller.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if finished.done():
+                return
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+        def main() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(self._main())
+            except BaseException as exc:  # handed to the awaiting task, which decides
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the service's loop is gone: nobody is waiting
+                caller.call_soon_threadsafe(settle, error)
+
+        self._thread = threading.Thread(target=main, name="notifier", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.shield(finished)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        await asyncio.to_thread(self._thread.join, 5)  # settled: the thread is on its way out
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        try:
+            await self.notifier.run()
+        finally:
+            self._loop = None
+
+    def cancel(self) -> None:
+        """Cut the notifier off (its requests in flight included), as cancelling its task did on the main loop."""
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has just closed
+                loop.call_soon_threadsafe(task.cancel)
 
 
 def _pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
