@@ -741,7 +741,7 @@ class ConsolePoller:
             open_ids = {int(r["id"]) for r in pg_rows(self.pg_url, "SELECT id FROM alerts WHERE open::int = 1")}
         except Exception as exc:  # the store is not what is judged here; say why this poll cannot judge
             return [f"PostgreSQL: {exc!s:.200}"]
-        status, body = http_json(f"{self.base_url}/api/v1/buildings?limit=1000")
+        status, body = http_json(f"{self.base_url}/api/v1/buildings")
         if status != 200:
             problems.append(f"/api/v1/buildings answered {status}: {body!s:.200}")
         else:

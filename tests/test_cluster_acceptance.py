@@ -115,7 +115,7 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
         b_parts = watcher.owned_by("gw-b")
         b = harness.gateway("gw-b")
         b_at = alarms.around(layout.buildings_in(b_parts), "B terminated", [-1.0, 0.5, 2.0], b.sigterm)
-        b_exit = b.wait_exit(timeout=30)
+        b_exit = b.wait_exit(timeout=90)
         time.sleep(10)
 
         alarms.stop()

@@ -72,5 +72,12 @@ class Dedup:
         while generations and now_ms - generations[0][0] - self._span > self.window_ms:
             self._count -= len(generations.popleft()[1])
 
+    def clear(self) -> None:
+        """Forget every sample.  Cluster mode, when a partition changes hands: copies of messages this gateway took
+        in but never committed (their partition was lost or handed over meanwhile) come back to it later, and must
+        be processed then, not dropped as replays."""
+        self._generations.clear()
+        self._count = 0
+
     def __len__(self) -> int:
         return self._count

@@ -187,6 +187,10 @@ class Pipeline:
         # processed are dropped (the new owner judges the redelivered messages from the store's last snapshot), and
         # every snapshot is written in the alert store's transaction, so that the lease fence checks it too.
         self.commit_scope: Callable[[], Collection[str]] | None = None
+        # Cluster mode: whether a failed commit was refused by the lease fence (then it is dropped, see _discard,
+        # and the gateway carries on) rather than a failure that stops the gateway.
+        self.fenced: Callable[[BaseException], bool] | None = None
+        self.fenced_jobs = 0
         self.spool = spool
         self._on_committed = on_committed
         self._ack = ack
@@ -516,11 +520,36 @@ class Pipeline:
             self._moved.set()
             self._work.set()
 
+    def _discard(self, job: Job, exc: BaseException) -> None:
+        """Cluster mode: the lease fence refused this job's commit (the gateway lost a partition while it was paused
+        or cut off).  The job and every job queued behind it are dropped unacknowledged, not retried: they were
+        judged on an engine state the new owner has replaced, and the broker gives their messages to whoever owns
+        each partition now.  Jobs already being committed on the other path finish or are refused in turn.  The
+        messages count as settled (:meth:`settle`)."""
+        # The head of the overtaking path is this job or one being committed now: everything behind it goes.
+        dropped = [job, *list(self._fast)[1:], *self._ordered]
+        while len(self._fast) > 1:
+            self._fast.pop()
+        self._ordered.clear()
+        messages = sum(j.messages for j in dropped)
+        self.fenced_jobs += len(dropped)
+        self.committed_messages += messages
+        self._committed.set()
+        log.warning(
+            "commit refused by the lease fence (%s): %d jobs, %d messages dropped unacknowledged for their owners",
+            exc,
+            len(dropped),
+            messages,
+        )
+
     async def _commit(self, job: Job) -> None:
         started = time.perf_counter()
         try:
             await asyncio.to_thread(self._commit_sync, job)
         except Exception as exc:
+            if self.fenced is not None and self.fenced(exc):
+                self._discard(job, exc)
+                return
             # Nothing of this job is acknowledged; the broker redelivers it after we restart.
             self.commit_error = f"{exc.__class__.__name__}: {exc}"
             log.critical("group commit failed, acknowledging nothing: %s", self.commit_error)

@@ -36,7 +36,7 @@ from alerts.store import AlertStore
 from common.db import Cursor
 from common.partitions import partition_of
 from common.pg import PgCursor
-from gateway.cluster import LeaseManager
+from gateway.cluster import LeaseLost, LeaseManager
 from gateway.config import ClusterConfig, FiregridConfig
 from gateway.ingest.partitions import PartitionIngest
 from gateway.ingest.pipeline import EngineState, Pipeline, active_alerts
@@ -109,8 +109,10 @@ class ClusterMode:
         self.released = 0
         self.last_change_ms: int | None = None
         self._paused = False
+        self._recovery: asyncio.Task[None] | None = None
         store.set_fence(self._fence)
         pipeline.commit_scope = lambda: self.scope
+        pipeline.fenced = self._fenced
         notifier.set_scope(lambda: self.scope)
         presence.scope = set()
 
@@ -129,6 +131,24 @@ class ClusterMode:
                 [(fence.member, p, e) for p, e in fence.epochs.items()],
             )
 
+    def _fenced(self, exc: BaseException) -> bool:
+        """The pipeline's question after a failed commit: was it the fence?  Then the pipeline drops the job (and
+        those behind it) and carries on, and the partitions this gateway still holds are taken over afresh from the
+        store (:meth:`_recover`): their engine state may hold transitions of the dropped jobs."""
+        if not isinstance(exc, LeaseLost):
+            return False
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover(), name="cluster-recover")
+        return True
+
+    async def _recover(self) -> None:
+        # The failed check made the lease manager renew at once: what it finds lost goes through _lose meanwhile.
+        for partition, epoch in sorted(self.leases.owned.items()):
+            await self._drop(partition, settle=False)
+            if self.leases.owned.get(partition) == epoch:
+                await self._acquire(partition, epoch)
+        log.warning("after a refused commit: partitions still held taken over afresh from the store")
+
     # --- lease callbacks ----------------------------------------------------------------------------------------
 
     async def _acquire(self, partition: int, epoch: int) -> None:
@@ -137,6 +157,9 @@ class ClusterMode:
         async with self.engine_lock:
             for building in buildings:
                 self.engine.adopt(building, snapshot=snapshots.get(building), active=active)
+            # Messages of this partition that this gateway took in before, under an earlier lease, and never
+            # committed come again now: the replay window must not drop them.
+            self.pipeline.dedup.clear()
         await asyncio.to_thread(self.presence.reload, buildings)
         self.scope = self.scope | frozenset(buildings)
         if buildings:
@@ -183,6 +206,7 @@ class ClusterMode:
         async with self.engine_lock:
             for building in buildings:
                 self.engine.release(building)
+            self.pipeline.dedup.clear()  # see _acquire
         self.last_change_ms = _now_ms()
 
     # --- life cycle ---------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ log = logging.getLogger("firegrid.service")
 
 SHUTDOWN_COMMIT_S = 10.0
 SHUTDOWN_INFLUX_S = 5.0
+# Cluster mode: a member that stops may not come back (a scale-down), and no other member can send its spool, so it
+# waits longer for InfluxDB before leaving the rest for its next start.  Its partitions are handed over before this.
+SHUTDOWN_INFLUX_CLUSTER_S = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -470,7 +473,9 @@ class Service:
                 influx.cancel()
                 with contextlib.suppress(BaseException):
                     await influx
-            await self.writer.drain(timeout_s=SHUTDOWN_INFLUX_S)
+            await self.writer.drain(
+                timeout_s=SHUTDOWN_INFLUX_CLUSTER_S if self.cluster is not None else SHUTDOWN_INFLUX_S
+            )
             log.info("spool: %d points left for the next start", self.spool.pending_points if self.spool else 0)
         self.notifier.stop()
         notifier = tasks["notifier"]
