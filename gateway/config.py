@@ -590,6 +590,11 @@ class FiregridConfig(BaseSettings):
             problems.append("mqtt.buildings: not with cluster mode (partition leases decide what a gateway owns)")
         if self.mqtt.shared_group is not None:
             problems.append("mqtt.shared_group: not with cluster mode (partition leases decide what a gateway owns)")
+        if self.uitd.listen is not None:
+            problems.append(
+                "uitd.listen: not with cluster mode yet (a panel's alarms would be judged by the member it reached, "
+                "not by its building's owner)"
+            )
         return problems
 
     def dispatch_plan(self) -> DispatchPlan:

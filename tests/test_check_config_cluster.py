@@ -52,8 +52,8 @@ def test_check_config_prints_a_cluster_line(tmp_path: Path, capsys: pytest.Captu
 def test_check_config_lists_every_cluster_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = {
         **MINIMAL,
-        "store": {"url": "sqlite:///var/firegrid.sqlite"},
-        "mqtt": {"protocol": "v5", "buildings": ["b1"], "shared_group": "gws"},
+        "mqtt": {"protocol": "v5", "buildings": ["b1"], "shared_group": "gws"},  # and no store.url at all
+        "uitd": {"listen": "127.0.0.1:9000"},
         "cluster": {"member": "gw-1"},
     }
     assert main(["check-config", str(write(tmp_path, data))]) == 2
@@ -62,6 +62,7 @@ def test_check_config_lists_every_cluster_problem(tmp_path: Path, capsys: pytest
     assert "mqtt.protocol: cluster mode needs v311 (the NATS broker speaks only MQTT 3.1.1)" in err
     assert any(line.startswith("mqtt.buildings: not with cluster mode") for line in err)
     assert any(line.startswith("mqtt.shared_group: not with cluster mode") for line in err)
+    assert any(line.startswith("uitd.listen: not with cluster mode yet") for line in err)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,7 @@ def test_check_config_lists_every_cluster_problem(tmp_path: Path, capsys: pytest
         ({"member": "gw-1", "partitions": 0}, "cluster.partitions:"),
         ({"member": "gw-1", "partitions": 4097}, "cluster.partitions:"),
         ({"member": "gw-1", "lease_ttl": 10}, "cluster.lease_ttl: unknown key"),
+        ({"member": "gw-1", "brokers": ["nats://n1:4222"]}, "cluster.brokers:"),
         ({"member": "gw-1", "renew_interval_s": 4}, "cluster: renew_interval_s must be at most lease_ttl_s / 3"),
         (
             {"member": "gw-1", "renew_interval_s": 1, "probe_interval_s": 1.5},
@@ -88,6 +90,12 @@ def test_a_bad_cluster_section_is_named(
     assert any(p.startswith(expected) for p in info.value.problems), info.value.problems
     assert main(["check-config", str(write(tmp_path, data))]) == 2
     assert any(line.startswith(expected) for line in capsys.readouterr().err.splitlines())
+
+
+def test_a_store_url_that_is_not_postgresql_is_refused_by_the_store_section() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**CLUSTERED, "store": {"url": "sqlite:///var/firegrid.sqlite"}})
+    assert "store.url: must be a postgresql:// (or postgres://) URL" in info.value.problems
 
 
 def test_the_store_url_may_be_given_as_postgres() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,20 @@ class Device:
         self.client.disconnect()
 
 
+def _post(gateway: Gateway, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.http_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": "Bearer test-admin", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
 def _alerts(url: str, building: str) -> list[dict[str, Any]]:
     return store_rows(
         url, "SELECT id, key, building FROM alerts WHERE building = ? AND rule = 'smoke-detector-alarm'", (building,)
@@ -111,6 +127,13 @@ def test_two_gateways_share_the_partitions_and_take_over_from_a_dead_one(
         dev = f"d{int(first[1:]):03d}"
         device.alarm(first, dev)
         wait_for(lambda: len(_alerts(url, first)) == 1, timeout=15, what=f"the alarm in {first} raised")
+        # what a member cannot do for a building another member judges says so: a maintenance window belongs in
+        # the owner's engine, and telemetry pushed over HTTP would be judged by whichever member it reached
+        of_b = [f"b{i:02d}" for i in range(BUILDINGS) if owners[partition_of(f"b{i:02d}", P)] == "gw-b"]
+        status, body = _post(a, "/api/v1/maintenance", {"building": of_b[0], "duration_s": 600, "reason": "detector cleaning"})
+        assert status == 409 and "another cluster member" in body["detail"], body
+        status, body = _post(a, "/api/v1/ingest/telemetry", {"device": dev, "ts": 1, "values": {"obscuration": 1.0}})
+        assert status == 409 and "cluster mode" in body["reason"], body
 
         a.kill()
         killed = time.monotonic()

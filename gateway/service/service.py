@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -94,7 +94,23 @@ def build_http_app(runtime: Runtime) -> web.Application:
     app = create_api_app(runtime)
     add_ops_routes(app, runtime)
     add_ingest_routes(app, runtime)
+    if runtime.cluster_status is not None:
+        app.middlewares.append(_no_http_ingest_in_cluster_mode)
     return app
+
+
+@web.middleware
+async def _no_http_ingest_in_cluster_mode(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Cluster mode: telemetry pushed over HTTP would be judged here, by whichever member the request reached, not
+    by its building's owner; until the push is re-published into the broker's partitions it is refused, clearly."""
+    if request.path.startswith("/api/v1/ingest"):
+        reason = "not available in cluster mode: devices and platforms publish to the MQTT broker"
+        return web.json_response(
+            {"error": "not available in cluster mode", "reason": reason, "status": 409}, status=409
+        )
+    return await handler(request)
 
 
 class Service:

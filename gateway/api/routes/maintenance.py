@@ -88,6 +88,14 @@ async def create_maintenance(call: Call) -> m.MaintenanceWindowOut:
         raise ApiError(
             422, "the window must end after it starts and in the future", type="urn:firegrid:problem:invalid-body"
         )
+    engine = state.runtime.engine
+    if engine is not None and not engine.owns(body.building):
+        # cluster mode: the window lives in the owning member's engine (and its snapshot), not in this one's
+        raise ApiError(
+            409,
+            f"building {body.building} is judged by another cluster member now: open the window on that gateway",
+            type="urn:firegrid:problem:not-owned",
+        )
     window_id = "mw-" + uuid.uuid4().hex[:12]
     window = MaintenanceWindow(
         id=window_id,
