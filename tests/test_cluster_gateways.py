@@ -130,7 +130,9 @@ def test_two_gateways_share_the_partitions_and_take_over_from_a_dead_one(
         # what a member cannot do for a building another member judges says so: a maintenance window belongs in
         # the owner's engine, and telemetry pushed over HTTP would be judged by whichever member it reached
         of_b = [f"b{i:02d}" for i in range(BUILDINGS) if owners[partition_of(f"b{i:02d}", P)] == "gw-b"]
-        status, body = _post(a, "/api/v1/maintenance", {"building": of_b[0], "duration_s": 600, "reason": "detector cleaning"})
+        status, body = _post(
+            a, "/api/v1/maintenance", {"building": of_b[0], "duration_s": 600, "reason": "detector cleaning"}
+        )
         assert status == 409 and "another cluster member" in body["detail"], body
         status, body = _post(a, "/api/v1/ingest/telemetry", {"device": dev, "ts": 1, "values": {"obscuration": 1.0}})
         assert status == 409 and "cluster mode" in body["reason"], body
