@@ -14,9 +14,7 @@ others at p99 < 1 s; every reading the broker acknowledged is in InfluxDB at the
 no SMS is sent twice; every repeat of a webhook carries the same webhook-id; and the console listed every building
 and every open alert at every poll.  The figures are printed (``pytest -rP -k cluster_acceptance``).
 
-Until cluster mode is wired into ``firegrid run`` the test skips, and only for that: when ``firegrid check-config``
-refuses the config's ``cluster`` section (and nothing else but the other cluster-mode key, ``store.url``).  Any other
-refusal or failure fails.
+The configs are checked with ``firegrid check-config`` first: a refused config fails the test at once.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ from testkit.cluster import (
     ClusterHarness,
     affected,
     check_config,
-    cluster_section_rejected,
     percentile,
     puback_stall,
     takeover_report,
@@ -60,10 +57,8 @@ def test_cluster_acceptance(tmp_path: Path) -> None:
     failures: list[str] = []
     judged = False
     try:
-        # Asked before any server starts, so that the skip costs nothing.
+        # Asked before any server starts: a refused config fails at once.
         code, output = check_config(harness.write_configs()["gw-a"])
-        if code != 0 and cluster_section_rejected(output):
-            pytest.skip(f"cluster mode is not wired into firegrid run yet (check-config: {output!r})")
         assert code == 0, f"firegrid check-config refused the cluster config:\n{output}"
         harness.start_services()
         harness.write_configs()

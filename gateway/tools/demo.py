@@ -47,6 +47,8 @@ from aiohttp import web
 
 from common.webhooks import verify
 from gateway.config import ApiToken, FiregridConfig, load_or_exit
+from gateway.tools.demo_console import DemoConsole
+from gateway.tools.demo_inspections import first_inspection, inspection_lines
 from gateway.tools.demo_paths import PathsFeeder, with_other_paths
 from gateway.tools.demo_robots import DemoRobots
 from gateway.tools.demo_voice import DemoVoice
@@ -544,44 +546,6 @@ def console(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
 
-def _inspection_lines(config: FiregridConfig) -> list[str]:
-    """The QR page of the community's first inspection point (what scanning its sticker opens on a phone)."""
-    from alerts.inspections.links import point_url
-
-    secret = config.inspections.secret_value()
-    points = config.inspection_points
-    if secret is None or not points:
-        return []
-    first = points[0]
-    return [
-        f"  inspection page:  {point_url(config.inspections.public_url, secret, first.id)} (QR of {first.id};"
-        f" {len(points)} points, sheet: firegrid qr --config FILE --building {first.building} --out qr.pdf)",
-    ]
-
-
-async def _first_inspection(service: Any) -> None:
-    """A shop's monthly self-inspection with one failed item, as if its owner had just scanned the sticker: the
-    dashboard's 码上安全 panel then has a hazard to show, and the receiver prints its signed events."""
-    from alerts.inspections.records import CheckResult
-
-    point = next((p for p in service.config.inspection_points if p.kind == "shop"), None)
-    if point is None or service.config.inspections.secret_value() is None:
-        return
-    building = service.config.building(point.building)
-    _, hazards = await asyncio.to_thread(
-        service.inspections.record_inspection,
-        point=point,
-        grid=building.grid if building is not None else None,
-        inspector="演示 店主",
-        results=[CheckResult(item=item, ok=n != 1) for n, item in enumerate(point.items)],
-        note="演示：自查发现的问题",
-        photo=None,
-        source="demo",
-        now_ms=int(time.time() * 1000),
-    )
-    console(f"inspection: {point.id} self-inspected, {len(hazards)} hazard reported (dashboard: 码上安全)")
-
-
 async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     from gateway.service.service import Service
 
@@ -623,6 +587,7 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
     receiver_runner: web.AppRunner | None = None
     simulator: CommunitySimulator | None = None
     feeder: PathsFeeder | None = None
+    city: DemoConsole | None = None
     exit_code = 0
     try:
         try:
@@ -686,6 +651,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             out=console,
         )
         feeder.start()
+        city = DemoConsole(service_config)
+        city_url = await city.start()
 
         buildings = len(config.buildings)
         devices = len(config.devices)
@@ -697,6 +664,8 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             "firegrid demo: a simulated community on this machine (nothing leaves it, nobody is paged)",
             f"  community:        {buildings} buildings in {grids} grids, {devices} simulated devices; {drills}",
             f"  dashboard:        http://127.0.0.1:{service.http_port}/",
+            f"  city console:     {city_url} (firegrid console: the same screen served from the store, as a command"
+            " centre runs it over many gateways)",
             f"  viewer token:     {tokens.viewer}",
             f"  operator token:   {tokens.operator}",
             f"  API docs:         http://127.0.0.1:{service.http_port}/docs",
@@ -726,12 +695,12 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
             " (html, xlsx, csv, json; lang=en)",
             "  records:          firegrid report --config FILE --month YYYY-MM --out report.pdf;"
             " firegrid backup --config FILE --out backup.sqlite (docs/reports.md)",
-            *_inspection_lines(config),
+            *inspection_lines(config),
             "Press Ctrl-C to stop.",
             "",
         ]
         print("\n".join(banner), flush=True)
-        await _first_inspection(service)
+        await first_inspection(service, out=console)
 
         waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait()), service_task}
         if args.duration is not None:
@@ -752,7 +721,9 @@ async def demo(args: argparse.Namespace, config: FiregridConfig) -> int:
         print(f"firegrid demo: {exc}", file=sys.stderr)
         exit_code = 1
     finally:
-        console("stopping: simulator, gateway, webhook receiver, broker")
+        console("stopping: simulator, gateway, console, webhook receiver, broker")
+        if city is not None:
+            await city.stop()
         if feeder is not None:
             await asyncio.to_thread(feeder.stop)
         if simulator is not None:
