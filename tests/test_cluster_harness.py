@@ -1,9 +1,8 @@
-"""The cluster acceptance harness (testkit/cluster.py) proven on its own, without gateways: plain paho sessions, one
-per partition plus the catch-all, stand in for them.  What the acceptance test will rely on is checked here against
-the real servers: every acknowledged reading recorded and delivered through the three-node NATS cluster (mapped, or
-escaped and caught), publishes really sent before the CONNACK, devices that reconnect and resend when the node
-leading ``$MQTT_msgs`` is killed, the lease watcher's record of owner changes, the console poller's misses, the
-PostgreSQL, InfluxDB and receiver checks, and the signals the faults are made of."""
+"""The cluster acceptance harness's own parts (testkit/cluster.py), checked against real servers where they read
+them: the lease watcher's record of owner changes and the PostgreSQL checks, the console poller's misses, the
+receivers' repeat checks, the signals the faults are made of, the alarm plan.  The load generator, the catch-all
+provocation and the broker fault run in the acceptance test itself (tests/test_cluster_acceptance.py), against
+real gateways."""
 
 from __future__ import annotations
 
@@ -20,14 +19,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-import yaml
 from aiohttp import web
 
 from common.webhooks import sign
 from testkit.cluster import (
     Ack,
     AlarmRecord,
-    AlarmScheduler,
     ClusterHarness,
     ConsolePoller,
     Layout,
@@ -37,14 +34,13 @@ from testkit.cluster import (
     ScheduledAlarm,
     Takeover,
     affected,
-    check_config,
     puback_stall,
     takeover_report,
 )
 from testkit.emulators.scenario import WEBHOOK_SECRET
 from testkit.faults import ThreadedApp
 from testkit.gateway import wait_for
-from testkit.nats import NatsNode, partition_of
+from testkit.nats import NatsNode
 from testkit.services import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,133 +82,6 @@ def _write_influx(url: str, lines: list[str]) -> None:
     request = urllib.request.Request(f"{url}/write?db=firegrid&precision=ms", data="\n".join(lines).encode())
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 204
-
-
-def test_load_recorder_catch_all_provocation_and_broker_fault(tmp_path: Path) -> None:
-    layout = Layout()
-    harness = ClusterHarness(tmp_path, layout=layout)
-    stand_ins: list[StandIn] = []
-    try:
-        harness.start_services()
-        paths = harness.write_configs()
-
-        # The configs are firegrid configs: valid today without their cluster-mode keys, and check-config either
-        # accepts them whole too.
-        for name, path in paths.items():
-            config = yaml.safe_load(path.read_text())
-            # a member's config has its cluster section; the console's has none (it owns nothing)
-            assert ("cluster" in config) == (name != "console")
-            if "cluster" in config:
-                assert config["cluster"]["brokers"] == harness.broker_urls()
-                assert config["cluster"]["member"] == name
-            config.pop("cluster", None)
-            config["store"].pop("url")
-            plain = tmp_path / f"{name}-plain.yaml"
-            plain.write_text(yaml.safe_dump(config, allow_unicode=True))
-            code, output = check_config(plain)
-            assert code == 0, output
-            assert "120 buildings" in output and "1200 devices" in output
-        code, output = check_config(paths["gw-a"])
-        assert code == 0, output
-
-        # Stand-in sessions, spread over the nodes; the harness's readiness check must see their consumers.
-        nodes = harness.nats.nodes
-        for p in range(layout.partitions):
-            stand_ins.append(StandIn(f"fgc-p{p:02d}", f"fgp/{p}/+/+/+", nodes[p % 3]))
-        catch_all = StandIn("fgc-unmapped", "firegrid/+/+/+", nodes[0])
-        stand_ins.append(catch_all)
-        wait_for(lambda: all(s.subscribed.is_set() for s in stand_ins), timeout=30, what="every SUBACK")
-        wait_for(lambda: not harness.missing_consumers(), timeout=30, what="every consumer on every node")
-
-        load = harness.start_load(rate=200, reconnect_every_s=2.0)
-        alarms = AlarmScheduler(load, background_every_s=1.0).start()
-        time.sleep(3)  # load flows before the fault: the stall is measured against a running stream
-        killed_at = time.monotonic()
-        victims: list[str] = []
-        fault_at = alarms.around(
-            ["b005", "b006"], "leader killed", [-1.0, 0.5], lambda: victims.append(harness.kill_stream_leader())
-        )
-        assert abs(time.time() - fault_at - 0.5) < 0.5
-        killed = victims[0]
-        time.sleep(2.5)
-        harness.restart_node(killed)
-        time.sleep(4)
-        alarms.stop()
-        load.drain(timeout=60)
-        load.stop()
-        stats = load.stats()
-
-        acks = load.acked()
-        assert stats.unacknowledged == 0, stats
-        assert stats.acked == len(acks) and stats.acked > 1000, stats
-        assert stats.drops > 0, f"no connection dropped when {killed} was killed: {stats}"
-        assert stats.pipelined_before_connack > 0, stats
-        assert all(a.ts_ms > 0 and a.acked_mono >= a.published_mono for a in acks)
-
-        # Every acknowledged reading reached a stand-in, mapped into its building's partition or escaped to the
-        # catch-all, which is what the gateways' sessions will see.
-        wanted = {(a.device, a.seq) for a in acks}
-
-        def delivered() -> set[tuple[str, int]]:
-            got: set[tuple[str, int]] = set()
-            for s in stand_ins:
-                for topic, body in s.snapshot():
-                    got.add((topic.split("/")[-2], int(body["seq"])))
-            return got
-
-        wait_for(lambda: wanted <= delivered(), timeout=60, what="every acknowledged reading at a stand-in")
-        for s in stand_ins[:-1]:
-            for topic, _body in s.snapshot():
-                parts = topic.split("/")
-                assert parts[0] == "fgp" and int(parts[1]) == partition_of(parts[2], layout.partitions), topic
-        # The alarms: aimed ones where aimed, around the fault, each detector's reading with alarm true acknowledged
-        # and delivered; a double knock is two detectors of one floor.  No gateway, so no alert: no latency.
-        fired = alarms.snapshot()
-        aimed = [a for a in fired if a.label == "leader killed"]
-        assert {a.building for a in aimed} <= {"b005", "b006"}
-        assert len(aimed) == 2 and len(fired) >= 8, fired
-        assert {a.kind for a in fired} == {"single", "double"}
-        alarm_readings = {(r.device, r.seq) for a in fired for r in a.records}
-        assert alarm_readings <= wanted
-        for a in fired:
-            if a.kind == "double":
-                assert {r.device for r in a.records} == set(layout.smoke_pair(a.building, a.floor))
-        alarmed = {
-            (topic.split("/")[-2], int(body["seq"]))
-            for s in stand_ins
-            for topic, body in s.snapshot()
-            if body.get("alarm") is True
-        }
-        assert alarm_readings <= alarmed
-        assert all(latency is None for _, latency in harness.alarm_latencies(fired))
-
-        escaped = catch_all.snapshot()
-        assert all(topic.startswith("firegrid/") for topic, _ in escaped)
-        longest, gap = puback_stall(acks, since_mono=killed_at, until_mono=killed_at + 10)
-        assert longest > 0
-        print(
-            f"harness: {stats.acked} readings acknowledged, {stats.connects} connects, {stats.drops} drops, "
-            f"{stats.pipelined_cycles} pipelined reconnects ({stats.pipelined_before_connack} publishes before the "
-            f"CONNACK), {len(escaped)} escaped the mapping; killed {killed}: longest PUBACK {longest:.1f} s, "
-            f"longest gap without any PUBACK {gap:.1f} s"
-        )
-
-        # InfluxDB: write what the stand-ins got, minus three readings; the check must name exactly those three.
-        by_key = {(a.device, a.seq): a for a in acks}
-        left_out = sorted(by_key)[:3]
-        lines = [
-            f"{harness.layout_kind(d)},device={d} battery=90 {by_key[(d, s)].ts_ms}"
-            for (d, s) in sorted(by_key)
-            if (d, s) not in left_out
-        ]
-        for i in range(0, len(lines), 5000):
-            _write_influx(harness.influx.url, lines[i : i + 5000])
-        missing = harness.influx_missing(acks)
-        assert sorted((m.device, m.seq) for m in missing) == left_out
-    finally:
-        for s in stand_ins:
-            s.close()
-        harness.close()
 
 
 def test_lease_watcher_and_postgres_checks(tmp_path: Path, pg_url: str) -> None:
