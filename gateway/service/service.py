@@ -53,6 +53,7 @@ from gateway.metrics import Metrics
 from gateway.service.cluster import ClusterMode
 from gateway.service.logs import setup_logging
 from gateway.service.ops import add_ops_routes
+from gateway.service.supervise import until_stop_or_failure
 from gateway.storage.influx import DeadLetters, InfluxError, InfluxWriter
 from gateway.storage.inspections import InspectionDeadlines
 from gateway.storage.presence import Presence
@@ -393,18 +394,9 @@ class Service:
         if self.writer is not None and self.config.influx.create_database:
             self._side_tasks.append(asyncio.create_task(self._ensure_influx_database(), name="influx-database"))
         tasks["inspections"] = asyncio.create_task(self.deadlines.run(), name="inspections")
-        stop = asyncio.create_task(self._stop.wait(), name="stop")
-        exit_code = 0
         try:
-            done, _ = await asyncio.wait({stop, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stop:
-                    continue
-                exc = task.exception() if not task.cancelled() else None
-                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), exc)
-                exit_code = 1
+            exit_code = await until_stop_or_failure(tasks, self._stop, log=log)
         finally:
-            stop.cancel()
             await self._shutdown(tasks)
         return exit_code
 

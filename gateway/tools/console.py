@@ -44,6 +44,7 @@ from gateway.config import ConfigError, FiregridConfig, exit_with_problems, load
 from gateway.metrics import Metrics
 from gateway.service.console_feed import ChangeFeed, ChangeRow, PresenceMirror, source_for
 from gateway.service.logs import setup_logging
+from gateway.service.supervise import until_stop_or_failure
 from gateway.storage.inspections import InspectionDeadlines
 from gateway.storage.presence import Presence
 from rules.types import AlertTransition
@@ -257,18 +258,9 @@ class Console:
             "change-feed": asyncio.create_task(self.feed.run(), name="change-feed"),
             "presence": asyncio.create_task(self.mirror.run(), name="presence"),
         }
-        stop = asyncio.create_task(self._stop.wait(), name="stop")
-        exit_code = 0
         try:
-            done, _ = await asyncio.wait({stop, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stop:
-                    continue
-                exc = task.exception() if not task.cancelled() else None
-                log.critical("%s stopped unexpectedly: %r; shutting down", task.get_name(), exc)
-                exit_code = 1
+            exit_code = await until_stop_or_failure(tasks, self._stop, log=log)
         finally:
-            stop.cancel()
             await self._shutdown(tasks)
         return exit_code
 
