@@ -174,10 +174,11 @@ class ClusterMode:
         log.info("partition %d (epoch %d): %d buildings adopted, session open", partition, epoch, len(buildings))
 
     def _read(self, buildings: Collection[str]) -> tuple[dict[str, bytes], list[Any]]:
-        wanted = set(buildings)
-        snapshots = {b: data for b, data in self.engine_state.load(buildings=wanted).items()}
-        active = [a for a in active_alerts(self.store.active_alerts()) if a.building in wanted]
-        return snapshots, active
+        """The partition's snapshots and open alerts, read for its buildings only (a member takes P/N partitions at
+        start: each reads its own rows, not the whole store's open alerts again)."""
+        wanted = sorted(buildings)
+        open_alerts = self.store.list_alerts(open_only=True, building=wanted, limit=10_000)
+        return self.engine_state.load(buildings=wanted), active_alerts(open_alerts)
 
     async def _lose(self, partition: int) -> None:
         await self._drop(partition, settle=False)
